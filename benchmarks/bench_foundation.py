@@ -1,0 +1,137 @@
+"""Foundation benchmark: simulated pairs/s, and the map store against plain h5py.
+
+Measures, in one run on this machine:
+  1. generation alone (physics of both spectrometers, raster lines of 500 spots);
+  2. generation + HDF5 write through MapWriter (SWMR, one flush per line);
+  3. MapWriter vs plain h5py writing the same bytes (same chunks, same filter, one flush per
+     line, default libver, no per-spot metadata): the store's overhead.
+Targets (2 cores): 2 >= 2,000 pairs/s; store overhead <= 15 %.
+
+    python benchmarks/bench_foundation.py [--lines 40] [--nx 500] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from plumelink.drivers.sim.physics import BenchPhysics
+from plumelink.pipeline.map_writer import MapWriter, _compression
+from plumelink.pipeline.raster import RasterGrid
+from plumelink.pipeline.simulate import simulate_lines
+
+
+def _grid(lines: int, nx: int) -> RasterGrid:
+    return RasterGrid(lines, nx, 25.0)
+
+
+def _writer(path: Path, physics: BenchPhysics, grid: RasterGrid, compression: str | None):
+    return MapWriter.create(
+        path, ny=grid.ny, nx=grid.nx,
+        primary_wavelength_nm=physics.wavelength_nm("primary"),
+        secondary_wavelength_nm=physics.wavelength_nm("secondary"),
+        x_um=grid.x_um, y_um=grid.y_um, compression=compression, overwrite=True,
+    )
+
+
+def bench_generation(lines: int, nx: int) -> float:
+    physics = BenchPhysics(seed=0)
+    grid = _grid(lines, nx)
+    t = time.perf_counter()
+    for _ in simulate_lines(physics, grid):
+        pass
+    return grid.n_spots / (time.perf_counter() - t)
+
+
+def bench_generation_and_write(lines: int, nx: int, folder: Path, compression: str | None) -> float:
+    physics = BenchPhysics(seed=0)
+    grid = _grid(lines, nx)
+    t = time.perf_counter()
+    with _writer(folder / "gen.h5", physics, grid, compression) as writer:
+        for line in simulate_lines(physics, grid):
+            writer.append_line(line)
+    return grid.n_spots / (time.perf_counter() - t)
+
+
+def bench_store_vs_plain(
+    lines: int, nx: int, folder: Path, compression: str | None
+) -> tuple[float, float]:
+    """Seconds to write pre-generated lines through MapWriter and through plain h5py."""
+    physics = BenchPhysics(seed=0)
+    grid = _grid(lines, nx)
+    generated = list(simulate_lines(physics, grid))
+
+    t = time.perf_counter()
+    with _writer(folder / "store.h5", physics, grid, compression) as writer:
+        for line in generated:
+            writer.append_line(line)
+    store = time.perf_counter() - t
+
+    filters = _compression(compression)
+    t = time.perf_counter()
+    with h5py.File(folder / "plain.h5", "w") as f:
+        datasets = {
+            name: f.create_dataset(
+                name, shape=(grid.ny, grid.nx, n_px), dtype=np.uint16,
+                chunks=(1, grid.nx, n_px), **filters,
+            )
+            for name, n_px in (("primary", generated[0].primary.n_px),
+                               ("secondary", generated[0].secondary.n_px))
+        }
+        for line in generated:
+            datasets["primary"][line.index] = line.primary.spectra
+            datasets["secondary"][line.index] = line.secondary.spectra
+            f.flush()
+    plain = time.perf_counter() - t
+    return store, plain
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=40)
+    parser.add_argument("--nx", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        results["generation_pairs_per_s"] = max(
+            bench_generation(args.lines, args.nx) for _ in range(args.repeats)
+        )
+        for compression in ("lz4", None):
+            key = compression or "none"
+            results[f"generation_write_{key}_pairs_per_s"] = max(
+                bench_generation_and_write(args.lines, args.nx, folder, compression)
+                for _ in range(args.repeats)
+            )
+            runs = [bench_store_vs_plain(args.lines, args.nx, folder, compression)
+                    for _ in range(args.repeats)]
+            store = min(r[0] for r in runs)
+            plain = min(r[1] for r in runs)
+            results[f"store_{key}_pairs_per_s"] = args.lines * args.nx / store
+            results[f"plain_h5py_{key}_pairs_per_s"] = args.lines * args.nx / plain
+            results[f"store_overhead_{key}"] = store / plain - 1.0
+
+    pairs = args.lines * args.nx
+    print(f"plumelink foundation benchmark: {args.lines} lines x {args.nx} spots "
+          f"({pairs} pairs), best of {args.repeats}")
+    for key, value in results.items():
+        text = f"{100 * value:+.1f} %" if key.startswith("store_overhead") else f"{value:,.0f}"
+        print(f"  {key:38s} {text}")
+    gw = results["generation_write_lz4_pairs_per_s"]
+    print(f"  generation + write (lz4) / 2,000 pairs/s target: {gw / 2000:.2f}x; "
+          f"vs the bench's 50 Hz: {gw / 50:.0f}x")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

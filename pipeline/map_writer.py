@@ -1,0 +1,557 @@
+"""Write a raster map to HDF5 one line at a time, readable by other processes while it grows.
+
+Every dataset is created at full map size before the first line, then the file switches to
+SWMR writing (single writer, multiple readers): from then on only raw data change, so a reader
+in another process (plumelink, silx, h5web) can follow the scan, and a crash loses at most the
+line in flight. Each line is committed in two flushes: its data first, then its flag in
+/map/lines_done, so a set flag always means the whole line is on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import h5py
+import hdf5plugin
+import numpy as np
+
+from . import map_layout as L
+from .raster_line import RasterLine
+
+log = logging.getLogger(__name__)
+
+COMPRESSIONS = ("lz4", "zstd", "gzip", None)
+FLOOR_BLOCK_PX = 32
+
+
+def _compression(name: str | None) -> dict[str, Any]:
+    """h5py keyword arguments of a lossless filter for the spectra."""
+    if name is None:
+        return {}
+    if name == "lz4":
+        return dict(
+            hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.BITSHUFFLE)
+        )
+    if name == "zstd":
+        return dict(hdf5plugin.Zstd(clevel=1))
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+    raise ValueError(f"unknown compression {name!r}; expected one of {COMPRESSIONS}")
+
+
+def _fixed_bytes(text: str, length: int) -> bytes:
+    """UTF-8 bytes of text cut to length without splitting a character."""
+    raw = text.encode("utf-8")
+    if len(raw) <= length:
+        return raw
+    return raw[:length].decode("utf-8", errors="ignore").encode("utf-8")
+
+
+def _now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _installed_version() -> str:
+    try:
+        return metadata.version("plumelink")
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def _attr_value(value: Any, where: str) -> Any:
+    """Convert one setting to something h5py stores as an attribute and reads back the same."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None:
+        return h5py.Empty("f")
+    if isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, np.ndarray) or (
+        isinstance(value, Sequence) and not isinstance(value, bytes | bytearray)
+    ):
+        return _attr_array(value, where)
+    raise ValueError(
+        f"setting {where} has unsupported type {type(value).__name__}; "
+        "use a number, bool, string, None, list or dict"
+    )
+
+
+def _attr_array(value: Any, where: str) -> np.ndarray:
+    """A list (possibly nested, not ragged) of one kind of value as an array attribute."""
+    items = np.asarray(value, dtype=object)
+    flat = list(items.ravel())
+    if any(isinstance(v, list | tuple | np.ndarray) for v in flat):
+        raise ValueError(f"setting {where} is a ragged list: {value!r}")
+    if not flat:
+        return np.zeros(items.shape)
+    if all(isinstance(v, str) for v in flat):
+        return np.array(items.tolist(), dtype=h5py.string_dtype())
+    if all(isinstance(v, bool | np.bool_) for v in flat):
+        return np.array(items.tolist(), dtype=bool)
+    if all(isinstance(v, int | float | np.integer | np.floating) for v in flat) and not any(
+        isinstance(v, bool | np.bool_) for v in flat
+    ):
+        return np.array(items.tolist())
+    raise ValueError(
+        f"setting {where} must be a list of numbers, of booleans or of strings, got {value!r}"
+    )
+
+
+def write_settings(group: h5py.Group, settings: Mapping[str, Any], where: str = "settings") -> None:
+    """Store a nested dict as groups (dicts) and attributes (values), in insertion order."""
+    for key, value in settings.items():
+        if not isinstance(key, str) or not key or "/" in key or key in (".", "NX_class"):
+            raise ValueError(f"setting name {key!r} in {where} is not allowed")
+        if isinstance(value, Mapping):
+            child = group.create_group(key, track_order=True)
+            child.attrs["NX_class"] = L.NX_COLLECTION
+            write_settings(child, value, f"{where}.{key}")
+        else:
+            try:
+                group.attrs[key] = _attr_value(value, f"{where}.{key}")
+            except (OverflowError, TypeError) as exc:
+                raise ValueError(f"setting {where}.{key} cannot be stored: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class _SystemHandles:
+    spectra: h5py.Dataset
+    valid: h5py.Dataset
+    frame_id: h5py.Dataset
+    timestamp: h5py.Dataset
+    emissivity: h5py.Dataset
+
+    def all(self) -> tuple[h5py.Dataset, ...]:
+        return (self.spectra, self.valid, self.frame_id, self.timestamp, self.emissivity)
+
+
+@dataclass(frozen=True)
+class _Handles:
+    """Every dataset a line write touches, opened once per file."""
+
+    lines_done: h5py.Dataset
+    status: h5py.Dataset
+    status_reason: h5py.Dataset
+    end_time: h5py.Dataset
+    x: h5py.Dataset
+    y: h5py.Dataset
+    x_measured: h5py.Dataset
+    y_measured: h5py.Dataset
+    shot_id: h5py.Dataset
+    systems: dict[str, _SystemHandles]
+    mineral: h5py.Dataset | None
+    composition: h5py.Dataset | None
+
+    @classmethod
+    def open(cls, file: h5py.File) -> _Handles:
+        entry, raster = file[L.ENTRY], file[L.RASTER]
+        emissivity = file[L.EMISSIVITY]
+        systems = {}
+        for name in L.SYSTEMS:
+            group = file[L.system_path(name)]
+            systems[name] = _SystemHandles(
+                spectra=group["spectra"],
+                valid=group["valid"],
+                frame_id=group["frame_id"],
+                timestamp=group["timestamp"],
+                emissivity=emissivity[name],
+            )
+        truth = file.get(L.TRUTH)
+        return cls(
+            lines_done=entry["lines_done"],
+            status=entry["status"],
+            status_reason=entry["status_reason"],
+            end_time=entry["end_time"],
+            x=raster["x"],
+            y=raster["y"],
+            x_measured=raster["x_measured"],
+            y_measured=raster["y_measured"],
+            shot_id=raster["shot_id"],
+            systems=systems,
+            mineral=None if truth is None else truth["mineral"],
+            composition=None if truth is None else truth["composition"],
+        )
+
+    def line_datasets(self) -> list[h5py.Dataset]:
+        """Datasets written per line, except the completion flags."""
+        out = [self.x_measured, self.y_measured, self.shot_id]
+        for system in self.systems.values():
+            out.extend(system.all())
+        if self.mineral is not None and self.composition is not None:
+            out.extend((self.mineral, self.composition))
+        return out
+
+
+def _axis(values: Any, name: str, length: int | None = None) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {array.shape}")
+    if length is not None and array.size != length:
+        raise ValueError(f"{name} must have {length} values, got {array.size}")
+    return array
+
+
+def _text(group: h5py.Group, name: str, value: str, length: int | None = None) -> h5py.Dataset:
+    """Scalar text dataset: fixed length when it must change under SWMR, else UTF-8 vlen."""
+    if length is None:
+        return group.create_dataset(name, data=value, dtype=h5py.string_dtype())
+    data = np.bytes_(_fixed_bytes(value, length))
+    return group.create_dataset(name, data=data, dtype=f"S{length}")
+
+
+def _spot_dataset(
+    group: h5py.Group, name: str, ny: int, nx: int, dtype: str, fill: Any, **kwargs: Any
+) -> h5py.Dataset:
+    """(ny, nx) dataset chunked one raster line per chunk."""
+    return group.create_dataset(
+        name, shape=(ny, nx), dtype=dtype, chunks=(1, nx), fillvalue=fill, **kwargs
+    )
+
+
+def _nx(group: h5py.Group, nx_class: str, **attrs: Any) -> h5py.Group:
+    group.attrs["NX_class"] = nx_class
+    for key, value in attrs.items():
+        group.attrs[key] = value
+    return group
+
+
+def _strings(values: Sequence[str]) -> np.ndarray:
+    return np.array(list(values), dtype=h5py.string_dtype())
+
+
+class MapWriter:
+    """Appends raster lines to one map file; create it with MapWriter.create()."""
+
+    def __init__(self, path: Path, file: h5py.File) -> None:
+        """Take over an open file in SWMR write mode (use create(), or later resume())."""
+        self._path = path
+        self._file = file
+        self._h = _Handles.open(file)
+        self._x = self._h.x[()]
+        self._y = self._h.y[()]
+        self._n_px = {name: h.spectra.shape[2] for name, h in self._h.systems.items()}
+        self._done = self._h.lines_done[()].astype(bool)
+        self._closed = False
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        ny: int,
+        nx: int,
+        primary_wavelength_nm: Any,
+        secondary_wavelength_nm: Any,
+        x_um: Any,
+        y_um: Any,
+        sample: str = "",
+        operator: str = "",
+        scan_config_toml: str = "",
+        raster_order: str = "snake-horizontal",
+        settings: Mapping[str, Any] | None = None,
+        compression: str | None = "lz4",
+        truth_elements: Sequence[str] | None = None,
+        mineral_names: Sequence[str] | None = None,
+        software_version: str = "",
+        overwrite: bool = False,
+    ) -> MapWriter:
+        """Create the whole file layout, start SWMR writing and return the writer.
+
+        Nothing is left behind if the layout cannot be built (bad settings, for instance).
+        """
+        path = Path(path)
+        if isinstance(ny, bool) or isinstance(nx, bool) or int(ny) < 1 or int(nx) < 1:
+            raise ValueError(f"map shape must be at least 1 x 1, got ny={ny}, nx={nx}")
+        ny, nx = int(ny), int(nx)
+        wavelengths = {
+            "primary": _axis(primary_wavelength_nm, "primary_wavelength_nm"),
+            "secondary": _axis(secondary_wavelength_nm, "secondary_wavelength_nm"),
+        }
+        x = _axis(x_um, "x_um", nx)
+        y = _axis(y_um, "y_um", ny)
+        filters = _compression(compression)
+        if truth_elements is not None and len(truth_elements) == 0:
+            raise ValueError("truth_elements must name at least one element, or be None")
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"map file {L.describe(path)} already exists; not overwriting")
+        try:
+            file = h5py.File(path, "w", libver="latest", track_order=True)
+        except OSError as exc:
+            kind = L.MapBusyError if "lock" in str(exc) else L.MapFileError
+            raise kind(f"cannot create map file {L.describe(path)}: {exc}") from exc
+        try:
+            _build_layout(
+                file,
+                ny=ny,
+                nx=nx,
+                wavelengths=wavelengths,
+                x=x,
+                y=y,
+                texts={
+                    "sample": sample,
+                    "operator": operator,
+                    "scan_config": scan_config_toml,
+                    "software_version": software_version or _installed_version(),
+                },
+                raster_order=raster_order,
+                settings=settings or {},
+                filters=filters,
+                truth_elements=truth_elements,
+                mineral_names=mineral_names,
+            )
+            file.swmr_mode = True
+            writer = cls(path, file)
+        except BaseException:
+            file.close()
+            path.unlink(missing_ok=True)
+            raise
+        log.info(
+            "created map %s: %d x %d spots, primary %d px, secondary %d px, compression %s",
+            path, ny, nx, wavelengths["primary"].size, wavelengths["secondary"].size, compression,
+        )
+        return writer
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self._y.size, self._x.size)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def lines_done(self) -> np.ndarray:
+        """Copy of the per-line completion flags (bool, (ny,))."""
+        return self._done.copy()
+
+    def append_line(self, line: RasterLine) -> None:
+        """Write row line.index of every dataset and commit it to disk."""
+        if self._closed:
+            raise L.MapFileError(f"map file {L.describe(self._path)} is closed; cannot append")
+        if not isinstance(line, RasterLine):
+            raise TypeError(f"append_line expects a RasterLine, got {type(line).__name__}")
+        self._check_fits(line)
+        iy, h = line.index, self._h
+        h.x_measured[iy] = line.x_measured_um
+        h.y_measured[iy] = line.y_measured_um
+        h.shot_id[iy] = line.shot_id
+        for name, system in (("primary", line.primary), ("secondary", line.secondary)):
+            d = h.systems[name]
+            d.spectra[iy] = system.spectra
+            d.valid[iy] = system.valid
+            d.frame_id[iy] = system.frame_id
+            d.timestamp[iy] = system.timestamp_s
+            d.emissivity[iy] = total_emissivity(system.spectra, system.valid)
+        if line.truth is not None and h.mineral is not None and h.composition is not None:
+            h.mineral[iy] = line.truth.mineral
+            h.composition[iy] = line.truth.composition
+        self._flush(h.line_datasets())
+        # Flag only after the data are on disk: a set flag means the whole line is there.
+        self._mark_done(iy)
+        log.debug("map %s: line %d written", self._path, iy)
+
+    def close(self, status: str = L.STATUS_COMPLETE, reason: str = "") -> None:
+        """Record the final status and end time, then close the file. Safe to call twice."""
+        if status not in (L.STATUS_COMPLETE, L.STATUS_INTERRUPTED):
+            raise ValueError(
+                f"close status must be {L.STATUS_COMPLETE!r} or {L.STATUS_INTERRUPTED!r}, "
+                f"got {status!r}"
+            )
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            h = self._h
+            h.status[()] = np.bytes_(_fixed_bytes(status, L.STATUS_LEN))
+            h.status_reason[()] = np.bytes_(_fixed_bytes(reason, L.REASON_LEN))
+            h.end_time[()] = np.bytes_(_fixed_bytes(_now(), L.TIME_LEN))
+            self._flush([h.status, h.status_reason, h.end_time])
+        finally:
+            self._file.close()
+        log.info(
+            "closed map %s: %s, %d of %d lines%s",
+            self._path, status, int(self._done.sum()), self._done.size,
+            f" ({reason})" if reason else "",
+        )
+
+    def __enter__(self) -> MapWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.close()
+            return
+        text = str(exc)
+        reason = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        try:
+            self.close(L.STATUS_INTERRUPTED, reason)
+        except Exception:  # the scan's own error matters more than this one
+            log.exception("map %s: could not record the interruption", self._path)
+
+    def _check_fits(self, line: RasterLine) -> None:
+        ny, nx = self.shape
+        where = f"map file {L.describe(self._path)}"
+        if line.index >= ny:
+            raise L.MapShapeError(
+                f"line index {line.index} is outside {where}, which has rows 0..{ny - 1}"
+            )
+        if line.nx != nx:
+            raise L.MapShapeError(f"line {line.index} has {line.nx} spots but {where} has {nx}")
+        for name, system in (("primary", line.primary), ("secondary", line.secondary)):
+            if system.n_px != self._n_px[name]:
+                raise L.MapShapeError(
+                    f"line {line.index}: {name} spectra have {system.n_px} pixels but the "
+                    f"{name} wavelength axis of {where} has {self._n_px[name]}"
+                )
+        if line.truth is not None:
+            composition = self._h.composition
+            if composition is None:
+                raise L.MapShapeError(
+                    f"line {line.index} carries ground truth but {where} was created "
+                    "without truth_elements"
+                )
+            if line.truth.n_elements != composition.shape[2]:
+                raise L.MapShapeError(
+                    f"line {line.index}: truth has {line.truth.n_elements} elements but "
+                    f"{where} has {composition.shape[2]}"
+                )
+        tol = {"rtol": 1e-9, "atol": 1e-3}
+        if not (
+            np.allclose(line.x_um, self._x, **tol)
+            and np.allclose(line.y_um, self._y[line.index], **tol)
+        ):
+            raise L.MapShapeError(
+                f"line {line.index}: setpoints do not match the axes of {where} "
+                f"(expected y = {self._y[line.index]} µm and x from {self._x[0]} to "
+                f"{self._x[-1]} µm)"
+            )
+        if self._done[line.index]:
+            raise L.MapFileError(
+                f"line {line.index} of {where} is already written; lines are written once"
+            )
+
+    def _mark_done(self, iy: int) -> None:
+        self._h.lines_done[iy] = 1
+        self._flush([self._h.lines_done])
+        self._done[iy] = True
+
+    def _flush(self, datasets: list[h5py.Dataset]) -> None:
+        for dataset in datasets:
+            dataset.flush()
+        self._file.flush()
+
+
+def total_emissivity(spectra: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Line emission of each spot: counts above a coarse baseline, summed; NaN where invalid.
+
+    The baseline (per 32-pixel block, the lowest block mean among it and its neighbours)
+    removes the dark level and the sloped continuum, which would otherwise swamp the line
+    emission that makes grains visible. Pixels past the last whole block are left out.
+    """
+    n, n_px = spectra.shape
+    usable = n_px - n_px % FLOOR_BLOCK_PX
+    blocks = spectra[:, :usable].reshape(n, -1, FLOOR_BLOCK_PX).mean(axis=-1, dtype=np.float32)
+    padded = np.pad(blocks, ((0, 0), (1, 1)), mode="edge")
+    baseline = np.minimum(np.minimum(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])
+    total = FLOOR_BLOCK_PX * (blocks - baseline).sum(axis=1)
+    total[~valid] = np.nan
+    return total
+
+
+def _build_layout(
+    file: h5py.File,
+    *,
+    ny: int,
+    nx: int,
+    wavelengths: dict[str, np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    texts: dict[str, str],
+    raster_order: str,
+    settings: Mapping[str, Any],
+    filters: dict[str, Any],
+    truth_elements: Sequence[str] | None,
+    mineral_names: Sequence[str] | None,
+) -> None:
+    """Create every group and dataset of the map (SWMR forbids creating any later)."""
+    _nx(
+        file, L.NX_ROOT, default=L.ENTRY, creator=f"plumelink {texts['software_version']}".strip(),
+        file_time=_now(), HDF5_Version=h5py.version.hdf5_version,
+        h5py_version=h5py.version.version,
+    )
+    file.attrs[L.FORMAT_ATTR] = np.int64(L.FORMAT_VERSION)
+    entry = _nx(file.create_group(L.ENTRY, track_order=True), L.NX_ENTRY, default="emissivity")
+    _text(entry, "start_time", _now(), L.TIME_LEN)
+    _text(entry, "end_time", "", L.TIME_LEN)
+    _text(entry, "status", L.STATUS_RUNNING, L.STATUS_LEN)
+    _text(entry, "status_reason", "", L.REASON_LEN)
+    for name in L.TEXT_FIELDS:
+        _text(entry, name, texts[name])
+    entry.create_dataset("lines_done", shape=(ny,), dtype="uint8", chunks=(ny,), fillvalue=0)
+
+    instrument = _nx(file.create_group(L.INSTRUMENT, track_order=True), L.NX_INSTRUMENT)
+    write_settings(instrument, settings)
+
+    for system in L.SYSTEMS:
+        group = _nx(file.create_group(L.system_path(system), track_order=True), L.NX_DETECTOR)
+        wavelength = group.create_dataset("wavelength", data=wavelengths[system])
+        wavelength.attrs["units"] = "nm"
+        n_px = wavelengths[system].size
+        spectra = group.create_dataset(
+            "spectra", shape=(ny, nx, n_px), dtype="uint16", chunks=(1, nx, n_px),
+            fillvalue=0, **filters,
+        )
+        spectra.attrs["units"] = "counts"
+        for name, (dtype, fill) in L.DETECTOR_SPOT_FIELDS.items():
+            _spot_dataset(group, name, ny, nx, dtype, fill)
+        group["timestamp"].attrs["units"] = "s"
+
+    raster = _nx(file.create_group(L.RASTER, track_order=True), L.NX_COLLECTION)
+    raster.attrs[L.ORDER_ATTR] = raster_order
+    for name, values in (("x", x), ("y", y)):
+        raster.create_dataset(name, data=values).attrs["units"] = "um"
+    for name, (dtype, fill) in L.RASTER_SPOT_FIELDS.items():
+        _spot_dataset(raster, name, ny, nx, dtype, fill)
+    for name in ("x_measured", "y_measured"):
+        raster[name].attrs["units"] = "um"
+
+    emissivity = _nx(
+        file.create_group(L.EMISSIVITY, track_order=True), L.NX_DATA,
+        signal="primary", auxiliary_signals=_strings(["secondary"]), axes=_strings(["y", "x"]),
+        y_indices=np.int64(0), x_indices=np.int64(1),
+    )
+    for system in L.SYSTEMS:
+        data = _spot_dataset(emissivity, system, ny, nx, "float32", np.nan)
+        data.attrs["units"] = "counts"
+        data.attrs["long_name"] = f"total emission, {system} (counts)"
+    emissivity["y"] = raster["y"]  # hard links: one copy of the axes
+    emissivity["x"] = raster["x"]
+
+    if truth_elements is not None:
+        truth = _nx(file.create_group(L.TRUTH, track_order=True), L.NX_COLLECTION)
+        _spot_dataset(truth, "mineral", ny, nx, "int16", L.MINERAL_FILL)
+        truth.create_dataset("mineral_names", data=_strings(mineral_names or []))
+        n_el = len(truth_elements)
+        composition = truth.create_dataset(
+            "composition", shape=(ny, nx, n_el), dtype="float32", chunks=(1, nx, n_el),
+            fillvalue=np.nan,
+        )
+        composition.attrs["units"] = "wt%"
+        truth.create_dataset("elements", data=_strings(truth_elements))

@@ -1,0 +1,206 @@
+"""Simulated data sets: train, validation and test maps of one pegmatite sample.
+
+The three maps are three separate regions of one simulated sample, measured with the same
+two spectrometers; the test map is measured on another day (shifted baseline and
+wavelength calibration), as in Vrábel et al. (JAAS 2023). This is the data every demo and
+test of plumelink starts from.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from plumelink.drivers.sim.physics import BenchPhysics, ShotBlock
+from plumelink.drivers.sim.sample import REGION_ORIGINS_UM, SPOT_DIAMETER_UM
+
+from .map_writer import MapWriter
+from .raster import RasterGrid
+from .raster_line import LineTruth, RasterLine, SystemLine
+
+log = logging.getLogger(__name__)
+
+LASER_RATE_HZ = 50.0
+STAGE_JITTER_UM = 0.3  # encoder-measured deviation of the stage from its setpoint
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """One map of a preset: its region of the sample and its measurement day."""
+
+    name: str
+    ny: int
+    nx: int
+    day: int
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    step_um: float
+    maps: tuple[MapSpec, ...]
+
+    @property
+    def n_spots(self) -> int:
+        return sum(m.ny * m.nx for m in self.maps)
+
+
+def _preset(name: str, step: float, train: tuple, val: tuple, test: tuple) -> Preset:
+    return Preset(
+        name,
+        step,
+        (
+            MapSpec("train", *train, day=0),
+            MapSpec("val", *val, day=0),
+            MapSpec("test", *test, day=1),
+        ),
+    )
+
+
+# Map sizes are ny x nx (raster lines x spots per line); `paper` is the paper's.
+PRESETS: dict[str, Preset] = {
+    "tiny": _preset("tiny", 40.0, (12, 16), (6, 16), (8, 16)),
+    "small": _preset("small", 40.0, (60, 60), (30, 40), (50, 50)),
+    "paper": _preset("paper", 25.0, (560, 560), (266, 500), (500, 500)),
+}
+
+ProgressCallback = Callable[[int, int], None]  # (spots done, spots total)
+
+
+def bench_settings(physics: BenchPhysics, grid: RasterGrid, spec: MapSpec, seed: int) -> dict:
+    """The settings snapshot of the simulated bench, stored in each map file."""
+    return {
+        "laser": {"wavelength_nm": 266.0, "rate_hz": LASER_RATE_HZ, "spot_diameter_um": 30.0},
+        "delay_generator": {"model": "simulated DG645", "burst_period_s": 1 / LASER_RATE_HZ},
+        "stage": {"model": "simulated XY stage", "step_um": grid.step_um,
+                  "origin_um": list(grid.origin_um)},
+        "primary": physics.spectrographs["primary"].profile.as_settings(),
+        "secondary": physics.spectrographs["secondary"].profile.as_settings(),
+        "simulation": {
+            "seed": seed, "day": spec.day, "region": spec.name,
+            "spot_diameter_um": SPOT_DIAMETER_UM,
+        },
+    }
+
+
+def simulate_lines(
+    physics: BenchPhysics, grid: RasterGrid, *, truth: bool = False, start_line: int = 0
+) -> Iterator[RasterLine]:
+    """Shoot a raster line by line and yield each as a RasterLine in storage order."""
+    jitter_rng = np.random.default_rng([physics.seed, 5, physics.day, start_line])
+    for iy in range(start_line, grid.ny):
+        cols = grid.columns_in_shot_order(iy)
+        x_set = grid.x_um[cols]
+        y_set = np.full(grid.nx, grid.y_um[iy])
+        x_meas = x_set + STAGE_JITTER_UM * jitter_rng.standard_normal(grid.nx)
+        y_meas = y_set + STAGE_JITTER_UM * jitter_rng.standard_normal(grid.nx)
+        block = physics.shoot(x_meas, y_meas)
+        yield _to_line(iy, cols, block, x_set, y_set, truth)
+
+
+def _to_line(
+    iy: int, cols: np.ndarray, block: ShotBlock, x_set: np.ndarray, y_set: np.ndarray, truth: bool
+) -> RasterLine:
+    order = np.argsort(cols)  # shot order -> storage column order
+
+    def system(name: str) -> SystemLine:
+        return SystemLine(
+            spectra=block.spectra[name][order],
+            valid=np.ones(cols.size, dtype=bool),
+            frame_id=block.shot_id[order],
+            timestamp_s=block.shot_id[order] / LASER_RATE_HZ,
+        )
+
+    return RasterLine(
+        index=iy,
+        x_um=x_set[order],
+        y_um=y_set[order],
+        x_measured_um=block.x_um[order],
+        y_measured_um=block.y_um[order],
+        shot_id=block.shot_id[order],
+        primary=system("primary"),
+        secondary=system("secondary"),
+        truth=LineTruth(block.truth.mineral[order], block.truth.composition_wt_pct[order])
+        if truth
+        else None,
+    )
+
+
+def simulate_map(
+    path: str | Path,
+    spec: MapSpec,
+    *,
+    step_um: float,
+    seed: int = 0,
+    truth: bool = False,
+    compression: str | None = "lz4",
+    overwrite: bool = True,
+    progress: ProgressCallback | None = None,
+) -> Path:
+    """Write one simulated map file, line by line."""
+    physics = BenchPhysics(seed=seed, day=spec.day, run=_run_id(spec.name))
+    grid = RasterGrid(spec.ny, spec.nx, step_um, origin_um=REGION_ORIGINS_UM[spec.name])
+    settings = bench_settings(physics, grid, spec, seed)
+    with MapWriter.create(
+        path,
+        ny=grid.ny,
+        nx=grid.nx,
+        primary_wavelength_nm=physics.wavelength_nm("primary"),
+        secondary_wavelength_nm=physics.wavelength_nm("secondary"),
+        x_um=grid.x_um,
+        y_um=grid.y_um,
+        sample=f"simulated granitic pegmatite (seed {seed}), {spec.name} region",
+        operator="plumelink simulator",
+        raster_order=grid.order,
+        settings=settings,
+        compression=compression,
+        truth_elements=list(physics.element_symbols) if truth else None,
+        mineral_names=list(physics.mineral_names) if truth else None,
+        overwrite=overwrite,
+    ) as writer:
+        for line in simulate_lines(physics, grid, truth=truth):
+            writer.append_line(line)
+            if progress is not None:
+                progress(grid.nx, grid.n_spots)
+    return Path(path)
+
+
+def _run_id(map_name: str) -> int:
+    return {"train": 0, "val": 1, "test": 2}.get(map_name, 3)
+
+
+def simulate_dataset(
+    preset: str,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    truth: bool = False,
+    compression: str | None = "lz4",
+    progress: ProgressCallback | None = None,
+) -> dict[str, Path]:
+    """Write train.h5, val.h5 and test.h5 of a preset into out_dir; return their paths."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    spec = PRESETS[preset]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    done = 0
+
+    def count(n: int, _total: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, spec.n_spots)
+
+    paths = {}
+    for m in spec.maps:
+        paths[m.name] = simulate_map(
+            out / f"{m.name}.h5", m, step_um=spec.step_um, seed=seed, truth=truth,
+            compression=compression, progress=count,
+        )
+        log.info("wrote %s (%d x %d spots, day %d)", paths[m.name], m.ny, m.nx, m.day)
+    return paths
