@@ -1,0 +1,64 @@
+"""Device contracts as ``typing.Protocol``: any class with these methods is such a device.
+
+Real drivers and emulators need no common base class; the engine depends only on these
+contracts. Stage and Spectrometer contracts will join DelayGenerator here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class BurstStatus:
+    """What a delay generator reported while a burst ran.
+
+    ``triggers_ignored`` and ``inhibited`` mean at least one shot may be missing or blocked, so
+    the engine must not assume the full count reached the sample. ``aborted`` means the wait
+    stopped early because outputs were disabled from another thread. ``flags`` is the raw OR of
+    every device status word read during the wait (device specific, for logs).
+    """
+
+    end_of_burst: bool
+    triggers_ignored: bool = False
+    inhibited: bool = False
+    aborted: bool = False
+    flags: int = 0
+
+
+@runtime_checkable
+class DelayGenerator(Protocol):
+    """A digital delay generator that is the bench's timing master and fires the laser.
+
+    Channel and reference names are the device's own ("T0", "A" ... for a DG645). Times are in
+    seconds. ``fire`` starts one software-triggered burst as configured by ``configure_burst``;
+    ``wait_end_of_burst`` blocks (never spins) until it has finished. ``disable_outputs`` must
+    stop further laser pulses and is safe to call from another thread at any time;
+    ``enable_outputs`` undoes it before the next scan.
+    """
+
+    def identify(self) -> str: ...
+
+    def set_delay(self, channel: str, reference: str, seconds: float) -> None: ...
+
+    def get_delay(self, channel: str) -> tuple[str, float]: ...
+
+    def configure_burst(
+        self,
+        count: int,
+        period_s: float,
+        *,
+        delay_s: float = 0.0,
+        t0_every_cycle: bool = True,
+    ) -> None: ...
+
+    def fire(self) -> None: ...
+
+    def wait_end_of_burst(self, timeout_s: float) -> BurstStatus: ...
+
+    def disable_outputs(self) -> None: ...
+
+    def enable_outputs(self) -> None: ...
+
+    def close(self) -> None: ...

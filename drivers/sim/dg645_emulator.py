@@ -1,0 +1,993 @@
+"""Wire-level emulator of the SRS DG645, so tests run the real driver code without hardware.
+
+`DG645Emulator` is a pure state machine: ``handle(line) -> reply bytes or None`` speaks the
+DG645 ASCII protocol (``reference/instruments.md`` section 2) byte for byte: several
+``;``-separated commands per line, case-insensitive mnemonics, ``?`` queries with an index,
+silent set commands, the ``LERR?`` error queue with the real codes, latched ``INSR?`` bits, and
+the trigger/burst sequencer on an injectable clock. Every delay cycle is a `Shot`; a simulated
+bench subscribes with `DG645Emulator.on_shot` to attach the physics to each one.
+
+Three ways to reach it, all sharing `_LineLink` (bytes in, lines to the emulator, replies out):
+
+* `DG645TcpServer`: a threaded localhost socket server (``TCPIP::127.0.0.1::<port>::SOCKET``);
+* `DG645PtyServer`: a pseudo-terminal pair (``ASRL/dev/pts/N::INSTR`` through real pyserial);
+* the pyserial URL ``dg645sim://<name>`` (also ``ASRLdg645sim://<name>::INSTR`` in pyvisa-py):
+  an in-process serial port, no threads or sockets; name an emulator with `register_emulator`.
+
+Faults (`Fault`) are injected on the next reply or line: garbage, no reply, truncated reply,
+disconnect. Choices marked [I] are our inference where the manual is silent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import re
+import selectors
+import socket
+import struct
+import sys
+import threading
+import time
+import tty
+import types
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Self
+from urllib.parse import urlsplit
+
+import serial
+from serial.serialutil import PortNotOpenError, SerialBase, SerialException
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IDN = "Stanford Research Systems,DG645,s/n001234,ver1.14.10E"
+CHANNELS = ("T0", "T1", "A", "B", "C", "D", "E", "F", "G", "H")
+OUTPUTS = ("T0", "AB", "CD", "EF", "GH")
+#: Outputs gated by each INHB value while the inhibit input is asserted (1 gates triggers).
+_INHIBITED_BY = {0: (), 1: (), 2: ("AB",), 3: ("AB", "CD"), 4: ("AB", "CD", "EF"),
+                 5: ("AB", "CD", "EF", "GH")}
+_PS = 10**12  # delays are kept as integer picoseconds on a 5 ps grid
+_MAX_DELAY_PS = 2000 * _PS
+_ERROR_QUEUE_DEPTH = 20
+_MAX_EVENTS_PER_ADVANCE = 100_000
+_MAX_LINE = 4096
+_MAX_RECORDED_BYTES = 1 << 20
+
+# INSR bits
+TRIG, RATE, END_OF_DELAY, END_OF_BURST, INHIBIT = 1, 2, 4, 8, 16
+
+
+class Fault(Enum):
+    """Faults injected with `DG645Emulator.inject_fault`; each applies once."""
+
+    GARBAGE = "garbage"  # the next reply is replaced (default: non-ASCII bytes + CR LF)
+    NO_REPLY = "no_reply"  # the next reply is dropped: the driver must time out
+    TRUNCATED = "truncated"  # the next reply loses its tail (default: second half), keeps CR LF
+    DISCONNECT = "disconnect"  # the transport drops the link on the next line
+
+
+class EmulatorDisconnect(Exception):
+    """Raised by `DG645Emulator.handle` when a DISCONNECT fault fires; transports hang up."""
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One delay cycle: T0 fired at ``time`` on the emulator clock."""
+
+    number: int  # 1-based count of delay cycles since the emulator was made
+    time: float
+    burst_cycle: int  # 0-based index within its burst (0 outside burst mode)
+    t0_output: bool  # False for cycles after the first when BURT 1
+    delays: Mapping[str, float] = field(hash=False)  # absolute delay of T1, A..H after T0
+    inhibited_outputs: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class _Param:
+    """A plain setting: type, range, default, reply decimals, resolution, index count."""
+
+    kind: type
+    low: float
+    high: float
+    default: float
+    decimals: int = 0
+    resolution: float = 0.0
+    count: int = 0  # 0 = scalar, else number of indexed instances
+
+
+_PARAMS: dict[str, _Param] = {
+    "TSRC": _Param(int, 0, 6, 5),  # [I] the real unit powers up in its saved state
+    "TRAT": _Param(float, 100e-6, 10e6, 10_000.0, 6, 1e-6),
+    "TLVL": _Param(float, -3.5, 3.5, 1.0, 2, 0.01),
+    "HOLD": _Param(float, 0.0, 2000.0, 0.0, 12, 5e-12),
+    "INHB": _Param(int, 0, 5, 0),
+    "BURM": _Param(int, 0, 1, 0),
+    "BURC": _Param(int, 1, 2**32 - 1, 2),
+    "BURP": _Param(float, 100e-9, 42.94967295, 1e-6, 12, 10e-9),
+    "BURD": _Param(float, 0.0, 2000.0, 0.0, 12, 5e-12),
+    "BURT": _Param(int, 0, 1, 0),
+    "ADVT": _Param(int, 0, 1, 0),
+    "INSE": _Param(int, 0, 255, 0),
+    "*ESE": _Param(int, 0, 255, 0),
+    "*SRE": _Param(int, 0, 255, 0),
+    "LAMP": _Param(float, 0.5, 5.0, 2.5, 2, 0.01, count=len(OUTPUTS)),
+    "LOFF": _Param(float, -2.0, 2.0, 0.0, 2, 0.01, count=len(OUTPUTS)),
+    "LPOL": _Param(int, 0, 1, 1, count=len(OUTPUTS)),
+    "PRES": _Param(int, 1, 2**30 - 1, 1, count=len(OUTPUTS)),
+}
+#: Commands that are only queries / only sets; anything else in neither table is undefined.
+_QUERY_ONLY = {"*IDN", "*TST", "*ESR", "*STB", "LERR", "INSR"}
+_SET_ONLY = {"*RST", "*CLS", "*WAI", "*TRG"}
+_BOTH = {"*OPC", "DLAY"}
+
+_UNIT = re.compile(r"(\*[A-Za-z]{3}|[A-Za-z]{4})(\?)?(.*)", re.DOTALL)
+_INTEGER = re.compile(r"[+-]?\d+")
+_REAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+class _Refused(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _parse_int(text: str) -> int:
+    if not _INTEGER.fullmatch(text):
+        raise _Refused(120)  # invalid integer
+    value = int(text)
+    if not -(2**31) <= value <= 2**32 - 1:
+        raise _Refused(121)  # integer overflow
+    return value
+
+
+def _parse_real(text: str) -> float:
+    if not _REAL.fullmatch(text):
+        raise _Refused(118)  # invalid float
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Refused(117)  # parameter overflow
+    return value
+
+
+def _format_ps(ps: int) -> str:
+    whole, frac = divmod(abs(ps), _PS)
+    return f"{'-' if ps < 0 else '+'}{whole}.{frac:012d}"
+
+
+@dataclass
+class _Run:
+    """Delay cycles scheduled by one accepted trigger."""
+
+    start: float
+    period: float
+    count: int
+    burst: bool
+    emitted: int = 0
+
+    def next_time(self) -> float:
+        return self.start + self.emitted * self.period
+
+
+class DG645Emulator:
+    """DG645 protocol state machine; thread-safe, time from an injectable ``clock``.
+
+    ``inhibit_input`` is the level of the inhibit input: asserted by default, as if the bench
+    interlock follows the software inhibit, so ``INHB`` takes effect [I].
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        idn: str = DEFAULT_IDN,
+        inhibit_input: bool = True,
+        history: int = 100_000,
+    ) -> None:
+        self._clock = clock
+        self.idn = idn
+        self.inhibit_input = inhibit_input
+        self._lock = threading.RLock()
+        self._dispatch_lock = threading.Lock()
+        self._callbacks: list[Callable[[Shot], None]] = []
+        self._pending: deque[Shot] = deque()
+        self._shots: deque[Shot] = deque(maxlen=history)
+        self._shot_count = 0
+        self._faults: deque[tuple[Fault, bytes | int | None]] = deque()
+        self._transcript: deque[tuple[bytes, bytes | None]] = deque(maxlen=history)
+        self._received = bytearray()
+        self._errors: deque[int] = deque()
+        self._insr = 0
+        self._esr = 0
+        self.ignored_triggers = 0
+        self._reset()
+
+    # ------------------------------------------------------------------ protocol
+    def handle(self, line: bytes) -> bytes | None:
+        """Execute one line (terminator removed); return the reply with CR LF, or None."""
+        with self._lock:
+            now = self._clock()
+            self._advance(now)
+            if self._faults and self._faults[0][0] is Fault.DISCONNECT:
+                self._faults.popleft()
+                self._transcript.append((bytes(line), None))
+                raise EmulatorDisconnect("fault injected: disconnect")
+            replies: list[str] = []
+            try:
+                text = bytes(line).decode("ascii")
+            except UnicodeDecodeError:
+                self._push_error(110)
+                text = ""
+            for unit in text.split(";"):
+                unit = unit.strip()
+                if unit:
+                    reply = self._execute(unit, now)
+                    if reply is not None:
+                        replies.append(reply)
+            self._advance(now)  # cycles due at once (a *TRG without burst delay) happen now
+            # [I] several queries on one line answer as one message joined by ';' (IEEE 488.2)
+            out = (";".join(replies) + "\r\n").encode("ascii") if replies else None
+            out = self._apply_reply_fault(out)
+            self._transcript.append((bytes(line), out))
+            log.debug("DG645 emulator %r -> %r", line, out)
+        self._dispatch()
+        return out
+
+    def _execute(self, unit: str, now: float) -> str | None:
+        match = _UNIT.fullmatch(unit)
+        try:
+            if match is None:
+                raise _Refused(110)  # illegal command
+            mnemonic, query, rest = match.group(1).upper(), bool(match.group(2)), match.group(3)
+            if mnemonic not in _PARAMS and mnemonic not in _QUERY_ONLY | _SET_ONLY | _BOTH:
+                raise _Refused(111)  # undefined command
+            if query and mnemonic in _SET_ONLY:
+                raise _Refused(112)  # illegal query
+            if not query and mnemonic in _QUERY_ONLY:
+                raise _Refused(113)  # illegal set
+            if query:
+                return self._query(mnemonic, rest.strip())
+            args = [arg.strip() for arg in rest.split(",")] if rest.strip() else []
+            if any(not arg for arg in args):
+                raise _Refused(114)  # null parameter
+            self._set(mnemonic, args, now)
+        except _Refused as refused:
+            self._push_error(refused.code)
+        return None
+
+    def _query(self, mnemonic: str, index_text: str) -> str:
+        param = _PARAMS.get(mnemonic)
+        if param is not None:
+            index = self._index(index_text, param.count)
+            value = self._values[mnemonic][index]
+            return str(int(value)) if param.kind is int else f"{value:+.{param.decimals}f}"
+        if mnemonic == "DLAY":
+            channel = self._index(index_text, len(CHANNELS))
+            return f"{self._links[channel]},{_format_ps(self._delays[channel])}"
+        if index_text:
+            raise _Refused(115)  # extra parameters
+        if mnemonic == "*IDN":
+            return self.idn
+        if mnemonic == "LERR":
+            return str(self._errors.popleft() if self._errors else 0)
+        if mnemonic == "INSR":
+            value, self._insr = self._insr, 0
+            return str(value)
+        if mnemonic == "*ESR":
+            value, self._esr = self._esr, 0
+            return str(value)
+        if mnemonic == "*STB":
+            return str(self._status_byte())
+        return "1" if mnemonic == "*OPC" else "0"  # *OPC? and *TST? (self test passed)
+
+    def _index(self, text: str, count: int) -> int:
+        if count == 0:
+            if text:
+                raise _Refused(115)
+            return 0
+        if not text:
+            raise _Refused(116)  # missing parameters
+        index = _parse_int(text)
+        if not 0 <= index < count:
+            raise _Refused(10)
+        return index
+
+    def _set(self, mnemonic: str, args: list[str], now: float) -> None:
+        param = _PARAMS.get(mnemonic)
+        if param is not None:
+            needed = 2 if param.count else 1
+            self._arity(args, needed)
+            index = self._index(args[0], param.count) if param.count else 0
+            raw = args[-1]
+            value: float = _parse_int(raw) if param.kind is int else _parse_real(raw)
+            if not param.low <= value <= param.high:
+                raise _Refused(10)  # illegal value
+            if param.resolution:
+                value = round(value / param.resolution) * param.resolution
+            self._values[mnemonic][index] = value
+            self._setting_changed(mnemonic, now)
+        elif mnemonic == "DLAY":
+            self._arity(args, 3)
+            self._set_delay(_parse_int(args[0]), _parse_int(args[1]), _parse_real(args[2]))
+        elif mnemonic == "*TRG":
+            self._arity(args, 0)
+            self._software_trigger(now)
+        else:
+            self._arity(args, 0)
+            if mnemonic == "*RST":
+                self._reset()
+            elif mnemonic == "*CLS":
+                self._errors.clear()
+                self._insr = 0
+                self._esr = 0
+            # *WAI and *OPC: commands complete at once here
+
+    @staticmethod
+    def _arity(args: list[str], needed: int) -> None:
+        if len(args) < needed:
+            raise _Refused(116)  # missing parameters
+        if len(args) > needed:
+            raise _Refused(115)  # extra parameters
+
+    def _set_delay(self, channel: int, reference: int, seconds: float) -> None:
+        if not 0 <= channel < len(CHANNELS) or not 0 <= reference < len(CHANNELS):
+            raise _Refused(10)
+        if channel == 0:
+            raise _Refused(10)  # [I] T0 is the fixed origin
+        ps = round(seconds * _PS / 5) * 5
+        if abs(ps) > _MAX_DELAY_PS:
+            raise _Refused(12)  # illegal delay
+        links, delays = list(self._links), list(self._delays)
+        links[channel], delays[channel] = reference, ps
+        absolute = self._absolute_ps(links, delays)
+        if absolute is None:
+            raise _Refused(13)  # illegal link: a channel would refer to itself
+        if any(not 0 <= t <= _MAX_DELAY_PS for t in absolute):
+            raise _Refused(12)
+        self._links, self._delays = links, delays
+
+    @staticmethod
+    def _absolute_ps(links: list[int], delays: list[int]) -> list[int] | None:
+        """Absolute delay of every channel after T0, or None when the links form a loop."""
+        result = []
+        for channel in range(len(links)):
+            total, seen = 0, set()
+            while channel != 0:
+                if channel in seen:
+                    return None
+                seen.add(channel)
+                total += delays[channel]
+                channel = links[channel]
+            result.append(total)
+        return result
+
+    def _setting_changed(self, mnemonic: str, now: float) -> None:
+        if mnemonic in ("TSRC", "TRAT"):
+            self._armed = False
+            self._next_internal = (now + self._trigger_period()
+                                   if self._source() in (0, 6) else None)
+
+    def _reset(self) -> None:
+        self._values = {name: [p.default] * max(1, p.count) for name, p in _PARAMS.items()}
+        self._links = [0] * len(CHANNELS)
+        self._delays = [0] * len(CHANNELS)
+        self._run: _Run | None = None
+        self._busy_until = -math.inf
+        self._next_internal: float | None = None
+        self._armed = False
+
+    def _push_error(self, code: int) -> None:
+        if len(self._errors) >= _ERROR_QUEUE_DEPTH:
+            self._errors[-1] = 254
+        else:
+            self._errors.append(code)
+        if code >= 110:
+            self._esr |= 32  # command error
+        elif code >= 30:
+            self._esr |= 4  # query error
+        else:
+            self._esr |= 16  # execution error
+
+    def _status_byte(self) -> int:
+        stb = 0
+        if self._insr & int(self._values["INSE"][0]):
+            stb |= 1
+        if self._esr & int(self._values["*ESE"][0]):
+            stb |= 32
+        if stb & int(self._values["*SRE"][0]):
+            stb |= 64
+        return stb
+
+    def _apply_reply_fault(self, reply: bytes | None) -> bytes | None:
+        if reply is None or not self._faults or self._faults[0][0] is Fault.DISCONNECT:
+            return reply
+        fault, detail = self._faults.popleft()
+        if fault is Fault.NO_REPLY:
+            return None
+        if fault is Fault.TRUNCATED:
+            keep = detail if isinstance(detail, int) else (len(reply) - 2) // 2
+            return reply[:keep] + b"\r\n"
+        return detail if isinstance(detail, bytes) else b"\xfe\x80#garbage?\r\n"
+
+    # ------------------------------------------------------------------ sequencer
+    def _source(self) -> int:
+        return int(self._values["TSRC"][0])
+
+    def _trigger_period(self) -> float:
+        if self._source() == 6:
+            return 1 / 50.0  # [I] line trigger at 50 Hz mains
+        return 1 / self._values["TRAT"][0]
+
+    def _software_trigger(self, now: float) -> None:
+        source = self._source()
+        if source == 5:
+            self._trigger(now)
+        elif source in (3, 4):
+            self._armed = True  # [M] *TRG arms the single-shot external modes
+        else:
+            raise _Refused(11)  # illegal mode
+
+    def _trigger(self, t: float) -> bool:
+        """A trigger edge at ``t``; True when it started delay cycles."""
+        inhibit = int(self._values["INHB"][0])
+        if inhibit == 1 and self.inhibit_input:
+            self._insr |= INHIBIT
+            return False
+        if self._run is not None or t < self._busy_until:
+            self._insr |= RATE
+            self.ignored_triggers += 1
+            return False
+        self._insr |= TRIG
+        if self._values["BURM"][0]:
+            self._run = _Run(t + self._values["BURD"][0], self._values["BURP"][0],
+                             int(self._values["BURC"][0]), burst=True)
+        else:
+            self._run = _Run(t, 0.0, 1, burst=False)
+        return True
+
+    def _advance(self, now: float) -> None:
+        """Process triggers and delay cycles due up to ``now`` in time order."""
+        for _ in range(_MAX_EVENTS_PER_ADVANCE):
+            t_shot = self._run.next_time() if self._run is not None else math.inf
+            t_trig = self._next_internal if self._next_internal is not None else math.inf
+            if min(t_shot, t_trig) > now:
+                return
+            if t_shot <= t_trig:
+                self._emit()
+            else:
+                self._trigger(t_trig)
+                self._next_internal = t_trig + self._trigger_period()
+        if self._next_internal is not None and self._next_internal <= now:
+            log.warning("DG645 emulator fell behind; skipping internal triggers up to %.6f", now)
+            self._next_internal = now + self._trigger_period()
+
+    def _emit(self) -> None:
+        run = self._run
+        assert run is not None
+        t, cycle = run.next_time(), run.emitted
+        run.emitted += 1
+        absolute = self._absolute_ps(self._links, self._delays) or [0] * len(CHANNELS)
+        inhibited = frozenset(_INHIBITED_BY[int(self._values["INHB"][0])]
+                              if self.inhibit_input else ())
+        if inhibited:
+            self._insr |= INHIBIT
+        self._shot_count += 1
+        shot = Shot(
+            number=self._shot_count,
+            time=t,
+            burst_cycle=cycle if run.burst else 0,
+            t0_output=not run.burst or cycle == 0 or self._values["BURT"][0] == 0,
+            delays=types.MappingProxyType(
+                {name: absolute[i] / _PS for i, name in enumerate(CHANNELS) if i}),
+            inhibited_outputs=inhibited,
+        )
+        self._shots.append(shot)
+        self._pending.append(shot)
+        self._insr |= END_OF_DELAY
+        if run.emitted >= run.count:
+            self._run = None
+            self._busy_until = t + max(absolute) / _PS
+            if run.burst:
+                self._insr |= END_OF_BURST
+
+    def _dispatch(self) -> None:
+        """Hand new shots to subscribers in order, outside the state lock."""
+        with self._dispatch_lock:
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        return
+                    shot = self._pending.popleft()
+                    callbacks = tuple(self._callbacks)
+                for callback in callbacks:
+                    try:
+                        callback(shot)
+                    except Exception:
+                        log.exception("DG645 emulator: shot callback failed")
+
+    # ------------------------------------------------------------------ bench and tests
+    def now(self) -> float:
+        return self._clock()
+
+    def update(self) -> None:
+        """Advance to the clock's present: emit due shots and internal triggers."""
+        with self._lock:
+            self._advance(self._clock())
+        self._dispatch()
+
+    def next_event_time(self) -> float | None:
+        """Clock time of the next scheduled shot or internal trigger, if any."""
+        with self._lock:
+            times = [t for t in (self._run.next_time() if self._run else None,
+                                 self._next_internal) if t is not None]
+            return min(times) if times else None
+
+    def external_trigger(self) -> bool:
+        """An edge on the external trigger input now; True when it started a delay cycle."""
+        with self._lock:
+            now = self._clock()
+            self._advance(now)
+            source, accepted = self._source(), False
+            if source in (1, 2) or (source in (3, 4) and self._armed):
+                self._armed = False
+                accepted = self._trigger(now)
+        self._dispatch()
+        return accepted
+
+    def on_shot(self, callback: Callable[[Shot], None]) -> Callable[[], None]:
+        """Call ``callback(shot)`` for every delay cycle; returns an unsubscribe function."""
+        with self._lock:
+            self._callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._callbacks:
+                    self._callbacks.remove(callback)
+
+        return unsubscribe
+
+    @property
+    def shots(self) -> tuple[Shot, ...]:
+        with self._lock:
+            return tuple(self._shots)
+
+    @property
+    def shot_times(self) -> list[float]:
+        with self._lock:
+            return [shot.time for shot in self._shots]
+
+    def clear_shots(self) -> None:
+        with self._lock:
+            self._shots.clear()
+
+    def inject_fault(
+        self, fault: Fault, payload: bytes | None = None, *, keep: int | None = None
+    ) -> None:
+        """Queue a fault. GARBAGE sends ``payload`` as is when given; TRUNCATED keeps the first
+        ``keep`` bytes of the reply (default half) and its CR LF."""
+        with self._lock:
+            self._faults.append((fault, payload if fault is Fault.GARBAGE else keep))
+
+    @property
+    def transcript(self) -> list[tuple[bytes, bytes | None]]:
+        """The latest (line received, reply sent) pairs, terminators stripped from the line."""
+        with self._lock:
+            return list(self._transcript)
+
+    @property
+    def received_bytes(self) -> bytes:
+        """The bytes (last MiB) that reached the emulator through a transport, with
+        terminators."""
+        with self._lock:
+            return bytes(self._received)
+
+    def clear_transcript(self) -> None:
+        with self._lock:
+            self._transcript.clear()
+            self._received.clear()
+
+    def note_received(self, data: bytes) -> None:
+        with self._lock:
+            self._received += data
+            if len(self._received) > _MAX_RECORDED_BYTES:  # a long bench run keeps the tail
+                del self._received[: len(self._received) - _MAX_RECORDED_BYTES]
+
+    def set_status_bits(self, bits: int) -> None:
+        """Latch INSR bits as if the hardware raised them (e.g. 64 = PLL unlock)."""
+        with self._lock:
+            self._insr |= bits
+
+    def setting(self, mnemonic: str, index: int = 0) -> float:
+        """Current value of a plain setting, e.g. ``setting("LAMP", 1)``."""
+        with self._lock:
+            return self._values[mnemonic.upper()][index]
+
+    def delay(self, channel: str) -> tuple[str, float]:
+        """(reference name, seconds) of a delay channel."""
+        with self._lock:
+            i = CHANNELS.index(channel.upper())
+            return CHANNELS[self._links[i]], self._delays[i] / _PS
+
+    @property
+    def errors(self) -> tuple[int, ...]:
+        with self._lock:
+            return tuple(self._errors)
+
+    @property
+    def status_bits(self) -> int:
+        """INSR without clearing it."""
+        with self._lock:
+            return self._insr
+
+    @property
+    def trigger_source(self) -> int:
+        with self._lock:
+            return self._source()
+
+    @property
+    def burst_running(self) -> bool:
+        with self._lock:
+            return self._run is not None
+
+    @property
+    def inhibited_outputs(self) -> frozenset[str]:
+        with self._lock:
+            if not self.inhibit_input:
+                return frozenset()
+            return frozenset(_INHIBITED_BY[int(self._values["INHB"][0])])
+
+    @property
+    def outputs_inhibited(self) -> bool:
+        """True when no delay output (AB..GH) can pulse: all gated, or triggers inhibited."""
+        with self._lock:
+            inhibit = int(self._values["INHB"][0])
+            return self.inhibit_input and inhibit in (1, 5)
+
+
+# ---------------------------------------------------------------------- transports
+class _LineLink:
+    """Byte stream -> emulator lines (LF or CR terminated) -> reply bytes."""
+
+    def __init__(self, emulator: DG645Emulator) -> None:
+        self.emulator = emulator
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> bytes:
+        """Feed received bytes; return replies to send. May raise `EmulatorDisconnect`."""
+        self.emulator.note_received(data)
+        self._buffer += data
+        out = bytearray()
+        while True:
+            ends = [i for i in (self._buffer.find(b"\n"), self._buffer.find(b"\r")) if i >= 0]
+            if not ends:
+                break
+            end = min(ends)
+            line = bytes(self._buffer[:end])
+            del self._buffer[: end + 1]
+            if line.strip():
+                out += self.emulator.handle(line) or b""
+        if len(self._buffer) > _MAX_LINE:
+            log.warning("DG645 emulator: input line too long, discarded")
+            self._buffer.clear()
+        return bytes(out)
+
+
+class _ServerThread:
+    """A selector loop on a daemon thread that also wakes for the emulator's next shot."""
+
+    _MAX_WAIT_S = 1.0
+
+    def __init__(self, emulator: DG645Emulator | None, name: str) -> None:
+        self.emulator = emulator if emulator is not None else DG645Emulator()
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._stopping = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def _wait_s(self) -> float | None:
+        t = self.emulator.next_event_time()
+        if t is None:
+            return None
+        return min(max(t - self.emulator.now(), 0.0), self._MAX_WAIT_S)
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            for key, _ in self._selector.select(self._wait_s()):
+                if key.fileobj is self._wake_r:
+                    self._wake_r.recv(64)
+                    continue
+                try:
+                    key.data(key.fileobj)
+                except Exception:  # a bug must not silently kill the server thread
+                    log.exception("DG645 emulator server: handler failed")
+            self.emulator.update()
+        self._shutdown()
+
+    def close(self) -> None:
+        """Stop the thread and release every socket or descriptor (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self._wake_w.close()
+        self._wake_r.close()
+        self._selector.close()
+
+    def _shutdown(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DG645TcpServer(_ServerThread):
+    """The emulator on a localhost TCP socket, like the DG645's raw socket on port 5025."""
+
+    def __init__(self, emulator: DG645Emulator | None = None, *, host: str = "127.0.0.1",
+                 port: int = 0) -> None:
+        super().__init__(emulator, "dg645-tcp-emulator")
+        self._listener = socket.create_server((host, port))
+        self._listener.setblocking(False)
+        self.host, self.port = self._listener.getsockname()[:2]
+        self._links: dict[socket.socket, _LineLink] = {}
+        self._selector.register(self._listener, selectors.EVENT_READ, self._accept)
+        self._thread.start()
+
+    @property
+    def resource_name(self) -> str:
+        return f"TCPIP::{self.host}::{self.port}::SOCKET"
+
+    @property
+    def url(self) -> str:
+        """pyserial URL of the same socket."""
+        return f"socket://{self.host}:{self.port}"
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return
+        conn.setblocking(True)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._links[conn] = _LineLink(self.emulator)
+        self._selector.register(conn, selectors.EVENT_READ, self._receive)
+
+    def _receive(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(4096)
+            if not data:
+                self._drop(conn, reset=False)
+                return
+            reply = self._links[conn].feed(data)
+            if reply:
+                conn.sendall(reply)
+        except EmulatorDisconnect:
+            self._drop(conn, reset=True)
+        except OSError:
+            self._drop(conn, reset=False)
+
+    def _drop(self, conn: socket.socket, *, reset: bool) -> None:
+        self._selector.unregister(conn)
+        self._links.pop(conn, None)
+        if reset:  # linger 0 makes close() send RST: the client sees the loss at once
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+    def _shutdown(self) -> None:
+        for conn in list(self._links):
+            self._drop(conn, reset=False)
+        self._selector.unregister(self._listener)
+        self._listener.close()
+
+
+class DG645PtyServer(_ServerThread):
+    """The emulator behind a pseudo-terminal: open ``.port`` with real pyserial or pyvisa ASRL.
+
+    Baud rate, parity and RTS/CTS are ignored on a pty. A DISCONNECT fault closes the master
+    side, so the client's next read or write fails like an unplugged cable.
+    """
+
+    def __init__(self, emulator: DG645Emulator | None = None) -> None:
+        super().__init__(emulator, "dg645-pty-emulator")
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)  # no echo, no CR/LF translation before pyserial opens it
+        self.port = os.ttyname(self._slave)
+        self._link = _LineLink(self.emulator)
+        self._master_open = True
+        self._selector.register(self._master, selectors.EVENT_READ, self._receive)
+        self._thread.start()
+
+    @property
+    def resource_name(self) -> str:
+        return f"ASRL{self.port}::INSTR"
+
+    def _receive(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:  # EIO while no client has the slave open
+            return
+        try:
+            reply = self._link.feed(data)
+        except EmulatorDisconnect:
+            self._close_master()
+            return
+        if reply:
+            os.write(fd, reply)
+
+    def _close_master(self) -> None:
+        if self._master_open:
+            self._master_open = False
+            self._selector.unregister(self._master)
+            os.close(self._master)
+
+    def _shutdown(self) -> None:
+        self._close_master()
+        os.close(self._slave)
+
+
+# ---------------------------------------------------------------------- pyserial URL
+URL_SCHEME = "dg645sim"
+_registry: dict[str, DG645Emulator] = {}
+_registry_lock = threading.Lock()
+
+
+def register_emulator(name: str, emulator: DG645Emulator) -> str:
+    """Make ``emulator`` reachable as ``dg645sim://<name>``; returns that URL."""
+    with _registry_lock:
+        _registry[name] = emulator
+    return f"{URL_SCHEME}://{name}"
+
+
+def unregister_emulator(name: str) -> None:
+    with _registry_lock:
+        _registry.pop(name, None)
+
+
+class EmulatorSerial(SerialBase):
+    """A pyserial port wired straight to an emulator; ``dg645sim://`` alone makes a new one."""
+
+    def open(self) -> None:
+        if self._port is None:
+            raise SerialException("Port must be configured before it can be used.")
+        if self.is_open:
+            raise SerialException("Port is already open.")
+        parts = urlsplit(self._port)
+        if parts.scheme.lower() != URL_SCHEME:
+            raise SerialException(f"not a {URL_SCHEME}:// URL: {self._port!r}")
+        name = (parts.netloc + parts.path).strip("/")
+        with _registry_lock:
+            emulator = _registry.get(name) if name else DG645Emulator()
+        if emulator is None:
+            raise SerialException(f"no emulator registered as {name!r}")
+        self.emulator = emulator
+        self._link = _LineLink(emulator)
+        self._rx = bytearray()
+        self._ready = threading.Condition()
+        self._broken = False
+        self.is_open = True
+
+    def close(self) -> None:
+        if getattr(self, "_ready", None) is not None:
+            with self._ready:
+                self.is_open = False
+                self._ready.notify_all()
+        self.is_open = False
+
+    @property
+    def in_waiting(self) -> int:
+        with self._ready:
+            return len(self._rx)
+
+    def read(self, size: int = 1) -> bytes:
+        if not self.is_open:
+            raise PortNotOpenError()
+        with self._ready:
+            self._ready.wait_for(
+                lambda: len(self._rx) >= size or self._broken or not self.is_open,
+                timeout=self._timeout)
+            if self._broken and not self._rx:
+                raise SerialException("emulator link disconnected")
+            data = bytes(self._rx[:size])
+            del self._rx[:size]
+            return data
+
+    def write(self, data: bytes) -> int:
+        if not self.is_open:
+            raise PortNotOpenError()
+        if self._broken:
+            raise SerialException("emulator link disconnected")
+        try:
+            reply = self._link.feed(bytes(data))
+        except EmulatorDisconnect as exc:
+            with self._ready:
+                self._broken = True
+                self._ready.notify_all()
+            raise SerialException("emulator link disconnected") from exc
+        if reply:
+            with self._ready:
+                self._rx += reply
+                self._ready.notify_all()
+        return len(data)
+
+    def flush(self) -> None:
+        """Writes complete synchronously."""
+
+    def reset_input_buffer(self) -> None:
+        with self._ready:
+            self._rx.clear()
+
+    def reset_output_buffer(self) -> None:
+        """Nothing is buffered on the way out."""
+
+    def _reconfigure_port(self, *args: object, **kwargs: object) -> None:
+        """Baud rate, framing and handshake do not matter in process."""
+
+    def _update_rts_state(self) -> None:
+        pass
+
+    def _update_dtr_state(self) -> None:
+        pass
+
+    def _update_break_state(self) -> None:
+        pass
+
+    @property
+    def cts(self) -> bool:
+        return True
+
+    @property
+    def dsr(self) -> bool:
+        return True
+
+    @property
+    def ri(self) -> bool:
+        return False
+
+    @property
+    def cd(self) -> bool:
+        return True
+
+
+def _install_url_handler() -> None:
+    """Let ``serial.serial_for_url("dg645sim://...")`` find `EmulatorSerial`.
+
+    pyserial imports ``<package>.protocol_<scheme>`` for each entry of
+    ``serial.protocol_handler_packages``; this module stands in as that package and the handler
+    module is registered in ``sys.modules`` under the name pyserial will ask for.
+    """
+    handler_name = f"{__name__}.protocol_{URL_SCHEME}"
+    if handler_name not in sys.modules:
+        handler = types.ModuleType(handler_name, "pyserial handler for dg645sim:// URLs")
+        handler.Serial = EmulatorSerial  # type: ignore[attr-defined]
+        sys.modules[handler_name] = handler
+    if __name__ not in serial.protocol_handler_packages:
+        serial.protocol_handler_packages.append(__name__)
+
+
+_install_url_handler()
+
+__all__: Iterable[str] = (
+    "DEFAULT_IDN",
+    "DG645Emulator",
+    "DG645PtyServer",
+    "DG645TcpServer",
+    "EmulatorDisconnect",
+    "EmulatorSerial",
+    "Fault",
+    "Shot",
+    "register_emulator",
+    "unregister_emulator",
+)
