@@ -465,7 +465,7 @@ def total_emissivity(spectra: np.ndarray, valid: np.ndarray) -> np.ndarray:
     removes the dark level and the sloped continuum, which would otherwise swamp the line
     emission that makes grains visible. Pixels past the last whole block are left out.
     """
-    n, n_px = spectra.shape
+    n_px = spectra.shape[1]
     usable = n_px - n_px % FLOOR_BLOCK_PX
     starts = np.arange(0, usable, FLOOR_BLOCK_PX)
     sums = np.add.reduceat(spectra[:, :usable], starts, axis=1, dtype=np.uint32)
