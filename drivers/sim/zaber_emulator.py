@@ -1,0 +1,1160 @@
+"""Wire-level emulator of Zaber ASCII stages, so tests and the simulated bench run the real
+driver code (`plumelink.drivers.zaber`) without hardware.
+
+`ZaberEmulator` is a state machine for one or more daisy-chained devices with one or more axes
+each: ``handle(line) -> [reply lines]`` answers ``/<device> <axis> [<id>] <command>`` exactly as
+``@<dd> <axis> [<id>] <OK|RJ> <IDLE|BUSY> <flag> <data>`` + CR LF. It models constant-speed
+motion on an injectable clock (BUSY until the move time has elapsed, the position interpolated),
+travel limits, homing (``WR`` until homed), the warning flags, message ids, optional LRC
+checksums, ``!`` alerts (``set comm.alert 1``) and distance triggers that toggle a digital
+output and record where each firing happened (`TriggerEvent`), for fly scans.
+
+Reachable three ways, all serving any `Peer` (this emulator or a `ScriptedPeer`):
+
+* `ZaberPtyServer`: a pseudo-terminal; the driver opens ``server.url`` (``/dev/pts/N``) with
+  real pyserial;
+* `ZaberTcpServer`: a localhost socket, ``socket://127.0.0.1:<port>``;
+* the pyserial URL ``zabersim://<name>``: an in-process port without threads (name a peer with
+  `register_peer`), which suits simulated time with `ManualClock`.
+
+Faults (`Fault`) apply to the next replies: garbage, no reply, truncated, a forced rejection
+(e.g. ``AGAIN``), a wrong message id, extra lines before the reply, disconnect; `inject_stall`
+makes the next move on an axis stop part-way with the ``FS`` fault. Choices where the manual is
+silent or not at hand are marked [I] (our inference).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import re
+import selectors
+import socket
+import struct
+import sys
+import threading
+import time
+import tty
+import types
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol, Self
+from urllib.parse import urlsplit
+
+import serial
+from serial.serialutil import PortNotOpenError, SerialBase, SerialException
+
+from ..zaber import FLAGS, SPEED_FACTOR, lrc
+
+log = logging.getLogger(__name__)
+
+TRIGGERS_PER_DEVICE = 6  # [M] X-MCB2 has six
+DIGITAL_OUTPUTS = 4
+_PRIORITY = {flag: rank for rank, flag in enumerate(FLAGS)}
+_STICKY = frozenset({"WR", "WH"})  # cleared by homing, not by "warnings clear" [M]
+_INT = re.compile(r"[+-]?\d+")
+_MAX_LINE = 4096
+_MAX_RECORDED_BYTES = 1 << 20
+
+
+class Fault(Enum):
+    """Faults injected with `ZaberEmulator.inject_fault`; each applies to the next reply."""
+
+    GARBAGE = "garbage"  # reply replaced by the payload (default: non-ASCII bytes + CR LF)
+    NO_REPLY = "no_reply"  # reply dropped
+    TRUNCATED = "truncated"  # reply cut to ``keep`` bytes (default half), CR LF kept
+    REJECT = "reject"  # command rejected with the payload reason word (default AGAIN)
+    WRONG_ID = "wrong_id"  # reply carries another message id (a stale reply)
+    EXTRA_LINES = "extra_lines"  # payload bytes (info lines, alerts ...) sent before the reply
+    DISCONNECT = "disconnect"  # the transport drops the link on the next line
+
+
+class EmulatorDisconnect(Exception):
+    """Raised by `ZaberEmulator.handle` when a DISCONNECT fault fires; transports hang up."""
+
+
+class _Rejected(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class AxisConfig:
+    """Power-up state of one axis, in device units (microsteps; speed x 1.6384)."""
+
+    limit_min: int = 0
+    limit_max: int = 1_000_000
+    maxspeed: int = 163_840  # 100 000 microsteps/s
+    position: int = 500_000  # where the carriage really is at power-up
+    home_position: int = 0  # position after homing
+    referenced: bool = False  # False: WR set until homed
+
+
+@dataclass(frozen=True)
+class TriggerEvent:
+    """One distance-trigger firing: clock time, where the axis was, the output level after."""
+
+    time: float
+    device: int
+    trigger: int
+    axis: int
+    position: int
+    output: int
+    level: int
+
+
+@dataclass
+class _Motion:
+    start: float
+    target: float
+    t0: float
+    speed: float  # microsteps per second
+    odometer0: float
+    homing: bool = False
+    stall_after: float | None = None
+
+    @property
+    def direction(self) -> float:
+        return 1.0 if self.target >= self.start else -1.0
+
+    @property
+    def length(self) -> float:
+        full = abs(self.target - self.start)
+        return full if self.stall_after is None else min(full, self.stall_after)
+
+    @property
+    def end_time(self) -> float:
+        return self.time_at(self.length)
+
+    def time_at(self, travel: float) -> float:
+        """When the axis will have covered ``travel`` (triggers and transports agree on it)."""
+        return self.t0 + travel / self.speed
+
+    def travel_at(self, t: float) -> float:
+        if t >= self.end_time:
+            return self.length  # exact at the end, whatever the float rounding on the way
+        return min(max(t - self.t0, 0.0) * self.speed, self.length)
+
+
+class _Axis:
+    def __init__(self, config: AxisConfig) -> None:
+        self.limit_min = config.limit_min
+        self.limit_max = config.limit_max
+        self.maxspeed = config.maxspeed
+        self.accel = 2000
+        self.home_position = config.home_position
+        self.pos = float(config.position)
+        self.flags: set[str] = set() if config.referenced else {"WR"}
+        self.motion: _Motion | None = None
+        self.odometer = 0.0  # total distance travelled, either direction
+        self.stall_fraction: float | None = None
+
+    def position_at(self, t: float) -> float:
+        if self.motion is None:
+            return self.pos
+        return self.motion.start + self.motion.direction * self.motion.travel_at(t)
+
+    def odometer_at(self, t: float) -> float:
+        return self.odometer + (self.motion.travel_at(t) if self.motion else 0.0)
+
+    def halt(self, t: float, notice: str | None = "NI") -> None:
+        """Freeze the axis where it is at ``t`` (stop is instantaneous here [I])."""
+        if self.motion is not None:
+            self.pos, self.odometer = self.position_at(t), self.odometer_at(t)
+            self.motion = None
+            if notice:
+                self.flags.add(notice)
+
+    def flag(self) -> str:
+        return _highest(self.flags)
+
+
+def _highest(flags: Iterable[str]) -> str:
+    ranked = sorted(flags, key=lambda f: (_PRIORITY.get(f, len(_PRIORITY)), f))
+    return ranked[0] if ranked else "--"
+
+
+@dataclass
+class _Trigger:
+    axis: int = 0  # 0: no condition set
+    distance: int = 0
+    actions: dict[str, tuple[int, str]] = field(default_factory=dict)  # a|b -> (output, 0|1|t)
+    enabled: bool = False
+    remaining: int | None = None
+    next_fire: float = math.inf  # odometer reading of the next firing
+    fired: int = 0
+
+
+class _Device:
+    def __init__(self, address: int, axes: Sequence[AxisConfig]) -> None:
+        self.address = address
+        self.axes = [_Axis(c) for c in axes]
+        self.triggers = {n: _Trigger() for n in range(1, TRIGGERS_PER_DEVICE + 1)}
+        self.outputs = [0] * DIGITAL_OUTPUTS
+        self.alerts = False
+
+    def chosen(self, axis: int) -> list[_Axis]:
+        return self.axes if axis == 0 else [self.axes[axis - 1]]
+
+
+def _number(text: str, low: float = -(2**31), high: float = 2**31 - 1) -> int:
+    if not _INT.fullmatch(text) or not low <= int(text) <= high:
+        raise _Rejected("BADDATA")
+    return int(text)
+
+
+class ManualClock:
+    """A clock that only moves when told: ``clock.advance(0.5)``. Pass it as ``clock=``."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += seconds
+
+
+class ZaberEmulator:
+    """Zaber ASCII devices; thread-safe, time from ``clock`` (default `time.monotonic`).
+
+    ``devices`` maps each address to its axes' configs; the default is two single-axis devices
+    (1 = x, 2 = y). ``reply_checksums`` appends ``:XX`` to every reply and alert.
+    """
+
+    def __init__(
+        self,
+        devices: Mapping[int, Sequence[AxisConfig]] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        version: str = "7.33",
+        reply_checksums: bool = False,
+        history: int = 100_000,
+    ) -> None:
+        if devices is None:
+            devices = {1: [AxisConfig()], 2: [AxisConfig()]}
+        self._devices = {a: _Device(a, axes) for a, axes in sorted(devices.items())}
+        self._clock = clock
+        self.version = version
+        self.reply_checksums = reply_checksums
+        self._lock = threading.RLock()
+        self._faults: deque[tuple[Fault, bytes | str | int | None]] = deque()
+        self._unsolicited: deque[bytes] = deque()
+        self._events: deque[TriggerEvent] = deque(maxlen=history)
+        self._pending: deque[TriggerEvent] = deque()
+        self._callbacks: list[Callable[[TriggerEvent], None]] = []
+        self._dispatch_lock = threading.Lock()
+        self._transcript: deque[tuple[bytes, tuple[bytes, ...]]] = deque(maxlen=history)
+        self._received = bytearray()
+        self._commands = {
+            "home": self._home, "move": self._move, "stop": self._stop, "estop": self._stop,
+            "get": self._get, "set": self._set, "warnings": self._warnings,
+            "trigger": self._trigger, "io": self._io,
+        }
+
+    @classmethod
+    def single_controller(cls, axes: int = 2, config: AxisConfig | None = None,
+                          **kwargs: object) -> ZaberEmulator:
+        """One device (address 1) with ``axes`` axes, e.g. an X-MCC2 driving an XY stage."""
+        return cls({1: [config or AxisConfig() for _ in range(axes)]}, **kwargs)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ protocol
+    def handle(self, line: bytes) -> list[bytes]:
+        """Execute one command line (terminator removed); return the lines to send, alerts
+        that became due first."""
+        with self._lock:
+            now = self._clock()
+            self._advance(now)
+            if self._faults and self._faults[0][0] is Fault.DISCONNECT:
+                self._faults.popleft()
+                self._transcript.append((bytes(line), ()))
+                raise EmulatorDisconnect("fault injected: disconnect")
+            replies = self._apply_fault(self._respond(bytes(line), now))
+            out = [*self._unsolicited, *replies]
+            self._unsolicited.clear()
+            self._transcript.append((bytes(line), tuple(out)))
+            log.debug("Zaber emulator %r -> %r", line, out)
+        self._dispatch()
+        return out
+
+    def _respond(self, line: bytes, now: float) -> list[bytes]:
+        try:
+            text = line.decode("ascii")
+        except UnicodeDecodeError:
+            return []  # [I] a real device drops undecodable input
+        start = text.find("/")
+        if start < 0:
+            return []  # input before "/" is ignored
+        body = text[start + 1:].strip()
+        if ":" in body:
+            body, _, given = body.rpartition(":")
+            if given.upper() != lrc(body):
+                log.info("Zaber emulator: bad checksum, command dropped: %r", line)
+                return []  # [I] the device drops a command whose checksum is wrong
+        words = body.split()
+        address = axis = 0
+        msg_id: str | None = None
+        if words and words[0].isdigit():
+            address = int(words.pop(0))
+            if words and words[0].isdigit():
+                axis = int(words.pop(0))
+                if words and words[0].isdigit():
+                    msg_id = words.pop(0)
+        targets = list(self._devices.values()) if address == 0 else (
+            [self._devices[address]] if address in self._devices else [])
+        return [self._reply(device, axis, msg_id, words, now) for device in targets]
+
+    def _reply(self, device: _Device, axis: int, msg_id: str | None, words: list[str],
+               now: float) -> bytes:
+        ok, data = True, "0"
+        try:
+            if msg_id is not None and int(msg_id) > 99:
+                msg_id = None
+                raise _Rejected("BADMESSAGEID")  # [I] answered without an id
+            if self._faults and self._faults[0][0] is Fault.REJECT:
+                _, reason = self._faults.popleft()
+                raise _Rejected(str(reason or "AGAIN"))
+            if axis > len(device.axes):
+                raise _Rejected("BADAXIS")
+            if words:
+                handler = self._commands.get(words[0])
+                if handler is None:
+                    raise _Rejected("BADCOMMAND")
+                data = handler(device, axis, words[1:], now)
+        except _Rejected as rejected:
+            ok, data = False, rejected.reason
+        chosen = device.chosen(axis) if axis <= len(device.axes) else []
+        busy = any(a.motion is not None for a in chosen)
+        flag = _highest(f for a in chosen for f in a.flags)
+        ident = f"{msg_id} " if msg_id is not None else ""
+        return self._frame(f"@{device.address:02d} {axis} {ident}{'OK' if ok else 'RJ'} "
+                           f"{'BUSY' if busy else 'IDLE'} {flag} {data}")
+
+    def _frame(self, text: str) -> bytes:
+        if self.reply_checksums:
+            text += f":{lrc(text[1:])}"
+        return f"{text}\r\n".encode("ascii")
+
+    # ------------------------------------------------------------------ commands
+    def _home(self, device: _Device, axis: int, args: list[str], now: float) -> str:
+        if args:
+            raise _Rejected("BADDATA")
+        for ax in device.chosen(axis):
+            self._start(ax, ax.home_position, ax.maxspeed, now, homing=True)
+        return "0"
+
+    def _move(self, device: _Device, axis: int, args: list[str], now: float) -> str:
+        if not args or args[0] not in ("abs", "rel", "vel"):
+            raise _Rejected("BADCOMMAND")
+        if len(args) != 2:
+            raise _Rejected("BADDATA")
+        value = _number(args[1])
+        plans = []
+        for ax in device.chosen(axis):
+            if "WR" in ax.flags and args[0] != "vel":
+                raise _Rejected("BADDATA")  # [I] no absolute frame before homing
+            if args[0] == "vel":
+                target, speed = (ax.limit_max if value > 0 else ax.limit_min), abs(value)
+            else:
+                here = round(ax.position_at(now))
+                target, speed = (value if args[0] == "abs" else here + value), ax.maxspeed
+                if not ax.limit_min <= target <= ax.limit_max:
+                    raise _Rejected("BADDATA")
+            plans.append((ax, target, speed))
+        for ax, target, speed in plans:
+            if speed == 0:
+                ax.halt(now)
+            else:
+                self._start(ax, target, speed, now)
+        return "0"
+
+    def _start(self, ax: _Axis, target: float, speed: float, now: float, *,
+               homing: bool = False) -> None:
+        ax.halt(now)
+        start = ax.pos
+        stall = ax.stall_fraction
+        ax.stall_fraction = None
+        if target == start and not homing:
+            return
+        ax.motion = _Motion(start, float(target), now, speed / SPEED_FACTOR, ax.odometer,
+                            homing=homing,
+                            stall_after=None if stall is None else stall * abs(target - start))
+
+    def _stop(self, device: _Device, axis: int, args: list[str], now: float) -> str:
+        if args:
+            raise _Rejected("BADDATA")
+        for ax in device.chosen(axis):
+            ax.halt(now)
+        return "0"
+
+    _AXIS_SETTINGS = ("pos", "encoder.pos", "maxspeed", "accel", "limit.min", "limit.max")
+
+    def _get(self, device: _Device, axis: int, args: list[str], now: float) -> str:
+        if len(args) != 1:
+            raise _Rejected("BADDATA")
+        name = args[0]
+        if name in self._AXIS_SETTINGS:
+            return " ".join(str(self._axis_setting(ax, name, now)) for ax in device.chosen(axis))
+        device_settings = {"comm.alert": int(device.alerts), "version": self.version,
+                           "system.axiscount": len(device.axes), "deviceid": 30222}
+        if name not in device_settings:
+            raise _Rejected("BADCOMMAND")
+        if axis:
+            raise _Rejected("DEVICEONLY")  # [I]
+        return str(device_settings[name])
+
+    @staticmethod
+    def _axis_setting(ax: _Axis, name: str, now: float) -> int:
+        if name in ("pos", "encoder.pos"):
+            return round(ax.position_at(now))
+        return int(getattr(ax, name.replace(".", "_")))
+
+    def _set(self, device: _Device, axis: int, args: list[str], now: float) -> str:
+        if len(args) != 2:
+            raise _Rejected("BADDATA")
+        name, value = args[0], _number(args[1])
+        if name == "comm.alert":
+            if axis:
+                raise _Rejected("DEVICEONLY")
+            if value not in (0, 1):
+                raise _Rejected("BADDATA")
+            device.alerts = bool(value)
+            return "0"
+        if name not in ("pos", "maxspeed", "accel", "limit.min", "limit.max"):
+            raise _Rejected("BADCOMMAND" if name not in self._AXIS_SETTINGS else "BADDATA")
+        for ax in device.chosen(axis):
+            if name in ("pos", "limit.min", "limit.max") and ax.motion is not None:
+                raise _Rejected("STATUSBUSY")  # [I]
+            low = ax.limit_min if name == "limit.max" else -(2**31)
+            high = ax.limit_max if name == "limit.min" else 2**31 - 1
+            if name in ("maxspeed", "accel"):
+                low = 1
+            if not low <= value <= high:
+                raise _Rejected("BADDATA")
+        for ax in device.chosen(axis):
+            if name == "pos":
+                ax.pos = float(value)
+            else:
+                setattr(ax, name.replace(".", "_"), value)
+        return "0"
+
+    def _warnings(self, device: _Device, axis: int, args: list[str], now: float) -> str:
+        if args not in ([], ["clear"]):
+            raise _Rejected("BADCOMMAND")
+        chosen = device.chosen(axis)
+        flags = sorted({f for ax in chosen for f in ax.flags},
+                       key=lambda f: (_PRIORITY.get(f, len(_PRIORITY)), f))
+        if args:  # the list before clearing; the reply's flag field shows the state after [I]
+            for ax in chosen:
+                ax.flags &= _STICKY
+        return " ".join([f"{len(flags):02d}", *flags])
+
+    def _trigger(self, device: _Device, axis: int, args: list[str], now: float) -> str:
+        if axis:
+            raise _Rejected("DEVICEONLY")
+        if len(args) < 2:
+            raise _Rejected("BADCOMMAND")
+        trig = device.triggers.get(_number(args[0]))
+        if trig is None:
+            raise _Rejected("BADDATA")
+        verb, rest = args[1], args[2:]
+        if verb == "when" and len(rest) == 3 and rest[1] == "dist":
+            trig.axis = _number(rest[0], 1, len(device.axes))
+            trig.distance = _number(rest[2], 1)
+            if trig.enabled:
+                trig.next_fire = device.axes[trig.axis - 1].odometer_at(now) + trig.distance
+        elif verb == "action" and len(rest) == 6 and rest[0] in ("a", "b") and rest[1:4] == [
+                "io", "set", "do"]:
+            if rest[5] not in ("0", "1", "t"):
+                raise _Rejected("BADDATA")
+            trig.actions[rest[0]] = (_number(rest[4], 1, DIGITAL_OUTPUTS), rest[5])
+        elif verb == "enable" and len(rest) <= 1:
+            if not trig.axis:
+                raise _Rejected("BADDATA")  # [I] no condition to enable
+            trig.remaining = _number(rest[0], 1) if rest else None
+            trig.enabled = True
+            trig.next_fire = device.axes[trig.axis - 1].odometer_at(now) + trig.distance
+        elif verb == "disable" and not rest:
+            trig.enabled = False
+        else:
+            raise _Rejected("BADCOMMAND")
+        return "0"
+
+    def _io(self, device: _Device, axis: int, args: list[str], now: float) -> str:
+        if axis:
+            raise _Rejected("DEVICEONLY")
+        if len(args) == 4 and args[:2] == ["set", "do"] and args[3] in ("0", "1"):
+            device.outputs[_number(args[2], 1, DIGITAL_OUTPUTS) - 1] = int(args[3])
+            return "0"
+        if len(args) == 3 and args[:2] == ["get", "do"]:
+            return str(device.outputs[_number(args[2], 1, DIGITAL_OUTPUTS) - 1])
+        raise _Rejected("BADCOMMAND")
+
+    # ------------------------------------------------------------------ time
+    def _advance(self, now: float) -> None:
+        """Fire triggers and finish moves due up to ``now``, in time order per axis."""
+        fired: list[TriggerEvent] = []
+        for device in self._devices.values():
+            for number, ax in enumerate(device.axes, start=1):
+                if ax.motion is None:
+                    continue
+                fired += self._fire_triggers(device, number, ax, min(now, ax.motion.end_time))
+                if now >= ax.motion.end_time:
+                    self._finish(device, number, ax)
+        fired.sort(key=lambda e: e.time)
+        self._events.extend(fired)
+        self._pending.extend(fired)
+
+    def _fire_triggers(self, device: _Device, number: int, ax: _Axis,
+                       t: float) -> list[TriggerEvent]:
+        motion = ax.motion
+        assert motion is not None
+        events = []
+        for trig_number, trig in device.triggers.items():
+            while (trig.enabled and trig.axis == number
+                   and (travel := trig.next_fire - motion.odometer0) <= motion.length
+                   and motion.time_at(travel) <= t):
+                level = 0
+                for output, value in trig.actions.values():
+                    old = device.outputs[output - 1]
+                    device.outputs[output - 1] = 1 - old if value == "t" else int(value)
+                level_output = next(iter(trig.actions.values()), (0, ""))[0]
+                if level_output:
+                    level = device.outputs[level_output - 1]
+                events.append(TriggerEvent(
+                    time=motion.time_at(travel), device=device.address,
+                    trigger=trig_number, axis=number,
+                    position=round(motion.start + motion.direction * travel),
+                    output=level_output, level=level))
+                trig.fired += 1
+                trig.next_fire += trig.distance
+                if trig.remaining is not None:
+                    trig.remaining -= 1
+                    if trig.remaining <= 0:
+                        trig.enabled = False
+        return events
+
+    def _finish(self, device: _Device, number: int, ax: _Axis) -> None:
+        motion = ax.motion
+        assert motion is not None
+        ax.halt(motion.end_time, notice=None)
+        if motion.stall_after is not None and motion.stall_after < abs(motion.target -
+                                                                       motion.start):
+            ax.flags.add("FS")
+        elif motion.homing:
+            ax.flags -= _STICKY
+        if device.alerts:
+            self._unsolicited.append(self._frame(f"!{device.address:02d} {number} IDLE "
+                                                 f"{ax.flag()}"))
+
+    def _dispatch(self) -> None:
+        """Hand new trigger events to subscribers in order, outside the state lock."""
+        with self._dispatch_lock:
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        return
+                    event = self._pending.popleft()
+                    callbacks = tuple(self._callbacks)
+                for callback in callbacks:
+                    try:
+                        callback(event)
+                    except Exception:
+                        log.exception("Zaber emulator: trigger callback failed")
+
+    def _apply_fault(self, replies: list[bytes]) -> list[bytes]:
+        if not replies or not self._faults or self._faults[0][0] in (Fault.DISCONNECT,
+                                                                     Fault.REJECT):
+            return replies
+        fault, detail = self._faults.popleft()
+        reply = replies[0]
+        if fault is Fault.NO_REPLY:
+            return replies[1:]
+        if fault is Fault.TRUNCATED:
+            keep = detail if isinstance(detail, int) else (len(reply) - 2) // 2
+            return [reply[:keep] + b"\r\n", *replies[1:]]
+        if fault is Fault.WRONG_ID:
+            parts = reply.split(b" ")
+            if len(parts) > 2 and parts[2].isdigit():
+                parts[2] = b"%02d" % ((int(parts[2]) + 1) % 100)
+            return [b" ".join(parts), *replies[1:]]
+        if fault is Fault.EXTRA_LINES:
+            extra = detail.encode() if isinstance(detail, str) else detail
+            return [extra if isinstance(extra, bytes) else b"#01 0 extra info\r\n", *replies]
+        garbage = detail if isinstance(detail, bytes) else b"\xfe\x80@garbage?\r\n"
+        return [garbage, *replies[1:]]
+
+    # ------------------------------------------------------------------ bench and tests
+    def now(self) -> float:
+        return self._clock()
+
+    def update(self) -> None:
+        """Advance to the clock's present: finish due moves, fire due triggers."""
+        with self._lock:
+            self._advance(self._clock())
+        self._dispatch()
+
+    def next_event_time(self) -> float | None:
+        """Clock time of the next move end or trigger firing, if any."""
+        with self._lock:
+            times = []
+            for device in self._devices.values():
+                for number, ax in enumerate(device.axes, start=1):
+                    motion = ax.motion
+                    if motion is None:
+                        continue
+                    times.append(motion.end_time)
+                    times += [motion.time_at(trig.next_fire - motion.odometer0)
+                              for trig in device.triggers.values()
+                              if trig.enabled and trig.axis == number]
+            return min(times) if times else None
+
+    def wait_hint_s(self) -> float | None:
+        """Seconds until `next_event_time` (for transports that wake to send alerts)."""
+        t = self.next_event_time()
+        return None if t is None else max(0.0, t - self.now())
+
+    def take_unsolicited(self) -> list[bytes]:
+        """Alerts that became due outside a command exchange (transports send them)."""
+        with self._lock:
+            out = list(self._unsolicited)
+            self._unsolicited.clear()
+            return out
+
+    def inject_fault(self, fault: Fault, payload: bytes | str | None = None, *,
+                     keep: int | None = None, times: int = 1) -> None:
+        """Queue ``times`` copies of a fault. GARBAGE and EXTRA_LINES send ``payload`` bytes,
+        REJECT uses ``payload`` as the reason word, TRUNCATED keeps ``keep`` bytes."""
+        with self._lock:
+            detail = keep if fault is Fault.TRUNCATED else payload
+            self._faults.extend([(fault, detail)] * times)
+
+    def inject_stall(self, device: int, axis: int, fraction: float = 0.5) -> None:
+        """The next move of this axis stalls after ``fraction`` of its length: it stops there,
+        IDLE, with the ``FS`` fault flag."""
+        with self._lock:
+            self._axis(device, axis).stall_fraction = fraction
+
+    def set_flags(self, device: int, axis: int, *flags: str) -> None:
+        """Raise warning flags as if the hardware did (e.g. ``"FQ"``)."""
+        with self._lock:
+            self._axis(device, axis).flags.update(flags)
+
+    def flags(self, device: int, axis: int) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._axis(device, axis).flags)
+
+    def position(self, device: int, axis: int) -> float:
+        """Where the axis is now (microsteps, not rounded)."""
+        with self._lock:
+            return self._axis(device, axis).position_at(self._clock())
+
+    def busy(self, device: int, axis: int) -> bool:
+        with self._lock:
+            self._advance(self._clock())
+            return self._axis(device, axis).motion is not None
+
+    def speed(self, device: int, axis: int) -> int:
+        """The axis's maxspeed setting (device units)."""
+        with self._lock:
+            return self._axis(device, axis).maxspeed
+
+    def output(self, device: int, channel: int) -> int:
+        with self._lock:
+            return self._devices[device].outputs[channel - 1]
+
+    def on_trigger(self, callback: Callable[[TriggerEvent], None]) -> Callable[[], None]:
+        """Call ``callback(event)`` for every trigger firing; returns an unsubscribe function."""
+        with self._lock:
+            self._callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._callbacks:
+                    self._callbacks.remove(callback)
+
+        return unsubscribe
+
+    @property
+    def trigger_events(self) -> list[TriggerEvent]:
+        """Every trigger firing so far (after bringing the emulator up to the clock)."""
+        self.update()
+        with self._lock:
+            return list(self._events)
+
+    def clear_trigger_events(self) -> None:
+        with self._lock:
+            self._events.clear()
+
+    @property
+    def transcript(self) -> list[tuple[bytes, tuple[bytes, ...]]]:
+        """(line received, lines sent) pairs, the newest last."""
+        with self._lock:
+            return list(self._transcript)
+
+    @property
+    def commands(self) -> list[bytes]:
+        """The lines received, in order."""
+        with self._lock:
+            return [line for line, _ in self._transcript]
+
+    @property
+    def received_bytes(self) -> bytes:
+        with self._lock:
+            return bytes(self._received)
+
+    def clear_transcript(self) -> None:
+        with self._lock:
+            self._transcript.clear()
+            self._received.clear()
+
+    def note_received(self, data: bytes) -> None:
+        with self._lock:
+            self._received += data
+            if len(self._received) > _MAX_RECORDED_BYTES:
+                del self._received[: len(self._received) - _MAX_RECORDED_BYTES]
+
+    def _axis(self, device: int, axis: int) -> _Axis:
+        return self._devices[device].axes[axis - 1]
+
+
+class ScriptedPeer:
+    """A peer that plays an ordered script of (expected line, reply bytes) and records any
+    deviation in ``errors`` (answering nothing then, so the driver times out).
+
+    Lines are compared without their terminator; replies are sent byte for byte (b"" = no
+    reply), so garbage, truncated or interleaved lines are easy to script.
+    """
+
+    def __init__(self, script: Iterable[tuple[bytes, bytes]] = ()) -> None:
+        self._script: deque[tuple[bytes, bytes]] = deque(script)
+        self._lock = threading.Lock()
+        self.errors: list[str] = []
+        self.received = bytearray()
+
+    def extend(self, script: Iterable[tuple[bytes, bytes]]) -> None:
+        with self._lock:
+            self._script.extend(script)
+
+    @property
+    def remaining(self) -> list[tuple[bytes, bytes]]:
+        with self._lock:
+            return list(self._script)
+
+    def handle(self, line: bytes) -> list[bytes]:
+        with self._lock:
+            if not self._script:
+                self.errors.append(f"unexpected {line!r} after the end of the script")
+                return []
+            expected, reply = self._script.popleft()
+            if line != expected:
+                self.errors.append(f"expected {expected!r}, got {line!r}")
+                return []
+            return [reply] if reply else []
+
+    def note_received(self, data: bytes) -> None:
+        with self._lock:
+            self.received += data
+
+    def update(self) -> None:
+        """Scripts have no clock."""
+
+    def take_unsolicited(self) -> list[bytes]:
+        return []
+
+    def wait_hint_s(self) -> float | None:
+        return None
+
+
+class Peer(Protocol):
+    """What a transport needs from the far end: this emulator or a `ScriptedPeer`."""
+
+    def handle(self, line: bytes) -> list[bytes]: ...
+
+    def note_received(self, data: bytes) -> None: ...
+
+    def update(self) -> None: ...
+
+    def take_unsolicited(self) -> list[bytes]: ...
+
+    def wait_hint_s(self) -> float | None: ...
+
+
+# ---------------------------------------------------------------------- transports
+class _LineLink:
+    """Bytes in -> command lines (CR and/or LF terminated) -> peer -> reply bytes."""
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> bytes:
+        """Feed received bytes; return replies. May raise `EmulatorDisconnect`."""
+        self.peer.note_received(data)
+        self._buffer += data
+        out = bytearray()
+        while (end := next((i for i, b in enumerate(self._buffer) if b in b"\r\n"), -1)) >= 0:
+            line = bytes(self._buffer[:end])
+            del self._buffer[: end + 1]
+            if line.strip():
+                out += b"".join(self.peer.handle(line))
+        if len(self._buffer) > _MAX_LINE:
+            log.warning("Zaber emulator: input line too long, discarded")
+            self._buffer.clear()
+        return bytes(out)
+
+
+class _ServerThread:
+    """A selector loop on a daemon thread that also wakes when the peer has a timed event
+    (a move ending with alerts on, a trigger firing), to send alerts and run callbacks."""
+
+    _MAX_WAIT_S = 0.5
+
+    def __init__(self, peer: Peer | None, name: str) -> None:
+        self.peer: Peer = peer if peer is not None else ZaberEmulator()
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._stopping = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    @property
+    def emulator(self) -> ZaberEmulator:
+        assert isinstance(self.peer, ZaberEmulator)
+        return self.peer
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            hint = self.peer.wait_hint_s()
+            wait = self._MAX_WAIT_S if hint is None else min(hint, self._MAX_WAIT_S)
+            for key, _ in self._selector.select(wait):
+                if key.fileobj is self._wake_r:
+                    self._wake_r.recv(64)
+                    continue
+                try:
+                    key.data(key.fileobj)
+                except Exception:  # a bug must not silently kill the server thread
+                    log.exception("Zaber emulator server: handler failed")
+            self.peer.update()
+            unsolicited = b"".join(self.peer.take_unsolicited())
+            if unsolicited:
+                self._broadcast(unsolicited)
+        self._shutdown()
+
+    def close(self) -> None:
+        """Stop the thread and release every socket or descriptor (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        self._wake_w.close()
+        self._wake_r.close()
+        self._selector.close()
+
+    def _broadcast(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _shutdown(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ZaberPtyServer(_ServerThread):
+    """The peer behind a pseudo-terminal: open ``.url`` (``/dev/pts/N``) with real pyserial.
+
+    Baud rate and framing are ignored on a pty. A DISCONNECT fault closes the master side, so
+    the client's next read or write fails like an unplugged cable.
+    """
+
+    def __init__(self, peer: Peer | None = None) -> None:
+        super().__init__(peer, "zaber-pty-emulator")
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)  # no echo, no CR/LF translation before pyserial opens it
+        self.url = os.ttyname(self._slave)
+        self._link = _LineLink(self.peer)
+        self._master_open = True
+        self._selector.register(self._master, selectors.EVENT_READ, self._receive)
+        self._thread.start()
+
+    def _receive(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:  # EIO while no client has the slave open
+            return
+        try:
+            reply = self._link.feed(data)
+        except EmulatorDisconnect:
+            self._close_master()
+            return
+        if reply:
+            os.write(fd, reply)
+
+    def _broadcast(self, data: bytes) -> None:
+        if self._master_open:
+            with contextlib.suppress(OSError):
+                os.write(self._master, data)
+
+    def _close_master(self) -> None:
+        if self._master_open:
+            self._master_open = False
+            self._selector.unregister(self._master)
+            os.close(self._master)
+
+    def _shutdown(self) -> None:
+        self._close_master()
+        os.close(self._slave)
+
+
+class ZaberTcpServer(_ServerThread):
+    """The peer on a localhost TCP socket (``.url`` = ``socket://127.0.0.1:<port>``), like a
+    serial-to-Ethernet adapter or a controller with a TCP port."""
+
+    def __init__(self, peer: Peer | None = None, *, host: str = "127.0.0.1",
+                 port: int = 0) -> None:
+        super().__init__(peer, "zaber-tcp-emulator")
+        self._listener = socket.create_server((host, port))
+        self._listener.setblocking(False)
+        self.host, self.port = self._listener.getsockname()[:2]
+        self.url = f"socket://{self.host}:{self.port}"
+        self._links: dict[socket.socket, _LineLink] = {}
+        self._selector.register(self._listener, selectors.EVENT_READ, self._accept)
+        self._thread.start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return
+        conn.setblocking(True)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._links[conn] = _LineLink(self.peer)
+        self._selector.register(conn, selectors.EVENT_READ, self._receive)
+
+    def _receive(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(4096)
+            if not data:
+                self._drop(conn, reset=False)
+                return
+            reply = self._links[conn].feed(data)
+            if reply:
+                conn.sendall(reply)
+        except EmulatorDisconnect:
+            self._drop(conn, reset=True)
+        except OSError:
+            self._drop(conn, reset=False)
+
+    def _broadcast(self, data: bytes) -> None:
+        for conn in list(self._links):
+            try:
+                conn.sendall(data)
+            except OSError:
+                self._drop(conn, reset=False)
+
+    def _drop(self, conn: socket.socket, *, reset: bool) -> None:
+        self._selector.unregister(conn)
+        self._links.pop(conn, None)
+        if reset:  # linger 0 makes close() send RST: the client sees the loss at once
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+    def _shutdown(self) -> None:
+        for conn in list(self._links):
+            self._drop(conn, reset=False)
+        self._selector.unregister(self._listener)
+        self._listener.close()
+
+
+# ---------------------------------------------------------------------- pyserial URL
+URL_SCHEME = "zabersim"
+_registry: dict[str, Peer] = {}
+_registry_lock = threading.Lock()
+
+
+def register_peer(name: str, peer: Peer) -> str:
+    """Make ``peer`` reachable as ``zabersim://<name>``; returns that URL."""
+    with _registry_lock:
+        _registry[name] = peer
+    return f"{URL_SCHEME}://{name}"
+
+
+def unregister_peer(name: str) -> None:
+    with _registry_lock:
+        _registry.pop(name, None)
+
+
+class EmulatorSerial(SerialBase):
+    """A pyserial port wired straight to a peer; ``zabersim://`` alone makes a new emulator.
+    Reads wait on a condition (never spin) and pick up alerts when the peer has timed events."""
+
+    def open(self) -> None:
+        if self._port is None:
+            raise SerialException("Port must be configured before it can be used.")
+        if self.is_open:
+            raise SerialException("Port is already open.")
+        parts = urlsplit(self._port)
+        if parts.scheme.lower() != URL_SCHEME:
+            raise SerialException(f"not a {URL_SCHEME}:// URL: {self._port!r}")
+        name = (parts.netloc + parts.path).strip("/")
+        with _registry_lock:
+            peer = _registry.get(name) if name else ZaberEmulator()
+        if peer is None:
+            raise SerialException(f"no emulator registered as {name!r}")
+        self.peer = peer
+        self._link = _LineLink(peer)
+        self._rx = bytearray()
+        self._ready = threading.Condition()
+        self._broken = False
+        self.is_open = True
+
+    def close(self) -> None:
+        if getattr(self, "_ready", None) is not None:
+            with self._ready:
+                self.is_open = False
+                self._ready.notify_all()
+        self.is_open = False
+
+    @property
+    def in_waiting(self) -> int:
+        self._collect()
+        with self._ready:
+            return len(self._rx)
+
+    def _collect(self) -> None:
+        self.peer.update()
+        unsolicited = b"".join(self.peer.take_unsolicited())
+        if unsolicited:
+            with self._ready:
+                self._rx += unsolicited
+                self._ready.notify_all()
+
+    def read(self, size: int = 1) -> bytes:
+        if not self.is_open:
+            raise PortNotOpenError()
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        while True:
+            self._collect()
+            with self._ready:
+                if len(self._rx) >= size or self._broken or not self.is_open:
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                hint = self.peer.wait_hint_s()
+                waits = [w for w in (remaining, hint) if w is not None]
+                self._ready.wait(min(waits) if waits else None)
+        with self._ready:
+            if self._broken and not self._rx:
+                raise SerialException("emulator link disconnected")
+            data = bytes(self._rx[:size])
+            del self._rx[:size]
+            return data
+
+    def write(self, data: bytes) -> int:
+        if not self.is_open:
+            raise PortNotOpenError()
+        if self._broken:
+            raise SerialException("emulator link disconnected")
+        try:
+            reply = self._link.feed(bytes(data))
+        except EmulatorDisconnect as exc:
+            with self._ready:
+                self._broken = True
+                self._ready.notify_all()
+            raise SerialException("emulator link disconnected") from exc
+        if reply:
+            with self._ready:
+                self._rx += reply
+                self._ready.notify_all()
+        return len(data)
+
+    def flush(self) -> None:
+        """Writes complete synchronously."""
+
+    def reset_input_buffer(self) -> None:
+        with self._ready:
+            self._rx.clear()
+
+    def reset_output_buffer(self) -> None:
+        """Nothing is buffered on the way out."""
+
+    def _reconfigure_port(self, *args: object, **kwargs: object) -> None:
+        """Baud rate, framing and handshake do not matter in process."""
+
+    def _update_rts_state(self) -> None:
+        pass
+
+    def _update_dtr_state(self) -> None:
+        pass
+
+    def _update_break_state(self) -> None:
+        pass
+
+    @property
+    def cts(self) -> bool:
+        return True
+
+    @property
+    def dsr(self) -> bool:
+        return True
+
+    @property
+    def ri(self) -> bool:
+        return False
+
+    @property
+    def cd(self) -> bool:
+        return True
+
+
+def _install_url_handler() -> None:
+    """Let ``serial.serial_for_url("zabersim://...")`` find `EmulatorSerial`: pyserial imports
+    ``<package>.protocol_<scheme>`` for each entry of ``serial.protocol_handler_packages``, so
+    this module stands in as that package with the handler module registered in sys.modules."""
+    handler_name = f"{__name__}.protocol_{URL_SCHEME}"
+    if handler_name not in sys.modules:
+        handler = types.ModuleType(handler_name, "pyserial handler for zabersim:// URLs")
+        handler.Serial = EmulatorSerial  # type: ignore[attr-defined]
+        sys.modules[handler_name] = handler
+    if __name__ not in serial.protocol_handler_packages:
+        serial.protocol_handler_packages.append(__name__)
+
+
+_install_url_handler()
+
+__all__ = [
+    "DIGITAL_OUTPUTS",
+    "TRIGGERS_PER_DEVICE",
+    "AxisConfig",
+    "EmulatorDisconnect",
+    "EmulatorSerial",
+    "Fault",
+    "ManualClock",
+    "Peer",
+    "ScriptedPeer",
+    "TriggerEvent",
+    "ZaberEmulator",
+    "ZaberPtyServer",
+    "ZaberTcpServer",
+    "register_peer",
+    "unregister_peer",
+]
