@@ -1,11 +1,12 @@
 """Device contracts as ``typing.Protocol``: any class with these methods is such a device.
 
 Real drivers and emulators need no common base class; the engine depends only on these
-contracts. Stage and Spectrometer contracts will join DelayGenerator here.
+contracts. A Spectrometer contract will join DelayGenerator and Stage here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -60,5 +61,30 @@ class DelayGenerator(Protocol):
     def disable_outputs(self) -> None: ...
 
     def enable_outputs(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """An XY stage. Positions in µm, speeds in µm/s, times in s. Moves and ``home`` start
+    motion; ``wait_until_idle`` blocks (never spins) until both axes stop and raises on a
+    fault or timeout. ``stop`` is safe to call from another thread at any time."""
+
+    def home(self, axes: Sequence[str] = ("x", "y")) -> None: ...
+
+    def move_absolute(self, x_um: float | None = None, y_um: float | None = None) -> None: ...
+
+    def move_relative(self, dx_um: float = 0.0, dy_um: float = 0.0) -> None: ...
+
+    def position(self) -> tuple[float, float]: ...
+
+    def wait_until_idle(self, timeout_s: float) -> None: ...
+
+    def set_speed(self, um_per_s: float) -> None: ...
+
+    def limits(self) -> tuple[tuple[float, float], tuple[float, float]]: ...
+
+    def stop(self) -> None: ...
 
     def close(self) -> None: ...

@@ -7,7 +7,8 @@ silent set commands, the ``LERR?`` error queue with the real codes, latched ``IN
 the trigger/burst sequencer on an injectable clock. Every delay cycle is a `Shot`; a simulated
 bench subscribes with `DG645Emulator.on_shot` to attach the physics to each one.
 
-Three ways to reach it, all sharing `_LineLink` (bytes in, lines to the emulator, replies out):
+Three ways to reach it, all from the shared transport `serial_link` (the emulator is its
+`serial_link.Peer`):
 
 * `DG645TcpServer`: a threaded localhost socket server (``TCPIP::127.0.0.1::<port>::SOCKET``);
 * `DG645PtyServer`: a pseudo-terminal pair (``ASRL/dev/pts/N::INSTR`` through real pyserial);
@@ -20,28 +21,27 @@ disconnect. Choices marked [I] are our inference where the manual is silent.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 import re
-import selectors
-import socket
-import struct
-import sys
 import threading
 import time
-import tty
 import types
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Self
-from urllib.parse import urlsplit
 
-import serial
-from serial.serialutil import PortNotOpenError, SerialBase, SerialException
+from .serial_link import (
+    EmulatorDisconnect,
+    Fault,
+    FaultQueue,
+    PeerSerial,
+    PtyServer,
+    TcpServer,
+    register_scheme,
+    register_url,
+    unregister_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,24 +55,12 @@ _PS = 10**12  # delays are kept as integer picoseconds on a 5 ps grid
 _MAX_DELAY_PS = 2000 * _PS
 _ERROR_QUEUE_DEPTH = 20
 _MAX_EVENTS_PER_ADVANCE = 100_000
-_MAX_LINE = 4096
 _MAX_RECORDED_BYTES = 1 << 20
+_MAX_WAIT_S = 1.0  # longest a server sleeps without I/O or a scheduled shot
+_GARBAGE = b"\xfe\x80#garbage?\r\n"  # a GARBAGE fault's default reply
 
 # INSR bits
 TRIG, RATE, END_OF_DELAY, END_OF_BURST, INHIBIT = 1, 2, 4, 8, 16
-
-
-class Fault(Enum):
-    """Faults injected with `DG645Emulator.inject_fault`; each applies once."""
-
-    GARBAGE = "garbage"  # the next reply is replaced (default: non-ASCII bytes + CR LF)
-    NO_REPLY = "no_reply"  # the next reply is dropped: the driver must time out
-    TRUNCATED = "truncated"  # the next reply loses its tail (default: second half), keeps CR LF
-    DISCONNECT = "disconnect"  # the transport drops the link on the next line
-
-
-class EmulatorDisconnect(Exception):
-    """Raised by `DG645Emulator.handle` when a DISCONNECT fault fires; transports hang up."""
 
 
 @dataclass(frozen=True)
@@ -197,7 +185,7 @@ class DG645Emulator:
         self._pending: deque[Shot] = deque()
         self._shots: deque[Shot] = deque(maxlen=history)
         self._shot_count = 0
-        self._faults: deque[tuple[Fault, bytes | int | None]] = deque()
+        self._faults = FaultQueue(garbage=_GARBAGE)
         self._transcript: deque[tuple[bytes, bytes | None]] = deque(maxlen=history)
         self._received = bytearray()
         self._errors: deque[int] = deque()
@@ -212,8 +200,7 @@ class DG645Emulator:
         with self._lock:
             now = self._clock()
             self._advance(now)
-            if self._faults and self._faults[0][0] is Fault.DISCONNECT:
-                self._faults.popleft()
+            if self._faults.take_disconnect():
                 self._transcript.append((bytes(line), None))
                 raise EmulatorDisconnect("fault injected: disconnect")
             replies: list[str] = []
@@ -231,7 +218,8 @@ class DG645Emulator:
             self._advance(now)  # cycles due at once (a *TRG without burst delay) happen now
             # [I] several queries on one line answer as one message joined by ';' (IEEE 488.2)
             out = (";".join(replies) + "\r\n").encode("ascii") if replies else None
-            out = self._apply_reply_fault(out)
+            spoiled = self._faults.apply([out] if out is not None else [])
+            out = spoiled[0] if spoiled else None
             self._transcript.append((bytes(line), out))
             log.debug("DG645 emulator %r -> %r", line, out)
         self._dispatch()
@@ -402,17 +390,6 @@ class DG645Emulator:
             stb |= 64
         return stb
 
-    def _apply_reply_fault(self, reply: bytes | None) -> bytes | None:
-        if reply is None or not self._faults or self._faults[0][0] is Fault.DISCONNECT:
-            return reply
-        fault, detail = self._faults.popleft()
-        if fault is Fault.NO_REPLY:
-            return None
-        if fault is Fault.TRUNCATED:
-            keep = detail if isinstance(detail, int) else (len(reply) - 2) // 2
-            return reply[:keep] + b"\r\n"
-        return detail if isinstance(detail, bytes) else b"\xfe\x80#garbage?\r\n"
-
     # ------------------------------------------------------------------ sequencer
     def _source(self) -> int:
         return int(self._values["TSRC"][0])
@@ -526,6 +503,15 @@ class DG645Emulator:
                                  self._next_internal) if t is not None]
             return min(times) if times else None
 
+    def wait_hint_s(self) -> float | None:
+        """Seconds until `next_event_time` (servers wake then to emit shots on time)."""
+        t = self.next_event_time()
+        return None if t is None else max(0.0, t - self.now())
+
+    def take_unsolicited(self) -> list[bytes]:
+        """The DG645 never speaks unprompted."""
+        return []
+
     def external_trigger(self) -> bool:
         """An edge on the external trigger input now; True when it started a delay cycle."""
         with self._lock:
@@ -570,7 +556,7 @@ class DG645Emulator:
         """Queue a fault. GARBAGE sends ``payload`` as is when given; TRUNCATED keeps the first
         ``keep`` bytes of the reply (default half) and its CR LF."""
         with self._lock:
-            self._faults.append((fault, payload if fault is Fault.GARBAGE else keep))
+            self._faults.push(fault, payload if fault is Fault.GARBAGE else keep)
 
     @property
     def transcript(self) -> list[tuple[bytes, bytes | None]]:
@@ -649,151 +635,20 @@ class DG645Emulator:
 
 
 # ---------------------------------------------------------------------- transports
-class _LineLink:
-    """Byte stream -> emulator lines (LF or CR terminated) -> reply bytes."""
-
-    def __init__(self, emulator: DG645Emulator) -> None:
-        self.emulator = emulator
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> bytes:
-        """Feed received bytes; return replies to send. May raise `EmulatorDisconnect`."""
-        self.emulator.note_received(data)
-        self._buffer += data
-        out = bytearray()
-        while True:
-            ends = [i for i in (self._buffer.find(b"\n"), self._buffer.find(b"\r")) if i >= 0]
-            if not ends:
-                break
-            end = min(ends)
-            line = bytes(self._buffer[:end])
-            del self._buffer[: end + 1]
-            if line.strip():
-                out += self.emulator.handle(line) or b""
-        if len(self._buffer) > _MAX_LINE:
-            log.warning("DG645 emulator: input line too long, discarded")
-            self._buffer.clear()
-        return bytes(out)
-
-
-class _ServerThread:
-    """A selector loop on a daemon thread that also wakes for the emulator's next shot."""
-
-    _MAX_WAIT_S = 1.0
-
-    def __init__(self, emulator: DG645Emulator | None, name: str) -> None:
-        self.emulator = emulator if emulator is not None else DG645Emulator()
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._stopping = False
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-
-    def _wait_s(self) -> float | None:
-        t = self.emulator.next_event_time()
-        if t is None:
-            return None
-        return min(max(t - self.emulator.now(), 0.0), self._MAX_WAIT_S)
-
-    def _loop(self) -> None:
-        while not self._stopping:
-            for key, _ in self._selector.select(self._wait_s()):
-                if key.fileobj is self._wake_r:
-                    self._wake_r.recv(64)
-                    continue
-                try:
-                    key.data(key.fileobj)
-                except Exception:  # a bug must not silently kill the server thread
-                    log.exception("DG645 emulator server: handler failed")
-            self.emulator.update()
-        self._shutdown()
-
-    def close(self) -> None:
-        """Stop the thread and release every socket or descriptor (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._stopping = True
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-        self._wake_w.close()
-        self._wake_r.close()
-        self._selector.close()
-
-    def _shutdown(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class DG645TcpServer(_ServerThread):
+class DG645TcpServer(TcpServer[DG645Emulator]):
     """The emulator on a localhost TCP socket, like the DG645's raw socket on port 5025."""
 
     def __init__(self, emulator: DG645Emulator | None = None, *, host: str = "127.0.0.1",
                  port: int = 0) -> None:
-        super().__init__(emulator, "dg645-tcp-emulator")
-        self._listener = socket.create_server((host, port))
-        self._listener.setblocking(False)
-        self.host, self.port = self._listener.getsockname()[:2]
-        self._links: dict[socket.socket, _LineLink] = {}
-        self._selector.register(self._listener, selectors.EVENT_READ, self._accept)
-        self._thread.start()
+        super().__init__(emulator if emulator is not None else DG645Emulator(), host=host,
+                         port=port, name="dg645-tcp-emulator", max_wait_s=_MAX_WAIT_S)
 
     @property
     def resource_name(self) -> str:
         return f"TCPIP::{self.host}::{self.port}::SOCKET"
 
-    @property
-    def url(self) -> str:
-        """pyserial URL of the same socket."""
-        return f"socket://{self.host}:{self.port}"
 
-    def _accept(self, listener: socket.socket) -> None:
-        try:
-            conn, _ = listener.accept()
-        except BlockingIOError:
-            return
-        conn.setblocking(True)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._links[conn] = _LineLink(self.emulator)
-        self._selector.register(conn, selectors.EVENT_READ, self._receive)
-
-    def _receive(self, conn: socket.socket) -> None:
-        try:
-            data = conn.recv(4096)
-            if not data:
-                self._drop(conn, reset=False)
-                return
-            reply = self._links[conn].feed(data)
-            if reply:
-                conn.sendall(reply)
-        except EmulatorDisconnect:
-            self._drop(conn, reset=True)
-        except OSError:
-            self._drop(conn, reset=False)
-
-    def _drop(self, conn: socket.socket, *, reset: bool) -> None:
-        self._selector.unregister(conn)
-        self._links.pop(conn, None)
-        if reset:  # linger 0 makes close() send RST: the client sees the loss at once
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        conn.close()
-
-    def _shutdown(self) -> None:
-        for conn in list(self._links):
-            self._drop(conn, reset=False)
-        self._selector.unregister(self._listener)
-        self._listener.close()
-
-
-class DG645PtyServer(_ServerThread):
+class DG645PtyServer(PtyServer[DG645Emulator]):
     """The emulator behind a pseudo-terminal: open ``.port`` with real pyserial or pyvisa ASRL.
 
     Baud rate, parity and RTS/CTS are ignored on a pty. A DISCONNECT fault closes the master
@@ -801,183 +656,28 @@ class DG645PtyServer(_ServerThread):
     """
 
     def __init__(self, emulator: DG645Emulator | None = None) -> None:
-        super().__init__(emulator, "dg645-pty-emulator")
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)  # no echo, no CR/LF translation before pyserial opens it
-        self.port = os.ttyname(self._slave)
-        self._link = _LineLink(self.emulator)
-        self._master_open = True
-        self._selector.register(self._master, selectors.EVENT_READ, self._receive)
-        self._thread.start()
+        super().__init__(emulator if emulator is not None else DG645Emulator(),
+                         name="dg645-pty-emulator", max_wait_s=_MAX_WAIT_S)
 
     @property
     def resource_name(self) -> str:
         return f"ASRL{self.port}::INSTR"
 
-    def _receive(self, fd: int) -> None:
-        try:
-            data = os.read(fd, 4096)
-        except OSError:  # EIO while no client has the slave open
-            return
-        try:
-            reply = self._link.feed(data)
-        except EmulatorDisconnect:
-            self._close_master()
-            return
-        if reply:
-            os.write(fd, reply)
-
-    def _close_master(self) -> None:
-        if self._master_open:
-            self._master_open = False
-            self._selector.unregister(self._master)
-            os.close(self._master)
-
-    def _shutdown(self) -> None:
-        self._close_master()
-        os.close(self._slave)
-
 
 # ---------------------------------------------------------------------- pyserial URL
 URL_SCHEME = "dg645sim"
-_registry: dict[str, DG645Emulator] = {}
-_registry_lock = threading.Lock()
+EmulatorSerial = PeerSerial  # the in-process port behind dg645sim:// URLs
+register_scheme(URL_SCHEME, factory=DG645Emulator)
 
 
 def register_emulator(name: str, emulator: DG645Emulator) -> str:
     """Make ``emulator`` reachable as ``dg645sim://<name>``; returns that URL."""
-    with _registry_lock:
-        _registry[name] = emulator
-    return f"{URL_SCHEME}://{name}"
+    return register_url(URL_SCHEME, name, emulator)
 
 
 def unregister_emulator(name: str) -> None:
-    with _registry_lock:
-        _registry.pop(name, None)
+    unregister_url(URL_SCHEME, name)
 
-
-class EmulatorSerial(SerialBase):
-    """A pyserial port wired straight to an emulator; ``dg645sim://`` alone makes a new one."""
-
-    def open(self) -> None:
-        if self._port is None:
-            raise SerialException("Port must be configured before it can be used.")
-        if self.is_open:
-            raise SerialException("Port is already open.")
-        parts = urlsplit(self._port)
-        if parts.scheme.lower() != URL_SCHEME:
-            raise SerialException(f"not a {URL_SCHEME}:// URL: {self._port!r}")
-        name = (parts.netloc + parts.path).strip("/")
-        with _registry_lock:
-            emulator = _registry.get(name) if name else DG645Emulator()
-        if emulator is None:
-            raise SerialException(f"no emulator registered as {name!r}")
-        self.emulator = emulator
-        self._link = _LineLink(emulator)
-        self._rx = bytearray()
-        self._ready = threading.Condition()
-        self._broken = False
-        self.is_open = True
-
-    def close(self) -> None:
-        if getattr(self, "_ready", None) is not None:
-            with self._ready:
-                self.is_open = False
-                self._ready.notify_all()
-        self.is_open = False
-
-    @property
-    def in_waiting(self) -> int:
-        with self._ready:
-            return len(self._rx)
-
-    def read(self, size: int = 1) -> bytes:
-        if not self.is_open:
-            raise PortNotOpenError()
-        with self._ready:
-            self._ready.wait_for(
-                lambda: len(self._rx) >= size or self._broken or not self.is_open,
-                timeout=self._timeout)
-            if self._broken and not self._rx:
-                raise SerialException("emulator link disconnected")
-            data = bytes(self._rx[:size])
-            del self._rx[:size]
-            return data
-
-    def write(self, data: bytes) -> int:
-        if not self.is_open:
-            raise PortNotOpenError()
-        if self._broken:
-            raise SerialException("emulator link disconnected")
-        try:
-            reply = self._link.feed(bytes(data))
-        except EmulatorDisconnect as exc:
-            with self._ready:
-                self._broken = True
-                self._ready.notify_all()
-            raise SerialException("emulator link disconnected") from exc
-        if reply:
-            with self._ready:
-                self._rx += reply
-                self._ready.notify_all()
-        return len(data)
-
-    def flush(self) -> None:
-        """Writes complete synchronously."""
-
-    def reset_input_buffer(self) -> None:
-        with self._ready:
-            self._rx.clear()
-
-    def reset_output_buffer(self) -> None:
-        """Nothing is buffered on the way out."""
-
-    def _reconfigure_port(self, *args: object, **kwargs: object) -> None:
-        """Baud rate, framing and handshake do not matter in process."""
-
-    def _update_rts_state(self) -> None:
-        pass
-
-    def _update_dtr_state(self) -> None:
-        pass
-
-    def _update_break_state(self) -> None:
-        pass
-
-    @property
-    def cts(self) -> bool:
-        return True
-
-    @property
-    def dsr(self) -> bool:
-        return True
-
-    @property
-    def ri(self) -> bool:
-        return False
-
-    @property
-    def cd(self) -> bool:
-        return True
-
-
-def _install_url_handler() -> None:
-    """Let ``serial.serial_for_url("dg645sim://...")`` find `EmulatorSerial`.
-
-    pyserial imports ``<package>.protocol_<scheme>`` for each entry of
-    ``serial.protocol_handler_packages``; this module stands in as that package and the handler
-    module is registered in ``sys.modules`` under the name pyserial will ask for.
-    """
-    handler_name = f"{__name__}.protocol_{URL_SCHEME}"
-    if handler_name not in sys.modules:
-        handler = types.ModuleType(handler_name, "pyserial handler for dg645sim:// URLs")
-        handler.Serial = EmulatorSerial  # type: ignore[attr-defined]
-        sys.modules[handler_name] = handler
-    if __name__ not in serial.protocol_handler_packages:
-        serial.protocol_handler_packages.append(__name__)
-
-
-_install_url_handler()
 
 __all__: Iterable[str] = (
     "DEFAULT_IDN",

@@ -99,7 +99,10 @@ class BenchPhysics:
         for name, spectrograph in self.spectrographs.items():
             view = spectrograph.profile.collection
             emission = self.plasma.emission(
-                plume, view["view_temperature_factor"], view["view_density_factor"]
+                plume,
+                view["view_temperature_factor"],
+                view["view_density_factor"],
+                path_factor=view.get("view_path_factor", 1.0),
             )
             spectra[name] = spectrograph.record(emission, self._rng)
         shot_id = np.arange(self._next_shot, self._next_shot + x.size, dtype=np.int64)

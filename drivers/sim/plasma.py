@@ -20,7 +20,7 @@ SAHA_CONSTANT_CM3 = 4.8294e15  # 2 (2π m_e k T / h²)^{3/2} / T^{3/2}, cm^-3 K^
 
 # Shot-to-shot plume statistics (gate delay ~1 µs, 266 nm, ~10 mJ on silicates).
 MEAN_TEMPERATURE_K = 8700.0
-SIGMA_LOG_TEMPERATURE = 0.025
+SIGMA_LOG_TEMPERATURE = 0.05
 MEAN_DENSITY_CM3 = 1.0e17
 SIGMA_LOG_DENSITY = 0.15
 SIGMA_LOG_MASS = 0.15
@@ -29,7 +29,7 @@ CARRY_OVER_FRACTION = 0.03
 
 # Self-absorption scale: optical depth of a line is this constant times
 # λ⁴ gA exp(-E_i/kT)/U n_species / Δλ (homogeneous slab, relative units).
-SELF_ABSORPTION_SCALE = 1.2e-10
+SELF_ABSORPTION_SCALE = 6.0e-10
 CONTINUUM_SCALE = 2.5e-30
 DOPPLER_FWHM_NM = 0.004
 
@@ -112,11 +112,14 @@ class PlasmaModel:
         temperature_factor: float = 1.0,
         density_factor: float = 1.0,
         self_absorption: bool = True,
+        path_factor: float = 1.0,
     ) -> Emission:
         """Line intensities seen by a collection path viewing part of the plume.
 
         A fibre that looks at a cooler or denser zone of the same plume sees other line
-        ratios: `temperature_factor` and `density_factor` describe that zone.
+        ratios: `temperature_factor` and `density_factor` describe that zone, and
+        `path_factor` the length of its line of sight through the plume relative to the
+        reference view (longer paths self-absorb strong lines more).
         """
         lines = self.lines
         t = plume.temperature_k * temperature_factor
@@ -135,6 +138,7 @@ class PlasmaModel:
         width = lines.stark_fwhm_nm * stark_scale[:, None] + DOPPLER_FWHM_NM
         tau = (
             SELF_ABSORPTION_SCALE
+            * path_factor
             * (lines.wavelength_nm / 300.0) ** 4
             * lines.gk_aki
             * np.exp(-lines.lower_energy_ev / kt)

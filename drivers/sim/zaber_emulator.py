@@ -9,7 +9,8 @@ travel limits, homing (``WR`` until homed), the warning flags, message ids, opti
 checksums, ``!`` alerts (``set comm.alert 1``) and distance triggers that toggle a digital
 output and record where each firing happened (`TriggerEvent`), for fly scans.
 
-Reachable three ways, all serving any `Peer` (this emulator or a `ScriptedPeer`):
+Reachable three ways through the shared transport `serial_link`, all serving any `Peer` (this
+emulator or a `ScriptedPeer`):
 
 * `ZaberPtyServer`: a pseudo-terminal; the driver opens ``server.url`` (``/dev/pts/N``) with
   real pyserial;
@@ -25,30 +26,30 @@ silent or not at hand are marked [I] (our inference).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 import re
-import selectors
-import socket
-import struct
-import sys
 import threading
 import time
-import tty
-import types
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol, Self
-from urllib.parse import urlsplit
-
-import serial
-from serial.serialutil import PortNotOpenError, SerialBase, SerialException
 
 from ..zaber import FLAGS, SPEED_FACTOR, lrc
+from .serial_link import (
+    EmulatorDisconnect,
+    FaultAction,
+    FaultQueue,
+    Peer,
+    PeerSerial,
+    PtyServer,
+    ScriptedPeer,
+    TcpServer,
+    register_scheme,
+    register_url,
+    unregister_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,14 @@ DIGITAL_OUTPUTS = 4
 _PRIORITY = {flag: rank for rank, flag in enumerate(FLAGS)}
 _STICKY = frozenset({"WR", "WH"})  # cleared by homing, not by "warnings clear" [M]
 _INT = re.compile(r"[+-]?\d+")
-_MAX_LINE = 4096
 _MAX_RECORDED_BYTES = 1 << 20
+_MAX_WAIT_S = 0.5  # longest a server sleeps without I/O or a timed event
+_GARBAGE = b"\xfe\x80@garbage?\r\n"  # a GARBAGE fault's default reply
 
 
 class Fault(Enum):
-    """Faults injected with `ZaberEmulator.inject_fault`; each applies to the next reply."""
+    """Faults injected with `ZaberEmulator.inject_fault`; each applies to the next reply. The
+    first four are `serial_link.Fault`'s shared kinds (same values)."""
 
     GARBAGE = "garbage"  # reply replaced by the payload (default: non-ASCII bytes + CR LF)
     NO_REPLY = "no_reply"  # reply dropped
@@ -71,10 +74,6 @@ class Fault(Enum):
     WRONG_ID = "wrong_id"  # reply carries another message id (a stale reply)
     EXTRA_LINES = "extra_lines"  # payload bytes (info lines, alerts ...) sent before the reply
     DISCONNECT = "disconnect"  # the transport drops the link on the next line
-
-
-class EmulatorDisconnect(Exception):
-    """Raised by `ZaberEmulator.handle` when a DISCONNECT fault fires; transports hang up."""
 
 
 class _Rejected(Exception):
@@ -208,6 +207,22 @@ def _number(text: str, low: float = -(2**31), high: float = 2**31 - 1) -> int:
     return int(text)
 
 
+def _wrong_id(detail: object, replies: list[bytes]) -> list[bytes]:
+    parts = replies[0].split(b" ")
+    if len(parts) > 2 and parts[2].isdigit():
+        parts[2] = b"%02d" % ((int(parts[2]) + 1) % 100)
+    return [b" ".join(parts), *replies[1:]]
+
+
+def _extra_lines(detail: object, replies: list[bytes]) -> list[bytes]:
+    extra = detail.encode() if isinstance(detail, str) else detail
+    return [extra if isinstance(extra, bytes) else b"#01 0 extra info\r\n", *replies]
+
+
+#: Reply faults of Zaber's own; REJECT is taken by the command that it refuses.
+_OWN_FAULTS: dict[Enum, FaultAction] = {Fault.WRONG_ID: _wrong_id, Fault.EXTRA_LINES: _extra_lines}
+
+
 class ManualClock:
     """A clock that only moves when told: ``clock.advance(0.5)``. Pass it as ``clock=``."""
 
@@ -247,7 +262,7 @@ class ZaberEmulator:
         self.version = version
         self.reply_checksums = reply_checksums
         self._lock = threading.RLock()
-        self._faults: deque[tuple[Fault, bytes | str | int | None]] = deque()
+        self._faults = FaultQueue(garbage=_GARBAGE)
         self._unsolicited: deque[bytes] = deque()
         self._events: deque[TriggerEvent] = deque(maxlen=history)
         self._pending: deque[TriggerEvent] = deque()
@@ -274,11 +289,10 @@ class ZaberEmulator:
         with self._lock:
             now = self._clock()
             self._advance(now)
-            if self._faults and self._faults[0][0] is Fault.DISCONNECT:
-                self._faults.popleft()
+            if self._faults.take_disconnect():
                 self._transcript.append((bytes(line), ()))
                 raise EmulatorDisconnect("fault injected: disconnect")
-            replies = self._apply_fault(self._respond(bytes(line), now))
+            replies = self._faults.apply(self._respond(bytes(line), now), _OWN_FAULTS)
             out = [*self._unsolicited, *replies]
             self._unsolicited.clear()
             self._transcript.append((bytes(line), tuple(out)))
@@ -320,9 +334,8 @@ class ZaberEmulator:
             if msg_id is not None and int(msg_id) > 99:
                 msg_id = None
                 raise _Rejected("BADMESSAGEID")  # [I] answered without an id
-            if self._faults and self._faults[0][0] is Fault.REJECT:
-                _, reason = self._faults.popleft()
-                raise _Rejected(str(reason or "AGAIN"))
+            if (forced := self._faults.take(Fault.REJECT)) is not None:
+                raise _Rejected(str(forced.detail or "AGAIN"))
             if axis > len(device.axes):
                 raise _Rejected("BADAXIS")
             if words:
@@ -571,28 +584,6 @@ class ZaberEmulator:
                     except Exception:
                         log.exception("Zaber emulator: trigger callback failed")
 
-    def _apply_fault(self, replies: list[bytes]) -> list[bytes]:
-        if not replies or not self._faults or self._faults[0][0] in (Fault.DISCONNECT,
-                                                                     Fault.REJECT):
-            return replies
-        fault, detail = self._faults.popleft()
-        reply = replies[0]
-        if fault is Fault.NO_REPLY:
-            return replies[1:]
-        if fault is Fault.TRUNCATED:
-            keep = detail if isinstance(detail, int) else (len(reply) - 2) // 2
-            return [reply[:keep] + b"\r\n", *replies[1:]]
-        if fault is Fault.WRONG_ID:
-            parts = reply.split(b" ")
-            if len(parts) > 2 and parts[2].isdigit():
-                parts[2] = b"%02d" % ((int(parts[2]) + 1) % 100)
-            return [b" ".join(parts), *replies[1:]]
-        if fault is Fault.EXTRA_LINES:
-            extra = detail.encode() if isinstance(detail, str) else detail
-            return [extra if isinstance(extra, bytes) else b"#01 0 extra info\r\n", *replies]
-        garbage = detail if isinstance(detail, bytes) else b"\xfe\x80@garbage?\r\n"
-        return [garbage, *replies[1:]]
-
     # ------------------------------------------------------------------ bench and tests
     def now(self) -> float:
         return self._clock()
@@ -635,8 +626,7 @@ class ZaberEmulator:
         """Queue ``times`` copies of a fault. GARBAGE and EXTRA_LINES send ``payload`` bytes,
         REJECT uses ``payload`` as the reason word, TRUNCATED keeps ``keep`` bytes."""
         with self._lock:
-            detail = keep if fault is Fault.TRUNCATED else payload
-            self._faults.extend([(fault, detail)] * times)
+            self._faults.push(fault, keep if fault is Fault.TRUNCATED else payload, times)
 
     def inject_stall(self, device: int, axis: int, fraction: float = 0.5) -> None:
         """The next move of this axis stalls after ``fraction`` of its length: it stops there,
@@ -727,158 +717,8 @@ class ZaberEmulator:
         return self._devices[device].axes[axis - 1]
 
 
-class ScriptedPeer:
-    """A peer that plays an ordered script of (expected line, reply bytes) and records any
-    deviation in ``errors`` (answering nothing then, so the driver times out).
-
-    Lines are compared without their terminator; replies are sent byte for byte (b"" = no
-    reply), so garbage, truncated or interleaved lines are easy to script.
-    """
-
-    def __init__(self, script: Iterable[tuple[bytes, bytes]] = ()) -> None:
-        self._script: deque[tuple[bytes, bytes]] = deque(script)
-        self._lock = threading.Lock()
-        self.errors: list[str] = []
-        self.received = bytearray()
-
-    def extend(self, script: Iterable[tuple[bytes, bytes]]) -> None:
-        with self._lock:
-            self._script.extend(script)
-
-    @property
-    def remaining(self) -> list[tuple[bytes, bytes]]:
-        with self._lock:
-            return list(self._script)
-
-    def handle(self, line: bytes) -> list[bytes]:
-        with self._lock:
-            if not self._script:
-                self.errors.append(f"unexpected {line!r} after the end of the script")
-                return []
-            expected, reply = self._script.popleft()
-            if line != expected:
-                self.errors.append(f"expected {expected!r}, got {line!r}")
-                return []
-            return [reply] if reply else []
-
-    def note_received(self, data: bytes) -> None:
-        with self._lock:
-            self.received += data
-
-    def update(self) -> None:
-        """Scripts have no clock."""
-
-    def take_unsolicited(self) -> list[bytes]:
-        return []
-
-    def wait_hint_s(self) -> float | None:
-        return None
-
-
-class Peer(Protocol):
-    """What a transport needs from the far end: this emulator or a `ScriptedPeer`."""
-
-    def handle(self, line: bytes) -> list[bytes]: ...
-
-    def note_received(self, data: bytes) -> None: ...
-
-    def update(self) -> None: ...
-
-    def take_unsolicited(self) -> list[bytes]: ...
-
-    def wait_hint_s(self) -> float | None: ...
-
-
 # ---------------------------------------------------------------------- transports
-class _LineLink:
-    """Bytes in -> command lines (CR and/or LF terminated) -> peer -> reply bytes."""
-
-    def __init__(self, peer: Peer) -> None:
-        self.peer = peer
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> bytes:
-        """Feed received bytes; return replies. May raise `EmulatorDisconnect`."""
-        self.peer.note_received(data)
-        self._buffer += data
-        out = bytearray()
-        while (end := next((i for i, b in enumerate(self._buffer) if b in b"\r\n"), -1)) >= 0:
-            line = bytes(self._buffer[:end])
-            del self._buffer[: end + 1]
-            if line.strip():
-                out += b"".join(self.peer.handle(line))
-        if len(self._buffer) > _MAX_LINE:
-            log.warning("Zaber emulator: input line too long, discarded")
-            self._buffer.clear()
-        return bytes(out)
-
-
-class _ServerThread:
-    """A selector loop on a daemon thread that also wakes when the peer has a timed event
-    (a move ending with alerts on, a trigger firing), to send alerts and run callbacks."""
-
-    _MAX_WAIT_S = 0.5
-
-    def __init__(self, peer: Peer | None, name: str) -> None:
-        self.peer: Peer = peer if peer is not None else ZaberEmulator()
-        self._selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._stopping = False
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-
-    @property
-    def emulator(self) -> ZaberEmulator:
-        assert isinstance(self.peer, ZaberEmulator)
-        return self.peer
-
-    def _loop(self) -> None:
-        while not self._stopping:
-            hint = self.peer.wait_hint_s()
-            wait = self._MAX_WAIT_S if hint is None else min(hint, self._MAX_WAIT_S)
-            for key, _ in self._selector.select(wait):
-                if key.fileobj is self._wake_r:
-                    self._wake_r.recv(64)
-                    continue
-                try:
-                    key.data(key.fileobj)
-                except Exception:  # a bug must not silently kill the server thread
-                    log.exception("Zaber emulator server: handler failed")
-            self.peer.update()
-            unsolicited = b"".join(self.peer.take_unsolicited())
-            if unsolicited:
-                self._broadcast(unsolicited)
-        self._shutdown()
-
-    def close(self) -> None:
-        """Stop the thread and release every socket or descriptor (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._stopping = True
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-        self._wake_w.close()
-        self._wake_r.close()
-        self._selector.close()
-
-    def _broadcast(self, data: bytes) -> None:
-        raise NotImplementedError
-
-    def _shutdown(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class ZaberPtyServer(_ServerThread):
+class ZaberPtyServer(PtyServer[Peer]):
     """The peer behind a pseudo-terminal: open ``.url`` (``/dev/pts/N``) with real pyserial.
 
     Baud rate and framing are ignored on a pty. A DISCONNECT fault closes the master side, so
@@ -886,260 +726,47 @@ class ZaberPtyServer(_ServerThread):
     """
 
     def __init__(self, peer: Peer | None = None) -> None:
-        super().__init__(peer, "zaber-pty-emulator")
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)  # no echo, no CR/LF translation before pyserial opens it
-        self.url = os.ttyname(self._slave)
-        self._link = _LineLink(self.peer)
-        self._master_open = True
-        self._selector.register(self._master, selectors.EVENT_READ, self._receive)
-        self._thread.start()
+        super().__init__(peer if peer is not None else ZaberEmulator(),
+                         name="zaber-pty-emulator", max_wait_s=_MAX_WAIT_S)
 
-    def _receive(self, fd: int) -> None:
-        try:
-            data = os.read(fd, 4096)
-        except OSError:  # EIO while no client has the slave open
-            return
-        try:
-            reply = self._link.feed(data)
-        except EmulatorDisconnect:
-            self._close_master()
-            return
-        if reply:
-            os.write(fd, reply)
-
-    def _broadcast(self, data: bytes) -> None:
-        if self._master_open:
-            with contextlib.suppress(OSError):
-                os.write(self._master, data)
-
-    def _close_master(self) -> None:
-        if self._master_open:
-            self._master_open = False
-            self._selector.unregister(self._master)
-            os.close(self._master)
-
-    def _shutdown(self) -> None:
-        self._close_master()
-        os.close(self._slave)
+    @property
+    def emulator(self) -> ZaberEmulator:
+        return _as_emulator(self.peer)
 
 
-class ZaberTcpServer(_ServerThread):
+class ZaberTcpServer(TcpServer[Peer]):
     """The peer on a localhost TCP socket (``.url`` = ``socket://127.0.0.1:<port>``), like a
     serial-to-Ethernet adapter or a controller with a TCP port."""
 
     def __init__(self, peer: Peer | None = None, *, host: str = "127.0.0.1",
                  port: int = 0) -> None:
-        super().__init__(peer, "zaber-tcp-emulator")
-        self._listener = socket.create_server((host, port))
-        self._listener.setblocking(False)
-        self.host, self.port = self._listener.getsockname()[:2]
-        self.url = f"socket://{self.host}:{self.port}"
-        self._links: dict[socket.socket, _LineLink] = {}
-        self._selector.register(self._listener, selectors.EVENT_READ, self._accept)
-        self._thread.start()
+        super().__init__(peer if peer is not None else ZaberEmulator(), host=host, port=port,
+                         name="zaber-tcp-emulator", max_wait_s=_MAX_WAIT_S)
 
-    def _accept(self, listener: socket.socket) -> None:
-        try:
-            conn, _ = listener.accept()
-        except BlockingIOError:
-            return
-        conn.setblocking(True)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._links[conn] = _LineLink(self.peer)
-        self._selector.register(conn, selectors.EVENT_READ, self._receive)
+    @property
+    def emulator(self) -> ZaberEmulator:
+        return _as_emulator(self.peer)
 
-    def _receive(self, conn: socket.socket) -> None:
-        try:
-            data = conn.recv(4096)
-            if not data:
-                self._drop(conn, reset=False)
-                return
-            reply = self._links[conn].feed(data)
-            if reply:
-                conn.sendall(reply)
-        except EmulatorDisconnect:
-            self._drop(conn, reset=True)
-        except OSError:
-            self._drop(conn, reset=False)
 
-    def _broadcast(self, data: bytes) -> None:
-        for conn in list(self._links):
-            try:
-                conn.sendall(data)
-            except OSError:
-                self._drop(conn, reset=False)
-
-    def _drop(self, conn: socket.socket, *, reset: bool) -> None:
-        self._selector.unregister(conn)
-        self._links.pop(conn, None)
-        if reset:  # linger 0 makes close() send RST: the client sees the loss at once
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        conn.close()
-
-    def _shutdown(self) -> None:
-        for conn in list(self._links):
-            self._drop(conn, reset=False)
-        self._selector.unregister(self._listener)
-        self._listener.close()
+def _as_emulator(peer: Peer) -> ZaberEmulator:
+    assert isinstance(peer, ZaberEmulator)
+    return peer
 
 
 # ---------------------------------------------------------------------- pyserial URL
 URL_SCHEME = "zabersim"
-_registry: dict[str, Peer] = {}
-_registry_lock = threading.Lock()
+EmulatorSerial = PeerSerial  # the in-process port behind zabersim:// URLs
+register_scheme(URL_SCHEME, factory=ZaberEmulator)
 
 
 def register_peer(name: str, peer: Peer) -> str:
     """Make ``peer`` reachable as ``zabersim://<name>``; returns that URL."""
-    with _registry_lock:
-        _registry[name] = peer
-    return f"{URL_SCHEME}://{name}"
+    return register_url(URL_SCHEME, name, peer)
 
 
 def unregister_peer(name: str) -> None:
-    with _registry_lock:
-        _registry.pop(name, None)
+    unregister_url(URL_SCHEME, name)
 
-
-class EmulatorSerial(SerialBase):
-    """A pyserial port wired straight to a peer; ``zabersim://`` alone makes a new emulator.
-    Reads wait on a condition (never spin) and pick up alerts when the peer has timed events."""
-
-    def open(self) -> None:
-        if self._port is None:
-            raise SerialException("Port must be configured before it can be used.")
-        if self.is_open:
-            raise SerialException("Port is already open.")
-        parts = urlsplit(self._port)
-        if parts.scheme.lower() != URL_SCHEME:
-            raise SerialException(f"not a {URL_SCHEME}:// URL: {self._port!r}")
-        name = (parts.netloc + parts.path).strip("/")
-        with _registry_lock:
-            peer = _registry.get(name) if name else ZaberEmulator()
-        if peer is None:
-            raise SerialException(f"no emulator registered as {name!r}")
-        self.peer = peer
-        self._link = _LineLink(peer)
-        self._rx = bytearray()
-        self._ready = threading.Condition()
-        self._broken = False
-        self.is_open = True
-
-    def close(self) -> None:
-        if getattr(self, "_ready", None) is not None:
-            with self._ready:
-                self.is_open = False
-                self._ready.notify_all()
-        self.is_open = False
-
-    @property
-    def in_waiting(self) -> int:
-        self._collect()
-        with self._ready:
-            return len(self._rx)
-
-    def _collect(self) -> None:
-        self.peer.update()
-        unsolicited = b"".join(self.peer.take_unsolicited())
-        if unsolicited:
-            with self._ready:
-                self._rx += unsolicited
-                self._ready.notify_all()
-
-    def read(self, size: int = 1) -> bytes:
-        if not self.is_open:
-            raise PortNotOpenError()
-        deadline = None if self._timeout is None else time.monotonic() + self._timeout
-        while True:
-            self._collect()
-            with self._ready:
-                if len(self._rx) >= size or self._broken or not self.is_open:
-                    break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                hint = self.peer.wait_hint_s()
-                waits = [w for w in (remaining, hint) if w is not None]
-                self._ready.wait(min(waits) if waits else None)
-        with self._ready:
-            if self._broken and not self._rx:
-                raise SerialException("emulator link disconnected")
-            data = bytes(self._rx[:size])
-            del self._rx[:size]
-            return data
-
-    def write(self, data: bytes) -> int:
-        if not self.is_open:
-            raise PortNotOpenError()
-        if self._broken:
-            raise SerialException("emulator link disconnected")
-        try:
-            reply = self._link.feed(bytes(data))
-        except EmulatorDisconnect as exc:
-            with self._ready:
-                self._broken = True
-                self._ready.notify_all()
-            raise SerialException("emulator link disconnected") from exc
-        if reply:
-            with self._ready:
-                self._rx += reply
-                self._ready.notify_all()
-        return len(data)
-
-    def flush(self) -> None:
-        """Writes complete synchronously."""
-
-    def reset_input_buffer(self) -> None:
-        with self._ready:
-            self._rx.clear()
-
-    def reset_output_buffer(self) -> None:
-        """Nothing is buffered on the way out."""
-
-    def _reconfigure_port(self, *args: object, **kwargs: object) -> None:
-        """Baud rate, framing and handshake do not matter in process."""
-
-    def _update_rts_state(self) -> None:
-        pass
-
-    def _update_dtr_state(self) -> None:
-        pass
-
-    def _update_break_state(self) -> None:
-        pass
-
-    @property
-    def cts(self) -> bool:
-        return True
-
-    @property
-    def dsr(self) -> bool:
-        return True
-
-    @property
-    def ri(self) -> bool:
-        return False
-
-    @property
-    def cd(self) -> bool:
-        return True
-
-
-def _install_url_handler() -> None:
-    """Let ``serial.serial_for_url("zabersim://...")`` find `EmulatorSerial`: pyserial imports
-    ``<package>.protocol_<scheme>`` for each entry of ``serial.protocol_handler_packages``, so
-    this module stands in as that package with the handler module registered in sys.modules."""
-    handler_name = f"{__name__}.protocol_{URL_SCHEME}"
-    if handler_name not in sys.modules:
-        handler = types.ModuleType(handler_name, "pyserial handler for zabersim:// URLs")
-        handler.Serial = EmulatorSerial  # type: ignore[attr-defined]
-        sys.modules[handler_name] = handler
-    if __name__ not in serial.protocol_handler_packages:
-        serial.protocol_handler_packages.append(__name__)
-
-
-_install_url_handler()
 
 __all__ = [
     "DIGITAL_OUTPUTS",

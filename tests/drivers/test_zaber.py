@@ -8,8 +8,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -21,6 +20,7 @@ from plumelink.drivers.errors import (
     ProtocolError,
     SettingOutOfRange,
 )
+from plumelink.drivers.protocols import Stage
 from plumelink.drivers.sim.zaber_emulator import (
     AxisConfig,
     Fault,
@@ -45,29 +45,6 @@ from plumelink.drivers.zaber import (
 
 TIMEOUT_S = 0.3
 FAST = 16_384_000  # maxspeed for 10^7 microsteps/s = 1 m/s at 0.1 µm per microstep
-
-
-@runtime_checkable
-class Stage(Protocol):
-    """The contract proposed for drivers/protocols.py (kept in step with the report)."""
-
-    def home(self, axes: Sequence[str] = ("x", "y")) -> None: ...
-
-    def move_absolute(self, x_um: float | None = None, y_um: float | None = None) -> None: ...
-
-    def move_relative(self, dx_um: float = 0.0, dy_um: float = 0.0) -> None: ...
-
-    def position(self) -> tuple[float, float]: ...
-
-    def wait_until_idle(self, timeout_s: float) -> None: ...
-
-    def set_speed(self, um_per_s: float) -> None: ...
-
-    def limits(self) -> tuple[tuple[float, float], tuple[float, float]]: ...
-
-    def stop(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def two_devices(*, referenced: bool = False, maxspeed: int = FAST, position: int = 200_000,
