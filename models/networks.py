@@ -1,0 +1,116 @@
+"""The networks of the transfer method: a VAE of primary spectra and an MLP into its latent.
+
+Architecture as in Vrábel et al. (JAAS 2023): dense layers with LeakyReLU, a linear
+bottleneck and a linear output. The VAE's decoder is shared by every secondary system: each
+system only needs its own latent MLP (the shared latent space).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import pairwise
+
+import torch
+from torch import nn
+
+LEAKY_SLOPE = 0.01
+
+
+def dense_stack(sizes: Sequence[int], *, linear_last: bool = True) -> nn.Sequential:
+    """Linear layers between consecutive sizes, LeakyReLU between them."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(pairwise(sizes)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2 or not linear_last:
+            layers.append(nn.LeakyReLU(LEAKY_SLOPE))
+    return nn.Sequential(*layers)
+
+
+class VAE(nn.Module):
+    """Variational autoencoder: n_px -> hidden... -> latent (mean, log variance) -> n_px."""
+
+    def __init__(self, n_pixels: int, hidden: Sequence[int] = (1024, 512), latent: int = 64):
+        super().__init__()
+        self.n_pixels = int(n_pixels)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.latent = int(latent)
+        self.encoder = dense_stack([self.n_pixels, *self.hidden], linear_last=False)
+        self.to_mean = nn.Linear(self.hidden[-1], self.latent)
+        self.to_log_var = nn.Linear(self.hidden[-1], self.latent)
+        self.decoder = dense_stack([self.latent, *reversed(self.hidden), self.n_pixels])
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)
+        return self.to_mean(h), self.to_log_var(h)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, log_var = self.encode(x)
+        z = mean + torch.randn_like(mean) * torch.exp(0.5 * log_var) if self.training else mean
+        return self.decode(z), mean, log_var
+
+    def config(self) -> dict:
+        return {"kind": "vae", "n_pixels": self.n_pixels, "hidden": list(self.hidden),
+                "latent": self.latent}
+
+
+def kl_divergence(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """KL(q(z|x) || N(0, I)) per sample, summed over latent dimensions."""
+    return -0.5 * torch.sum(1 + log_var - mean.pow(2) - log_var.exp(), dim=1)
+
+
+class LatentMLP(nn.Module):
+    """Secondary spectrum -> VAE latent mean of the paired primary spectrum."""
+
+    def __init__(self, n_pixels: int, hidden: Sequence[int] = (128, 512), latent: int = 64):
+        super().__init__()
+        self.n_pixels = int(n_pixels)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.latent = int(latent)
+        self.net = dense_stack([self.n_pixels, *self.hidden, self.latent])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def config(self) -> dict:
+        return {"kind": "latent_mlp", "n_pixels": self.n_pixels, "hidden": list(self.hidden),
+                "latent": self.latent}
+
+
+class ComposedTransfer(nn.Module):
+    """Latent MLP followed by the VAE decoder: secondary spectrum -> primary spectrum."""
+
+    def __init__(self, mlp: LatentMLP, vae: VAE):
+        super().__init__()
+        if mlp.latent != vae.latent:
+            raise ValueError(f"latent sizes differ: MLP {mlp.latent}, VAE {vae.latent}")
+        self.mlp = mlp
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(self.mlp(x))
+
+
+class OneStepMLP(nn.Module):
+    """Baseline: the same layers as MLP + decoder, trained end to end without a VAE."""
+
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        hidden: Sequence[int] = (128, 512),
+        latent: int = 64,
+        decoder_hidden: Sequence[int] = (512, 1024),
+    ):
+        super().__init__()
+        self.n_in, self.n_out = int(n_in), int(n_out)
+        self.sizes = [self.n_in, *hidden, latent, *decoder_hidden, self.n_out]
+        self.net = dense_stack(self.sizes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def config(self) -> dict:
+        return {"kind": "one_step_mlp", "sizes": list(self.sizes)}
