@@ -129,9 +129,6 @@ class _SystemHandles:
     timestamp: h5py.Dataset
     emissivity: h5py.Dataset
 
-    def all(self) -> tuple[h5py.Dataset, ...]:
-        return (self.spectra, self.valid, self.frame_id, self.timestamp, self.emissivity)
-
 
 @dataclass(frozen=True)
 class _Handles:
@@ -179,15 +176,6 @@ class _Handles:
             mineral=None if truth is None else truth["mineral"],
             composition=None if truth is None else truth["composition"],
         )
-
-    def line_datasets(self) -> list[h5py.Dataset]:
-        """Datasets written per line, except the completion flags."""
-        out = [self.x_measured, self.y_measured, self.shot_id]
-        for system in self.systems.values():
-            out.extend(system.all())
-        if self.mineral is not None and self.composition is not None:
-            out.extend((self.mineral, self.composition))
-        return out
 
 
 def _axis(values: Any, name: str, length: int | None = None) -> np.ndarray:
@@ -357,7 +345,7 @@ class MapWriter:
         if line.truth is not None and h.mineral is not None and h.composition is not None:
             h.mineral[iy] = line.truth.mineral
             h.composition[iy] = line.truth.composition
-        self._flush(h.line_datasets())
+        self._flush()
         # Flag only after the data are on disk: a set flag means the whole line is there.
         self._mark_done(iy)
         log.debug("map %s: line %d written", self._path, iy)
@@ -377,7 +365,7 @@ class MapWriter:
             h.status[()] = np.bytes_(_fixed_bytes(status, L.STATUS_LEN))
             h.status_reason[()] = np.bytes_(_fixed_bytes(reason, L.REASON_LEN))
             h.end_time[()] = np.bytes_(_fixed_bytes(_now(), L.TIME_LEN))
-            self._flush([h.status, h.status_reason, h.end_time])
+            self._flush()
         finally:
             self._file.close()
         log.info(
@@ -448,13 +436,14 @@ class MapWriter:
             )
 
     def _mark_done(self, iy: int) -> None:
+        # The line's data are already flushed; flushing this one dataset publishes the flag
+        # (to SWMR readers and the disk) without a second whole-file flush.
         self._h.lines_done[iy] = 1
-        self._flush([self._h.lines_done])
+        self._h.lines_done.flush()
         self._done[iy] = True
 
-    def _flush(self, datasets: list[h5py.Dataset]) -> None:
-        for dataset in datasets:
-            dataset.flush()
+    def _flush(self) -> None:
+        """H5Fflush writes every dataset's buffers and the metadata SWMR readers need."""
         self._file.flush()
 
 
