@@ -32,6 +32,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_foundation.py
+	$(BIN)/python benchmarks/bench_preprocess.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info
