@@ -372,6 +372,7 @@ class MapReader:
                 valid=self._ds(group, "valid")[iy],
                 frame_id=self._ds(group, "frame_id")[iy],
                 timestamp_s=self._ds(group, "timestamp")[iy],
+                emissivity=self._ds(L.EMISSIVITY, name)[iy],
             )
             for name, group in ((n, L.system_path(n)) for n in L.SYSTEMS)
         }

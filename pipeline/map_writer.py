@@ -29,7 +29,6 @@ from .raster_line import RasterLine
 log = logging.getLogger(__name__)
 
 COMPRESSIONS = ("lz4", "zstd", "gzip", None)
-FLOOR_BLOCK_PX = 32
 
 
 def _compression(name: str | None) -> dict[str, Any]:
@@ -341,7 +340,7 @@ class MapWriter:
             d.valid[iy] = system.valid
             d.frame_id[iy] = system.frame_id
             d.timestamp[iy] = system.timestamp_s
-            d.emissivity[iy] = total_emissivity(system.spectra, system.valid)
+            d.emissivity[iy] = system.emissivity
         if line.truth is not None and h.mineral is not None and h.composition is not None:
             h.mineral[iy] = line.truth.mineral
             h.composition[iy] = line.truth.composition
@@ -445,25 +444,6 @@ class MapWriter:
     def _flush(self) -> None:
         """H5Fflush writes every dataset's buffers and the metadata SWMR readers need."""
         self._file.flush()
-
-
-def total_emissivity(spectra: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Line emission of each spot: counts above a coarse baseline, summed; NaN where invalid.
-
-    The baseline (per 32-pixel block, the lowest block mean among it and its neighbours)
-    removes the dark level and the sloped continuum, which would otherwise swamp the line
-    emission that makes grains visible. Pixels past the last whole block are left out.
-    """
-    n_px = spectra.shape[1]
-    usable = n_px - n_px % FLOOR_BLOCK_PX
-    starts = np.arange(0, usable, FLOOR_BLOCK_PX)
-    sums = np.add.reduceat(spectra[:, :usable], starts, axis=1, dtype=np.uint32)
-    blocks = sums.astype(np.float32) / np.float32(FLOOR_BLOCK_PX)
-    padded = np.pad(blocks, ((0, 0), (1, 1)), mode="edge")
-    baseline = np.minimum(np.minimum(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])
-    total = FLOOR_BLOCK_PX * (blocks - baseline).sum(axis=1)
-    total[~valid] = np.nan
-    return total
 
 
 def _build_layout(

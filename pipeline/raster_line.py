@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .emissivity import total_emissivity
+
 
 def _check(
     owner: str, name: str, value: object, dtype: str, shape: tuple[int | None, ...]
@@ -34,13 +36,16 @@ class SystemLine:
     """What one spectrometer recorded along a raster line.
 
     spectra: (nx, n_px) uint16 raw counts; valid: (nx,) bool, False where the shot was missed;
-    frame_id: (nx,) int64, -1 = none; timestamp_s: (nx,) float64 device time, NaN = none.
+    frame_id: (nx,) int64, -1 = none; timestamp_s: (nx,) float64 device time, NaN = none;
+    emissivity: (nx,) float32 total emissivity (NaN where invalid), computed from the spectra
+    when not given.
     """
 
     spectra: np.ndarray
     valid: np.ndarray
     frame_id: np.ndarray
     timestamp_s: np.ndarray
+    emissivity: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         _check("SystemLine", "spectra", self.spectra, "uint16", (None, None))
@@ -48,6 +53,9 @@ class SystemLine:
         _check("SystemLine", "valid", self.valid, "bool", (nx,))
         _check("SystemLine", "frame_id", self.frame_id, "int64", (nx,))
         _check("SystemLine", "timestamp_s", self.timestamp_s, "float64", (nx,))
+        if self.emissivity is None:
+            object.__setattr__(self, "emissivity", total_emissivity(self.spectra, self.valid))
+        _check("SystemLine", "emissivity", self.emissivity, "float32", (nx,))
 
     @property
     def nx(self) -> int:

@@ -133,7 +133,7 @@ def lines_equal(a: RasterLine, b: RasterLine) -> bool:
     for sa, sb in ((a.primary, b.primary), (a.secondary, b.secondary)):
         pairs += [
             (sa.spectra, sb.spectra), (sa.valid, sb.valid), (sa.frame_id, sb.frame_id),
-            (sa.timestamp_s, sb.timestamp_s),
+            (sa.timestamp_s, sb.timestamp_s), (sa.emissivity, sb.emissivity),
         ]
     if (a.truth is None) != (b.truth is None):
         return False

@@ -470,3 +470,20 @@ def test_raster_line_checks_dtypes_and_shapes() -> None:
     with pytest.raises(ValueError, match="must be a numpy array"):
         _with(line, x_um=list(line.x_um))
     assert isinstance(_with(line, index=np.int64(2)).index, int)
+    with pytest.raises(ValueError, match=r"SystemLine\.emissivity must have dtype float32"):
+        SystemLine(
+            spectra=line.primary.spectra, valid=line.primary.valid,
+            frame_id=line.primary.frame_id, timestamp_s=line.primary.timestamp_s,
+            emissivity=np.zeros(24),
+        )
+
+
+def test_system_line_computes_its_emissivity_once_where_built() -> None:
+    line = make_line(1)
+    np.testing.assert_allclose(line.primary.emissivity, expected_emissivity(line, "primary"),
+                               rtol=1e-5)
+    given = np.arange(24, dtype=np.float32)
+    kept = SystemLine(spectra=line.primary.spectra, valid=line.primary.valid,
+                      frame_id=line.primary.frame_id, timestamp_s=line.primary.timestamp_s,
+                      emissivity=given)
+    assert kept.emissivity is given
