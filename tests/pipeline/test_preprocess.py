@@ -281,3 +281,21 @@ def test_per_map_mode_uses_each_maps_own_statistics_train_mode_does_not() -> Non
     np.testing.assert_allclose(z_map.mean(axis=0, dtype=np.float64), 0, atol=1e-5)
     z_train = SpectralScaler().fit(train).transform(other)  # the model's statistics, fixed
     assert np.abs(z_train.mean(axis=0)).min() > 0.1
+
+
+def test_global_spread_keeps_relative_channel_weights_and_round_trips() -> None:
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(500, 6)) * np.array([1.0, 1.0, 1.0, 1.0, 30.0, 100.0]) + 50.0
+    scaler = SpectralScaler("train", spread="global").fit(x)
+    z = scaler.transform(x)
+    # one scale for all channels: the loud channels stay loud after scaling
+    assert np.ptp(scaler.scale) == 0.0
+    np.testing.assert_allclose(z.std(axis=0)[5] / z.std(axis=0)[0], x.std(axis=0)[5] / x.std(
+        axis=0)[0], rtol=1e-5)
+    np.testing.assert_allclose((z**2).mean(), 1.0, rtol=1e-5)  # unit variance on average
+    np.testing.assert_allclose(scaler.inverse_transform(z), x, rtol=1e-6, atol=1e-4)  # float32
+    again = SpectralScaler.from_dict(json.loads(json.dumps(scaler.to_dict())))
+    assert again.spread == "global"
+    np.testing.assert_array_equal(again.transform(x), z)
+    with pytest.raises(ValueError, match="spread must be one of"):
+        SpectralScaler("train", spread="pixel")  # type: ignore[arg-type]
