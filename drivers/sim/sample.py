@@ -33,6 +33,8 @@ PHASES: tuple[tuple[str, tuple[str, ...], float], ...] = (
     ("microlite", ("microlite (fluorcalciomicrolite-type)",), 1.3),
 )
 MINERAL_NAMES: tuple[str, ...] = tuple(p[0] for p in PHASES)
+# Phases whose trace contents the mineral table lists under another name.
+TRACE_SOURCE = {"garnet": "garnet Alm50Sps50"}
 
 # Modal proportions of the two grain populations (same order as PHASES).
 COARSE_MODES = np.array([0.30, 0.25, 0.14, 0.19, 0.03, 0.04, 0.05, 0.0, 0.0])
@@ -167,16 +169,23 @@ class PegmatiteSample:
         return table
 
     def grain_composition(self, grain: np.ndarray, phase: np.ndarray) -> np.ndarray:
-        """wt% of every element for grains: end-member mix plus traces drawn per grain."""
+        """wt% of every element for grains: end-member mix plus contents drawn per grain.
+
+        The table's "typical" rows are drawn log-normally within their range for each grain;
+        an element already in the formula (F, Li in lepidolite) is replaced by the draw, others
+        are added, and the formula elements are rescaled so the total stays 100 wt%.
+        """
         symbols = element_table().symbols
         frac = _uniform(grain, 7)[..., None]
         comp = (1 - frac) * self._compositions[phase, 0] + frac * self._compositions[phase, 1]
         traces = np.zeros_like(comp)
-        for p, (_, members, _) in enumerate(PHASES):
+        drawn = np.zeros(comp.shape, dtype=bool)
+        for p, (name, members, _) in enumerate(PHASES):
             sel = phase == p
             if not sel.any():
                 continue
-            for el, (typ, lo, hi) in minerals()[members[0]].trace_wt_pct.items():
+            source = minerals()[TRACE_SOURCE.get(name, members[0])]
+            for el, (typ, lo, hi) in source.trace_wt_pct.items():
                 if el not in symbols or typ <= 0:
                     continue
                 j = symbols.index(el)
@@ -184,8 +193,10 @@ class PegmatiteSample:
                 # log-normal around the typical content, one sigma spans the table's range
                 sigma = max(np.log(hi / typ), np.log(typ / max(lo, typ * 1e-2)), 0.1) / 2
                 traces[sel, j] = np.clip(typ * np.exp(sigma * z), lo, hi)
-        total_trace = traces.sum(axis=-1, keepdims=True)
-        return comp * (1 - total_trace / 100.0) + traces
+                drawn[sel, j] = True
+        comp = np.where(drawn, 0.0, comp)
+        remaining = 100.0 - traces.sum(axis=-1, keepdims=True)
+        return comp * remaining / comp.sum(axis=-1, keepdims=True) + traces
 
     def spot(self, x_um: np.ndarray, y_um: np.ndarray) -> SpotMaterial:
         """Material under a 30 µm ablation spot centred at each (x, y)."""
