@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class BurstStatus:
@@ -86,5 +88,53 @@ class Stage(Protocol):
     def limits(self) -> tuple[tuple[float, float], tuple[float, float]]: ...
 
     def stop(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Frames:
+    """Spectra read from an armed spectrometer, oldest first.
+
+    ``counts`` is (n, n_pixels) uint16 detector counts on the ``wavelength_nm()`` axis;
+    ``timestamps_s`` is the device's own clock in seconds (unwrapped, monotonic within one
+    arm); ``counters`` numbers the frames received since ``arm`` (0, 1, ...), counted by the
+    driver, so a missing frame shows only as a timestamp gap, never as a counter gap.
+    """
+
+    counts: np.ndarray
+    timestamps_s: np.ndarray
+    counters: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.counts.shape[0])
+
+
+@runtime_checkable
+class Spectrometer(Protocol):
+    """A spectrometer in (usually external, DDG-driven) trigger mode, split ophyd-async style
+    into configure / arm, wait and read. Times in s, wavelengths in nm, intensities in counts.
+
+    ``arm`` prepares the device for ``n_frames`` triggered frames (``trigger`` "hardware" for
+    an external edge, "software" for free-running). ``wait_frames`` blocks (never spins) until
+    all armed frames have arrived and returns how many are buffered; it raises
+    ``InstrumentTimeout`` when they do not arrive in time, and the partial frames stay
+    readable. ``read_frames`` returns and clears what is buffered. ``disarm`` stops an armed
+    acquisition and is safe to call from another thread.
+    """
+
+    def configure(
+        self, integration_time_s: float, delay_s: float = 0.0, averages: int = 1
+    ) -> None: ...
+
+    def wavelength_nm(self) -> np.ndarray: ...
+
+    def arm(self, n_frames: int, trigger: str = "hardware") -> None: ...
+
+    def wait_frames(self, timeout_s: float) -> int: ...
+
+    def read_frames(self) -> Frames: ...
+
+    def disarm(self) -> None: ...
 
     def close(self) -> None: ...
