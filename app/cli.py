@@ -33,6 +33,45 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_dims(text: str) -> dict[str, tuple[int, int]]:
+    """'train=560x560,val=266x500' -> {"train": (560, 560), "val": (266, 500)} (ny x nx)."""
+    dims: dict[str, tuple[int, int]] = {}
+    for item in text.split(","):
+        name, sep, shape = item.strip().partition("=")
+        ny, x, nx = shape.strip().lower().partition("x")
+        if not (sep and x and name.strip() and ny.strip().isdigit() and nx.strip().isdigit()):
+            raise argparse.ArgumentTypeError(
+                f"bad dims item {item.strip()!r}; expected NAME=NYxNX, e.g. train=560x560"
+            )
+        if int(ny) < 1 or int(nx) < 1:
+            raise argparse.ArgumentTypeError(f"dims {item.strip()!r} must be at least 1x1")
+        if name.strip() in dims:
+            raise argparse.ArgumentTypeError(f"dims name {name.strip()!r} is given twice")
+        dims[name.strip()] = (int(ny), int(nx))
+    return dims
+
+
+def _import_npy(args: argparse.Namespace) -> int:
+    from plumelink.pipeline.import_npy import PAPER_DIMS, import_npy
+
+    dims = {**PAPER_DIMS, **(args.dims or {})}
+    total = sum(ny * nx for ny, nx in dims.values())
+    with tqdm(total=total, unit="pair", desc="import-npy", disable=args.quiet,
+              file=sys.stderr) as bar:
+        paths = import_npy(
+            args.directory,
+            args.out,
+            dims=dims,
+            compression=None if args.compression == "none" else args.compression,
+            progress=lambda done, _total: bar.update(done - bar.n),
+            step=args.step,
+        )
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    print(f"imported {len(paths)} maps ({total} spots) from {Path(args.directory)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plumelink",
@@ -55,6 +94,26 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--compression", choices=["lz4", "zstd", "gzip", "none"], default="lz4")
     sim.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(func=_simulate)
+
+    imp = sub.add_parser(
+        "import-npy",
+        help="import the paper's .npy data set (s1_/s2_ train, val, test) as map files",
+        description="Write OUT/train.h5, val.h5 and test.h5 from the public data set of "
+        "Vrábel et al. (JAAS 2023): s1_{train,val,test}.npy (primary), s2_*.npy (secondary), "
+        "s1_wavelengths.npy and s2_wavelengths.npy, rows in horizontal-snake order.",
+    )
+    imp.add_argument("directory", type=Path, metavar="DIR", help="folder of the .npy files")
+    imp.add_argument("--out", type=Path, required=True, help="output folder")
+    imp.add_argument(
+        "--dims", type=parse_dims, default=None,
+        help="ny x nx of each map, replacing the paper's by name "
+        "(default train=560x560,val=266x500,test=500x500)",
+    )
+    imp.add_argument("--step", type=float, default=1.0,
+                     help="assumed spot spacing for the setpoints (the files hold none)")
+    imp.add_argument("--compression", choices=["lz4", "zstd", "gzip", "none"], default="lz4")
+    imp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    imp.set_defaults(func=_import_npy)
     return parser
 
 

@@ -16,15 +16,18 @@ def total_emissivity(spectra: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
     The baseline (per 32-pixel block, the lowest block mean among it and its neighbours)
     removes the dark level and the sloped continuum, which would otherwise swamp the line
-    emission that makes grains visible. Pixels past the last whole block are left out.
+    emission that makes grains visible. Pixels past the last whole block are left out;
+    spectra shorter than a block form one block.
     """
     n_px = spectra.shape[1]
-    usable = n_px - n_px % FLOOR_BLOCK_PX
-    starts = np.arange(0, usable, FLOOR_BLOCK_PX)
-    sums = np.add.reduceat(spectra[:, :usable], starts, axis=1, dtype=np.uint32)
-    blocks = sums.astype(np.float32) / np.float32(FLOOR_BLOCK_PX)
+    block = min(FLOOR_BLOCK_PX, n_px)
+    usable = n_px - n_px % block
+    starts = np.arange(0, usable, block)
+    accumulate = np.uint32 if spectra.dtype.kind == "u" else np.float64
+    sums = np.add.reduceat(spectra[:, :usable], starts, axis=1, dtype=accumulate)
+    blocks = sums.astype(np.float32) / np.float32(block)
     padded = np.pad(blocks, ((0, 0), (1, 1)), mode="edge")
     baseline = np.minimum(np.minimum(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])
-    total = FLOOR_BLOCK_PX * (blocks - baseline).sum(axis=1)
+    total = block * (blocks - baseline).sum(axis=1)
     total[~valid] = np.nan
     return total

@@ -29,6 +29,7 @@ from .raster_line import RasterLine
 log = logging.getLogger(__name__)
 
 COMPRESSIONS = ("lz4", "zstd", "gzip", None)
+SPECTRA_DTYPES = ("uint16", "float32")
 
 
 def _compression(name: str | None) -> dict[str, Any]:
@@ -225,6 +226,7 @@ class MapWriter:
         self._x = self._h.x[()]
         self._y = self._h.y[()]
         self._n_px = {name: h.spectra.shape[2] for name, h in self._h.systems.items()}
+        self._spectra_dtype = self._h.systems["primary"].spectra.dtype
         self._done = self._h.lines_done[()].astype(bool)
         self._closed = False
 
@@ -249,6 +251,7 @@ class MapWriter:
         mineral_names: Sequence[str] | None = None,
         software_version: str = "",
         overwrite: bool = False,
+        spectra_dtype: str = "uint16",
     ) -> MapWriter:
         """Create the whole file layout, start SWMR writing and return the writer.
 
@@ -265,6 +268,11 @@ class MapWriter:
         x = _axis(x_um, "x_um", nx)
         y = _axis(y_um, "y_um", ny)
         filters = _compression(compression)
+        if spectra_dtype not in SPECTRA_DTYPES:
+            raise ValueError(
+                f"spectra_dtype must be one of {SPECTRA_DTYPES} (raw counts, or float32 for "
+                f"imported data that are not whole counts), got {spectra_dtype!r}"
+            )
         if truth_elements is not None and len(truth_elements) == 0:
             raise ValueError("truth_elements must name at least one element, or be None")
         if path.exists() and not overwrite:
@@ -291,6 +299,7 @@ class MapWriter:
                 raster_order=raster_order,
                 settings=settings or {},
                 filters=filters,
+                spectra_dtype=spectra_dtype,
                 truth_elements=truth_elements,
                 mineral_names=mineral_names,
             )
@@ -402,6 +411,11 @@ class MapWriter:
         if line.nx != nx:
             raise L.MapShapeError(f"line {line.index} has {line.nx} spots but {where} has {nx}")
         for name, system in (("primary", line.primary), ("secondary", line.secondary)):
+            if system.spectra.dtype != self._spectra_dtype:
+                raise L.MapShapeError(
+                    f"line {line.index}: {name} spectra are {system.spectra.dtype} but {where} "
+                    f"stores {self._spectra_dtype}"
+                )
             if system.n_px != self._n_px[name]:
                 raise L.MapShapeError(
                     f"line {line.index}: {name} spectra have {system.n_px} pixels but the "
@@ -460,6 +474,7 @@ def _build_layout(
     filters: dict[str, Any],
     truth_elements: Sequence[str] | None,
     mineral_names: Sequence[str] | None,
+    spectra_dtype: str = "uint16",
 ) -> None:
     """Create every group and dataset of the map (SWMR forbids creating any later)."""
     _nx(
@@ -486,7 +501,7 @@ def _build_layout(
         wavelength.attrs["units"] = "nm"
         n_px = wavelengths[system].size
         spectra = group.create_dataset(
-            "spectra", shape=(ny, nx, n_px), dtype="uint16", chunks=(1, nx, n_px),
+            "spectra", shape=(ny, nx, n_px), dtype=spectra_dtype, chunks=(1, nx, n_px),
             fillvalue=0, **filters,
         )
         spectra.attrs["units"] = "counts"

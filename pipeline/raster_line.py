@@ -35,7 +35,8 @@ def _check(
 class SystemLine:
     """What one spectrometer recorded along a raster line.
 
-    spectra: (nx, n_px) uint16 raw counts; valid: (nx,) bool, False where the shot was missed;
+    spectra: (nx, n_px) uint16 raw counts (float32 for imported data that are not whole
+    counts); valid: (nx,) bool, False where the shot was missed;
     frame_id: (nx,) int64, -1 = none; timestamp_s: (nx,) float64 device time, NaN = none;
     emissivity: (nx,) float32 total emissivity (NaN where invalid), computed from the spectra
     when not given.
@@ -48,7 +49,9 @@ class SystemLine:
     emissivity: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        _check("SystemLine", "spectra", self.spectra, "uint16", (None, None))
+        dtype = getattr(self.spectra, "dtype", None)
+        _check("SystemLine", "spectra", self.spectra,
+               "float32" if dtype == np.float32 else "uint16", (None, None))
         nx = self.spectra.shape[0]
         _check("SystemLine", "valid", self.valid, "bool", (nx,))
         _check("SystemLine", "frame_id", self.frame_id, "int64", (nx,))

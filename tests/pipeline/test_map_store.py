@@ -487,3 +487,37 @@ def test_system_line_computes_its_emissivity_once_where_built() -> None:
                       frame_id=line.primary.frame_id, timestamp_s=line.primary.timestamp_s,
                       emissivity=given)
     assert kept.emissivity is given
+
+
+def _as_float(system: SystemLine, offset: float) -> SystemLine:
+    return SystemLine(
+        spectra=system.spectra.astype(np.float32) - np.float32(offset), valid=system.valid,
+        frame_id=system.frame_id, timestamp_s=system.timestamp_s,
+    )
+
+
+def test_float32_maps_hold_imported_intensities_exactly(map_path: Path) -> None:
+    """Processed data (negative, fractional) round-trip; counts maps refuse them."""
+    line = make_line(0, truth=False)
+    floats = _with(line, primary=_as_float(line.primary, 100.25),
+                   secondary=_as_float(line.secondary, 0.5))
+    with create_map(map_path, truth_elements=None, mineral_names=None,
+                    spectra_dtype="float32") as writer:
+        writer.append_line(floats)
+        with pytest.raises(MapShapeError, match=r"spectra are uint16 but .* stores float32"):
+            writer.append_line(_with(line, index=1))
+    with MapReader(map_path) as reader:
+        read = reader.read_line(0)
+    np.testing.assert_array_equal(read.primary.spectra, floats.primary.spectra)
+    assert (read.primary.spectra < 0).any()
+    np.testing.assert_allclose(read.primary.emissivity, floats.primary.emissivity, rtol=1e-5)
+    with pytest.raises(ValueError, match="spectra_dtype must be one of"):
+        create_map(map_path.with_name("other.h5"), spectra_dtype="float64")
+
+
+def test_emissivity_of_spectra_shorter_than_a_block() -> None:
+    spectra = np.array([[10, 10, 50, 10], [10, 10, 10, 10]], dtype=np.uint16)
+    line = SystemLine(spectra=spectra, valid=np.array([True, False]),
+                      frame_id=np.zeros(2, np.int64), timestamp_s=np.zeros(2))
+    assert line.emissivity[0] == 0.0  # one block: its own baseline
+    assert np.isnan(line.emissivity[1])
