@@ -1,7 +1,7 @@
 """Device contracts as ``typing.Protocol``: any class with these methods is such a device.
 
 Real drivers and emulators need no common base class; the engine depends only on these
-contracts. A Spectrometer contract will join DelayGenerator and Stage here.
+contracts: DelayGenerator, Stage and Spectrometer.
 """
 
 from __future__ import annotations
