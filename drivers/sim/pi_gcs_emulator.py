@@ -1,0 +1,506 @@
+"""Wire-level emulator of a PI controller speaking GCS 2.0 (C-884-like, one stage per axis), so
+tests and the simulated bench run the real driver (`plumelink.drivers.pi_gcs`) without hardware.
+
+`PIEmulator` is a state machine: ``handle(line) -> [reply]`` answers one command line (LF
+removed) or one single-byte command (``b"\\x05"``, ``b"\\x07"``, ``b"\\x18"``). It models servo
+state, referencing (``FRF`` runs to the reference position at the axis velocity), travel limits
+(``TMN?``/``TMX?``), constant-speed motion on an injectable clock (`ManualClock` works) and the
+error register read and cleared by ``ERR?`` with the real codes (`ERRORS`). Set commands are
+silent; a multi-line reply ends every line but the last with space + LF
+(``reference/instruments.md`` 4.3).
+
+Single-byte commands have no terminator, which `serial_link.LineLink` cannot deliver (it splits
+on terminator bytes only). This module therefore adds a raw-byte hook of its own, `GcsLink`
+(a `LineLink` that hands each of ``#5``/``#7``/``#24`` to the peer as a one-byte "line" the
+moment it arrives), and uses it in `PIPtyServer`, `PITcpServer` and the in-process
+``pigcssim://<name>`` port (`EmulatorSerial`); `serial_link.py` itself is unchanged. Any `Peer`
+(e.g. a `ScriptedPeer` scripted with ``(b"\\x05", b"1\\n")``) can sit behind them.
+
+Choices where the manual is not at hand are marked [I] (our inference): an erroneous command is
+ignored as a whole; a query naming an unknown axis sets error 15 and answers nothing; ``ERR?``
+reports the first error since the last read, then clears it; ``#7`` answers 0xB1 + LF.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from .serial_link import (
+    EmulatorDisconnect,
+    Fault,
+    FaultQueue,
+    LineLink,
+    Peer,
+    PeerSerial,
+    PtyServer,
+    ScriptedPeer,
+    TcpServer,
+    register_scheme,
+    register_url,
+    unregister_url,
+)
+from .zaber_emulator import ManualClock
+
+log = logging.getLogger(__name__)
+
+#: GCS error codes modelled here [V: reference/instruments.md 4.3].
+ERRORS: dict[int, str] = {
+    0: "no error",
+    1: "parameter syntax error",
+    2: "unknown command",
+    3: "command too long",
+    5: "move without reference or with servo off",
+    7: "position out of limits",
+    8: "velocity out of limits",
+    10: "stopped by command",
+    15: "invalid axis identifier",
+    216: "on a limit switch",
+    1024: "motion error",
+}
+MOVING = b"\x05"  # #5: hex bitmask of moving axes
+READY = b"\x07"  # #7: 0xB1 ready, 0xB0 not
+STOP_ALL = b"\x18"  # #24: stop all axes, no reply
+SINGLE_BYTE = frozenset(MOVING + READY + STOP_ALL)
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_GARBAGE = b"\xfe\x80=garbage?\n"
+_MAX_WAIT_S = 0.5
+_MAX_RECORDED = 100_000
+
+
+class _GcsError(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@dataclass
+class PIAxisConfig:
+    """Power-up state of one axis, in mm and mm/s."""
+
+    low_mm: float = 0.0  # TMN?
+    high_mm: float = 25.0  # TMX?
+    position_mm: float = 12.5
+    velocity: float = 10.0
+    max_velocity: float = 50.0
+    reference_mm: float = 0.0  # where FRF leaves the axis
+    servo: bool = False
+    referenced: bool = False
+
+
+@dataclass
+class _Motion:
+    start: float
+    target: float
+    t0: float
+    speed: float
+    homing: bool
+
+    @property
+    def end_time(self) -> float:
+        return self.t0 + abs(self.target - self.start) / self.speed
+
+    def position_at(self, t: float) -> float:
+        if t >= self.end_time:
+            return self.target
+        step = (t - self.t0) * self.speed
+        return self.start + math.copysign(max(step, 0.0), self.target - self.start)
+
+
+class _Axis:
+    def __init__(self, config: PIAxisConfig) -> None:
+        self.low, self.high = config.low_mm, config.high_mm
+        self.position = config.position_mm
+        self.velocity, self.max_velocity = config.velocity, config.max_velocity
+        self.reference = config.reference_mm
+        self.servo, self.referenced = config.servo, config.referenced
+        self.motion: _Motion | None = None
+
+    def position_at(self, t: float) -> float:
+        return self.position if self.motion is None else self.motion.position_at(t)
+
+    def halt(self, t: float) -> None:
+        self.position, self.motion = self.position_at(t), None
+
+
+def _number(text: str) -> float:
+    if not _NUMBER.fullmatch(text):
+        raise _GcsError(1)
+    return float(text)
+
+
+class PIEmulator:
+    """A GCS 2.0 controller; thread-safe; time from ``clock`` (default `time.monotonic`).
+    ``axes`` maps axis identifiers ("1", "2" ...) to their power-up state."""
+
+    def __init__(self, axes: Mapping[str, PIAxisConfig] | None = None, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 idn: str = "(c)2024 Physik Instrumente (PI) GmbH & Co. KG, C-884.4DC, "
+                            "000000000, 1.0.0.0") -> None:
+        configs = axes if axes is not None else {"1": PIAxisConfig(), "2": PIAxisConfig()}
+        self._axes = {name: _Axis(cfg) for name, cfg in configs.items()}
+        self._clock = clock
+        self.idn = idn
+        self._error = 0
+        self._lock = threading.RLock()
+        self._faults = FaultQueue(garbage=_GARBAGE)
+        self._transcript: deque[tuple[bytes, tuple[bytes, ...]]] = deque(maxlen=_MAX_RECORDED)
+        self._received = bytearray()
+        self._queries: dict[str, Callable[[list[str], float], bytes]] = {
+            "*IDN?": lambda args, now: self._single(args, self.idn),
+            "ERR?": self._err,
+            "POS?": lambda args, now: self._per_axis(args, lambda a: f"{a.position_at(now):.6f}"),
+            "TMN?": lambda args, now: self._per_axis(args, lambda a: f"{a.low:.6f}"),
+            "TMX?": lambda args, now: self._per_axis(args, lambda a: f"{a.high:.6f}"),
+            "VEL?": lambda args, now: self._per_axis(args, lambda a: f"{a.velocity:.6f}"),
+            "SVO?": lambda args, now: self._per_axis(args, lambda a: str(int(a.servo))),
+            "FRF?": lambda args, now: self._per_axis(args, lambda a: str(int(a.referenced))),
+            "ONT?": lambda args, now: self._per_axis(args, lambda a: str(int(a.motion is None))),
+        }
+        self._sets: dict[str, Callable[[list[str], float], None]] = {
+            "SVO": self._svo, "FRF": self._frf, "MOV": self._mov, "MVR": self._mvr,
+            "VEL": self._vel, "STP": self._stp, "HLT": self._hlt,
+        }
+
+    # ------------------------------------------------------------------ protocol
+    def handle(self, line: bytes) -> list[bytes]:
+        """Execute one command line (LF removed) or single-byte command; return the reply."""
+        with self._lock:
+            now = self._clock()
+            self._advance(now)
+            if self._faults.take_disconnect():
+                self._transcript.append((bytes(line), ()))
+                raise EmulatorDisconnect("fault injected: disconnect")
+            reply = self._respond(bytes(line), now)
+            out = self._faults.apply([reply] if reply else [])
+            self._transcript.append((bytes(line), tuple(out)))
+            log.debug("PI emulator %r -> %r", line, out)
+            return out
+
+    def _respond(self, line: bytes, now: float) -> bytes:
+        if line == MOVING:
+            mask = sum(1 << i for i, ax in enumerate(self._axes.values()) if ax.motion)
+            return f"{mask:X}\n".encode()
+        if line == READY:
+            return b"\xb1\n"
+        if line == STOP_ALL:
+            self._stop_all(now)
+            return b""
+        try:
+            words = line.decode("ascii").split()
+        except UnicodeDecodeError:
+            words = []
+        if not words:
+            self._set_error(2)
+            return b""
+        command, args = words[0].upper(), words[1:]
+        try:
+            if command in self._queries:
+                return self._queries[command](args, now)
+            if command in self._sets:
+                self._sets[command](args, now)
+                return b""
+            raise _GcsError(2)
+        except _GcsError as exc:
+            self._set_error(exc.code)
+            return b""
+
+    def _set_error(self, code: int) -> None:
+        if self._error == 0:  # [I] the first error stays until ERR? reads it
+            self._error = code
+
+    @staticmethod
+    def _lines(lines: list[str]) -> bytes:
+        """GCS multi-line framing: every line but the last ends with space + LF."""
+        return (" \n".join(lines) + "\n").encode("ascii")
+
+    def _single(self, args: list[str], text: str) -> bytes:
+        if args:
+            raise _GcsError(1)
+        return self._lines([text])
+
+    def _err(self, args: list[str], now: float) -> bytes:
+        if args:
+            raise _GcsError(1)
+        code, self._error = self._error, 0
+        return self._lines([str(code)])
+
+    def _named(self, names: list[str]) -> list[str]:
+        for name in names:
+            if name not in self._axes:
+                raise _GcsError(15)
+        return names
+
+    def _per_axis(self, args: list[str], value: Callable[[_Axis], str]) -> bytes:
+        names = self._named(args) if args else list(self._axes)
+        return self._lines([f"{n}={value(self._axes[n])}" for n in names])
+
+    def _pairs(self, args: list[str]) -> list[tuple[_Axis, float]]:
+        if not args or len(args) % 2:
+            raise _GcsError(1)
+        names = self._named(args[0::2])
+        return [(self._axes[n], _number(v)) for n, v in zip(names, args[1::2], strict=True)]
+
+    # ------------------------------------------------------------------ set commands
+    def _svo(self, args: list[str], now: float) -> None:
+        pairs = self._pairs(args)
+        if any(v not in (0.0, 1.0) for _, v in pairs):
+            raise _GcsError(1)
+        for ax, v in pairs:
+            if not v:
+                ax.halt(now)
+            ax.servo = bool(v)
+
+    def _frf(self, args: list[str], now: float) -> None:
+        axes = [self._axes[n] for n in (self._named(args) if args else self._axes)]
+        if any(not ax.servo for ax in axes):
+            raise _GcsError(5)
+        for ax in axes:
+            ax.referenced = False
+            self._start(ax, ax.reference, now, homing=True)
+
+    def _check_moves(self, moves: list[tuple[_Axis, float]]) -> None:
+        for ax, _ in moves:
+            if not (ax.servo and ax.referenced):
+                raise _GcsError(5)
+        for ax, target in moves:
+            if not ax.low <= target <= ax.high:
+                raise _GcsError(7)
+
+    def _mov(self, args: list[str], now: float) -> None:
+        moves = self._pairs(args)
+        self._check_moves(moves)
+        for ax, target in moves:
+            self._start(ax, target, now)
+
+    def _mvr(self, args: list[str], now: float) -> None:
+        moves = [(ax, ax.position_at(now) + d) for ax, d in self._pairs(args)]
+        self._check_moves(moves)
+        for ax, target in moves:
+            self._start(ax, target, now)
+
+    def _vel(self, args: list[str], now: float) -> None:
+        pairs = self._pairs(args)
+        if any(not 0 < v <= ax.max_velocity for ax, v in pairs):
+            raise _GcsError(8)
+        for ax, v in pairs:
+            ax.velocity = v
+
+    def _stp(self, args: list[str], now: float) -> None:
+        if args:
+            raise _GcsError(1)
+        self._stop_all(now)
+
+    def _hlt(self, args: list[str], now: float) -> None:
+        axes = [self._axes[n] for n in (self._named(args) if args else self._axes)]
+        if any(ax.motion for ax in axes):
+            self._set_error(10)
+        for ax in axes:
+            ax.halt(now)
+
+    def _stop_all(self, now: float) -> None:
+        if any(ax.motion for ax in self._axes.values()):
+            self._set_error(10)
+        for ax in self._axes.values():
+            ax.halt(now)
+
+    def _start(self, ax: _Axis, target: float, now: float, *, homing: bool = False) -> None:
+        ax.halt(now)
+        if target != ax.position:
+            ax.motion = _Motion(ax.position, target, now, ax.velocity, homing)
+        elif homing:
+            ax.referenced = True
+
+    def _advance(self, now: float) -> None:
+        for ax in self._axes.values():
+            if ax.motion is not None and now >= ax.motion.end_time:
+                if ax.motion.homing:
+                    ax.referenced = True
+                ax.position, ax.motion = ax.motion.target, None
+
+    # ------------------------------------------------------------------ bench and tests
+    def now(self) -> float:
+        return self._clock()
+
+    def update(self) -> None:
+        with self._lock:
+            self._advance(self._clock())
+
+    def take_unsolicited(self) -> list[bytes]:
+        return []  # GCS sends nothing unprompted
+
+    def wait_hint_s(self) -> float | None:
+        with self._lock:
+            ends = [ax.motion.end_time for ax in self._axes.values() if ax.motion]
+            return max(0.0, min(ends) - self._clock()) if ends else None
+
+    def note_received(self, data: bytes) -> None:
+        with self._lock:
+            self._received += data
+            del self._received[:-_MAX_RECORDED]
+
+    def inject_fault(self, fault: Fault, payload: bytes | None = None, *,
+                     keep: int | None = None, times: int = 1) -> None:
+        """Queue a shared fault for the next replies (GARBAGE sends ``payload``, TRUNCATED keeps
+        ``keep`` bytes, NO_REPLY drops, DISCONNECT hangs up)."""
+        with self._lock:
+            self._faults.push(fault, keep if fault is Fault.TRUNCATED else payload, times)
+
+    def position(self, axis: str) -> float:
+        """Where the axis is now, in mm."""
+        with self._lock:
+            return self._axes[axis].position_at(self._clock())
+
+    def moving(self, axis: str) -> bool:
+        with self._lock:
+            self._advance(self._clock())
+            return self._axes[axis].motion is not None
+
+    def state(self, axis: str) -> dict[str, float | bool]:
+        with self._lock:
+            ax = self._axes[axis]
+            return {"servo": ax.servo, "referenced": ax.referenced, "velocity": ax.velocity,
+                    "low": ax.low, "high": ax.high}
+
+    @property
+    def error(self) -> int:
+        """The error register, without clearing it."""
+        with self._lock:
+            return self._error
+
+    @property
+    def commands(self) -> list[bytes]:
+        with self._lock:
+            return [line for line, _ in self._transcript]
+
+    @property
+    def transcript(self) -> list[tuple[bytes, tuple[bytes, ...]]]:
+        with self._lock:
+            return list(self._transcript)
+
+    @property
+    def received_bytes(self) -> bytes:
+        with self._lock:
+            return bytes(self._received)
+
+    def clear_transcript(self) -> None:
+        with self._lock:
+            self._transcript.clear()
+            self._received.clear()
+
+
+# ---------------------------------------------------------------------- raw-byte hook
+class GcsLink(LineLink):
+    """`LineLink` for GCS: LF ends a line, and each single-byte command (#5, #7, #24) goes to
+    the peer at once as a one-byte line, wherever it appears in the byte stream."""
+
+    def __init__(self, peer: Peer) -> None:
+        super().__init__(peer, b"\n")
+
+    def feed(self, data: bytes) -> bytes:
+        out = bytearray()
+        start = 0
+        for i, byte in enumerate(data):
+            if byte in SINGLE_BYTE:
+                out += super().feed(data[start:i])
+                self.peer.note_received(data[i:i + 1])
+                out += b"".join(_as_list(self.peer.handle(data[i:i + 1])))
+                start = i + 1
+        out += super().feed(data[start:])
+        return bytes(out)
+
+
+def _as_list(reply: object) -> list[bytes]:
+    if reply is None:
+        return []
+    return [bytes(reply)] if isinstance(reply, bytes | bytearray) else list(reply)  # type: ignore[call-overload]
+
+
+class PIPtyServer(PtyServer[Peer]):
+    """The peer behind a pseudo-terminal: open ``.url`` (``/dev/pts/N``) with real pyserial."""
+
+    def __init__(self, peer: Peer | None = None) -> None:
+        super().__init__(peer if peer is not None else PIEmulator(), name="pi-pty-emulator",
+                         terminators=b"\n", max_wait_s=_MAX_WAIT_S)
+
+    def _new_link(self) -> LineLink:
+        return GcsLink(self.peer)
+
+    @property
+    def emulator(self) -> PIEmulator:
+        return _as_emulator(self.peer)
+
+
+class PITcpServer(TcpServer[Peer]):
+    """The peer on a localhost TCP socket (``.url`` = ``socket://127.0.0.1:<port>``), like the
+    controller's TCP port 50000."""
+
+    def __init__(self, peer: Peer | None = None, *, host: str = "127.0.0.1",
+                 port: int = 0) -> None:
+        super().__init__(peer if peer is not None else PIEmulator(), host=host, port=port,
+                         name="pi-tcp-emulator", terminators=b"\n", max_wait_s=_MAX_WAIT_S)
+
+    def _new_link(self) -> LineLink:
+        return GcsLink(self.peer)
+
+    @property
+    def emulator(self) -> PIEmulator:
+        return _as_emulator(self.peer)
+
+
+def _as_emulator(peer: Peer) -> PIEmulator:
+    assert isinstance(peer, PIEmulator)
+    return peer
+
+
+# ---------------------------------------------------------------------- pyserial URL
+URL_SCHEME = "pigcssim"
+
+
+class EmulatorSerial(PeerSerial):
+    """The in-process port behind ``pigcssim://`` URLs, with the `GcsLink` raw-byte hook."""
+
+    def open(self) -> None:
+        super().open()
+        self._link = GcsLink(self.peer)
+
+
+register_scheme(URL_SCHEME, factory=PIEmulator, terminators=b"\n")
+# register_scheme installs the plain PeerSerial as the handler; swap in the GCS port.
+sys.modules[f"{register_scheme.__module__}.protocol_{URL_SCHEME}"].Serial = (  # type: ignore[attr-defined]
+    EmulatorSerial)
+
+
+def register_peer(name: str, peer: Peer) -> str:
+    """Make ``peer`` reachable as ``pigcssim://<name>``; returns that URL."""
+    return register_url(URL_SCHEME, name, peer)
+
+
+def unregister_peer(name: str) -> None:
+    unregister_url(URL_SCHEME, name)
+
+
+__all__ = [
+    "ERRORS",
+    "MOVING",
+    "READY",
+    "STOP_ALL",
+    "EmulatorSerial",
+    "Fault",
+    "GcsLink",
+    "ManualClock",
+    "PIAxisConfig",
+    "PIEmulator",
+    "PIPtyServer",
+    "PITcpServer",
+    "ScriptedPeer",
+    "register_peer",
+    "unregister_peer",
+]

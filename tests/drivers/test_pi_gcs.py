@@ -1,0 +1,349 @@
+"""The PI GCS 2.0 stage driver against the wire-level emulator through real pyserial transports
+(pty, TCP socket) and the in-process ``pigcssim://`` port, byte-exact scripts for the tricky
+exchanges (multi-line replies, an error after a silent set, single-byte ``#5``), and a property
+test that bad replies give typed errors and never hang."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+
+import pytest
+import serial
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from plumelink.drivers.errors import (
+    InstrumentError,
+    InstrumentTimeout,
+    ProtocolError,
+    SettingOutOfRange,
+)
+from plumelink.drivers.pi_gcs import ERRORS, GCSError, PIStage, split_reply
+from plumelink.drivers.protocols import Stage
+from plumelink.drivers.sim.pi_gcs_emulator import (
+    Fault,
+    ManualClock,
+    PIAxisConfig,
+    PIEmulator,
+    PIPtyServer,
+    PITcpServer,
+    ScriptedPeer,
+    register_peer,
+    unregister_peer,
+)
+
+TIMEOUT_S = 0.3
+IDN = b"(c)2024 Physik Instrumente (PI) GmbH & Co. KG, C-884.4DC, 0, 1.0\n"
+_names = itertools.count()
+
+
+def fast_emulator(**kwargs: object) -> PIEmulator:
+    def config() -> PIAxisConfig:
+        return PIAxisConfig(velocity=50.0, max_velocity=100.0)
+
+    return PIEmulator({"1": config(), "2": config()}, **kwargs)  # type: ignore[arg-type]
+
+
+def url_for(peer: object) -> str:
+    return register_peer(f"t{next(_names)}", peer)  # type: ignore[arg-type]
+
+
+STARTUP: list[tuple[bytes, bytes]] = [
+    (b"*IDN?", IDN),
+    (b"ERR?", b"0\n"),
+    (b"SVO 1 1 2 1", b""),
+    (b"ERR?", b"0\n"),
+    (b"TMN? 1 2", b"1=0.000000 \n2=-5.000000\n"),
+    (b"TMX? 1 2", b"1=25.000000 \n2=5.000000\n"),
+]
+
+
+@pytest.fixture
+def scripted() -> Iterator[tuple[ScriptedPeer, PIStage]]:
+    peer = ScriptedPeer(STARTUP)
+    url = url_for(peer)
+    stage = PIStage(url, timeout_s=TIMEOUT_S, poll_interval_s=0.001)
+    yield peer, stage
+    stage.close()
+    unregister_peer(url.split("://")[1])
+    assert not peer.errors
+
+
+@pytest.fixture
+def pty() -> Iterator[tuple[PIEmulator, PIStage]]:
+    with PIPtyServer(fast_emulator()) as server:
+        stage = PIStage(server.url, timeout_s=TIMEOUT_S, poll_interval_s=0.005)
+        yield server.emulator, stage
+        stage.close()
+
+
+# ---------------------------------------------------------------------- byte-exact scripts
+def test_startup_bytes_and_limits(scripted: tuple[ScriptedPeer, PIStage]) -> None:
+    peer, stage = scripted
+    assert stage.idn == IDN.decode().strip()
+    assert not peer.remaining
+    peer.extend(STARTUP[4:])
+    assert stage.limits() == ((0.0, 25000.0), (-5000.0, 5000.0))
+    assert bytes(peer.received).startswith(b"*IDN?\nERR?\nSVO 1 1 2 1\nERR?\nTMN? 1 2\n")
+
+
+def test_multiline_position_reply(scripted: tuple[ScriptedPeer, PIStage]) -> None:
+    peer, stage = scripted
+    peer.extend([(b"POS? 1 2", b"1=10.500000 \n2=-0.250000\n")])
+    assert stage.position() == pytest.approx((10500.0, -250.0))
+
+
+@pytest.mark.parametrize("reply", [
+    b"1=10.500000\n2=-0.250000\n",  # first line lacks the space: a one-line reply + junk
+    b"1=10.500000 \n",  # continuation promised, reply ends with the space
+    b"2=10.500000 \n1=-0.250000\n",  # axes out of order
+    b"1=10.500000 \n2=abc\n",
+    b"1=10.500000 \n2=1 \n3=2\n",  # too many lines
+    b"1=10.500000 \r\n2=1\n",
+])
+def test_malformed_multiline_reply_is_protocol_error(
+        scripted: tuple[ScriptedPeer, PIStage], reply: bytes) -> None:
+    peer, stage = scripted
+    peer.extend([(b"POS? 1 2", reply)])
+    with pytest.raises(ProtocolError) as info:
+        stage.position()
+    assert info.value.reply
+
+
+def test_error_after_silent_set(scripted: tuple[ScriptedPeer, PIStage]) -> None:
+    peer, stage = scripted
+    peer.extend([(b"MOV 1 1.000000", b""), (b"ERR?", b"5\n")])
+    with pytest.raises(GCSError) as info:
+        stage.move_absolute(x_um=1000.0)
+    assert info.value.code == 5 and info.value.meaning == ERRORS[5]
+    assert info.value.command == "MOV 1 1.000000"
+    assert "move without reference" in str(info.value)
+
+
+def test_single_byte_moving_poll(scripted: tuple[ScriptedPeer, PIStage]) -> None:
+    peer, stage = scripted
+    peer.extend([(b"\x05", b"3\n"), (b"\x05", b"2\n"), (b"\x05", b"0\n"), (b"ERR?", b"0\n")])
+    stage.wait_until_idle(1.0)
+    assert bytes(peer.received).endswith(b"\x05\x05\x05ERR?\n")
+
+
+def test_stop_sends_byte_24_and_clears_code_10(scripted: tuple[ScriptedPeer, PIStage]) -> None:
+    peer, stage = scripted
+    peer.extend([(b"\x18", b""), (b"ERR?", b"10\n")])
+    stage.stop()
+    assert bytes(peer.received).endswith(b"\x18ERR?\n")
+
+
+def test_home_polls_frf(scripted: tuple[ScriptedPeer, PIStage]) -> None:
+    peer, stage = scripted
+    peer.extend([(b"FRF 1 2", b""), (b"ERR?", b"0\n"),
+                 (b"FRF? 1 2", b"1=0 \n2=1\n"), (b"FRF? 1 2", b"1=1 \n2=1\n")])
+    stage.home()
+
+
+def test_no_reply_is_timeout(scripted: tuple[ScriptedPeer, PIStage]) -> None:
+    peer, stage = scripted
+    peer.extend([(b"POS? 1 2", b"")])
+    start = time.monotonic()
+    with pytest.raises(InstrumentTimeout):
+        stage.position()
+    assert time.monotonic() - start < TIMEOUT_S + 0.5
+
+
+def test_split_reply_rules() -> None:
+    assert split_reply(b"1=1 \n2=2\n") == ["1=1", "2=2"]
+    for bad in (b"1=1", b"1=1 \n", b"\xff\n", b"\n", b"1=1 \n\n"):
+        with pytest.raises(ProtocolError):
+            split_reply(bad)
+
+
+# ---------------------------------------------------------------------- against the emulator
+def test_satisfies_stage_protocol(pty: tuple[PIEmulator, PIStage]) -> None:
+    assert isinstance(pty[1], Stage)
+
+
+def test_home_move_wait_reaches_target_over_pty(pty: tuple[PIEmulator, PIStage]) -> None:
+    emulator, stage = pty
+    assert stage.position() == (12500.0, 12500.0)
+    stage.home()
+    assert stage.position() == (0.0, 0.0)
+    stage.set_speed(50_000.0)
+    stage.move_absolute(1500.0, 2500.5)
+    stage.wait_until_idle(2.0)
+    assert stage.position() == pytest.approx((1500.0, 2500.5), abs=1e-3)
+    stage.move_relative(dx_um=-500.0)
+    stage.wait_until_idle(2.0)
+    assert stage.position() == pytest.approx((1000.0, 2500.5), abs=1e-3)
+    assert emulator.position("1") == pytest.approx(1.0)
+    assert b"\x05" in emulator.commands and b"FRF 1 2" in emulator.commands
+
+
+def test_move_before_home_raises_code_5(pty: tuple[PIEmulator, PIStage]) -> None:
+    _, stage = pty
+    with pytest.raises(GCSError) as info:
+        stage.move_absolute(1000.0, 1000.0)
+    assert info.value.code == 5
+
+
+@pytest.mark.parametrize("target", [(-1.0, None), (None, 25_000.001), (float("nan"), None),
+                                    (float("inf"), 0.0)])
+def test_out_of_range_refused_before_sending(pty: tuple[PIEmulator, PIStage],
+                                             target: tuple[float | None, float | None]) -> None:
+    emulator, stage = pty
+    emulator.clear_transcript()
+    with pytest.raises(SettingOutOfRange):
+        stage.move_absolute(*target)
+    assert emulator.received_bytes == b""
+
+
+def test_relative_out_of_range_sends_only_position_query(
+        pty: tuple[PIEmulator, PIStage]) -> None:
+    emulator, stage = pty
+    emulator.clear_transcript()
+    with pytest.raises(SettingOutOfRange):
+        stage.move_relative(dx_um=20_000.0)
+    assert emulator.commands == [b"POS? 1 2"]
+
+
+def test_stop_from_moving_then_wait(pty: tuple[PIEmulator, PIStage]) -> None:
+    emulator, stage = pty
+    stage.home()
+    stage.set_speed(1000.0)
+    stage.move_absolute(20_000.0, 20_000.0)
+    assert stage.moving() == {"x": True, "y": True}
+    stage.stop()
+    stage.wait_until_idle(1.0)
+    x, _ = stage.position()
+    assert 0.0 < x < 20_000.0 and emulator.error == 0
+    assert stage.ready()
+
+
+def test_wait_timeout_is_bounded(pty: tuple[PIEmulator, PIStage]) -> None:
+    emulator, stage = pty
+    stage.home()
+    stage.set_speed(1.0)
+    stage.move_absolute(20_000.0)
+    start = time.monotonic()
+    with pytest.raises(InstrumentTimeout):
+        stage.wait_until_idle(0.1)
+    assert time.monotonic() - start < 0.5
+    assert sum(c == b"\x05" for c in emulator.commands) < 60  # slept between polls
+    stage.stop()
+
+
+def test_speed_out_of_range() -> None:
+    emulator = fast_emulator()
+    url = url_for(emulator)
+    with PIStage(url, timeout_s=TIMEOUT_S) as stage:
+        with pytest.raises(SettingOutOfRange):
+            stage.set_speed(0.0)
+        with pytest.raises(GCSError) as info:
+            stage.set_speed(1e9)
+        assert info.value.code == 8
+        stage.set_speed(2000.0)
+        assert stage.speed() == pytest.approx(2000.0)
+
+
+def test_over_tcp_with_manual_clock() -> None:
+    clock = ManualClock()
+    with PITcpServer(fast_emulator(clock=clock)) as server:
+        assert server.url.startswith("socket://")
+        with PIStage(server.url, timeout_s=TIMEOUT_S, poll_interval_s=0.001) as stage:
+            stage.home(wait=False)
+            assert stage.moving() == {"x": True, "y": True}
+            clock.advance(1.0)
+            stage.home(timeout_s=0.5)
+            stage.move_absolute(5000.0, 100.0)
+            clock.advance(0.05)
+            assert stage.position() == pytest.approx((2500.0, 100.0))
+            clock.advance(1.0)
+            stage.wait_until_idle(0.5)
+            assert stage.position() == (5000.0, 100.0)
+
+
+# ---------------------------------------------------------------------- emulator codes
+@pytest.mark.parametrize(("line", "code"), [
+    (b"XYZ 1", 2), (b"MOV 1", 1), (b"MOV 1 abc", 1), (b"POS? 9", 15), (b"MOV 1 5", 5),
+    (b"VEL 1 0", 8),
+])
+def test_emulator_error_codes(line: bytes, code: int) -> None:
+    emulator = fast_emulator()
+    assert emulator.handle(line) == []
+    assert emulator.handle(b"ERR?") == [f"{code}\n".encode()]
+    assert emulator.handle(b"ERR?") == [b"0\n"]
+
+
+def test_emulator_limits_and_stop_codes() -> None:
+    clock = ManualClock()
+    emulator = fast_emulator(clock=clock)
+    emulator.handle(b"SVO 1 1 2 1")
+    emulator.handle(b"FRF")
+    clock.advance(1.0)
+    assert emulator.handle(b"FRF?") == [b"1=1 \n2=1\n"]
+    assert emulator.handle(b"MOV 1 26") == [] and emulator.handle(b"ERR?") == [b"7\n"]
+    emulator.handle(b"MOV 1 20")
+    assert emulator.handle(b"\x05") == [b"1\n"]
+    assert emulator.handle(b"\x18") == []
+    assert emulator.handle(b"\x05") == [b"0\n"]
+    assert emulator.handle(b"ERR?") == [b"10\n"]
+    assert emulator.handle(b"\x07") == [b"\xb1\n"]
+
+
+def test_single_bytes_split_from_lines_in_one_write() -> None:
+    emulator = fast_emulator()
+    url = url_for(emulator)
+    port = serial.serial_for_url(url, timeout=0.1)
+    port.write(b"\x05POS? 1\n\x07")
+    assert port.read(100) == b"0\n1=12.500000\n\xb1\n"
+    port.close()
+
+
+# ---------------------------------------------------------------------- faults, properties
+@pytest.mark.parametrize("fault", [Fault.GARBAGE, Fault.TRUNCATED, Fault.NO_REPLY])
+def test_emulator_faults_give_typed_errors(fault: Fault) -> None:
+    emulator = fast_emulator()
+    with PIStage(url_for(emulator), timeout_s=0.1) as stage:
+        emulator.inject_fault(fault, keep=3)
+        with pytest.raises((ProtocolError, InstrumentTimeout)):
+            stage.position()
+        assert stage.position() == (12500.0, 12500.0)  # the link recovers
+
+
+def test_disconnect_is_instrument_error() -> None:
+    emulator = fast_emulator()
+    with PIStage(url_for(emulator), timeout_s=0.1) as stage:
+        emulator.inject_fault(Fault.DISCONNECT)
+        with pytest.raises(InstrumentError):
+            stage.position()
+
+
+_GOOD = b"1=10.500000 \n2=-0.250000\n"
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(reply=st.one_of(
+    st.binary(max_size=40),
+    st.integers(0, len(_GOOD) - 1).map(lambda n: _GOOD[:n]),
+    st.integers(1, len(_GOOD) - 1).map(lambda n: _GOOD[:n] + b"\n"),
+    st.text(alphabet="12=. \n-eE+x\r", max_size=30).map(str.encode),
+))
+@example(reply=b"1=10.5 \n2=")
+@example(reply=b"1=10.5 \n")
+def test_bad_replies_give_typed_errors_and_never_hang(
+        scripted: tuple[ScriptedPeer, PIStage], reply: bytes) -> None:
+    peer, stage = scripted
+    stage._timeout_s = 0.02
+    peer.extend([(b"POS? 1 2", reply)])
+    start = time.monotonic()
+    try:
+        x, y = stage.position()
+    except (ProtocolError, InstrumentTimeout):
+        pass
+    else:
+        assert reply.endswith(b"\n") and b" \n" in reply
+        assert isinstance(x, float) and isinstance(y, float)
+    assert time.monotonic() - start < 0.5
+    peer.errors.clear()
