@@ -1,0 +1,493 @@
+"""Bench profiles: which driver and resource each device of a bench uses, and opening them.
+
+A profile is a TOML file (shipped ones live in ``plumelink/resources/benches/``)::
+
+    name = "simulated"
+    [laser]                       # wavelength_nm, rate_hz
+    [delay_generator]             # driver = "dg645", resource = "TCPIP::...::SOCKET" | "sim"
+    [stage]                       # driver = "zaber" | "pi_gcs", resource = "/dev/ttyUSB0" | "sim"
+    [spectrometers.primary]       # driver = "avaspec", resource = "<serial>" | "usb" | "sim"
+    [spectrometers.secondary]
+
+Every device table has ``driver`` and ``resource``; its other keys are driver options checked
+against the driver's declared options (`DRIVERS`). The resource ``"sim"`` starts that driver's
+emulator in-process behind its real transport (DG645: localhost TCP through pyvisa-py; Zaber
+and PI: ``zabersim://`` / ``pigcssim://`` pyserial URLs; AvaSpec: the fake ``libavs`` object),
+so the real driver code runs; ``sim_*`` options configure only the emulator.
+
+`open_bench` is a context manager. Safety (DESIGN.md): the DG645 outputs are disabled as soon
+as it is open, and whenever the block is left (normal end, exception, KeyboardInterrupt), or
+opening fails part way, `disable_outputs` runs *first*, then every open device is closed, then
+the emulators are stopped. Errors while closing are logged and never mask the original error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from plumelink.drivers.protocols import DelayGenerator, Spectrometer, Stage
+
+log = logging.getLogger(__name__)
+
+SIM = "sim"
+KINDS = ("delay_generator", "stage", "spectrometer")
+_TABLES = {"delay_generator", "stage", "spectrometers", "laser"}
+_TOP_KEYS = {"name", "description"}
+_sim_ids = itertools.count(1)
+
+
+class ProfileError(ValueError):
+    """A bench profile is missing, unreadable or invalid; the message names table and field."""
+
+
+# ---------------------------------------------------------------------------- option types
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_str(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _is_bool(value: object) -> bool:
+    return isinstance(value, bool)
+
+
+def _is_pair(value: object) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(_is_real(v) for v in value)
+
+
+def _is_microstep(value: object) -> bool:
+    if isinstance(value, Mapping):
+        return set(value) == {"x", "y"} and all(_is_real(v) and v > 0 for v in value.values())
+    return _is_real(value) and value > 0  # type: ignore[operator]
+
+
+_TYPES: dict[Callable[[object], bool], str] = {
+    _is_real: "a number",
+    _is_int: "an integer",
+    _is_str: "a string",
+    _is_bool: "true or false",
+    _is_pair: "a list of two numbers",
+    _is_microstep: "a positive number or a table {x = ..., y = ...}",
+}
+
+
+# ---------------------------------------------------------------------------- profile
+@dataclass(frozen=True)
+class DeviceSpec:
+    """One device of a profile: driver name, resource and the driver's options."""
+
+    table: str  # where it came from, e.g. "spectrometers.primary" (for messages)
+    driver: str
+    resource: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def simulated(self) -> bool:
+        return self.resource == SIM
+
+
+@dataclass(frozen=True)
+class LaserSpec:
+    wavelength_nm: float
+    rate_hz: float
+
+
+@dataclass(frozen=True)
+class BenchProfile:
+    """A validated bench profile (see the module docstring for the format)."""
+
+    name: str
+    delay_generator: DeviceSpec
+    stage: DeviceSpec
+    spectrometers: dict[str, DeviceSpec]
+    laser: LaserSpec
+    description: str = ""
+    source: str = ""
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> BenchProfile:
+        """Load a shipped profile by name (``"simulated"``) or a TOML file by path."""
+        text, source = _read(name_or_path)
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ProfileError(f"{source}: not valid TOML: {exc}") from exc
+        return cls.from_dict(data, source=source)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> BenchProfile:
+        """Validate an already parsed profile; errors name ``source``, table and field."""
+        unknown = set(data) - _TABLES - _TOP_KEYS
+        if unknown:
+            raise ProfileError(f"{source}: unknown top-level keys {sorted(unknown)}; "
+                               f"expected tables {sorted(_TABLES)}")
+        name = data.get("name", Path(source).stem)
+        description = data.get("description", "")
+        for key, value in (("name", name), ("description", description)):
+            if not isinstance(value, str):
+                raise ProfileError(f"{source}: {key} must be a string, got {value!r}")
+        ddg = _device(data, "delay_generator", "delay_generator", source)
+        stage = _device(data, "stage", "stage", source)
+        spectra = _table(data, "spectrometers", source)
+        if not spectra:
+            raise ProfileError(f"{source}: [spectrometers] must name at least one "
+                               "spectrometer, e.g. [spectrometers.primary]")
+        spectrometers = {role: _device(spectra, role, "spectrometer", source,
+                                       table=f"spectrometers.{role}") for role in spectra}
+        laser = _table(data, "laser", source)
+        _check_keys(laser, {"wavelength_nm", "rate_hz"}, "laser", source)
+        for key in ("wavelength_nm", "rate_hz"):
+            if key not in laser:
+                raise ProfileError(f"{source}: [laser] is missing {key}")
+            if not (_is_real(laser[key]) and laser[key] > 0):
+                raise ProfileError(f"{source}: [laser] {key} must be a positive number, "
+                                   f"got {laser[key]!r}")
+        return cls(name=name, description=description, delay_generator=ddg, stage=stage,
+                   spectrometers=spectrometers, source=source,
+                   laser=LaserSpec(float(laser["wavelength_nm"]), float(laser["rate_hz"])))
+
+
+def available_profiles() -> list[str]:
+    """Names of the shipped profiles."""
+    folder = resources.files("plumelink.resources").joinpath("benches")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def _read(name_or_path: str | Path) -> tuple[str, str]:
+    path = Path(name_or_path)
+    if isinstance(name_or_path, Path) or path.suffix == ".toml" or len(path.parts) > 1:
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except OSError as exc:
+            raise ProfileError(f"cannot read bench profile {path}: {exc}") from exc
+    shipped = resources.files("plumelink.resources").joinpath("benches", f"{name_or_path}.toml")
+    if not shipped.is_file():
+        raise ProfileError(f"no shipped bench profile {name_or_path!r}; "
+                           f"available: {available_profiles()}")
+    return shipped.read_text(encoding="utf-8"), f"{name_or_path}.toml"
+
+
+def _table(data: Mapping[str, Any], key: str, source: str, where: str = "") -> dict[str, Any]:
+    label = where or key
+    if key not in data:
+        raise ProfileError(f"{source}: missing table [{label}]")
+    value = data[key]
+    if not isinstance(value, Mapping):
+        raise ProfileError(f"{source}: [{label}] must be a table, got {value!r}")
+    return dict(value)
+
+
+def _check_keys(table: Mapping[str, Any], allowed: set[str], label: str, source: str) -> None:
+    unknown = set(table) - allowed
+    if unknown:
+        raise ProfileError(f"{source}: [{label}] has unknown keys {sorted(unknown)}; "
+                           f"allowed: {sorted(allowed)}")
+
+
+def _device(data: Mapping[str, Any], key: str, kind: str, source: str, *,
+            table: str = "") -> DeviceSpec:
+    label = table or key
+    entry = _table(data, key, source, label)
+    for required in ("driver", "resource"):
+        if required not in entry:
+            raise ProfileError(f"{source}: [{label}] is missing {required}")
+        if not isinstance(entry[required], str) or not entry[required]:
+            raise ProfileError(f"{source}: [{label}] {required} must be a non-empty string, "
+                               f"got {entry[required]!r}")
+    driver = entry.pop("driver")
+    resource = entry.pop("resource")
+    if driver not in DRIVERS:
+        raise ProfileError(f"{source}: [{label}] driver {driver!r} is unknown; "
+                           f"known drivers: {sorted(DRIVERS)}")
+    factory = DRIVERS[driver]
+    if factory.kind != kind:
+        fitting = sorted(n for n, f in DRIVERS.items() if f.kind == kind)
+        raise ProfileError(f"{source}: [{label}] driver {driver!r} is a {factory.kind} "
+                           f"driver, not a {kind} driver; use one of {fitting}")
+    _check_keys(entry, set(factory.options), label, source)
+    for option, value in entry.items():
+        check = factory.options[option]
+        if not check(value):
+            raise ProfileError(f"{source}: [{label}] {option} must be {_TYPES[check]}, "
+                               f"got {value!r}")
+    if resource == SIM and factory.start_sim is None:
+        raise ProfileError(f"{source}: [{label}] driver {driver!r} has no emulator for "
+                           f"resource = {SIM!r}")
+    return DeviceSpec(label, driver, resource, entry)
+
+
+# ---------------------------------------------------------------------------- drivers
+@dataclass(frozen=True)
+class DriverFactory:
+    """How one driver name is opened. ``start_sim(spec, stack)`` starts the emulator, pushes
+    its stop onto ``stack`` and returns (resource for ``open``, emulator, extra kwargs)."""
+
+    kind: str
+    options: dict[str, Callable[[object], bool]]
+    open: Callable[[str, dict[str, Any]], Any]
+    snapshot: Callable[[Any], dict[str, Any]]
+    start_sim: Callable[[DeviceSpec, contextlib.ExitStack], tuple[str, Any, dict[str, Any]]] | None
+
+
+def _logged(what: str, stop: Callable[..., object], *args: object) -> None:
+    """Run one emulator stop; an error is logged, never raised over the bench's own error."""
+    try:
+        stop(*args)
+    except Exception:
+        log.exception("bench: error while stopping %s", what)
+
+
+def _driver_options(spec: DeviceSpec) -> dict[str, Any]:
+    return {k: v for k, v in spec.options.items() if not k.startswith("sim_")}
+
+
+# --- DG645
+def _open_dg645(resource: str, options: dict[str, Any]) -> Any:
+    from plumelink.drivers.dg645 import DG645
+
+    return DG645(resource, **options)
+
+
+def _sim_dg645(spec: DeviceSpec, stack: contextlib.ExitStack) -> tuple[str, Any, dict[str, Any]]:
+    from plumelink.drivers.sim.dg645_emulator import DG645TcpServer
+
+    server = DG645TcpServer()
+    stack.callback(_logged, "DG645 emulator server", server.close)
+    return server.resource_name, server.emulator, {"visa_library": "@py"}
+
+
+def _snapshot_dg645(ddg: Any) -> dict[str, Any]:
+    from plumelink.drivers.dg645 import CHANNELS, OUTPUTS
+
+    delays = {}
+    for channel in CHANNELS[2:]:
+        reference, seconds = ddg.get_delay(channel)
+        delays[channel] = {"reference": reference, "delay_s": seconds}
+    levels = {}
+    for output in OUTPUTS:
+        level = ddg.get_output_level(output)
+        levels[output] = {"amplitude_v": level.amplitude_v, "offset_v": level.offset_v,
+                          "polarity": level.polarity.name}
+    return {"identity": ddg.identify(), "resource": ddg.resource_name,
+            "trigger_source": ddg.get_trigger_source().name,
+            "trigger_rate_hz": ddg.get_trigger_rate(), "burst": asdict(ddg.get_burst()),
+            "delays": delays, "output_levels": levels}
+
+
+# --- stages
+def _open_zaber(resource: str, options: dict[str, Any]) -> Any:
+    from plumelink.drivers.zaber import ZaberStage
+
+    return ZaberStage(resource, **options)
+
+
+def _sim_zaber(spec: DeviceSpec, stack: contextlib.ExitStack) -> tuple[str, Any, dict[str, Any]]:
+    from plumelink.drivers.sim.zaber_emulator import ZaberEmulator, register_peer, unregister_peer
+
+    emulator = ZaberEmulator()
+    name = f"bench{next(_sim_ids)}"
+    url = register_peer(name, emulator)
+    stack.callback(_logged, f"emulator {name}", unregister_peer, name)
+    return url, emulator, {}
+
+
+def _open_pi(resource: str, options: dict[str, Any]) -> Any:
+    from plumelink.drivers.pi_gcs import PIStage
+
+    return PIStage(resource, **options)
+
+
+def _sim_pi(spec: DeviceSpec, stack: contextlib.ExitStack) -> tuple[str, Any, dict[str, Any]]:
+    from plumelink.drivers.sim.pi_gcs_emulator import PIEmulator, register_peer, unregister_peer
+
+    emulator = PIEmulator()
+    name = f"bench{next(_sim_ids)}"
+    url = register_peer(name, emulator)
+    stack.callback(_logged, f"emulator {name}", unregister_peer, name)
+    return url, emulator, {}
+
+
+def _snapshot_stage(stage: Any) -> dict[str, Any]:
+    (xmin, xmax), (ymin, ymax) = stage.limits()
+    x, y = stage.position()
+    out = {"position_um": [x, y], "limits_um": {"x": [xmin, xmax], "y": [ymin, ymax]},
+           "speed_um_s": stage.speed(), "name": stage.name}
+    if getattr(stage, "idn", ""):
+        out["identity"] = stage.idn
+    return out
+
+
+# --- AvaSpec
+def _open_avaspec(resource: str, options: dict[str, Any]) -> Any:
+    from plumelink.drivers.avantes import AvaSpec
+
+    serial = None if resource in ("usb", SIM) else resource
+    return AvaSpec(serial, **options)
+
+
+def _sim_avaspec(spec: DeviceSpec, stack: contextlib.ExitStack) -> tuple[str, Any, dict[str, Any]]:
+    from plumelink.drivers.sim.avaspec_fake import AvaSpecFake
+
+    kwargs: dict[str, Any] = {}
+    if "sim_num_pixels" in spec.options:
+        kwargs["num_pixels"] = spec.options["sim_num_pixels"]
+    if "sim_wavelength_nm" in spec.options:
+        kwargs["wavelength_nm"] = tuple(float(v) for v in spec.options["sim_wavelength_nm"])
+    if "sim_serial" in spec.options:
+        kwargs["serials"] = (spec.options["sim_serial"],)
+    fake = AvaSpecFake(**kwargs)
+    return SIM, fake, {"library": fake}
+
+
+def _snapshot_avaspec(spec: Any) -> dict[str, Any]:
+    axis = spec.wavelength_nm()
+    return {"identity": spec.device, "serial": spec.serial, "start_pixel": spec.start_pixel,
+            "stop_pixel": spec.stop_pixel, "n_pixels": int(axis.size),
+            "wavelength_range_nm": [float(axis[0]), float(axis[-1])],
+            "integration_time_s": spec.integration_time_s, "delay_s": spec.delay_s,
+            "averages": spec.averages}
+
+
+#: Driver factories by the name used in profiles (``driver = "..."``).
+DRIVERS: dict[str, DriverFactory] = {
+    "dg645": DriverFactory(
+        "delay_generator", {"timeout_s": _is_real, "visa_library": _is_str},
+        _open_dg645, _snapshot_dg645, _sim_dg645),
+    "zaber": DriverFactory(
+        "stage", {"microstep_um": _is_microstep, "timeout_s": _is_real, "baudrate": _is_int,
+                  "checksum": _is_bool, "x_device": _is_int, "y_device": _is_int,
+                  "poll_interval_s": _is_real, "name": _is_str},
+        _open_zaber, _snapshot_stage, _sim_zaber),
+    "pi_gcs": DriverFactory(
+        "stage", {"timeout_s": _is_real, "baudrate": _is_int, "poll_interval_s": _is_real,
+                  "name": _is_str},
+        _open_pi, _snapshot_stage, _sim_pi),
+    "avaspec": DriverFactory(
+        "spectrometer", {"library_path": _is_str, "start_pixel": _is_int, "stop_pixel": _is_int,
+                         "timeout_s": _is_real, "sim_num_pixels": _is_int,
+                         "sim_wavelength_nm": _is_pair, "sim_serial": _is_str},
+        _open_avaspec, _snapshot_avaspec, _sim_avaspec),
+}
+
+
+# ---------------------------------------------------------------------------- bench
+@dataclass
+class Bench:
+    """The open devices of a bench. ``emulators`` maps "delay_generator", "stage" and
+    "spectrometers.<role>" to the emulator behind each simulated device (empty on hardware)."""
+
+    profile: BenchProfile
+    delay_generator: DelayGenerator
+    stage: Stage
+    spectrometers: dict[str, Spectrometer]
+    emulators: dict[str, Any] = field(default_factory=dict)
+
+    def settings_snapshot(self) -> dict[str, Any]:
+        """Every device's driver, resource, identity and settings, for the map file."""
+        profile = self.profile
+
+        def entry(spec: DeviceSpec, device: Any) -> dict[str, Any]:
+            return {"driver": spec.driver, "resource": spec.resource,
+                    "options": dict(spec.options), **DRIVERS[spec.driver].snapshot(device)}
+
+        return {
+            "profile": {"name": profile.name, "source": profile.source},
+            "laser": asdict(profile.laser),
+            "delay_generator": entry(profile.delay_generator, self.delay_generator),
+            "stage": entry(profile.stage, self.stage),
+            "spectrometers": {role: entry(profile.spectrometers[role], device)
+                              for role, device in self.spectrometers.items()},
+        }
+
+
+def _open_device(spec: DeviceSpec, sims: contextlib.ExitStack) -> tuple[Any, Any]:
+    factory = DRIVERS[spec.driver]
+    options = _driver_options(spec)
+    emulator = None
+    resource = spec.resource
+    if spec.simulated:
+        assert factory.start_sim is not None  # checked when the profile was validated
+        resource, emulator, extra = factory.start_sim(spec, sims)
+        options.update(extra)
+    log.info("bench: opening [%s] %s at %s", spec.table, spec.driver, spec.resource)
+    return factory.open(resource, options), emulator
+
+
+def _disable(ddg: Any, failures: list[BaseException]) -> None:
+    try:
+        ddg.disable_outputs()
+    except BaseException as exc:  # logged; re-raised by open_bench when nothing else failed
+        log.exception("bench: could not disable the delay generator outputs")
+        failures.append(exc)
+
+
+def _close(name: str, device: Any) -> None:
+    try:
+        device.close()
+    except Exception:
+        log.exception("bench: error while closing %s", name)
+
+
+@contextlib.contextmanager
+def open_bench(profile: BenchProfile | str | Path) -> Iterator[Bench]:
+    """Open every device of ``profile`` (a `BenchProfile`, shipped name or path) and yield the
+    `Bench`; on leaving by any path disable the DDG outputs first, then close all devices, then
+    stop the emulators. If disabling fails and nothing else went wrong, that error is raised
+    once everything else is closed."""
+    if not isinstance(profile, BenchProfile):
+        profile = BenchProfile.load(profile)
+    opened: list[tuple[str, Any]] = []  # (table, device) in opening order
+    emulators: dict[str, Any] = {}
+    ddg: Any = None
+    failures: list[BaseException] = []
+    with contextlib.ExitStack() as sims:
+        try:
+            ddg, emulators["delay_generator"] = _open_device(profile.delay_generator, sims)
+            opened.append((profile.delay_generator.table, ddg))
+            ddg.disable_outputs()  # start safe: nothing fires until a scan enables outputs
+            stage, emulators["stage"] = _open_device(profile.stage, sims)
+            opened.append((profile.stage.table, stage))
+            spectrometers = {}
+            for role, spec in profile.spectrometers.items():
+                spectrometers[role], emulators[spec.table] = _open_device(spec, sims)
+                opened.append((spec.table, spectrometers[role]))
+            bench = Bench(profile, ddg, stage, spectrometers,
+                          {k: v for k, v in emulators.items() if v is not None})
+            yield bench
+        finally:
+            if ddg is not None:
+                _disable(ddg, failures)
+            for name, device in reversed(opened):
+                _close(name, device)
+            # the emulators stop when ``sims`` exits, after every device is closed
+    if failures:
+        raise failures[0]
+
+
+__all__ = [
+    "DRIVERS",
+    "SIM",
+    "Bench",
+    "BenchProfile",
+    "DeviceSpec",
+    "DriverFactory",
+    "LaserSpec",
+    "ProfileError",
+    "available_profiles",
+    "open_bench",
+]
