@@ -31,22 +31,19 @@ polls, bounded by their timeout, so `stop` may be called from another thread mea
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 import re
-import threading
 import time
 from collections.abc import Mapping, Sequence
-from types import TracebackType
 
 import serial
 from serial import SerialException
 
-from .errors import InstrumentError, InstrumentTimeout, ProtocolError, SettingOutOfRange
+from .errors import InstrumentError, ProtocolError, SettingOutOfRange
+from .serial_device import AXES, SerialDevice, check_axis_names
+from .serial_device import finite as _finite
 
 log = logging.getLogger(__name__)
 
-AXES: tuple[str, str] = ("x", "y")
 UM_PER_MM = 1000.0
 
 #: GCS error codes and their meaning [V: reference/instruments.md 4.3].
@@ -69,7 +66,6 @@ MOVING = b"\x05"  # #5
 READY = b"\x07"  # #7
 STOP_ALL = b"\x18"  # #24
 
-_READ_SLICE_S = 0.05
 _MAX_REPLY = 65536
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _INTEGER = re.compile(r"[+-]?\d+")
@@ -83,13 +79,6 @@ def error_meaning(code: int) -> str:
 
 class GCSError(InstrumentError):
     """The controller's error register (``ERR?``) was non-zero after a command."""
-
-
-def _finite(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
 
 
 def _mm(um: float) -> str:
@@ -117,7 +106,7 @@ def split_reply(data: bytes, *, device: str = "", command: str = "") -> list[str
     return lines
 
 
-class PIStage:
+class PIStage(SerialDevice):
     """An XY stage on a PI GCS 2.0 controller. See the module docstring for its rules."""
 
     def __init__(
@@ -131,41 +120,16 @@ class PIStage:
         name: str = "pi",
     ) -> None:
         mapping = dict(axes) if axes is not None else {"x": "1", "y": "2"}
-        if set(mapping) != set(AXES):
-            raise ValueError(f"axes must map exactly {AXES}, got {sorted(mapping)}")
+        check_axis_names(mapping)
         ids = [str(mapping[a]) for a in AXES]
         if len(set(ids)) != 2 or not all(_AXIS_ID.fullmatch(i) for i in ids):
             raise ValueError(f"bad GCS axis identifiers {ids}")
         self._ids: dict[str, str] = dict(zip(AXES, ids, strict=True))
-        self.name = name
-        self._timeout_s = float(timeout_s)
-        self._poll_interval_s = float(poll_interval_s)
-        self._lock = threading.RLock()
         self._limits: dict[str, tuple[float, float]] = {}  # µm
         self.idn = ""
-        if isinstance(url, str):
-            try:
-                self._port = serial.serial_for_url(
-                    url, baudrate=baudrate, bytesize=8, parity="N", stopbits=1,
-                    timeout=min(_READ_SLICE_S, self._timeout_s), write_timeout=self._timeout_s,
-                    xonxoff=False, rtscts=False,
-                )
-            except (SerialException, OSError, ValueError) as exc:
-                raise InstrumentError(f"cannot open {url!r}: {exc}", device=name) from exc
-        else:
-            self._port = url
-            self._port.timeout = min(_READ_SLICE_S, self._timeout_s)
-        try:
-            self.idn = " ".join(self._query("*IDN?"))
-            stale = self._error_code()
-            if stale:
-                log.info("%s: stale error %d (%s) cleared at start-up", name, stale,
-                         error_meaning(stale))
-            self._set("SVO " + " ".join(f"{i} 1" for i in ids))
-            self.limits()
-        except BaseException:
-            self.close()
-            raise
+        self._open(url, name=name, baudrate=baudrate, timeout_s=timeout_s,
+                   poll_interval_s=poll_interval_s)
+        self._start_up(self._initialise)
 
     # ------------------------------------------------------------------ public API
     def home(self, axes: Sequence[str] = AXES, *, wait: bool = True,
@@ -196,14 +160,7 @@ class PIStage:
     def move_relative(self, dx_um: float = 0.0, dy_um: float = 0.0) -> None:
         """Start moving by the given offsets (µm). The resulting targets are checked against
         the limits first (one ``POS?``); nothing is sent if that fails."""
-        offsets = {}
-        for name, value in zip(AXES, (dx_um, dy_um), strict=True):
-            number = _finite(value)
-            if number is None:
-                raise SettingOutOfRange(f"{name} axis offset (µm)", value, "finite numbers",
-                                        device=self.name, command="MVR")
-            if number:
-                offsets[name] = number
+        offsets = self._offsets((dx_um, dy_um), "MVR")
         if not offsets:
             return
         here = dict(zip(AXES, self.position(), strict=True))
@@ -294,41 +251,26 @@ class PIStage:
             raise GCSError("error after stop", device=self.name, command="#24", code=code,
                            meaning=error_meaning(code))
 
-    def close(self) -> None:
-        """Close the port (idempotent). Motion in progress is not stopped."""
-        with self._lock:
-            port = getattr(self, "_port", None)
-            if port is not None and port.is_open:
-                port.close()
-
-    def __enter__(self) -> PIStage:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
     # ------------------------------------------------------------------ helpers
+    def _initialise(self) -> None:
+        """``*IDN?``, clear a stale error, servo on for both axes, read the limits."""
+        self.idn = " ".join(self._query("*IDN?"))
+        stale = self._error_code()
+        if stale:
+            log.info("%s: stale error %d (%s) cleared at start-up", self.name, stale,
+                     error_meaning(stale))
+        self._set("SVO " + " ".join(f"{i} 1" for i in self._ids.values()))
+        self.limits()
+
     def _axis_id(self, name: str) -> str:
-        try:
-            return self._ids[name]
-        except KeyError:
-            raise ValueError(f"unknown axis {name!r}; use one of {AXES}") from None
+        return self._lookup_axis(self._ids, name)
 
     def _checked_target(self, name: str, um: object, command: str) -> float:
         value = _finite(um)
         low, high = self._limits[name]
         if value is None or not low <= value <= high:
-            raise SettingOutOfRange(f"{name} axis target (µm)", um, f"{low:g} .. {high:g} µm",
-                                    device=self.name, command=command)
+            raise self._target_out_of_range(name, um, f"{low:g} .. {high:g} µm", command)
         return value
-
-    def _sleep_until(self, deadline: float, what: str, timeout_s: float, command: str) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise InstrumentTimeout(f"{what} after {timeout_s:g} s", device=self.name,
-                                    command=command)
-        time.sleep(min(self._poll_interval_s, remaining))
 
     def _set(self, command: str) -> None:
         """A silent set command, then ``ERR?``; a non-zero code raises `GCSError`."""
@@ -375,25 +317,15 @@ class PIStage:
         try:
             stale = self._port.read(self._port.in_waiting) if self._port.in_waiting else b""
         except (SerialException, OSError) as exc:
-            raise InstrumentError(f"link lost: {exc}", device=self.name,
-                                  command=command) from exc
+            raise self._link_lost(exc, command) from exc
         if stale:
             log.warning("%s: unread bytes discarded before %r: %r", self.name, command, stale)
-
-    def _write(self, data: bytes, command: str) -> None:
-        try:
-            if not self._port.is_open:
-                raise InstrumentError("port is closed", device=self.name, command=command)
-            self._port.write(data)
-        except (SerialException, OSError) as exc:
-            raise InstrumentError(f"link lost: {exc}", device=self.name,
-                                  command=command) from exc
 
     def _read_reply(self, command: str) -> bytes:
         """Bytes up to the LF that is not preceded by a space (the end of a GCS reply)."""
         deadline = time.monotonic() + self._timeout_s
-        rx = bytearray()
-        while True:
+
+        def take(rx: bytearray) -> bytes | None:
             end = rx.find(b"\n")
             while end >= 0:
                 if end == 0 or rx[end - 1] != ord(" "):
@@ -402,21 +334,10 @@ class PIStage:
                                     command, bytes(rx[end + 1:]))
                     return bytes(rx[: end + 1])
                 end = rx.find(b"\n", end + 1)
-            if len(rx) > _MAX_REPLY:
-                raise ProtocolError("reply too long", device=self.name, command=command,
-                                    reply=rx.decode("ascii", errors="backslashreplace"))
-            if time.monotonic() >= deadline:
-                if rx:
-                    raise ProtocolError("truncated reply (no final LF before the timeout)",
-                                        reply=rx.decode("ascii", errors="backslashreplace"),
-                                        device=self.name, command=command)
-                raise InstrumentTimeout(f"no reply within {self._timeout_s:g} s",
-                                        device=self.name, command=command)
-            try:
-                rx += self._port.read(max(1, self._port.in_waiting))
-            except (SerialException, OSError) as exc:
-                raise InstrumentError(f"link lost: {exc}", device=self.name,
-                                      command=command) from exc
+            return None
+
+        return self._read_until(bytearray(), deadline, command, take=take, max_len=_MAX_REPLY,
+                                terminator="final LF")
 
 
 __all__ = [

@@ -35,24 +35,21 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import numbers
 import re
-import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import serial
-from serial import SerialException
 
-from .errors import InstrumentError, InstrumentTimeout, ProtocolError, SettingOutOfRange
+from .errors import InstrumentError, ProtocolError, SettingOutOfRange
+from .serial_device import AXES, SerialDevice, check_axis_names
+from .serial_device import finite as _finite
 
 log = logging.getLogger(__name__)
 
-AXES: tuple[str, str] = ("x", "y")
 #: maxspeed (device units) = microsteps per second x SPEED_FACTOR on Zaber stepper devices [M].
 SPEED_FACTOR = 1.6384
 MAX_MESSAGE_ID = 99
@@ -101,7 +98,6 @@ NOT_REFERENCED_FLAGS = frozenset({"WR", "WH"})
 
 _AGAIN_RETRIES = 3
 _AGAIN_BACKOFF_S = 0.02
-_READ_SLICE_S = 0.05
 _MAX_LINE = 4096
 _INTEGER = re.compile(r"[+-]?\d+")
 _REPLY = re.compile(
@@ -267,14 +263,7 @@ class _Axis:
         return native * self.microstep_um
 
 
-def _finite(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-class ZaberStage:
+class ZaberStage(SerialDevice):
     """An XY stage on a Zaber ASCII port. See the module docstring for the rules it follows."""
 
     def __init__(
@@ -294,8 +283,7 @@ class ZaberStage:
         """``axes`` maps "x" and "y" to (device, axis number) and overrides ``x_device`` and
         ``y_device`` (which mean axis 1 of that device). ``url`` may be an open serial port."""
         mapping = dict(axes) if axes is not None else {"x": (x_device, 1), "y": (y_device, 1)}
-        if set(mapping) != set(AXES):
-            raise ValueError(f"axes must map exactly {AXES}, got {sorted(mapping)}")
+        check_axis_names(mapping)
         steps = (microstep_um if isinstance(microstep_um, Mapping)
                  else dict.fromkeys(AXES, microstep_um))
         self._axes: dict[str, _Axis] = {}
@@ -305,32 +293,14 @@ class ZaberStage:
             if not (1 <= device <= 99 and 1 <= number <= 9) or step is None or step <= 0:
                 raise ValueError(f"bad address or microstep for axis {axis}")
             self._axes[axis] = _Axis(axis, device, number, step)
-        self.name = name
-        self._timeout_s = float(timeout_s)
         self._checksum = checksum
-        self._poll_interval_s = float(poll_interval_s)
-        self._lock = threading.RLock()
         self._ids = itertools.cycle(range(MAX_MESSAGE_ID + 1))
         self._rx = bytearray()
         self._referenced: dict[str, bool | None] = dict.fromkeys(AXES)
         self._limits: dict[str, tuple[int, int]] = {}
-        if isinstance(url, str):
-            try:
-                self._port = serial.serial_for_url(
-                    url, baudrate=baudrate, bytesize=8, parity="N", stopbits=1,
-                    timeout=min(_READ_SLICE_S, self._timeout_s), write_timeout=self._timeout_s,
-                    xonxoff=False, rtscts=False,
-                )
-            except (SerialException, OSError, ValueError) as exc:
-                raise InstrumentError(f"cannot open {url!r}: {exc}", device=name) from exc
-        else:
-            self._port = url
-            self._port.timeout = min(_READ_SLICE_S, self._timeout_s)
-        try:
-            self.limits()
-        except BaseException:
-            self.close()
-            raise
+        self._open(url, name=name, baudrate=baudrate, timeout_s=timeout_s,
+                   poll_interval_s=poll_interval_s)
+        self._start_up(self.limits)
 
     # ------------------------------------------------------------------ public API
     def home(self, axes: Sequence[str] = AXES, *, wait: bool = True,
@@ -352,14 +322,7 @@ class ZaberStage:
     def move_relative(self, dx_um: float = 0.0, dy_um: float = 0.0) -> None:
         """Start moving by the given offsets (µm). The resulting target is checked against the
         limits first, which needs one position read; nothing that moves is sent if it fails."""
-        offsets = {}
-        for name, value in zip(AXES, (dx_um, dy_um), strict=True):
-            number = _finite(value)
-            if number is None:
-                raise SettingOutOfRange(f"{name} axis offset (µm)", value, "finite numbers",
-                                        device=self.name, command="move rel")
-            if number:
-                offsets[name] = number
+        offsets = self._offsets((dx_um, dy_um), "move rel")
         if not offsets:
             return
         natives = {}
@@ -391,12 +354,8 @@ class ZaberStage:
             pending = still
             if not pending:
                 return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                names = ", ".join(a.name for a in pending)
-                raise InstrumentTimeout(f"axis {names} still BUSY after {timeout_s:g} s",
-                                        device=self.name, command="")
-            time.sleep(min(self._poll_interval_s, remaining))
+            names = ", ".join(a.name for a in pending)
+            self._sleep_until(deadline, f"axis {names} still BUSY", timeout_s, "")
 
     def set_speed(self, um_per_s: float) -> None:
         """Set the top speed of both axes (``maxspeed``), in µm/s."""
@@ -494,26 +453,9 @@ class ZaberStage:
     def disable_distance_trigger(self, axis: str, *, trigger: int = 1) -> None:
         self._command((self._axis(axis).device, 0), f"trigger {int(trigger)} disable")
 
-    def close(self) -> None:
-        """Close the port (idempotent). Motion in progress is not stopped."""
-        with self._lock:
-            port = getattr(self, "_port", None)
-            if port is not None and port.is_open:
-                port.close()
-
-    def __enter__(self) -> ZaberStage:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
     # ------------------------------------------------------------------ helpers
     def _axis(self, name: str) -> _Axis:
-        try:
-            return self._axes[name]
-        except KeyError:
-            raise ValueError(f"unknown axis {name!r}; use one of {AXES}") from None
+        return self._lookup_axis(self._axes, name)
 
     def _checked_target(self, name: str, um: object, command: str, *,
                         native: int | None = None) -> int:
@@ -524,8 +466,7 @@ class ZaberStage:
             native = axis.to_native(value)
         if value is None or native is None or not low <= native <= high:
             allowed = f"{axis.to_um(low):g} .. {axis.to_um(high):g} µm"
-            raise SettingOutOfRange(f"{name} axis target (µm)", um, allowed, device=self.name,
-                                    command=command)
+            raise self._target_out_of_range(name, um, allowed, command)
         return native
 
     def _start_moves(self, command: str, natives: Mapping[str, int]) -> None:
@@ -593,13 +534,7 @@ class ZaberStage:
             if self._checksum:
                 body += f":{lrc(body)}"
             command = f"/{body}"
-            try:
-                if not self._port.is_open:
-                    raise InstrumentError("port is closed", device=self.name, command=command)
-                self._port.write(f"{command}\r\n".encode("ascii"))
-            except (SerialException, OSError) as exc:
-                raise InstrumentError(f"link lost: {exc}", device=self.name,
-                                      command=command) from exc
+            self._write(f"{command}\r\n".encode("ascii"), command)
             deadline = time.monotonic() + self._timeout_s
             while True:
                 message = parse_message(self._read_line(deadline, command), device=self.name,
@@ -626,30 +561,18 @@ class ZaberStage:
                 return message
 
     def _read_line(self, deadline: float, command: str) -> bytes:
-        while True:
-            end = self._rx.find(b"\n")
-            if end >= 0:
-                line = bytes(self._rx[: end + 1])
-                del self._rx[: end + 1]
-                return line
-            if len(self._rx) > _MAX_LINE:
-                raw = bytes(self._rx).decode("ascii", errors="backslashreplace")
-                self._rx.clear()
-                raise ProtocolError("reply too long", reply=raw, device=self.name,
-                                    command=command)
-            if time.monotonic() >= deadline:
-                partial = bytes(self._rx).decode("ascii", errors="backslashreplace")
-                self._rx.clear()
-                if partial:
-                    raise ProtocolError("truncated reply (no CR LF before the timeout)",
-                                        reply=partial, device=self.name, command=command)
-                raise InstrumentTimeout(f"no reply within {self._timeout_s:g} s",
-                                        device=self.name, command=command)
-            try:
-                self._rx += self._port.read(max(1, self._port.in_waiting))
-            except (SerialException, OSError) as exc:
-                raise InstrumentError(f"link lost: {exc}", device=self.name,
-                                      command=command) from exc
+        return self._read_until(self._rx, deadline, command, take=_take_line,
+                                max_len=_MAX_LINE, terminator="CR LF")
+
+
+def _take_line(rx: bytearray) -> bytes | None:
+    """Remove and return the first LF-terminated line of ``rx``, if complete."""
+    end = rx.find(b"\n")
+    if end < 0:
+        return None
+    line = bytes(rx[: end + 1])
+    del rx[: end + 1]
+    return line
 
 
 __all__ = [

@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from .events import Clocked, Subscribers, WireRecord
 from .serial_link import (
     EmulatorDisconnect,
     Fault,
@@ -55,7 +56,6 @@ _PS = 10**12  # delays are kept as integer picoseconds on a 5 ps grid
 _MAX_DELAY_PS = 2000 * _PS
 _ERROR_QUEUE_DEPTH = 20
 _MAX_EVENTS_PER_ADVANCE = 100_000
-_MAX_RECORDED_BYTES = 1 << 20
 _MAX_WAIT_S = 1.0  # longest a server sleeps without I/O or a scheduled shot
 _GARBAGE = b"\xfe\x80#garbage?\r\n"  # a GARBAGE fault's default reply
 
@@ -161,7 +161,7 @@ class _Run:
         return self.start + self.emitted * self.period
 
 
-class DG645Emulator:
+class DG645Emulator(Clocked, WireRecord):
     """DG645 protocol state machine; thread-safe, time from an injectable ``clock``.
 
     ``inhibit_input`` is the level of the inhibit input: asserted by default, as if the bench
@@ -180,9 +180,8 @@ class DG645Emulator:
         self.idn = idn
         self.inhibit_input = inhibit_input
         self._lock = threading.RLock()
-        self._dispatch_lock = threading.Lock()
-        self._callbacks: list[Callable[[Shot], None]] = []
-        self._pending: deque[Shot] = deque()
+        self._subscribers: Subscribers[Shot] = Subscribers(
+            self._lock, log, "DG645 emulator: shot callback failed")
         self._shots: deque[Shot] = deque(maxlen=history)
         self._shot_count = 0
         self._faults = FaultQueue(garbage=_GARBAGE)
@@ -463,7 +462,7 @@ class DG645Emulator:
             inhibited_outputs=inhibited,
         )
         self._shots.append(shot)
-        self._pending.append(shot)
+        self._subscribers.post((shot,))
         self._insr |= END_OF_DELAY
         if run.emitted >= run.count:
             self._run = None
@@ -473,28 +472,9 @@ class DG645Emulator:
 
     def _dispatch(self) -> None:
         """Hand new shots to subscribers in order, outside the state lock."""
-        with self._dispatch_lock:
-            while True:
-                with self._lock:
-                    if not self._pending:
-                        return
-                    shot = self._pending.popleft()
-                    callbacks = tuple(self._callbacks)
-                for callback in callbacks:
-                    try:
-                        callback(shot)
-                    except Exception:
-                        log.exception("DG645 emulator: shot callback failed")
+        self._subscribers.dispatch()
 
     # ------------------------------------------------------------------ bench and tests
-    def now(self) -> float:
-        return self._clock()
-
-    def update(self) -> None:
-        """Advance to the clock's present: emit due shots and internal triggers."""
-        with self._lock:
-            self._advance(self._clock())
-        self._dispatch()
 
     def next_event_time(self) -> float | None:
         """Clock time of the next scheduled shot or internal trigger, if any."""
@@ -502,11 +482,6 @@ class DG645Emulator:
             times = [t for t in (self._run.next_time() if self._run else None,
                                  self._next_internal) if t is not None]
             return min(times) if times else None
-
-    def wait_hint_s(self) -> float | None:
-        """Seconds until `next_event_time` (servers wake then to emit shots on time)."""
-        t = self.next_event_time()
-        return None if t is None else max(0.0, t - self.now())
 
     def take_unsolicited(self) -> list[bytes]:
         """The DG645 never speaks unprompted."""
@@ -526,15 +501,7 @@ class DG645Emulator:
 
     def on_shot(self, callback: Callable[[Shot], None]) -> Callable[[], None]:
         """Call ``callback(shot)`` for every delay cycle; returns an unsubscribe function."""
-        with self._lock:
-            self._callbacks.append(callback)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if callback in self._callbacks:
-                    self._callbacks.remove(callback)
-
-        return unsubscribe
+        return self._subscribers.subscribe(callback)
 
     @property
     def shots(self) -> tuple[Shot, ...]:
@@ -563,24 +530,6 @@ class DG645Emulator:
         """The latest (line received, reply sent) pairs, terminators stripped from the line."""
         with self._lock:
             return list(self._transcript)
-
-    @property
-    def received_bytes(self) -> bytes:
-        """The bytes (last MiB) that reached the emulator through a transport, with
-        terminators."""
-        with self._lock:
-            return bytes(self._received)
-
-    def clear_transcript(self) -> None:
-        with self._lock:
-            self._transcript.clear()
-            self._received.clear()
-
-    def note_received(self, data: bytes) -> None:
-        with self._lock:
-            self._received += data
-            if len(self._received) > _MAX_RECORDED_BYTES:  # a long bench run keeps the tail
-                del self._received[: len(self._received) - _MAX_RECORDED_BYTES]
 
     def set_status_bits(self, bits: int) -> None:
         """Latch INSR bits as if the hardware raised them (e.g. 64 = PLL unlock)."""

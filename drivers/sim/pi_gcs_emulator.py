@@ -24,7 +24,6 @@ reports the first error since the last read, then clears it; ``#7`` answers 0xB1
 from __future__ import annotations
 
 import logging
-import math
 import re
 import sys
 import threading
@@ -33,6 +32,8 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from .events import Clocked, LineRecord, ServesEmulator
+from .motion import ManualClock, Motion, MovingAxis
 from .serial_link import (
     EmulatorDisconnect,
     Fault,
@@ -47,7 +48,6 @@ from .serial_link import (
     register_url,
     unregister_url,
 )
-from .zaber_emulator import ManualClock
 
 log = logging.getLogger(__name__)
 
@@ -96,25 +96,11 @@ class PIAxisConfig:
 
 
 @dataclass
-class _Motion:
-    start: float
-    target: float
-    t0: float
-    speed: float
-    homing: bool
-
-    @property
-    def end_time(self) -> float:
-        return self.t0 + abs(self.target - self.start) / self.speed
-
-    def position_at(self, t: float) -> float:
-        if t >= self.end_time:
-            return self.target
-        step = (t - self.t0) * self.speed
-        return self.start + math.copysign(max(step, 0.0), self.target - self.start)
+class _Motion(Motion):
+    homing: bool = False
 
 
-class _Axis:
+class _Axis(MovingAxis[_Motion]):
     def __init__(self, config: PIAxisConfig) -> None:
         self.low, self.high = config.low_mm, config.high_mm
         self.position = config.position_mm
@@ -123,12 +109,6 @@ class _Axis:
         self.servo, self.referenced = config.servo, config.referenced
         self.motion: _Motion | None = None
 
-    def position_at(self, t: float) -> float:
-        return self.position if self.motion is None else self.motion.position_at(t)
-
-    def halt(self, t: float) -> None:
-        self.position, self.motion = self.position_at(t), None
-
 
 def _number(text: str) -> float:
     if not _NUMBER.fullmatch(text):
@@ -136,9 +116,11 @@ def _number(text: str) -> float:
     return float(text)
 
 
-class PIEmulator:
+class PIEmulator(Clocked, LineRecord):
     """A GCS 2.0 controller; thread-safe; time from ``clock`` (default `time.monotonic`).
     ``axes`` maps axis identifiers ("1", "2" ...) to their power-up state."""
+
+    _max_received_bytes = _MAX_RECORDED
 
     def __init__(self, axes: Mapping[str, PIAxisConfig] | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
@@ -326,25 +308,14 @@ class PIEmulator:
                 ax.position, ax.motion = ax.motion.target, None
 
     # ------------------------------------------------------------------ bench and tests
-    def now(self) -> float:
-        return self._clock()
-
-    def update(self) -> None:
-        with self._lock:
-            self._advance(self._clock())
-
     def take_unsolicited(self) -> list[bytes]:
         return []  # GCS sends nothing unprompted
 
-    def wait_hint_s(self) -> float | None:
+    def next_event_time(self) -> float | None:
+        """Clock time of the next move end, if any."""
         with self._lock:
             ends = [ax.motion.end_time for ax in self._axes.values() if ax.motion]
-            return max(0.0, min(ends) - self._clock()) if ends else None
-
-    def note_received(self, data: bytes) -> None:
-        with self._lock:
-            self._received += data
-            del self._received[:-_MAX_RECORDED]
+            return min(ends) if ends else None
 
     def inject_fault(self, fault: Fault, payload: bytes | None = None, *,
                      keep: int | None = None, times: int = 1) -> None:
@@ -361,7 +332,7 @@ class PIEmulator:
     def moving(self, axis: str) -> bool:
         with self._lock:
             self._advance(self._clock())
-            return self._axes[axis].motion is not None
+            return self._axes[axis].moving
 
     def state(self, axis: str) -> dict[str, float | bool]:
         with self._lock:
@@ -375,25 +346,6 @@ class PIEmulator:
         with self._lock:
             return self._error
 
-    @property
-    def commands(self) -> list[bytes]:
-        with self._lock:
-            return [line for line, _ in self._transcript]
-
-    @property
-    def transcript(self) -> list[tuple[bytes, tuple[bytes, ...]]]:
-        with self._lock:
-            return list(self._transcript)
-
-    @property
-    def received_bytes(self) -> bytes:
-        with self._lock:
-            return bytes(self._received)
-
-    def clear_transcript(self) -> None:
-        with self._lock:
-            self._transcript.clear()
-            self._received.clear()
 
 
 # ---------------------------------------------------------------------- raw-byte hook
@@ -423,8 +375,10 @@ def _as_list(reply: object) -> list[bytes]:
     return [bytes(reply)] if isinstance(reply, bytes | bytearray) else list(reply)  # type: ignore[call-overload]
 
 
-class PIPtyServer(PtyServer[Peer]):
+class PIPtyServer(ServesEmulator[PIEmulator], PtyServer[Peer]):
     """The peer behind a pseudo-terminal: open ``.url`` (``/dev/pts/N``) with real pyserial."""
+
+    _emulator_type = PIEmulator
 
     def __init__(self, peer: Peer | None = None) -> None:
         super().__init__(peer if peer is not None else PIEmulator(), name="pi-pty-emulator",
@@ -433,14 +387,12 @@ class PIPtyServer(PtyServer[Peer]):
     def _new_link(self) -> LineLink:
         return GcsLink(self.peer)
 
-    @property
-    def emulator(self) -> PIEmulator:
-        return _as_emulator(self.peer)
 
-
-class PITcpServer(TcpServer[Peer]):
+class PITcpServer(ServesEmulator[PIEmulator], TcpServer[Peer]):
     """The peer on a localhost TCP socket (``.url`` = ``socket://127.0.0.1:<port>``), like the
     controller's TCP port 50000."""
+
+    _emulator_type = PIEmulator
 
     def __init__(self, peer: Peer | None = None, *, host: str = "127.0.0.1",
                  port: int = 0) -> None:
@@ -449,15 +401,6 @@ class PITcpServer(TcpServer[Peer]):
 
     def _new_link(self) -> LineLink:
         return GcsLink(self.peer)
-
-    @property
-    def emulator(self) -> PIEmulator:
-        return _as_emulator(self.peer)
-
-
-def _as_emulator(peer: Peer) -> PIEmulator:
-    assert isinstance(peer, PIEmulator)
-    return peer
 
 
 # ---------------------------------------------------------------------- pyserial URL

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from ..zaber import FLAGS, SPEED_FACTOR, lrc
+from .events import Clocked, LineRecord, ServesEmulator, Subscribers
+from .motion import ManualClock, Motion, MovingAxis
 from .serial_link import (
     EmulatorDisconnect,
     FaultAction,
@@ -58,7 +60,6 @@ DIGITAL_OUTPUTS = 4
 _PRIORITY = {flag: rank for rank, flag in enumerate(FLAGS)}
 _STICKY = frozenset({"WR", "WH"})  # cleared by homing, not by "warnings clear" [M]
 _INT = re.compile(r"[+-]?\d+")
-_MAX_RECORDED_BYTES = 1 << 20
 _MAX_WAIT_S = 0.5  # longest a server sleeps without I/O or a timed event
 _GARBAGE = b"\xfe\x80@garbage?\r\n"  # a GARBAGE fault's default reply
 
@@ -108,55 +109,34 @@ class TriggerEvent:
 
 
 @dataclass
-class _Motion:
-    start: float
-    target: float
-    t0: float
-    speed: float  # microsteps per second
-    odometer0: float
+class _Motion(Motion):
+    """Speed in microsteps per second; a stalled move stops after ``stall_after``."""
+
+    odometer0: float = 0.0
     homing: bool = False
     stall_after: float | None = None
-
-    @property
-    def direction(self) -> float:
-        return 1.0 if self.target >= self.start else -1.0
 
     @property
     def length(self) -> float:
         full = abs(self.target - self.start)
         return full if self.stall_after is None else min(full, self.stall_after)
 
-    @property
-    def end_time(self) -> float:
-        return self.time_at(self.length)
-
-    def time_at(self, travel: float) -> float:
-        """When the axis will have covered ``travel`` (triggers and transports agree on it)."""
-        return self.t0 + travel / self.speed
-
-    def travel_at(self, t: float) -> float:
-        if t >= self.end_time:
-            return self.length  # exact at the end, whatever the float rounding on the way
-        return min(max(t - self.t0, 0.0) * self.speed, self.length)
+    def position_at(self, t: float) -> float:
+        return self.start + self.direction * self.travel_at(t)
 
 
-class _Axis:
+class _Axis(MovingAxis[_Motion]):
     def __init__(self, config: AxisConfig) -> None:
         self.limit_min = config.limit_min
         self.limit_max = config.limit_max
         self.maxspeed = config.maxspeed
         self.accel = 2000
         self.home_position = config.home_position
-        self.pos = float(config.position)
+        self.position = float(config.position)
         self.flags: set[str] = set() if config.referenced else {"WR"}
         self.motion: _Motion | None = None
         self.odometer = 0.0  # total distance travelled, either direction
         self.stall_fraction: float | None = None
-
-    def position_at(self, t: float) -> float:
-        if self.motion is None:
-            return self.pos
-        return self.motion.start + self.motion.direction * self.motion.travel_at(t)
 
     def odometer_at(self, t: float) -> float:
         return self.odometer + (self.motion.travel_at(t) if self.motion else 0.0)
@@ -164,8 +144,8 @@ class _Axis:
     def halt(self, t: float, notice: str | None = "NI") -> None:
         """Freeze the axis where it is at ``t`` (stop is instantaneous here [I])."""
         if self.motion is not None:
-            self.pos, self.odometer = self.position_at(t), self.odometer_at(t)
-            self.motion = None
+            self.odometer = self.odometer_at(t)
+            super().halt(t)
             if notice:
                 self.flags.add(notice)
 
@@ -223,23 +203,7 @@ def _extra_lines(detail: object, replies: list[bytes]) -> list[bytes]:
 _OWN_FAULTS: dict[Enum, FaultAction] = {Fault.WRONG_ID: _wrong_id, Fault.EXTRA_LINES: _extra_lines}
 
 
-class ManualClock:
-    """A clock that only moves when told: ``clock.advance(0.5)``. Pass it as ``clock=``."""
-
-    def __init__(self, start: float = 0.0) -> None:
-        self._now = start
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
-
-
-class ZaberEmulator:
+class ZaberEmulator(Clocked, LineRecord):
     """Zaber ASCII devices; thread-safe, time from ``clock`` (default `time.monotonic`).
 
     ``devices`` maps each address to its axes' configs; the default is two single-axis devices
@@ -265,9 +229,8 @@ class ZaberEmulator:
         self._faults = FaultQueue(garbage=_GARBAGE)
         self._unsolicited: deque[bytes] = deque()
         self._events: deque[TriggerEvent] = deque(maxlen=history)
-        self._pending: deque[TriggerEvent] = deque()
-        self._callbacks: list[Callable[[TriggerEvent], None]] = []
-        self._dispatch_lock = threading.Lock()
+        self._subscribers: Subscribers[TriggerEvent] = Subscribers(
+            self._lock, log, "Zaber emulator: trigger callback failed")
         self._transcript: deque[tuple[bytes, tuple[bytes, ...]]] = deque(maxlen=history)
         self._received = bytearray()
         self._commands = {
@@ -393,7 +356,7 @@ class ZaberEmulator:
     def _start(self, ax: _Axis, target: float, speed: float, now: float, *,
                homing: bool = False) -> None:
         ax.halt(now)
-        start = ax.pos
+        start = ax.position
         stall = ax.stall_fraction
         ax.stall_fraction = None
         if target == start and not homing:
@@ -455,7 +418,7 @@ class ZaberEmulator:
                 raise _Rejected("BADDATA")
         for ax in device.chosen(axis):
             if name == "pos":
-                ax.pos = float(value)
+                ax.position = float(value)
             else:
                 setattr(ax, name.replace(".", "_"), value)
         return "0"
@@ -525,7 +488,7 @@ class ZaberEmulator:
                     self._finish(device, number, ax)
         fired.sort(key=lambda e: e.time)
         self._events.extend(fired)
-        self._pending.extend(fired)
+        self._subscribers.post(fired)
 
     def _fire_triggers(self, device: _Device, number: int, ax: _Axis,
                        t: float) -> list[TriggerEvent]:
@@ -571,28 +534,9 @@ class ZaberEmulator:
 
     def _dispatch(self) -> None:
         """Hand new trigger events to subscribers in order, outside the state lock."""
-        with self._dispatch_lock:
-            while True:
-                with self._lock:
-                    if not self._pending:
-                        return
-                    event = self._pending.popleft()
-                    callbacks = tuple(self._callbacks)
-                for callback in callbacks:
-                    try:
-                        callback(event)
-                    except Exception:
-                        log.exception("Zaber emulator: trigger callback failed")
+        self._subscribers.dispatch()
 
     # ------------------------------------------------------------------ bench and tests
-    def now(self) -> float:
-        return self._clock()
-
-    def update(self) -> None:
-        """Advance to the clock's present: finish due moves, fire due triggers."""
-        with self._lock:
-            self._advance(self._clock())
-        self._dispatch()
 
     def next_event_time(self) -> float | None:
         """Clock time of the next move end or trigger firing, if any."""
@@ -608,11 +552,6 @@ class ZaberEmulator:
                               for trig in device.triggers.values()
                               if trig.enabled and trig.axis == number]
             return min(times) if times else None
-
-    def wait_hint_s(self) -> float | None:
-        """Seconds until `next_event_time` (for transports that wake to send alerts)."""
-        t = self.next_event_time()
-        return None if t is None else max(0.0, t - self.now())
 
     def take_unsolicited(self) -> list[bytes]:
         """Alerts that became due outside a command exchange (transports send them)."""
@@ -651,7 +590,7 @@ class ZaberEmulator:
     def busy(self, device: int, axis: int) -> bool:
         with self._lock:
             self._advance(self._clock())
-            return self._axis(device, axis).motion is not None
+            return self._axis(device, axis).moving
 
     def speed(self, device: int, axis: int) -> int:
         """The axis's maxspeed setting (device units)."""
@@ -664,15 +603,7 @@ class ZaberEmulator:
 
     def on_trigger(self, callback: Callable[[TriggerEvent], None]) -> Callable[[], None]:
         """Call ``callback(event)`` for every trigger firing; returns an unsubscribe function."""
-        with self._lock:
-            self._callbacks.append(callback)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if callback in self._callbacks:
-                    self._callbacks.remove(callback)
-
-        return unsubscribe
+        return self._subscribers.subscribe(callback)
 
     @property
     def trigger_events(self) -> list[TriggerEvent]:
@@ -685,72 +616,35 @@ class ZaberEmulator:
         with self._lock:
             self._events.clear()
 
-    @property
-    def transcript(self) -> list[tuple[bytes, tuple[bytes, ...]]]:
-        """(line received, lines sent) pairs, the newest last."""
-        with self._lock:
-            return list(self._transcript)
-
-    @property
-    def commands(self) -> list[bytes]:
-        """The lines received, in order."""
-        with self._lock:
-            return [line for line, _ in self._transcript]
-
-    @property
-    def received_bytes(self) -> bytes:
-        with self._lock:
-            return bytes(self._received)
-
-    def clear_transcript(self) -> None:
-        with self._lock:
-            self._transcript.clear()
-            self._received.clear()
-
-    def note_received(self, data: bytes) -> None:
-        with self._lock:
-            self._received += data
-            if len(self._received) > _MAX_RECORDED_BYTES:
-                del self._received[: len(self._received) - _MAX_RECORDED_BYTES]
-
     def _axis(self, device: int, axis: int) -> _Axis:
         return self._devices[device].axes[axis - 1]
 
 
 # ---------------------------------------------------------------------- transports
-class ZaberPtyServer(PtyServer[Peer]):
+class ZaberPtyServer(ServesEmulator[ZaberEmulator], PtyServer[Peer]):
     """The peer behind a pseudo-terminal: open ``.url`` (``/dev/pts/N``) with real pyserial.
 
     Baud rate and framing are ignored on a pty. A DISCONNECT fault closes the master side, so
     the client's next read or write fails like an unplugged cable.
     """
 
+    _emulator_type = ZaberEmulator
+
     def __init__(self, peer: Peer | None = None) -> None:
         super().__init__(peer if peer is not None else ZaberEmulator(),
                          name="zaber-pty-emulator", max_wait_s=_MAX_WAIT_S)
 
-    @property
-    def emulator(self) -> ZaberEmulator:
-        return _as_emulator(self.peer)
 
-
-class ZaberTcpServer(TcpServer[Peer]):
+class ZaberTcpServer(ServesEmulator[ZaberEmulator], TcpServer[Peer]):
     """The peer on a localhost TCP socket (``.url`` = ``socket://127.0.0.1:<port>``), like a
     serial-to-Ethernet adapter or a controller with a TCP port."""
+
+    _emulator_type = ZaberEmulator
 
     def __init__(self, peer: Peer | None = None, *, host: str = "127.0.0.1",
                  port: int = 0) -> None:
         super().__init__(peer if peer is not None else ZaberEmulator(), host=host, port=port,
                          name="zaber-tcp-emulator", max_wait_s=_MAX_WAIT_S)
-
-    @property
-    def emulator(self) -> ZaberEmulator:
-        return _as_emulator(self.peer)
-
-
-def _as_emulator(peer: Peer) -> ZaberEmulator:
-    assert isinstance(peer, ZaberEmulator)
-    return peer
 
 
 # ---------------------------------------------------------------------- pyserial URL
