@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -51,6 +52,16 @@ def parse_dims(text: str) -> dict[str, tuple[int, int]]:
     return dims
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _import_npy(args: argparse.Namespace) -> int:
     from plumelink.pipeline.import_npy import PAPER_DIMS, import_npy
 
@@ -69,6 +80,43 @@ def _import_npy(args: argparse.Namespace) -> int:
     for name, path in paths.items():
         print(f"{name}: {path}")
     print(f"imported {len(paths)} maps ({total} spots) from {Path(args.directory)}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from plumelink.models.train import TrainOptions, format_rse_table, train_transfer
+
+    options = TrainOptions(baselines=not args.no_baselines)
+    if args.epochs is not None:
+        options = options.capped(args.epochs)
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, epoch: int, n_epochs: int, train_loss: float | None,
+                 val_loss: float | None) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            for old in bars.values():
+                old.close()
+            bar = bars[stage] = tqdm(total=n_epochs, desc=f"train {stage}", unit="step"
+                                     if stage == "baselines" else "epoch",
+                                     disable=args.quiet, file=sys.stderr)
+        post = {}
+        if train_loss is not None:
+            post["train"] = f"{train_loss:.4g}"
+        if val_loss is not None:
+            post["val"] = f"{val_loss:.4g}"
+        if post:
+            bar.set_postfix(post, refresh=False)
+        bar.update(epoch - bar.n)
+
+    try:
+        folder = train_transfer(args.train, args.val, args.out, options, progress=progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    print(format_rse_table(manifest["metrics"]["validation_rse"]))
+    print(f"model package written to {folder}")
     return 0
 
 
@@ -114,6 +162,25 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--compression", choices=["lz4", "zstd", "gzip", "none"], default="lz4")
     imp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     imp.set_defaults(func=_import_npy)
+
+    tr = sub.add_parser(
+        "train",
+        help="train the spectral transfer (VAE + latent MLP, and baselines) into a package",
+        description="Train the transfer of Vrábel et al. (JAAS 2023) from a training and a "
+        "validation map: a VAE of primary spectra, a latent MLP from secondary spectra, "
+        "end-to-end fine-tuning and the baselines (PLS, KNN, PDS, one-step MLP, mean); print "
+        "each model's validation RSE and write a model package to MODEL_DIR.",
+    )
+    tr.add_argument("--train", type=Path, required=True, metavar="T.h5", help="training map")
+    tr.add_argument("--val", type=Path, required=True, metavar="V.h5", help="validation map")
+    tr.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR",
+                    help="model package folder (must not hold a package yet)")
+    tr.add_argument("--epochs", type=_positive_int, default=None, metavar="N",
+                    help="cap every network's epochs at N")
+    tr.add_argument("--no-baselines", action="store_true",
+                    help="train only the VAE + latent MLP (no PLS, KNN, PDS, one-step, mean)")
+    tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(func=_train)
     return parser
 
 

@@ -1,0 +1,65 @@
+"""`plumelink train` run as a user would run it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from plumelink.app.cli import main
+from plumelink.models.package import load_package
+from plumelink.pipeline.simulate import simulate_dataset
+
+
+@pytest.fixture(scope="module")
+def maps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return simulate_dataset("tiny", tmp_path_factory.mktemp("maps"), seed=1)
+
+
+def test_train_command_prints_the_table_and_where_the_package_went(maps, tmp_path) -> None:
+    out = tmp_path / "model"
+    result = subprocess.run(
+        [sys.executable, "-m", "plumelink.app.cli", "train", "--train", str(maps["train"]),
+         "--val", str(maps["val"]), "--out", str(out), "--epochs", "2"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["model", "validation", "RSE"]
+    table = {line.split()[0]: float(line.split()[1]) for line in lines[1:7]}
+    assert set(table) == {"vae_mlp", "one_step_mlp", "pls", "knn", "pds", "mean"}
+    assert f"model package written to {out}" in result.stdout
+    assert "train vae" in result.stderr and "train baselines" in result.stderr  # progress
+    pkg = load_package(out)
+    assert len(pkg.manifest["histories"]["vae"]["train_loss"]) == 2
+    assert pkg.manifest["metrics"]["validation_rse"]["pls"] == pytest.approx(
+        table["pls"], abs=1e-4)
+
+
+def test_train_no_baselines_in_process(maps, tmp_path, capsys) -> None:
+    out = tmp_path / "model"
+    code = main(["train", "--train", str(maps["train"]), "--val", str(maps["val"]),
+                 "--out", str(out), "--epochs", "1", "--no-baselines", "-q"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "vae_mlp" in printed and "pls" not in printed
+    assert not any(p.name.startswith(("baseline-", "one_step")) for p in out.iterdir())
+
+
+def test_train_into_an_existing_package_is_a_clear_error(maps, tmp_path, capsys) -> None:
+    out = tmp_path / "model"
+    args = ["train", "--train", str(maps["train"]), "--val", str(maps["val"]),
+            "--out", str(out), "--epochs", "1", "--no-baselines", "-q"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "plumelink train: error:" in capsys.readouterr().err
+
+
+def test_bad_epochs_is_refused_by_the_parser(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--train", "a.h5", "--val", "b.h5", "--out", "m", "--epochs", "0"])
+    assert exc.value.code == 2
+    assert "--epochs" in capsys.readouterr().err

@@ -1,0 +1,129 @@
+"""Training orchestration on the tiny simulated maps: package, quality, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from plumelink.models.fit import predict
+from plumelink.models.metrics import rse
+from plumelink.models.networks import ComposedTransfer
+from plumelink.models.package import load_package
+from plumelink.models.train import TrainOptions, format_rse_table, train_transfer
+from plumelink.pipeline.pairs import load_pairs, preprocess_pairs
+from plumelink.pipeline.simulate import simulate_dataset
+
+FAST = TrainOptions(epochs=4, batch_size=32, threads=2)
+
+
+@pytest.fixture(scope="module")
+def maps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return simulate_dataset("tiny", tmp_path_factory.mktemp("maps"), seed=0, truth=True)
+
+
+@pytest.fixture(scope="module")
+def trained(maps, tmp_path_factory) -> tuple[Path, list[tuple]]:
+    calls: list[tuple] = []
+    out = tmp_path_factory.mktemp("pkg") / "model"
+    folder = train_transfer(maps["train"], maps["val"], out, FAST,
+                            progress=lambda *a: calls.append(a))
+    return folder, calls
+
+
+def test_package_is_written_and_loads_with_everything(trained, maps) -> None:
+    folder, _ = trained
+    pkg = load_package(folder)
+    m = pkg.manifest
+    assert pkg.systems == ["secondary"]
+    assert set(pkg.baselines["secondary"]) == {"pls", "knn", "pds", "mean"}
+    assert "secondary" in pkg.one_step
+    rses = m["metrics"]["validation_rse"]
+    assert set(rses) == {"vae_mlp", "one_step_mlp", "pls", "knn", "pds", "mean"}
+    assert all(np.isfinite(v) and v > 0 for v in rses.values())
+    assert set(m["histories"]) == {"vae", "latent_mlp", "fine_tune", "one_step_mlp"}
+    assert len(m["histories"]["vae"]["train_loss"]) == FAST.epochs
+    fp = m["fingerprint"]
+    assert fp["train"]["file"] == "train.h5" and fp["val"]["file"] == "val.h5"
+    assert fp["train"]["n_pairs"] == len(load_pairs(maps["train"]))
+    assert len(fp["train"]["sha256"]) == 64
+    assert fp["train"]["size"] == maps["train"].stat().st_size
+    pre = m["preprocessing"]
+    assert pre["baseline"]["min_window"] == 100 and pre["scaler"]["spread"] == "global"
+    assert pkg.scalers["primary"].spread == "global"
+    assert pkg.scalers["primary"].mode == "train"
+    sel = m["metrics"]["selection"]
+    assert sel["pls"]["n_components"] in (8, 16, 32)
+    assert sel["knn"]["k"] in (1, 3, 5, 10, 20)
+    table = format_rse_table(rses).splitlines()
+    assert table[1].split()[0] == min(rses, key=rses.get) and len(table) == 1 + len(rses)
+
+
+def test_composed_model_beats_the_mean_spectrum_on_validation(trained, maps) -> None:
+    """Recompute from the loaded package: scaled secondary -> MLP -> decoder -> unscaled."""
+    folder, _ = trained
+    pkg = load_package(folder)
+    val = preprocess_pairs(load_pairs(maps["val"]))
+    x = pkg.scalers["secondary"].transform(val.secondary)
+    composed = ComposedTransfer(pkg.latent_mlps["secondary"], pkg.vae).eval()
+    pred = pkg.scalers["primary"].inverse_transform(predict(composed, x))
+    got = rse(val.primary, pred)
+    mean_pred = pkg.scalers["primary"].inverse_transform(
+        pkg.baselines["secondary"]["mean"].predict(x))
+    floor = rse(val.primary, mean_pred)
+    assert floor > 0.9  # the mean spectrum explains nothing of the validation map
+    assert got < 0.6 and got < 0.5 * floor, (got, floor)
+    rses = pkg.manifest["metrics"]["validation_rse"]
+    assert rses["vae_mlp"] == pytest.approx(got, rel=1e-4)
+    assert rses["mean"] == pytest.approx(floor, rel=1e-4)
+
+
+def test_progress_reports_every_stage_in_order(trained) -> None:
+    _, calls = trained
+    stages = list(dict.fromkeys(c[0] for c in calls))
+    assert stages == ["vae", "latent_mlp", "fine_tune", "one_step_mlp", "baselines"]
+    vae = [c for c in calls if c[0] == "vae"]
+    assert [c[1] for c in vae] == [1, 2, 3, 4] and all(c[2] == 4 for c in vae)
+    assert all(np.isfinite(c[3]) and np.isfinite(c[4]) for c in vae)
+
+
+def test_no_baselines_writes_no_baseline_files(maps, tmp_path) -> None:
+    opts = TrainOptions(epochs=2, batch_size=32, threads=2, baselines=False)
+    folder = train_transfer(maps["train"], maps["val"], tmp_path / "m", opts)
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["latent_mlp-secondary.safetensors", "manifest.json", "vae.safetensors"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(manifest["metrics"]["validation_rse"]) == {"vae_mlp", "mean"}
+    pkg = load_package(folder)
+    assert pkg.baselines == {} and pkg.one_step == {}
+
+
+def test_same_seed_gives_identical_weights_and_another_seed_does_not(maps, tmp_path) -> None:
+    def weights(seed: int, name: str) -> dict[str, torch.Tensor]:
+        opts = TrainOptions(epochs=2, batch_size=64, threads=2, baselines=False, seed=seed)
+        pkg = load_package(train_transfer(maps["train"], maps["val"], tmp_path / name, opts))
+        return {**pkg.vae.state_dict(),
+                **{f"mlp.{k}": v for k, v in pkg.latent_mlps["secondary"].state_dict().items()}}
+
+    a, b, c = weights(7, "a"), weights(7, "b"), weights(8, "c")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_an_existing_package_is_not_overwritten(trained, maps) -> None:
+    folder, _ = trained
+    with pytest.raises(FileExistsError):
+        train_transfer(maps["train"], maps["val"], folder, FAST)
+
+
+def test_options_are_checked_and_capped() -> None:
+    with pytest.raises(ValueError, match="epochs"):
+        TrainOptions(epochs=0)
+    with pytest.raises(ValueError, match="spread"):
+        TrainOptions(scaler_spread="pixel")
+    capped = TrainOptions().capped(3)
+    assert capped.epochs == 3 and capped.fine_tune_epochs == 3
+    assert TrainOptions(fine_tune_epochs=2).capped(5).fine_tune_epochs == 2
