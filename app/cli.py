@@ -11,7 +11,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from plumelink.pipeline.map_writer import COMPRESSIONS
+
 log = logging.getLogger("plumelink")
+
+# the store's lossless filters; "none" stands for no filter on the command line
+COMPRESSION_CHOICES = [name or "none" for name in COMPRESSIONS]
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -139,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0, help="sample, instrument and noise seed")
     sim.add_argument("--truth", action="store_true",
                      help="store ground truth (mineral, composition) per spot")
-    sim.add_argument("--compression", choices=["lz4", "zstd", "gzip", "none"], default="lz4")
+    sim.add_argument("--compression", choices=COMPRESSION_CHOICES, default="lz4")
     sim.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(func=_simulate)
 
@@ -159,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("--step", type=float, default=1.0,
                      help="assumed spot spacing for the setpoints (the files hold none)")
-    imp.add_argument("--compression", choices=["lz4", "zstd", "gzip", "none"], default="lz4")
+    imp.add_argument("--compression", choices=COMPRESSION_CHOICES, default="lz4")
     imp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     imp.set_defaults(func=_import_npy)
 

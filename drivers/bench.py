@@ -297,12 +297,18 @@ def _open_zaber(resource: str, options: dict[str, Any]) -> Any:
 
 
 def _sim_zaber(spec: DeviceSpec, stack: contextlib.ExitStack) -> tuple[str, Any, dict[str, Any]]:
-    from plumelink.drivers.sim.zaber_emulator import ZaberEmulator, register_peer, unregister_peer
+    from plumelink.drivers.sim import zaber_emulator
 
-    emulator = ZaberEmulator()
+    return _sim_serial_stage(zaber_emulator, zaber_emulator.ZaberEmulator(), stack)
+
+
+def _sim_serial_stage(
+    module: Any, emulator: Any, stack: contextlib.ExitStack
+) -> tuple[str, Any, dict[str, Any]]:
+    """Register a stage emulator under its pyserial URL scheme; unregister when the bench closes."""
     name = f"bench{next(_sim_ids)}"
-    url = register_peer(name, emulator)
-    stack.callback(_logged, f"emulator {name}", unregister_peer, name)
+    url = module.register_peer(name, emulator)
+    stack.callback(_logged, f"emulator {name}", module.unregister_peer, name)
     return url, emulator, {}
 
 
@@ -313,13 +319,9 @@ def _open_pi(resource: str, options: dict[str, Any]) -> Any:
 
 
 def _sim_pi(spec: DeviceSpec, stack: contextlib.ExitStack) -> tuple[str, Any, dict[str, Any]]:
-    from plumelink.drivers.sim.pi_gcs_emulator import PIEmulator, register_peer, unregister_peer
+    from plumelink.drivers.sim import pi_gcs_emulator
 
-    emulator = PIEmulator()
-    name = f"bench{next(_sim_ids)}"
-    url = register_peer(name, emulator)
-    stack.callback(_logged, f"emulator {name}", unregister_peer, name)
-    return url, emulator, {}
+    return _sim_serial_stage(pi_gcs_emulator, pi_gcs_emulator.PIEmulator(), stack)
 
 
 def _snapshot_stage(stage: Any) -> dict[str, Any]:
