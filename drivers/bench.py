@@ -6,14 +6,24 @@ A profile is a TOML file (shipped ones live in ``plumelink/resources/benches/``)
     [laser]                       # wavelength_nm, rate_hz
     [delay_generator]             # driver = "dg645", resource = "TCPIP::...::SOCKET" | "sim"
     [stage]                       # driver = "zaber" | "pi_gcs", resource = "/dev/ttyUSB0" | "sim"
-    [spectrometers.primary]       # driver = "avaspec", resource = "<serial>" | "usb" | "sim"
+    [spectrometers.primary]       # driver = "avaspec" | "ocean", resource = "<serial>" | "sim"
     [spectrometers.secondary]
+    [simulation]                  # optional: seed, day, run, speedup, batch_size, max_latency_s
 
 Every device table has ``driver`` and ``resource``; its other keys are driver options checked
 against the driver's declared options (`DRIVERS`). The resource ``"sim"`` starts that driver's
 emulator in-process behind its real transport (DG645: localhost TCP through pyvisa-py; Zaber
 and PI: ``zabersim://`` / ``pigcssim://`` pyserial URLs; AvaSpec: the fake ``libavs`` object),
 so the real driver code runs; ``sim_*`` options configure only the emulator.
+
+When devices are simulated, `open_bench` wires their emulators through one simulated clock and
+trigger bus (`plumelink.drivers.sim.bench_bus`): each DG645 shot takes the stage position at
+that instant, runs the physics (`BenchPhysics` with the ``[simulation]`` seed, day and run) and
+triggers every simulated AvaSpec with its own system's spectrum (``sim_profile``: the physics
+profile whose axis the driver's start..stop pixels read exactly; ``sim_clock_offset_s``: that
+unit's device clock at simulated time 0). ``speedup`` is simulated seconds per real second
+(driver timeouts stay real). ``bench.simulation`` gives the clock, the bus, the physics, the
+per-shot ground-truth log and fault injection; it is None on real hardware.
 
 `open_bench` is a context manager. Safety (DESIGN.md): the DG645 outputs are disabled as soon
 as it is open, and whenever the block is left (normal end, exception, KeyboardInterrupt), or
@@ -40,7 +50,7 @@ log = logging.getLogger(__name__)
 
 SIM = "sim"
 KINDS = ("delay_generator", "stage", "spectrometer")
-_TABLES = {"delay_generator", "stage", "spectrometers", "laser"}
+_TABLES = {"delay_generator", "stage", "spectrometers", "laser", "simulation"}
 _TOP_KEYS = {"name", "description"}
 _sim_ids = itertools.count(1)
 
@@ -108,6 +118,66 @@ class LaserSpec:
 
 
 @dataclass(frozen=True)
+class SimulationSpec:
+    """The optional ``[simulation]`` table, used only for devices with resource "sim".
+
+    ``speedup``: simulated seconds per real second (1 = real time); ``batch_size`` and
+    ``max_latency_s`` (real s) bound how many shots the bus holds before running the physics
+    in one vectorised call."""
+
+    seed: int = 0
+    day: int = 0
+    run: int = 0
+    speedup: float = 1.0
+    batch_size: int = 500
+    max_latency_s: float = 0.05
+
+
+_SIMULATION_KEYS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),  # type: ignore[operator]
+    "day": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),  # type: ignore[operator]
+    "run": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),  # type: ignore[operator]
+    "speedup": (lambda v: _is_real(v) and v > 0, "a positive number"),  # type: ignore[operator]
+    "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),  # type: ignore[operator]
+    "max_latency_s": (lambda v: _is_real(v) and v > 0,  # type: ignore[operator]
+                      "a positive number"),
+}
+
+
+def _simulation(data: Mapping[str, Any], source: str) -> SimulationSpec:
+    if "simulation" not in data:
+        return SimulationSpec()
+    table = _table(data, "simulation", source)
+    _check_keys(table, set(_SIMULATION_KEYS), "simulation", source)
+    for key, value in table.items():
+        check, what = _SIMULATION_KEYS[key]
+        if not check(value):
+            raise ProfileError(f"{source}: [simulation] {key} must be {what}, got {value!r}")
+    return SimulationSpec(**{k: float(v) if k in ("speedup", "max_latency_s") else v
+                             for k, v in table.items()})
+
+
+def _check_sim_profile(spec: DeviceSpec, source: str) -> None:
+    """``sim_profile`` must name a physics profile whose pixels fit on the fake's sensor."""
+    name = spec.options.get("sim_profile")
+    if name is None:
+        return
+    shipped = resources.files("plumelink.resources").joinpath("profiles", f"{name}.toml")
+    if not shipped.is_file():
+        raise ProfileError(f"{source}: [{spec.table}] sim_profile {name!r} is not a shipped "
+                           "instrument profile (resources/profiles)")
+    if "sim_wavelength_nm" in spec.options:
+        raise ProfileError(f"{source}: [{spec.table}] give sim_profile or sim_wavelength_nm, "
+                           "not both")
+    n_pixels = tomllib.loads(shipped.read_text(encoding="utf-8"))["n_pixels"]
+    sensor = spec.options.get("sim_num_pixels", 4096)
+    start = spec.options.get("start_pixel", 0)
+    if start < 0 or start + n_pixels > sensor:
+        raise ProfileError(f"{source}: [{spec.table}] profile {name!r} has {n_pixels} px, "
+                           f"which from start_pixel {start} do not fit on a {sensor}-px sensor")
+
+
+@dataclass(frozen=True)
 class BenchProfile:
     """A validated bench profile (see the module docstring for the format)."""
 
@@ -118,6 +188,15 @@ class BenchProfile:
     laser: LaserSpec
     description: str = ""
     source: str = ""
+    simulation: SimulationSpec = field(default_factory=SimulationSpec)
+
+    @property
+    def simulated(self) -> bool:
+        """True when any device is an emulator (resource "sim")."""
+        return any(spec.simulated for spec in self.devices())
+
+    def devices(self) -> list[DeviceSpec]:
+        return [self.delay_generator, self.stage, *self.spectrometers.values()]
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> BenchProfile:
@@ -157,8 +236,12 @@ class BenchProfile:
             if not (_is_real(laser[key]) and laser[key] > 0):
                 raise ProfileError(f"{source}: [laser] {key} must be a positive number, "
                                    f"got {laser[key]!r}")
+        for spec in spectrometers.values():
+            if spec.simulated:
+                _check_sim_profile(spec, source)
         return cls(name=name, description=description, delay_generator=ddg, stage=stage,
                    spectrometers=spectrometers, source=source,
+                   simulation=_simulation(data, source),
                    laser=LaserSpec(float(laser["wavelength_nm"]), float(laser["rate_hz"])))
 
 
@@ -234,14 +317,16 @@ def _device(data: Mapping[str, Any], key: str, kind: str, source: str, *,
 # ---------------------------------------------------------------------------- drivers
 @dataclass(frozen=True)
 class DriverFactory:
-    """How one driver name is opened. ``start_sim(spec, stack)`` starts the emulator, pushes
-    its stop onto ``stack`` and returns (resource for ``open``, emulator, extra kwargs)."""
+    """How one driver name is opened. ``start_sim(spec, stack, simulation)`` starts the
+    emulator on the simulation's clock, attaches it to the `Simulation`, pushes its stop onto
+    ``stack`` and returns (resource for ``open``, emulator, extra kwargs)."""
 
     kind: str
     options: dict[str, Callable[[object], bool]]
     open: Callable[[str, dict[str, Any]], Any]
     snapshot: Callable[[Any], dict[str, Any]]
-    start_sim: Callable[[DeviceSpec, contextlib.ExitStack], tuple[str, Any, dict[str, Any]]] | None
+    start_sim: Callable[[DeviceSpec, contextlib.ExitStack, Any],
+                        tuple[str, Any, dict[str, Any]]] | None
 
 
 def _logged(what: str, stop: Callable[..., object], *args: object) -> None:
@@ -263,11 +348,13 @@ def _open_dg645(resource: str, options: dict[str, Any]) -> Any:
     return DG645(resource, **options)
 
 
-def _sim_dg645(spec: DeviceSpec, stack: contextlib.ExitStack) -> tuple[str, Any, dict[str, Any]]:
-    from plumelink.drivers.sim.dg645_emulator import DG645TcpServer
+def _sim_dg645(spec: DeviceSpec, stack: contextlib.ExitStack,
+               sim: Any) -> tuple[str, Any, dict[str, Any]]:
+    from plumelink.drivers.sim.dg645_emulator import DG645Emulator, DG645TcpServer
 
-    server = DG645TcpServer()
+    server = DG645TcpServer(DG645Emulator(clock=sim.clock))
     stack.callback(_logged, "DG645 emulator server", server.close)
+    sim.attach_ddg(server.emulator)
     return server.resource_name, server.emulator, {"visa_library": "@py"}
 
 
@@ -296,10 +383,16 @@ def _open_zaber(resource: str, options: dict[str, Any]) -> Any:
     return ZaberStage(resource, **options)
 
 
-def _sim_zaber(spec: DeviceSpec, stack: contextlib.ExitStack) -> tuple[str, Any, dict[str, Any]]:
+def _sim_zaber(spec: DeviceSpec, stack: contextlib.ExitStack,
+               sim: Any) -> tuple[str, Any, dict[str, Any]]:
     from plumelink.drivers.sim import zaber_emulator
 
-    return _sim_serial_stage(zaber_emulator, zaber_emulator.ZaberEmulator(), stack)
+    emulator = zaber_emulator.ZaberEmulator(clock=sim.clock)
+    step = spec.options.get("microstep_um", 0.1)
+    steps = dict(step) if isinstance(step, Mapping) else {"x": step, "y": step}
+    axes = {"x": (spec.options.get("x_device", 1), 1), "y": (spec.options.get("y_device", 2), 1)}
+    sim.attach_zaber(emulator, axes, steps)
+    return _sim_serial_stage(zaber_emulator, emulator, stack)
 
 
 def _sim_serial_stage(
@@ -318,10 +411,13 @@ def _open_pi(resource: str, options: dict[str, Any]) -> Any:
     return PIStage(resource, **options)
 
 
-def _sim_pi(spec: DeviceSpec, stack: contextlib.ExitStack) -> tuple[str, Any, dict[str, Any]]:
+def _sim_pi(spec: DeviceSpec, stack: contextlib.ExitStack,
+            sim: Any) -> tuple[str, Any, dict[str, Any]]:
     from plumelink.drivers.sim import pi_gcs_emulator
 
-    return _sim_serial_stage(pi_gcs_emulator, pi_gcs_emulator.PIEmulator(), stack)
+    emulator = pi_gcs_emulator.PIEmulator(clock=sim.clock)
+    sim.attach_pi(emulator, {"x": "1", "y": "2"})
+    return _sim_serial_stage(pi_gcs_emulator, emulator, stack)
 
 
 def _snapshot_stage(stage: Any) -> dict[str, Any]:
@@ -342,17 +438,34 @@ def _open_avaspec(resource: str, options: dict[str, Any]) -> Any:
     return AvaSpec(serial, **options)
 
 
-def _sim_avaspec(spec: DeviceSpec, stack: contextlib.ExitStack) -> tuple[str, Any, dict[str, Any]]:
-    from plumelink.drivers.sim.avaspec_fake import AvaSpecFake
+def _sim_avaspec(spec: DeviceSpec, stack: contextlib.ExitStack,
+                 sim: Any) -> tuple[str, Any, dict[str, Any]]:
+    import numpy as np
 
-    kwargs: dict[str, Any] = {}
-    if "sim_num_pixels" in spec.options:
-        kwargs["num_pixels"] = spec.options["sim_num_pixels"]
-    if "sim_wavelength_nm" in spec.options:
-        kwargs["wavelength_nm"] = tuple(float(v) for v in spec.options["sim_wavelength_nm"])
-    if "sim_serial" in spec.options:
-        kwargs["serials"] = (spec.options["sim_serial"],)
+    from plumelink.drivers.sim.avaspec_fake import AvaSpecFake
+    from plumelink.drivers.sim.bench_bus import SpectrometerTap
+    from plumelink.drivers.sim.spectrograph import InstrumentProfile
+
+    options = spec.options
+    kwargs: dict[str, Any] = {"num_pixels": options.get("sim_num_pixels", 4096)}
+    if "sim_wavelength_nm" in options:
+        kwargs["wavelength_nm"] = tuple(float(v) for v in options["sim_wavelength_nm"])
+    if "sim_serial" in options:
+        kwargs["serials"] = (options["sim_serial"],)
+    system = options.get("sim_profile")
+    first = int(options.get("start_pixel", 0))
+    dark = 1000
+    if system is not None:
+        # the sensor's calibration is the profile's polynomial shifted by start_pixel, so the
+        # driver's start..stop crop reads exactly the profile's axis
+        profile = InstrumentProfile.load(system)
+        pixels = np.arange(kwargs["num_pixels"], dtype=np.float64) - first
+        kwargs["wavelengths"] = profile.wavelength_nm(pixels)
+        dark = round(profile.detector["dark_counts"])
+    offset = float(options.get("sim_clock_offset_s", 0.0))
     fake = AvaSpecFake(**kwargs)
+    role = spec.table.split(".", 1)[-1]
+    sim.attach_spectrometer(SpectrometerTap(role, fake, system, first, offset, dark))
     return SIM, fake, {"library": fake}
 
 
@@ -364,6 +477,39 @@ def _snapshot_avaspec(spec: Any) -> dict[str, Any]:
             "integration_time_s": spec.integration_time_s, "delay_s": spec.delay_s,
             "averages": spec.averages}
 
+
+
+# --- Ocean Insight (python-seabreeze, optional extra "ocean")
+def _open_ocean(resource: str, options: dict[str, Any]) -> Any:
+    from plumelink.drivers.ocean import OceanSpectrometer
+
+    serial = None if resource in ("usb", SIM) else resource
+    return OceanSpectrometer(serial, **options)
+
+
+def _sim_ocean(spec: DeviceSpec, stack: contextlib.ExitStack,
+               sim: Any) -> tuple[str, Any, dict[str, Any]]:
+    """A fake of ``seabreeze.spectrometers``; not on the AvaSpec trigger bus (trigger it with
+    ``bench.emulators["spectrometers.<role>"].devices[0].trigger()``)."""
+    from plumelink.drivers.sim.seabreeze_fake import FakeSeaBreezeDevice, SeaBreezeFake
+
+    options = spec.options
+    kwargs: dict[str, Any] = {}
+    if "sim_wavelength_nm" in options:
+        kwargs["wavelength_nm"] = tuple(float(v) for v in options["sim_wavelength_nm"])
+    device = FakeSeaBreezeDevice(options.get("sim_serial", "FLMS00001"),
+                                 options.get("sim_model", "USB2000PLUS"), **kwargs)
+    fake = SeaBreezeFake([device])
+    return SIM, fake, {"library": fake}
+
+
+def _snapshot_ocean(spec: Any) -> dict[str, Any]:
+    axis = spec.wavelength_nm()
+    return {"identity": spec.identify(), "serial": spec.serial, "model": spec.model,
+            "n_pixels": int(axis.size),
+            "wavelength_range_nm": [float(axis[0]), float(axis[-1])],
+            "integration_time_s": spec.integration_time_s, "delay_s": spec.delay_s,
+            "averages": spec.averages, "trigger_modes": dict(spec.trigger_modes)}
 
 #: Driver factories by the name used in profiles (``driver = "..."``).
 DRIVERS: dict[str, DriverFactory] = {
@@ -382,8 +528,15 @@ DRIVERS: dict[str, DriverFactory] = {
     "avaspec": DriverFactory(
         "spectrometer", {"library_path": _is_str, "start_pixel": _is_int, "stop_pixel": _is_int,
                          "timeout_s": _is_real, "sim_num_pixels": _is_int,
-                         "sim_wavelength_nm": _is_pair, "sim_serial": _is_str},
+                         "sim_wavelength_nm": _is_pair, "sim_serial": _is_str,
+                         "sim_profile": _is_str, "sim_clock_offset_s": _is_real},
         _open_avaspec, _snapshot_avaspec, _sim_avaspec),
+    "ocean": DriverFactory(
+        "spectrometer", {"backend": _is_str, "hardware_trigger_mode": _is_int,
+                         "software_trigger_mode": _is_int, "timeout_s": _is_real,
+                         "sim_model": _is_str, "sim_serial": _is_str,
+                         "sim_wavelength_nm": _is_pair},
+        _open_ocean, _snapshot_ocean, _sim_ocean),
 }
 
 
@@ -391,13 +544,16 @@ DRIVERS: dict[str, DriverFactory] = {
 @dataclass
 class Bench:
     """The open devices of a bench. ``emulators`` maps "delay_generator", "stage" and
-    "spectrometers.<role>" to the emulator behind each simulated device (empty on hardware)."""
+    "spectrometers.<role>" to the emulator behind each simulated device (empty on hardware).
+    ``simulation`` (a `plumelink.drivers.sim.bench_bus.Simulation`: ``.clock``, ``.bus``,
+    ``.physics``, ``.shot_log``, ``.inject(FaultPlan)``) is None on real hardware."""
 
     profile: BenchProfile
     delay_generator: DelayGenerator
     stage: Stage
     spectrometers: dict[str, Spectrometer]
     emulators: dict[str, Any] = field(default_factory=dict)
+    simulation: Any = None
 
     def settings_snapshot(self) -> dict[str, Any]:
         """Every device's driver, resource, identity and settings, for the map file."""
@@ -407,7 +563,7 @@ class Bench:
             return {"driver": spec.driver, "resource": spec.resource,
                     "options": dict(spec.options), **DRIVERS[spec.driver].snapshot(device)}
 
-        return {
+        snapshot = {
             "profile": {"name": profile.name, "source": profile.source},
             "laser": asdict(profile.laser),
             "delay_generator": entry(profile.delay_generator, self.delay_generator),
@@ -415,16 +571,20 @@ class Bench:
             "spectrometers": {role: entry(profile.spectrometers[role], device)
                               for role, device in self.spectrometers.items()},
         }
+        if self.simulation is not None:
+            snapshot["simulation"] = asdict(profile.simulation)
+        return snapshot
 
 
-def _open_device(spec: DeviceSpec, sims: contextlib.ExitStack) -> tuple[Any, Any]:
+def _open_device(spec: DeviceSpec, sims: contextlib.ExitStack,
+                 simulation: Any = None) -> tuple[Any, Any]:
     factory = DRIVERS[spec.driver]
     options = _driver_options(spec)
     emulator = None
     resource = spec.resource
     if spec.simulated:
         assert factory.start_sim is not None  # checked when the profile was validated
-        resource, emulator, extra = factory.start_sim(spec, sims)
+        resource, emulator, extra = factory.start_sim(spec, sims, simulation)
         options.update(extra)
     log.info("bench: opening [%s] %s at %s", spec.table, spec.driver, spec.resource)
     return factory.open(resource, options), emulator
@@ -457,19 +617,29 @@ def open_bench(profile: BenchProfile | str | Path) -> Iterator[Bench]:
     emulators: dict[str, Any] = {}
     ddg: Any = None
     failures: list[BaseException] = []
+    simulation: Any = None
+    if profile.simulated:
+        from plumelink.drivers.sim.bench_bus import Simulation, SimulationSettings
+
+        simulation = Simulation(SimulationSettings(**asdict(profile.simulation)))
     with contextlib.ExitStack() as sims:
         try:
-            ddg, emulators["delay_generator"] = _open_device(profile.delay_generator, sims)
+            ddg, emulators["delay_generator"] = _open_device(profile.delay_generator, sims,
+                                                             simulation)
             opened.append((profile.delay_generator.table, ddg))
             ddg.disable_outputs()  # start safe: nothing fires until a scan enables outputs
-            stage, emulators["stage"] = _open_device(profile.stage, sims)
+            stage, emulators["stage"] = _open_device(profile.stage, sims, simulation)
             opened.append((profile.stage.table, stage))
             spectrometers = {}
             for role, spec in profile.spectrometers.items():
-                spectrometers[role], emulators[spec.table] = _open_device(spec, sims)
+                spectrometers[role], emulators[spec.table] = _open_device(spec, sims,
+                                                                          simulation)
                 opened.append((spec.table, spectrometers[role]))
+            if simulation is not None:
+                simulation.start()  # wire the bus; it is unwired first when the bench closes
+                sims.callback(_logged, "simulation trigger bus", simulation.close)
             bench = Bench(profile, ddg, stage, spectrometers,
-                          {k: v for k, v in emulators.items() if v is not None})
+                          {k: v for k, v in emulators.items() if v is not None}, simulation)
             yield bench
         finally:
             if ddg is not None:
@@ -490,6 +660,7 @@ __all__ = [
     "DriverFactory",
     "LaserSpec",
     "ProfileError",
+    "SimulationSpec",
     "available_profiles",
     "open_bench",
 ]

@@ -9,7 +9,12 @@ never declared is an error, so a driver that forgets a declaration fails its tes
 The simulated bench calls ``trigger()`` once per DDG shot; in hardware-trigger mode each
 trigger makes one frame (the spectrum cropped to the prepared pixels) with a u32 time label in
 10 µs ticks. Fault injection: ``miss_triggers``, ``duplicate_next_frame``, ``delay_next_frame``,
-``fail_next_call``.
+``fail_next_call``, ``stop_frames`` (no more frames until the next AVS_Measure) and
+``disconnect`` (every call fails with a communication error until ``reconnect``).
+
+``wavelengths`` gives the sensor's per-pixel calibration explicitly (the simulated bench uses the
+physics profile's polynomial); ``on_call(name)``, when set, runs before each export outside the
+fake's lock (the simulated bench resolves pending shots there).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ ERR_INVALID_MEAS_DATA = -8
 ERR_INVALID_SIZE = -9
 ERR_INVALID_PIXEL_RANGE = -10
 ERR_INVALID_INT_TIME = -11
+ERR_COMMUNICATION = -16
 ERR_INVALID_STATE = -21
 
 
@@ -66,6 +72,8 @@ class _Export:
 
     def __call__(self, *args: Any) -> Any:
         fake = self._fake
+        if fake.on_call is not None:
+            fake.on_call(self.__name__)
         if self.argtypes is None:
             if fake.strict:
                 raise AttributeError(f"{self.__name__} called without declared argtypes")
@@ -81,7 +89,7 @@ class _Export:
                     raise ctypes.ArgumentError(f"argument {i + 1}: {exc}") from exc
         with fake._lock:
             fake.calls.append(self.__name__)
-            code = fake._take_failure(self.__name__)
+            code = ERR_COMMUNICATION if fake.disconnected else fake._take_failure(self.__name__)
             result = code if code is not None else self._impl(*args)
         if self.restype is ctypes.c_bool:
             return bool(result)
@@ -111,10 +119,20 @@ class AvaSpecFake:
         strict: bool = True,
         start_ticks: int = 0,
         default_period_s: float = 0.02,
+        wavelengths: np.ndarray | None = None,
     ) -> None:
         self.serials = serials
         self.num_pixels = num_pixels
-        self.wavelengths = np.linspace(*wavelength_nm, num_pixels)
+        if wavelengths is None:
+            self.wavelengths = np.linspace(*wavelength_nm, num_pixels)
+        else:
+            self.wavelengths = np.asarray(wavelengths, dtype=np.float64).copy()
+            if self.wavelengths.shape != (num_pixels,):
+                raise ValueError(f"wavelengths must have {num_pixels} values, "
+                                 f"got shape {self.wavelengths.shape}")
+        self.on_call: Callable[[str], None] | None = None
+        self.disconnected = False
+        self._stalled = False
         self.strict = strict
         self.start_ticks = start_ticks
         self.default_period_s = default_period_s
@@ -158,6 +176,23 @@ class AvaSpecFake:
         """The next call (of ``function``, or of any export) returns ``code`` and does nothing."""
         self._failures.append((function, code))
 
+    def stop_frames(self) -> None:
+        """Triggers make no frames until the next AVS_Measure (a stalled acquisition: the
+        driver's ``wait_frames`` times out)."""
+        with self._lock:
+            self._stalled = True
+
+    def disconnect(self) -> None:
+        """The unit drops off the bus: every call returns ERR_COMMUNICATION until `reconnect`."""
+        with self._lock:
+            self.disconnected = True
+            self.measuring = False
+            self._queue.clear()
+
+    def reconnect(self) -> None:
+        with self._lock:
+            self.disconnected = False
+
     def _take_failure(self, name: str) -> int | None:
         for i, (function, code) in enumerate(self._failures):
             if function is None or function == name:
@@ -176,11 +211,14 @@ class AvaSpecFake:
         with self._lock:
             self._time_s = self._time_s + self.default_period_s if time_s is None else time_s
             cfg = self.config
-            if not self.measuring or cfg is None or cfg["mode"] == 0 or self.remaining <= 0:
+            if (self.disconnected or not self.measuring or cfg is None or cfg["mode"] == 0
+                    or self.remaining <= 0):
                 self.ignored_triggers += 1
                 return False
             if self._miss:
                 self._miss -= 1
+                return False
+            if self._stalled:
                 return False
             self._emit(spectrum)
             return True
@@ -190,7 +228,7 @@ class AvaSpecFake:
         assert cfg is not None
         if spectrum is None:
             spectrum = np.full(self.num_pixels, 1000.0)
-        data = np.asarray(spectrum, dtype=np.float64)[cfg["start"] : cfg["stop"] + 1].copy()
+        data = np.asarray(spectrum)[cfg["start"] : cfg["stop"] + 1].astype(np.float64)
         ticks = (self.start_ticks + round(self._time_s / TICK_S)) & 0xFFFFFFFF
         ready = time.monotonic() + self._delay_s
         self._delay_s = 0.0
@@ -288,6 +326,7 @@ class AvaSpecFake:
         if count == 0 or count < -1:
             return ERR_INVALID_PARAMETER
         self._queue.clear()
+        self._stalled = False
         self.measuring = True
         self.remaining = count if count > 0 else 1 << 62
         if self.config["mode"] == 0:  # software trigger: free running, frames come at once

@@ -509,6 +509,12 @@ class DG645Emulator(Clocked, WireRecord):
             return tuple(self._shots)
 
     @property
+    def shot_count(self) -> int:
+        """Delay cycles emitted since the emulator was made (the last `Shot.number`)."""
+        with self._lock:
+            return self._shot_count
+
+    @property
     def shot_times(self) -> list[float]:
         with self._lock:
             return [shot.time for shot in self._shots]

@@ -329,6 +329,11 @@ class PIEmulator(Clocked, LineRecord):
         with self._lock:
             return self._axes[axis].position_at(self._clock())
 
+    def position_at(self, axis: str, t: float) -> float:
+        """Where the axis is (or was) at clock time ``t`` on its current move, in mm."""
+        with self._lock:
+            return self._axes[axis].position_at(t)
+
     def moving(self, axis: str) -> bool:
         with self._lock:
             self._advance(self._clock())

@@ -587,6 +587,11 @@ class ZaberEmulator(Clocked, LineRecord):
         with self._lock:
             return self._axis(device, axis).position_at(self._clock())
 
+    def position_at(self, device: int, axis: int, t: float) -> float:
+        """Where the axis is (or was) at clock time ``t`` on its current move (microsteps)."""
+        with self._lock:
+            return self._axis(device, axis).position_at(t)
+
     def busy(self, device: int, axis: int) -> bool:
         with self._lock:
             self._advance(self._clock())

@@ -343,3 +343,40 @@ def test_waiting_polls_with_sleeps_not_a_spin(fake: AvaSpecFake, spec: AvaSpec) 
         spec.wait_frames(0.1)
     polls = fake.calls.count("AVS_PollScan")
     assert 5 <= polls <= 0.1 / AvaSpec.POLL_INTERVAL_S + 5
+
+
+def test_fake_takes_an_explicit_calibration() -> None:
+    axis = 200.0 + 0.05 * np.arange(64) + 1e-5 * np.arange(64) ** 2
+    fake = AvaSpecFake(num_pixels=64, wavelengths=axis)
+    with AvaSpec(library=fake, start_pixel=4, stop_pixel=59) as spectrometer:
+        np.testing.assert_array_equal(spectrometer.wavelength_nm(), axis[4:60])
+    with pytest.raises(ValueError, match="64 values"):
+        AvaSpecFake(num_pixels=64, wavelengths=axis[:10])
+
+
+def test_stopped_frames_time_out_until_the_next_arm(fake: AvaSpecFake, spec: AvaSpec) -> None:
+    spec.arm(3)
+    fake.trigger(None, 0.0)
+    fake.stop_frames()
+    assert not fake.trigger(None, 0.02)
+    with pytest.raises(InstrumentTimeout):
+        spec.wait_frames(0.05)
+    assert len(spec.read_frames()) == 1
+    spec.arm(1)
+    assert fake.trigger(None, 0.04)
+    assert spec.wait_frames(1.0) == 1
+
+
+def test_disconnected_fake_fails_every_call_with_a_typed_error(fake: AvaSpecFake,
+                                                              spec: AvaSpec) -> None:
+    seen: list[str] = []
+    fake.on_call = seen.append
+    spec.arm(2)
+    fake.disconnect()
+    with pytest.raises(InstrumentError) as info:
+        spec.wait_frames(1.0)
+    assert info.value.code == -16 and "communication" in str(info.value)
+    assert seen[:2] == ["AVS_PrepareMeasure", "AVS_Measure"] and "AVS_PollScan" in seen
+    fake.reconnect()
+    spec.arm(1)
+    assert fake.trigger(None, 1.0) and spec.wait_frames(1.0) == 1

@@ -102,7 +102,7 @@ def test_unknown_profile_and_bad_toml(tmp_path: Path) -> None:
 
 
 def test_registry_names() -> None:
-    assert set(DRIVERS) == {"dg645", "zaber", "pi_gcs", "avaspec"}
+    assert set(DRIVERS) == {"dg645", "zaber", "pi_gcs", "avaspec", "ocean"}
 
 
 # ------------------------------------------------------------------------- opening
@@ -207,8 +207,8 @@ def test_device_failing_to_open_closes_the_others(monkeypatch: pytest.MonkeyPatc
     seen: dict[str, Any] = {}
     real_open_device = bench_module._open_device
 
-    def spy(spec: Any, sims: Any) -> Any:
-        device, emulator = real_open_device(spec, sims)
+    def spy(spec: Any, sims: Any, simulation: Any = None) -> Any:
+        device, emulator = real_open_device(spec, sims, simulation)
         seen[spec.table] = (device, emulator)
         return device, emulator
 
