@@ -215,6 +215,34 @@ def _strings(values: Sequence[str]) -> np.ndarray:
     return np.array(list(values), dtype=h5py.string_dtype())
 
 
+_SWMR_MARK = "already open for write"
+_LOCKED_MARK = "unable to lock file"
+
+
+def repair_swmr_mark(path: str | os.PathLike[str]) -> None:
+    """Clear the mark a killed SWMR writer left, by copying the map into a fresh file.
+
+    HDF5's own tool for this (``h5clear -s``) is not part of h5py. Objects are copied with
+    H5Ocopy (chunks copied as stored), into a temporary file in the same folder that then
+    replaces the original atomically, so a failure part way leaves the original untouched.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.repair")
+    try:
+        with h5py.File(path, "r", swmr=True) as src, h5py.File(
+            tmp, "w", libver="latest", track_order=True
+        ) as dst:
+            for key, value in src.attrs.items():
+                dst.attrs[key] = value
+            for key in src:
+                src.copy(src[key], dst, name=key)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    log.warning("map %s: cleared the mark of a writer that did not close it (copied)", path)
+
+
 class MapWriter:
     """Appends raster lines to one map file; create it with MapWriter.create()."""
 
@@ -313,6 +341,61 @@ class MapWriter:
             "created map %s: %d x %d spots, primary %d px, secondary %d px, compression %s",
             path, ny, nx, wavelengths["primary"].size, wavelengths["secondary"].size, compression,
         )
+        return writer
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike[str]) -> MapWriter:
+        """Reopen an interrupted map to write its unfinished lines (status back to running).
+
+        A writer killed without closing leaves the file marked as open by an SWMR writer, and
+        HDF5 then refuses to open it for writing. The file is then repaired first: every object
+        is copied into a fresh file next to it (raw chunks, so lines already written stay
+        bit-identical) and the copy atomically replaces the original. A complete map is
+        refused: there is nothing to resume.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"cannot resume {L.describe(path)}: no such map file")
+        try:
+            file = h5py.File(path, "r+", libver="latest")
+        except OSError as exc:
+            if _LOCKED_MARK in str(exc) and _SWMR_MARK not in str(exc):
+                raise L.MapBusyError(
+                    f"cannot resume {L.describe(path)}: another program is writing it ({exc})"
+                ) from exc
+            if _SWMR_MARK not in str(exc):
+                raise L.CorruptMapError(
+                    f"cannot resume {L.describe(path)}: it cannot be opened for writing; it "
+                    f"may be truncated or damaged ({exc})"
+                ) from exc
+            repair_swmr_mark(path)
+            file = h5py.File(path, "r+", libver="latest")
+        try:
+            if L.FORMAT_ATTR not in file.attrs:
+                raise L.ForeignFileError(f"{L.describe(path)} is not a plumelink map file")
+            version = int(file.attrs[L.FORMAT_ATTR])
+            if version != L.FORMAT_VERSION:
+                raise L.FormatVersionError(
+                    f"{L.describe(path)} uses map format {version}; this plumelink writes "
+                    f"format {L.FORMAT_VERSION} and cannot resume it"
+                )
+            done = file[L.ENTRY]["lines_done"][()].astype(bool)
+            if done.all():
+                raise L.MapFileError(
+                    f"cannot resume {L.describe(path)}: all {done.size} lines are written"
+                )
+            entry = file[L.ENTRY]
+            entry["status"][()] = np.bytes_(_fixed_bytes(L.STATUS_RUNNING, L.STATUS_LEN))
+            entry["status_reason"][()] = np.bytes_(b"")
+            entry["end_time"][()] = np.bytes_(b"")
+            file.flush()
+            file.swmr_mode = True
+            writer = cls(path, file)
+        except BaseException:
+            file.close()
+            raise
+        log.info("resuming map %s: %d of %d lines already written", path, int(done.sum()),
+                 done.size)
         return writer
 
     @property

@@ -27,6 +27,7 @@ from plumelink.pipeline.map_layout import (
     MapShapeError,
 )
 from plumelink.pipeline.map_reader import MapReader
+from plumelink.pipeline.map_writer import MapWriter
 from plumelink.pipeline.raster_line import LineTruth, RasterLine, SystemLine
 
 TIMEOUT_S = 30.0
@@ -521,3 +522,41 @@ def test_emissivity_of_spectra_shorter_than_a_block() -> None:
                       frame_id=np.zeros(2, np.int64), timestamp_s=np.zeros(2))
     assert line.emissivity[0] == 0.0  # one block: its own baseline
     assert np.isnan(line.emissivity[1])
+
+
+@pytest.mark.parametrize("how", ["killed", "closed-interrupted"])
+def test_resume_finishes_an_interrupted_map(map_path: Path, tmp_path: Path, how: str) -> None:
+    k = 2
+    if how == "killed":
+        stderr_path = tmp_path / "writer.err"
+        process = _start(["write-and-die", str(map_path), str(k)], stderr_path)
+        assert process.wait(TIMEOUT_S) == -signal.SIGKILL, stderr_path.read_text()
+    else:
+        writer = create_map(map_path)
+        for iy in range(k):
+            writer.append_line(make_line(iy))
+        writer.close("interrupted", "stopped by the operator")
+    with MapWriter.resume(map_path) as writer:
+        assert writer.lines_done.tolist() == [True] * k + [False] * (SPEC.ny - k)
+        with pytest.raises(MapFileError, match="already written"):
+            writer.append_line(make_line(0))
+        for iy in range(k, SPEC.ny):
+            writer.append_line(make_line(iy))
+    with MapReader(map_path) as reader:
+        assert not reader.opened_as_swmr  # the mark is gone
+        assert reader.status == "complete"
+        assert reader.lines_done.all()
+        for iy in range(SPEC.ny):
+            assert lines_equal(reader.read_line(iy), make_line(iy)), f"line {iy} differs"
+        assert reader.metadata["operator"] == "Zoë"  # metadata survived the repair
+    with pytest.raises(MapFileError, match="all 6 lines are written"):
+        MapWriter.resume(map_path)
+
+
+def test_resume_refuses_missing_and_foreign_files(map_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no such map file"):
+        MapWriter.resume(map_path)
+    with h5py.File(map_path, "w") as f:
+        f["x"] = 1
+    with pytest.raises(ForeignFileError, match="not a plumelink map"):
+        MapWriter.resume(map_path)

@@ -1,0 +1,200 @@
+"""Pairing frames of two spectrometers by shot: which frame of each system belongs to which
+shot of a DDG burst, decided from the device timestamps only.
+
+Each spectrometer stamps its frames on its own free-running clock. Within one burst the shots
+are ``period_s`` apart, so a frame's shot index is ``round((t - anchor) / period)`` once the
+device time of shot 0 (the *anchor*) is known. A system fixes its own anchor when its frames
+span the whole burst (first and last shot present: interior gaps are then unambiguous). When
+they do not (a missed first or last trigger), the anchor comes from the other system through
+the offset between the two device clocks, learnt on bursts where both fixed their own anchor.
+If neither is possible the frames of that system cannot be matched with certainty and every
+shot of the burst is flagged for it; nothing is ever shifted to fill a gap.
+
+Per shot and system the result is one frame index or -1, with a reason code (`SHOT_*`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from plumelink.drivers.protocols import Frames
+
+SHOT_OK = 0
+SHOT_MISSING = 1  # no frame arrived for this shot
+SHOT_DUPLICATE = 2  # two different frames claim the shot
+SHOT_AMBIGUOUS = 3  # frames arrived but their shots cannot be known with certainty
+
+REASONS = {SHOT_OK: "ok", SHOT_MISSING: "missing", SHOT_DUPLICATE: "duplicate",
+           SHOT_AMBIGUOUS: "ambiguous"}
+
+TOLERANCE = 0.25  # of a period: how far a timestamp may sit from its shot's slot
+
+
+@dataclass(frozen=True)
+class SystemPairing:
+    """The shots of one burst as seen by one system."""
+
+    frame_of_shot: np.ndarray  # (n_shots,) int64 index into the frames read, -1 none
+    reason: np.ndarray  # (n_shots,) uint8 SHOT_* code
+    anchor_s: float | None  # device time of shot 0; None when unknown
+    self_anchored: bool  # the anchor came from this system's own frames
+    discarded: int  # frames not assigned to any shot (stale, stray, duplicates)
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.reason == SHOT_OK
+
+    def timestamps(self, frames: Frames) -> np.ndarray:
+        """Device time of each shot's frame, NaN where none."""
+        out = np.full(self.frame_of_shot.shape, np.nan)
+        ok = self.frame_of_shot >= 0
+        out[ok] = frames.timestamps_s[self.frame_of_shot[ok]]
+        return out
+
+
+def _burst_cluster(t: np.ndarray, n_shots: int, period_s: float) -> np.ndarray:
+    """Indices (time order) of the largest group of frames that can belong to one burst.
+
+    Frames further apart than a whole burst from their neighbour start a new group, so a
+    stale frame of an earlier burst (delivered late) is not mistaken for shot 0.
+    """
+    order = np.argsort(t, kind="stable")
+    if order.size <= 1:
+        return order
+    split = np.flatnonzero(np.diff(t[order]) > n_shots * period_s) + 1
+    groups = np.split(order, split)
+    sizes = [len(g) for g in groups]
+    if sizes.count(max(sizes)) > 1:  # two equally likely bursts: neither can be chosen
+        return order[:0]
+    return max(groups, key=len)
+
+
+def _own_anchor(t: np.ndarray, idx: np.ndarray, n_shots: int, period_s: float) -> float | None:
+    """Device time of shot 0 when these frames show both the first and the last shot."""
+    if idx.size == 0:
+        return None
+    first, last = t[idx[0]], t[idx[-1]]
+    span = (last - first) / period_s
+    if abs(span - (n_shots - 1)) <= TOLERANCE:
+        return float(first)
+    return None
+
+
+def assign(frames: Frames, n_shots: int, period_s: float, anchor_s: float | None
+           ) -> SystemPairing:
+    """Assign frames to shot slots given the anchor (None: use the frames' own span)."""
+    t = np.asarray(frames.timestamps_s, dtype=np.float64)
+    frame_of_shot = np.full(n_shots, -1, dtype=np.int64)
+    reason = np.full(n_shots, SHOT_MISSING, dtype=np.uint8)
+    usable = np.flatnonzero(np.isfinite(t))
+    t_use = t[usable]
+    cluster = usable[_burst_cluster(t_use, n_shots, period_s)] if usable.size else usable
+    own = _own_anchor(t, cluster, n_shots, period_s)
+    self_anchored = own is not None
+    anchor = own if own is not None else anchor_s
+    if anchor is None:
+        if t.size:
+            reason[:] = SHOT_AMBIGUOUS
+        return SystemPairing(frame_of_shot, reason, None, False, int(t.size))
+    slot = (t - anchor) / period_s
+    k = np.rint(slot)
+    fits = np.isfinite(slot) & (np.abs(slot - k) <= TOLERANCE) & (k >= 0) & (k < n_shots)
+    assigned = 0
+    for i in np.flatnonzero(fits):
+        shot = int(k[i])
+        j = frame_of_shot[shot]
+        if j < 0 and reason[shot] == SHOT_MISSING:
+            frame_of_shot[shot] = i
+            reason[shot] = SHOT_OK
+            assigned += 1
+        elif j >= 0 and np.array_equal(frames.counts[j], frames.counts[i]):
+            continue  # the same frame sent twice: keep one
+        else:  # two different frames for one shot: neither can be trusted
+            if j >= 0:
+                assigned -= 1
+            frame_of_shot[shot] = -1
+            reason[shot] = SHOT_DUPLICATE
+    return SystemPairing(frame_of_shot, reason, float(anchor), self_anchored,
+                         int(t.size) - assigned)
+
+
+def _ambiguous(frames: Frames, n_shots: int) -> SystemPairing:
+    reason = np.full(n_shots, SHOT_AMBIGUOUS if len(frames) else SHOT_MISSING, dtype=np.uint8)
+    return SystemPairing(np.full(n_shots, -1, dtype=np.int64), reason, None, False, len(frames))
+
+
+@dataclass
+class Pairer:
+    """Pairs the frames of several systems burst after burst, learning the offsets between
+    their device clocks (each system's anchor minus the first system's) on the way."""
+
+    systems: tuple[str, ...] = ("primary", "secondary")
+    offsets_s: dict[str, float] = field(default_factory=dict)
+    max_offset_jump: float = TOLERANCE  # periods; a larger change is logged by the caller
+
+    def pair(self, frames: dict[str, Frames], n_shots: int, period_s: float
+             ) -> dict[str, SystemPairing]:
+        """Pair one burst of ``n_shots`` shots ``period_s`` apart."""
+        if n_shots < 1:
+            raise ValueError(f"a burst has at least one shot, got {n_shots}")
+        if not period_s > 0:
+            raise ValueError(f"burst period must be > 0 s, got {period_s}")
+        missing = set(self.systems) - set(frames)
+        if missing:
+            raise ValueError(f"no frames given for {sorted(missing)}")
+        first = self.systems[0]
+        own = {s: assign(frames[s], n_shots, period_s, None) for s in self.systems}
+        if self._conflict(own, period_s):
+            # Self-anchored systems disagree with the clock offsets learnt so far: one of them
+            # anchored on a stray frame (e.g. a late frame of an earlier burst) and nothing
+            # says which, so no frame of this burst is trusted.
+            return {s: _ambiguous(frames[s], n_shots) for s in self.systems}
+        # learn clock offsets from systems that anchored themselves
+        if own[first].self_anchored:
+            for s in self.systems[1:]:
+                if own[s].self_anchored:
+                    self.offsets_s[s] = own[s].anchor_s - own[first].anchor_s  # type: ignore[operator]
+        reference = self._reference_anchor(own)
+        out = {}
+        for s in self.systems:
+            if own[s].self_anchored or reference is None:
+                out[s] = own[s]
+                continue
+            offset = 0.0 if s == first else self.offsets_s.get(s)
+            if offset is None:
+                out[s] = own[s]
+                continue
+            out[s] = assign(frames[s], n_shots, period_s, reference + offset)
+        return out
+
+    def _conflict(self, own: dict[str, SystemPairing], period_s: float) -> bool:
+        first = self.systems[0]
+        anchored = [s for s in self.systems if own[s].self_anchored
+                    and (s == first or s in self.offsets_s)]
+        shot0 = [own[s].anchor_s - (0.0 if s == first else self.offsets_s[s])  # type: ignore[operator]
+                 for s in anchored]
+        return len(shot0) > 1 and (max(shot0) - min(shot0)) > TOLERANCE * period_s
+
+    def _reference_anchor(self, own: dict[str, SystemPairing]) -> float | None:
+        """Shot 0 on the first system's clock, from any self-anchored system."""
+        first = self.systems[0]
+        if own[first].self_anchored:
+            return own[first].anchor_s
+        for s in self.systems[1:]:
+            if own[s].self_anchored and s in self.offsets_s:
+                return own[s].anchor_s - self.offsets_s[s]  # type: ignore[operator]
+        return None
+
+
+__all__ = [
+    "REASONS",
+    "SHOT_AMBIGUOUS",
+    "SHOT_DUPLICATE",
+    "SHOT_MISSING",
+    "SHOT_OK",
+    "Pairer",
+    "SystemPairing",
+    "assign",
+]
