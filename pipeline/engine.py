@@ -1,0 +1,493 @@
+"""The acquisition engine: executes a raster plan on an open bench and streams paired raster
+lines into a map file.
+
+One engine owns the hardware for the whole scan and alone handles pause, resume, abort and
+cleanup (STYLE.md, the Bluesky idea). Per raster line it moves the stage, arms both
+spectrometers, fires DDG bursts and pairs the frames by shot (`pairing`); every finished line
+is appended and flushed (`MapWriter`), then published to subscribers (`line_events`).
+
+Safety: whatever ends the scan (its end, an instrument error, `ScanHandle.abort`, Ctrl-C) the
+DDG outputs are disabled first, then the file is closed as complete or interrupted with the
+reason. Nothing already flushed is ever lost, and `acquire(..., resume=True)` continues an
+interrupted map from its first unfinished line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from plumelink.drivers.bench import Bench, open_bench
+from plumelink.drivers.errors import InstrumentTimeout
+from plumelink.drivers.protocols import Frames
+
+from . import map_layout as L
+from .line_events import LineBroadcaster, LineEvent, ScanProgress, Subscription
+from .map_writer import MapWriter
+from .pairing import REASONS, SHOT_AMBIGUOUS, Pairer, SystemPairing
+from .plan import LinePlan, RasterPlan, make_plan
+from .raster_line import RasterLine, SystemLine
+from .scan import ScanConfig
+
+log = logging.getLogger(__name__)
+
+SYSTEMS = ("primary", "secondary")
+STAGE_TIMEOUT_MARGIN_S = 2.0  # beyond the planned move time
+FRAME_TIMEOUT_MARGIN_S = 0.5  # beyond the burst's own duration (real seconds)
+Q_SWITCH_WIDTH_S = 10e-6
+HOME_TIMEOUT_S = 120.0  # AB output pulse driving the laser Q-switch
+
+
+class ScanAborted(Exception):
+    """The scan was stopped on request (`ScanHandle.abort`)."""
+
+
+class ScanHandle:
+    """Pause, resume and abort a running scan from any thread (the GUI, a signal handler).
+
+    Pausing takes effect between raster lines (a line in flight is finished, so its pairs stay
+    complete); aborting disables the DDG outputs at once and ends the scan as interrupted.
+    """
+
+    def __init__(self) -> None:
+        self._running = threading.Event()
+        self._running.set()
+        self._aborted = threading.Event()
+        self.reason = ""
+        self._on_abort: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    @property
+    def aborted(self) -> bool:
+        return self._aborted.is_set()
+
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def abort(self, reason: str = "aborted by the operator") -> None:
+        with self._lock:
+            if not self._aborted.is_set():
+                self.reason = reason
+                self._aborted.set()
+            callbacks = tuple(self._on_abort)
+        self._running.set()  # wake a paused engine so it can clean up
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("abort: safety callback failed")
+
+    def _add_on_abort(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            self._on_abort.append(callback)
+
+    def _wait_if_paused(self) -> None:
+        while not self._running.wait(0.5):
+            pass
+        if self.aborted:
+            raise ScanAborted(self.reason)
+
+    def _check(self) -> None:
+        if self.aborted:
+            raise ScanAborted(self.reason)
+
+
+@dataclass(frozen=True)
+class AcquisitionResult:
+    """How a scan ended."""
+
+    path: Path
+    status: str  # "complete" or "interrupted"
+    reason: str
+    lines_written: int  # by this run
+    lines_total: int
+    shots: int
+    invalid_primary: int
+    invalid_secondary: int
+    elapsed_s: float
+    dropped_events: int = 0
+
+
+@dataclass
+class _SpotShots:
+    """The frames of one spot's burst after pairing."""
+
+    pairing: dict[str, SystemPairing]
+    frames: dict[str, Frames]
+
+
+@dataclass
+class _Counters:
+    shots: int = 0
+    invalid: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SYSTEMS, 0))
+    frames_seen: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SYSTEMS, 0))
+
+
+def _speedup(bench: Bench) -> float:
+    """Simulated seconds per real second on a simulated bench (1 on hardware)."""
+    simulation = getattr(bench, "simulation", None)
+    clock = getattr(simulation, "clock", None)
+    return float(getattr(clock, "speedup", 1.0) or 1.0)
+
+
+class Engine:
+    """Runs one scan. Use `acquire` (blocking) or `start_acquisition` (worker thread)."""
+
+    def __init__(self, scan: ScanConfig, *, out: str | Path | None = None, resume: bool = False,
+                 handle: ScanHandle | None = None, broadcaster: LineBroadcaster | None = None,
+                 compression: str | None = "lz4", home: bool = True) -> None:
+        missing = [s for s in SYSTEMS if s not in scan.spectrometers]
+        if missing:
+            raise ValueError(f"{scan.source}: the scan has no [spectrometers.{missing[0]}] "
+                             f"settings; a paired scan needs settings for {list(SYSTEMS)}")
+        self.scan = scan
+        self.plan: RasterPlan = make_plan(scan)
+        self.path = Path(out) if out is not None else scan.output_path()
+        self.resume = resume
+        self.handle = handle or ScanHandle()
+        self.events = broadcaster or LineBroadcaster()
+        self.compression = compression
+        self.home = home
+        self._pairer = Pairer(SYSTEMS)
+        self._counters = _Counters()
+        self._period_s = 1.0 / scan.rate_hz
+
+    # ------------------------------------------------------------------ top level
+    def run(self, bench: Bench | None = None) -> AcquisitionResult:
+        """Open the bench (unless given one) and execute the whole plan."""
+        if bench is not None:
+            return self._run_on(bench)
+        with open_bench(self.scan.bench) as opened:
+            return self._run_on(opened)
+
+    def _run_on(self, bench: Bench) -> AcquisitionResult:
+        missing = [s for s in SYSTEMS if s not in bench.spectrometers]
+        if missing:
+            raise ValueError(f"bench {bench.profile.name!r} has no {missing} spectrometer; "
+                             f"a paired scan needs both {list(SYSTEMS)}")
+        self.handle._add_on_abort(bench.delay_generator.disable_outputs)
+        writer = self._open_writer(bench)
+        started = time.monotonic()
+        written = 0
+        status, reason = L.STATUS_COMPLETE, ""
+        try:
+            self._configure(bench)
+            if self.home:
+                # absolute moves need a reference; done with the laser still disabled
+                bench.stage.home()
+                bench.stage.wait_until_idle(HOME_TIMEOUT_S)
+            bench.delay_generator.enable_outputs()
+            done = writer.lines_done
+            total_lines = self.plan.n_lines
+            for line in self.plan.lines:
+                if done[line.index]:
+                    continue
+                self.handle._wait_if_paused()
+                raster_line, reasons = self._acquire_line(bench, line)
+                writer.append_line(raster_line)
+                written += 1
+                done[line.index] = True
+                self._publish(raster_line, reasons, int(done.sum()), total_lines, started)
+        except BaseException as exc:
+            status = L.STATUS_INTERRUPTED
+            reason = self.handle.reason if isinstance(exc, ScanAborted) else (
+                f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                bench.delay_generator.disable_outputs()  # first, whatever happened
+            try:
+                writer.close(status, reason)
+            finally:
+                self.events.close()
+            log.info("scan %s: %s after %d lines%s", self.path, status, written,
+                     f" ({reason})" if reason else "")
+            self._result = AcquisitionResult(
+                self.path, status, reason, written, self.plan.n_lines, self._counters.shots,
+                self._counters.invalid["primary"], self._counters.invalid["secondary"],
+                time.monotonic() - started)
+        return self._result
+
+    def _open_writer(self, bench: Bench) -> MapWriter:
+        if self.resume:
+            writer = MapWriter.resume(self.path)
+            if writer.shape != self.plan.shape:
+                writer.close(L.STATUS_INTERRUPTED, "resume refused: the scan does not match")
+                raise ValueError(
+                    f"cannot resume {self.path}: it holds a {writer.shape[0]} x "
+                    f"{writer.shape[1]} map but the scan plans {self.plan.shape[0]} x "
+                    f"{self.plan.shape[1]}")
+            return writer
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        plan = self.plan
+        axes = {s: bench.spectrometers[s].wavelength_nm() for s in SYSTEMS}
+        line_coords, spot_coords = plan.line_coords_um, plan.spot_coords_um
+        if plan.line_axis != "y":
+            raise NotImplementedError(
+                "vertical raster orders are not stored yet; use snake-horizontal or "
+                "plain-horizontal")
+        return MapWriter.create(
+            self.path, ny=plan.n_lines, nx=plan.n_spots,
+            primary_wavelength_nm=axes["primary"], secondary_wavelength_nm=axes["secondary"],
+            x_um=spot_coords, y_um=line_coords, sample=self.scan.sample,
+            operator=self.scan.operator, scan_config_toml=self.scan.text,
+            raster_order=plan.order, settings=self._settings(bench),
+            compression=self.compression)
+
+    def _settings(self, bench: Bench) -> dict[str, Any]:
+        snapshot = bench.settings_snapshot()
+        scan = self.scan
+        snapshot["acquisition"] = {
+            "mode": scan.mode, "order": scan.order, "shots_per_spot": scan.shots_per_spot,
+            "rate_hz": scan.rate_hz, "laser_delay_s": scan.ddg.laser_delay_s,
+            "spectrometer_delay_s": scan.ddg.spectrometer_delay_s, "gate_s": scan.ddg.gate_s,
+            "spot_spectrum": ("mean of the shots valid on both systems"
+                              if scan.shots_per_spot > 1 else "one shot"),
+        }
+        return snapshot
+
+    def _configure(self, bench: Bench) -> None:
+        """Put the scan's DDG delays, burst and spectrometer settings on the devices."""
+        ddg, d = bench.delay_generator, self.scan.ddg
+        ddg.set_delay("A", "T0", d.laser_delay_s)
+        ddg.set_delay("B", "A", Q_SWITCH_WIDTH_S)
+        ddg.set_delay("C", "A", d.spectrometer_delay_s)
+        ddg.set_delay("D", "C", d.gate_s)
+        if hasattr(ddg, "set_trigger_source"):
+            ddg.set_trigger_source("SINGLE_SHOT")
+        ddg.configure_burst(self.scan.shots_per_spot, self._period_s)
+        for system in SYSTEMS:
+            s = self.scan.spectrometers[system]
+            bench.spectrometers[system].configure(s.integration_time_s, s.delay_s, s.averages)
+        bench.stage.set_speed(self.scan.stage.speed_um_s)
+
+    # ------------------------------------------------------------------ one line
+    def _acquire_line(self, bench: Bench, line: LinePlan) -> tuple[RasterLine, dict]:
+        if line.fly is not None:
+            raise NotImplementedError("fly scans are not implemented yet; use mode = \"step\"")
+        n = line.n_spots
+        spectra = {s: np.zeros((n, bench.spectrometers[s].wavelength_nm().size), np.uint16)
+                   for s in SYSTEMS}
+        valid = {s: np.zeros(n, bool) for s in SYSTEMS}
+        frame_id = {s: np.full(n, -1, np.int64) for s in SYSTEMS}
+        stamp = {s: np.full(n, np.nan) for s in SYSTEMS}
+        x_meas, y_meas = np.full(n, np.nan), np.full(n, np.nan)
+        shot_id = line.first_shot + line.shots_per_spot * np.arange(n, dtype=np.int64)
+        reasons: dict[str, list[str]] = {s: [] for s in SYSTEMS}
+        speedup = _speedup(bench)
+        settle_s = self.scan.stage.settle_s / speedup
+        for j in range(n):
+            self.handle._check()
+            x, y = float(line.x_um[j]), float(line.y_um[j])
+            xm, ym = self._move(bench, x, y, speedup)
+            if settle_s > 0:
+                time.sleep(settle_s)
+            shots = self._shoot(bench, line.shots_per_spot)
+            if self.scan.reshoot_invalid and not all(self._spot_valid(shots).values()):
+                log.info("line %d spot %d: re-shooting (%s)", line.index, j,
+                         self._why(shots))
+                shots = self._shoot(bench, line.shots_per_spot)
+            col = int(line.storage_index[j])
+            x_meas[col], y_meas[col] = xm, ym
+            self._store_spot(shots, col, spectra, valid, frame_id, stamp, reasons)
+        systems = {s: SystemLine(spectra[s], valid[s], frame_id[s], stamp[s]) for s in SYSTEMS}
+        for s in SYSTEMS:
+            self._counters.invalid[s] += int((~valid[s]).sum())
+        order = np.argsort(line.storage_index)
+        return RasterLine(
+            index=line.index, x_um=line.x_um[order].astype(np.float64),
+            y_um=line.y_um[order].astype(np.float64), x_measured_um=x_meas,
+            y_measured_um=y_meas, shot_id=self._storage_shot_ids(line, shot_id),
+            primary=systems["primary"], secondary=systems["secondary"]), reasons
+
+    @staticmethod
+    def _storage_shot_ids(line: LinePlan, shot_id: np.ndarray) -> np.ndarray:
+        out = np.empty_like(shot_id)
+        out[line.storage_index] = shot_id
+        return out
+
+    def _move(self, bench: Bench, x: float, y: float, speedup: float) -> tuple[float, float]:
+        stage = bench.stage
+        here = stage.position()
+        travel_s = max(abs(x - here[0]), abs(y - here[1])) / self.scan.stage.speed_um_s
+        stage.move_absolute(x, y)
+        stage.wait_until_idle(travel_s / speedup + STAGE_TIMEOUT_MARGIN_S)
+        return stage.position()
+
+    def _shoot(self, bench: Bench, n_shots: int) -> _SpotShots:
+        """One burst of ``n_shots`` at the current spot, frames paired by shot."""
+        for system in SYSTEMS:
+            bench.spectrometers[system].arm(n_shots, "hardware")
+        ddg = bench.delay_generator
+        burst_s = n_shots * self._period_s / _speedup(bench)
+        ddg.fire()
+        status = ddg.wait_end_of_burst(burst_s + FRAME_TIMEOUT_MARGIN_S)
+        if status.aborted:
+            self.handle._check()
+        frames = {}
+        for system in SYSTEMS:
+            spectrometer = bench.spectrometers[system]
+            try:
+                spectrometer.wait_frames(FRAME_TIMEOUT_MARGIN_S)
+            except InstrumentTimeout as exc:
+                log.warning("%s: %s", system, exc)
+            frames[system] = spectrometer.read_frames()
+            spectrometer.disarm()
+            self._counters.frames_seen[system] += len(frames[system])
+        self._counters.shots += n_shots
+        pairing = self._pairer.pair(frames, n_shots, self._period_s)
+        if status.inhibited:
+            # shots may have been blocked at the laser: frames cannot be trusted either way
+            for p in pairing.values():
+                p.reason[:] = SHOT_AMBIGUOUS
+                p.frame_of_shot[:] = -1
+        return _SpotShots(pairing, frames)
+
+    @staticmethod
+    def _paired_shots(shots: _SpotShots) -> np.ndarray:
+        both = np.logical_and.reduce([p.valid for p in shots.pairing.values()])
+        return np.flatnonzero(both)
+
+    def _spot_valid(self, shots: _SpotShots) -> dict[str, bool]:
+        """A spot is valid for a system when it has a shot valid on both systems, or when it
+        has shots and the other system has none (that spot is then unpaired anyway)."""
+        both = self._paired_shots(shots)
+        out = {}
+        for system in SYSTEMS:
+            others = [p for s, p in shots.pairing.items() if s != system]
+            other_has = any(p.valid.any() for p in others)
+            out[system] = both.size > 0 or (shots.pairing[system].valid.any() and not other_has)
+        return out
+
+    @staticmethod
+    def _why(shots: _SpotShots) -> str:
+        parts = []
+        for system, p in shots.pairing.items():
+            bad = [REASONS[int(r)] for r in p.reason if r]
+            if bad:
+                parts.append(f"{system}: {', '.join(sorted(set(bad)))}")
+        return "; ".join(parts) or "ok"
+
+    def _store_spot(self, shots: _SpotShots, col: int, spectra: dict, valid: dict,
+                    frame_id: dict, stamp: dict, reasons: dict) -> None:
+        both = self._paired_shots(shots)
+        ok = self._spot_valid(shots)
+        for system in SYSTEMS:
+            p, f = shots.pairing[system], shots.frames[system]
+            if not ok[system]:
+                bad = sorted({REASONS[int(r)] for r in p.reason if r} or {"unpaired"})
+                reasons[system].append(f"spot {col}: {', '.join(bad)}")
+                continue
+            use = both if both.size else np.flatnonzero(p.valid)
+            frames_used = p.frame_of_shot[use]
+            counts = f.counts[frames_used]
+            spectra[system][col] = (counts[0] if counts.shape[0] == 1 else
+                                    np.rint(counts.mean(axis=0)).astype(np.uint16))
+            valid[system][col] = True
+            first = int(frames_used[0])
+            frame_id[system][col] = self._counters.frames_seen[system] - len(f) + first
+            stamp[system][col] = float(f.timestamps_s[first])
+
+    # ------------------------------------------------------------------ events
+    def _publish(self, line: RasterLine, reasons: dict, lines_done: int, lines_total: int,
+                 started: float) -> None:
+        c = self._counters
+        progress = ScanProgress(
+            lines_done=lines_done, lines_total=lines_total, shots_done=c.shots,
+            shots_total=self.plan.total_shots, invalid_primary=c.invalid["primary"],
+            invalid_secondary=c.invalid["secondary"], elapsed_s=time.monotonic() - started)
+        self.events.publish(LineEvent(str(self.path), line, self.plan.line_axis, progress,
+                                      reasons))
+
+
+def acquire(scan: ScanConfig, *, out: str | Path | None = None, resume: bool = False,
+            on_line: Callable[[LineEvent], object] | None = None,
+            handle: ScanHandle | None = None, bench: Bench | None = None,
+            compression: str | None = "lz4") -> AcquisitionResult:
+    """Run ``scan`` to the end in this thread and return how it ended.
+
+    ``on_line(event)`` is called on a thread of its own after each line is on disk (a slow
+    callback only loses events, never slows the scan). ``handle`` pauses or aborts it from
+    another thread; an abort returns a result with status "interrupted". Instrument errors and
+    Ctrl-C propagate after the DDG is disabled and the file closed as interrupted.
+    """
+    engine = Engine(scan, out=out, resume=resume, handle=handle, compression=compression)
+    if on_line is not None:
+        engine.events.subscribe_callback(on_line)
+    try:
+        return engine.run(bench)
+    except ScanAborted:
+        return engine._result
+
+
+@dataclass
+class RunningScan:
+    """A scan on a worker thread: its handle, its events and, once done, its result."""
+
+    engine: Engine
+    thread: threading.Thread
+    handle: ScanHandle
+    events: Subscription
+    result: AcquisitionResult | None = None
+    error: BaseException | None = None
+
+    def wait(self, timeout: float | None = None) -> AcquisitionResult | None:
+        self.thread.join(timeout)
+        if self.error is not None and not isinstance(self.error, ScanAborted):
+            raise self.error
+        return self.result
+
+
+def start_acquisition(scan: ScanConfig, *, out: str | Path | None = None,
+                      resume: bool = False, bench: Bench | None = None,
+                      handle: ScanHandle | None = None, compression: str | None = "lz4",
+                      queue_size: int = 64) -> RunningScan:
+    """Start ``scan`` on a worker thread (for the GUI); iterate ``.events`` for line events."""
+    engine = Engine(scan, out=out, resume=resume, handle=handle, compression=compression)
+    events = engine.events.subscribe(queue_size)
+    running = RunningScan(engine, threading.Thread(), engine.handle, events)
+
+    def work() -> None:
+        try:
+            running.result = engine.run(bench)
+        except BaseException as exc:  # reported through wait()
+            running.error = exc
+            running.result = getattr(engine, "_result", None)
+
+    running.thread = threading.Thread(target=work, name="plumelink-acquisition", daemon=True)
+    running.thread.start()
+    return running
+
+
+def iter_lines(scan: ScanConfig, **kwargs: Any) -> Iterator[LineEvent]:
+    """Run ``scan`` on a worker thread and yield its line events as they come."""
+    running = start_acquisition(scan, **kwargs)
+    yield from running.events
+    running.wait()
+
+
+__all__ = [
+    "AcquisitionResult",
+    "Engine",
+    "RunningScan",
+    "ScanAborted",
+    "ScanHandle",
+    "acquire",
+    "iter_lines",
+    "start_acquisition",
+]

@@ -1,0 +1,298 @@
+"""The acquisition engine on the simulated bench, checked against the bench's ground truth:
+every valid pair's two frames come from the same shot, every fault is visible in the file,
+every file opens, and a map resumed after SIGKILL keeps the lines written before the kill."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from plumelink.drivers.bench import open_bench
+from plumelink.drivers.errors import InstrumentError, InstrumentTimeout, ProtocolError
+from plumelink.drivers.sim.bench_bus import ShotFault
+from plumelink.pipeline.engine import ScanHandle, acquire, iter_lines
+from plumelink.pipeline.map_reader import MapReader
+from plumelink.pipeline.scan import parse_scan
+
+ROOT = Path(__file__).resolve().parents[2]
+NY, NX = 3, 6
+
+
+def bench_profile(tmp_path: Path, speedup: float = 100.0) -> Path:
+    """The shipped simulated bench, run faster."""
+    data = (ROOT / "resources/benches/simulated.toml").read_text()
+    data = data.replace("speedup = 20.0", f"speedup = {speedup}")
+    assert f"speedup = {speedup}" in data
+    path = tmp_path / "bench.toml"
+    path.write_text(data)
+    return path
+
+
+def scan_text(bench: Path, out: Path, *, ny: int = NY, nx: int = NX, reshoot: bool = False,
+              shots: int = 1) -> str:
+    return textwrap.dedent(f"""\
+        sample = "pegmatite test piece"
+        operator = "pytest"
+        bench = "{bench}"
+        output = "{out}"
+        reshoot_invalid = {str(reshoot).lower()}
+        [region]
+        origin_um = [1000.0, 2000.0]
+        size_um = [{40.0 * nx}, {40.0 * ny}]
+        step_um = 40.0
+        [acquisition]
+        mode = "step"
+        shots_per_spot = {shots}
+        [stage]
+        speed_um_s = 10000.0
+        settle_s = 0.01
+        [ddg]
+        laser_delay_s = 180e-6
+        spectrometer_delay_s = 1e-6
+        gate_s = 10e-6
+        [spectrometers.primary]
+        integration_time_s = 1.05e-3
+        [spectrometers.secondary]
+        integration_time_s = 1.05e-3
+        """)
+
+
+@pytest.fixture
+def setup(tmp_path: Path):
+    bench = bench_profile(tmp_path)
+    out = tmp_path / "map.h5"
+
+    def make(**kwargs):
+        return parse_scan(scan_text(bench, out, **kwargs), source="test.toml")
+
+    return make, bench, out
+
+
+def check_pairs(path: Path, bus) -> tuple[int, int]:
+    """Zero mis-paired spectra: for every spot valid on both systems, the primary and the
+    secondary frame map back to the same shot. Returns (valid pairs, spots)."""
+    pairs = 0
+    with MapReader(path) as m:
+        ny, nx = m.shape
+        for iy in np.flatnonzero(m.lines_done):
+            line = m.read_line(int(iy))
+            for ix in range(nx):
+                p, s = line.primary, line.secondary
+                if p.valid[ix] and s.valid[ix]:
+                    a = bus.shot_for("primary", p.timestamp_s[ix])
+                    b = bus.shot_for("secondary", s.timestamp_s[ix])
+                    assert a is not None and a == b, f"mis-paired spot ({iy}, {ix}): {a} vs {b}"
+                    pairs += 1
+                for system in (p, s):
+                    if not system.valid[ix]:
+                        assert np.isnan(system.timestamp_s[ix])
+                        assert system.frame_id[ix] == -1
+        return pairs, ny * nx
+
+
+def test_clean_scan_pairs_every_spot_at_its_position(setup) -> None:
+    make, bench_path, out = setup
+    scan = make()
+    events = []
+    with open_bench(bench_path) as bench:
+        result = acquire(scan, bench=bench, on_line=events.append)
+        ddg = bench.emulators["delay_generator"]
+        assert ddg.outputs_inhibited  # the scan left the laser disabled
+        log = {r.number: r for r in bench.simulation.shot_log}
+        bus = bench.simulation.bus
+        assert check_pairs(out, bus) == (NY * NX, NY * NX)
+        with MapReader(out) as m:
+            assert m.status == "complete"
+            assert m.shape == (NY, NX)
+            for iy in range(NY):
+                line = m.read_line(iy)
+                for ix in range(NX):
+                    shot = log[bus.shot_for("primary", line.primary.timestamp_s[ix])]
+                    # the shot hit the spot the map says, where the stage really was
+                    assert shot.x_um == pytest.approx(line.x_um[ix], abs=0.2)
+                    assert shot.y_um == pytest.approx(line.y_um[ix], abs=0.2)
+                    assert line.x_measured_um[ix] == pytest.approx(shot.x_um, abs=0.2)
+                assert (line.primary.emissivity > 0).all()
+            settings = m.settings
+            assert settings["acquisition"]["mode"] == "step"
+            assert settings["simulation"]["seed"] == 0
+            assert "[region]" in m.metadata["scan_config"]
+    assert result.status == "complete" and result.lines_written == NY
+    assert result.invalid_primary == result.invalid_secondary == 0
+    assert result.shots == NY * NX
+    # a line event per line, with progress, after its line was on disk
+    deadline = time.monotonic() + 5
+    while len(events) < NY and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [e.line.index for e in events] == list(range(NY))
+    assert events[-1].progress.lines_done == NY
+    assert events[-1].progress.shots_done == NY * NX
+
+
+@pytest.mark.parametrize("fault,invalid", [
+    (ShotFault.missed("primary"), {"primary"}),
+    (ShotFault.missed("secondary"), {"secondary"}),
+    (ShotFault.missed("spectrometers"), {"primary", "secondary"}),
+    (ShotFault.duplicate("primary"), set()),
+    (ShotFault.late("secondary", 0.8), {"secondary"}),
+])
+def test_per_shot_faults_are_flagged_never_shifted(setup, fault, invalid) -> None:
+    make, bench_path, out = setup
+    scan = make()
+    k = 8  # the 9th spot in shot order: line 1 (a reversed snake line), column 6 - 1 - 2
+    with open_bench(bench_path) as bench:
+        sim = bench.simulation
+        sim.inject({sim.next_shot_number + k: fault})
+        result = acquire(scan, bench=bench)
+        pairs, spots = check_pairs(out, sim.bus)
+        with MapReader(out) as m:
+            line = m.read_line(1)
+            assert m.status == "complete"
+            for system in ("primary", "secondary"):
+                valid = getattr(line, system).valid
+                assert valid[NX - 1 - (k - NX)] == (system not in invalid), system
+                assert valid.sum() == NX - (system in invalid)
+    assert result.invalid_primary == ("primary" in invalid)
+    assert result.invalid_secondary == ("secondary" in invalid)
+    assert pairs == spots - bool(invalid)
+
+
+def test_reshoot_replaces_a_missed_spot(setup) -> None:
+    make, bench_path, out = setup
+    with open_bench(bench_path) as bench:
+        sim = bench.simulation
+        sim.inject({sim.next_shot_number + 2: ShotFault.missed("secondary")})
+        result = acquire(make(reshoot=True), bench=bench)
+        assert check_pairs(out, sim.bus) == (NY * NX, NY * NX)
+    assert result.invalid_secondary == 0
+    assert result.shots == NY * NX + 1
+
+
+def test_several_shots_per_spot_average_only_shots_seen_by_both(setup) -> None:
+    make, bench_path, out = setup
+    with open_bench(bench_path) as bench:
+        sim = bench.simulation
+        n0 = sim.next_shot_number
+        sim.inject({n0 + 1: ShotFault.missed("primary")})  # spot 0, its second shot
+        acquire(make(ny=1, nx=2, shots=3), bench=bench)
+        log = {r.number: r for r in sim.shot_log}
+        with MapReader(out) as m:
+            line = m.read_line(0)
+        assert line.primary.valid.all() and line.secondary.valid.all()
+        # spot 0 keeps the shots 0 and 2; the secondary mean excludes shot 1 as well
+        assert sim.bus.shot_for("secondary", line.secondary.timestamp_s[0]) == n0
+        assert set(log[n0 + 1].frames) == {"secondary"}
+
+
+@pytest.mark.parametrize("target,kind,error", [
+    ("stage", "timeout", InstrumentTimeout),
+    ("delay_generator", "garbage", ProtocolError),
+    ("primary", "disconnect", InstrumentError),
+])
+def test_device_faults_stop_safely_and_keep_the_file(setup, target, kind, error) -> None:
+    make, bench_path, out = setup
+    with open_bench(bench_path) as bench:
+        sim = bench.simulation
+        sim.inject({sim.next_shot_number + NX + 2: getattr(ShotFault, kind)(target)})
+        with pytest.raises(error):
+            acquire(make(), bench=bench)
+        assert bench.emulators["delay_generator"].outputs_inhibited
+        check_pairs(out, sim.bus)
+    with MapReader(out) as m:  # every file opens
+        assert m.status == "interrupted"
+        assert error.__name__ in m.status_reason
+        assert m.lines_done[0] and not m.lines_done[-1]
+
+
+def test_abort_from_another_thread_marks_interrupted(setup) -> None:
+    make, bench_path, out = setup
+    handle = ScanHandle()
+
+    def stop_after_first_line(event) -> None:
+        handle.abort("stop pressed")
+
+    with open_bench(bench_path) as bench:
+        result = acquire(make(ny=6), bench=bench, handle=handle, on_line=stop_after_first_line)
+        assert bench.emulators["delay_generator"].outputs_inhibited
+    assert result.status == "interrupted" and result.reason == "stop pressed"
+    with MapReader(out) as m:
+        assert m.status == "interrupted" and m.status_reason == "stop pressed"
+        assert 1 <= m.n_lines_done < 6
+
+
+def test_pause_holds_between_lines_and_resume_continues(setup) -> None:
+    make, bench_path, _ = setup
+    handle = ScanHandle()
+    handle.pause()
+    with open_bench(bench_path) as bench:
+        events = iter_lines(make(), bench=bench, handle=handle)
+        thread = threading.Timer(0.5, handle.resume)
+        thread.start()
+        started = time.monotonic()
+        got = [e.line.index for e in events]
+        assert time.monotonic() - started >= 0.5
+    assert got == list(range(NY))
+
+
+def test_scan_without_settings_for_a_system_is_refused(setup) -> None:
+    _, bench_path, out = setup
+    text = scan_text(bench_path, out).replace("[spectrometers.secondary]\n"
+                                              "integration_time_s = 1.05e-3\n", "")
+    scan = parse_scan(text, source="half.toml")
+    with pytest.raises(ValueError, match=r"half\.toml: .*spectrometers\.secondary"):
+        acquire(scan)
+    assert not out.exists()
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from plumelink.pipeline.engine import acquire
+from plumelink.pipeline.scan import load_scan
+
+def on_line(event):
+    print(f"line {event.line.index}", flush=True)
+    if event.progress.lines_done == int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+acquire(load_scan(sys.argv[1]), on_line=on_line)
+"""
+
+
+def test_killed_scan_resumes_into_the_same_file(tmp_path: Path) -> None:
+    bench = bench_profile(tmp_path)
+    ny = 5
+    killed, whole = tmp_path / "killed.h5", tmp_path / "whole.h5"
+    for name, out in (("killed", killed), ("whole", whole)):
+        (tmp_path / f"{name}.toml").write_text(scan_text(bench, out, ny=ny))
+    k = 2
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "killed.toml"),
+                           str(k)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    with MapReader(killed) as m:
+        done_at_kill = m.lines_done.copy()
+        assert m.status == "running"  # killed: nobody could mark it
+    assert done_at_kill[:k].all()
+    from plumelink.pipeline.scan import load_scan
+
+    result = acquire(load_scan(tmp_path / "killed.toml"), resume=True)
+    assert result.status == "complete"
+    assert result.lines_written == ny - int(done_at_kill.sum())
+    acquire(load_scan(tmp_path / "whole.toml"))
+    with MapReader(killed) as a, MapReader(whole) as b:
+        assert a.lines_done.all() and a.status == "complete"
+        for iy in np.flatnonzero(done_at_kill):
+            la, lb = a.read_line(int(iy)), b.read_line(int(iy))
+            # the same shots on the same spots: the lines before the kill equal the
+            # uninterrupted map's, spectra included
+            np.testing.assert_array_equal(la.primary.spectra, lb.primary.spectra)
+            np.testing.assert_array_equal(la.secondary.spectra, lb.secondary.spectra)
+            np.testing.assert_array_equal(la.x_measured_um, lb.x_measured_um)
+        for iy in range(ny):
+            assert a.read_line(iy).primary.valid.all()
