@@ -1,0 +1,84 @@
+"""`plumelink transfer`: apply a model package to a map, streamed, into a new map file.
+
+The lead wires it into app/cli.py with ``transfer_command.register(sub)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from plumelink.pipeline.map_layout import MapFileError
+from plumelink.pipeline.map_writer import COMPRESSIONS
+
+COMPRESSION_CHOICES = [name or "none" for name in COMPRESSIONS]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    from plumelink.models.evaluate import PackageTransfer
+    from plumelink.models.package import load_package
+    from plumelink.pipeline.transfer import transfer_map
+
+    if not Path(args.input).is_file():
+        raise FileNotFoundError(f"input map {args.input} does not exist")
+    try:
+        package = load_package(args.model)
+        transfer = PackageTransfer(package, args.system)
+        with tqdm(total=None, unit="spectrum", desc="transfer", disable=args.quiet,
+                  file=sys.stderr) as bar:
+
+            def progress(done: int, total: int) -> None:
+                if bar.total != total:
+                    bar.total = total
+                    bar.refresh()
+                bar.update(done - bar.n)
+
+            out = transfer_map(
+                args.input, args.out, transfer,
+                block_spots=args.block_spots,
+                compression=None if args.compression == "none" else args.compression,
+                overwrite=args.overwrite, progress=progress,
+            )
+    except MapFileError as exc:  # not a map, damaged, busy: the CLI reports ValueErrors
+        raise ValueError(str(exc)) from exc
+    print(f"transferred map written to {out} (model {Path(args.model)}, "
+          f"system {transfer.models.system!r}; confidence in /map/transfer/confidence)")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `transfer` subcommand to the plumelink CLI's subparsers."""
+    p = subparsers.add_parser(
+        "transfer",
+        help="transfer a map's secondary spectra to primary spectra with a model package",
+        description="Apply the VAE + latent MLP of a model package to every valid secondary "
+        "spectrum of MAP.h5, block by block, and write OUT.h5: a plumelink map whose primary "
+        "spectra are the transferred (baseline-corrected) spectra on the model's primary "
+        "axis, whose secondary is a copy of the input's, with the per-spot confidence in "
+        "/map/transfer/confidence and the package's identity in the settings.",
+    )
+    p.add_argument("--model", type=Path, required=True, metavar="MODEL_DIR",
+                   help="model package folder (from plumelink train)")
+    p.add_argument("--input", type=Path, required=True, metavar="MAP.h5", help="input map")
+    p.add_argument("--out", type=Path, required=True, metavar="OUT.h5", help="output map")
+    p.add_argument("--system", default=None,
+                   help="secondary system of the package (default: its only one)")
+    p.add_argument("--block-spots", type=_positive_int, default=4096, metavar="N",
+                   help="spectra transferred at a time (memory bound; default 4096)")
+    p.add_argument("--compression", choices=COMPRESSION_CHOICES, default="lz4")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.h5")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_transfer)

@@ -1,0 +1,465 @@
+"""Apply a model package to spectra and maps, and evaluate it on a test map (Table 1 of the paper).
+
+Every model's prediction follows the path of `train.py`'s validation RSE: baseline-corrected
+spectra (`preprocess_pairs`), the package's scalers (train-fitted, or fitted on the map itself
+for the paper's "per-map" mode), the scaled prediction of the network or baseline, and the
+primary scaler's inverse. Metrics are on unscaled, baseline-corrected primary spectra:
+
+- euclid: Euclidean distance per spectrum, averaged;
+- cosine: negative cosine similarity per spectrum, averaged (−1 = same shape);
+- rse: Σ(y−ŷ)² / Σ(y−ȳ)² over all spectra and channels, ȳ the per-channel mean of the true
+  spectra (`RSEAccumulator`, streamed);
+- k_score: agreement of the k-means labels of true and predicted spectra, k-means fitted on the
+  primary training map, k chosen by silhouette on the validation map (`clusters.py`).
+
+`evaluate_package` streams the test map block by block and keeps only per-spot scalars
+(distance, label, confidence, emissivity) and a few spectra for the report.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from plumelink.models import confidence as C
+from plumelink.models.clusters import (
+    DEFAULT_K,
+    DEFAULT_MAX_SPECTRA,
+    fit_kmeans,
+    sample_primary,
+)
+from plumelink.models.fit import predict
+from plumelink.models.metrics import RSEAccumulator, euclidean_distances, negative_cosines
+from plumelink.models.package import (
+    MANIFEST,
+    ModelPackage,
+    PackageMismatchError,
+    check_data,
+    load_package,
+)
+from plumelink.pipeline.emissivity import total_emissivity
+from plumelink.pipeline.map_reader import MapReader
+from plumelink.pipeline.pairs import PairedSpectra, iter_pair_blocks, preprocess_pairs
+from plumelink.pipeline.preprocess import SpectralScaler, correct_baseline
+
+log = logging.getLogger(__name__)
+
+MODELS = ("vae_mlp", "one_step_mlp", "pls", "knn", "pds", "mean")
+METRIC_KEYS = ("euclid", "cosine", "rse", "k_score")
+
+# progress(stage, done, total); stages: "kmeans", "evaluate", "report"
+ProgressCallback = Callable[[str, int, int], None]
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def pick_system(package: ModelPackage, system: str | None) -> str:
+    """The secondary system to use: the one given, or the package's only one."""
+    if system is not None:
+        if system not in package.latent_mlps:
+            raise PackageMismatchError(
+                f"the model package has no secondary system {system!r}; it has "
+                f"{', '.join(repr(s) for s in package.systems)}")
+        return system
+    if len(package.systems) != 1:
+        raise ValueError(f"the model package has secondary systems {package.systems}; "
+                         "choose one (--system)")
+    return package.systems[0]
+
+
+def package_identity(package: ModelPackage) -> dict[str, Any]:
+    """Who made a transferred map or metrics: package folder, manifest hash, training data."""
+    m = package.manifest
+    digest = hashlib.sha256((package.folder / MANIFEST).read_bytes()).hexdigest()
+    fingerprint = m.get("fingerprint", {})
+    return {
+        "folder": str(package.folder.resolve()),
+        "manifest_sha256": digest,
+        "created": m.get("created", ""),
+        "format_version": m.get("format_version", 0),
+        "plumelink_version": (m.get("versions") or {}).get("plumelink") or "",
+        "systems": list(package.systems),
+        "latent_dim": int(package.vae.latent),
+        "train_map": (fingerprint.get("train") or {}).get("path", ""),
+        "train_sha256": (fingerprint.get("train") or {}).get("sha256", ""),
+        "val_map": (fingerprint.get("val") or {}).get("path", ""),
+        "val_sha256": (fingerprint.get("val") or {}).get("sha256", ""),
+    }
+
+
+@dataclass
+class TransferModels:
+    """Every model of one secondary system of a package, applied like train.py scores them."""
+
+    package: ModelPackage
+    system: str
+    primary_scaler: SpectralScaler
+    secondary_scaler: SpectralScaler
+    latent_stats: C.LatentStats | None = None
+
+    @classmethod
+    def from_package(cls, package: ModelPackage, system: str | None = None) -> TransferModels:
+        system = pick_system(package, system)
+        return cls(package, system, package.scalers["primary"], package.scalers[system])
+
+    @property
+    def per_map(self) -> bool:
+        return self.package.scalers["primary"].mode == "per-map"
+
+    def fit_map_scalers(self, secondary: Iterable[np.ndarray],
+                        primary: Iterable[np.ndarray] | None = None) -> None:
+        """The paper's per-map scaling: scalers fitted on this map's baseline-corrected spectra.
+
+        Without primary spectra (plain transfer) the training primary scaler inverts."""
+        spread = self.secondary_scaler.spread
+        self.secondary_scaler = SpectralScaler("per-map", spread).fit(secondary)
+        if primary is not None:
+            self.primary_scaler = SpectralScaler("per-map", spread).fit(primary)
+
+    @property
+    def names(self) -> list[str]:
+        have = {"vae_mlp"}
+        if self.system in self.package.one_step:
+            have.add("one_step_mlp")
+        have |= set(self.package.baselines.get(self.system, {}))
+        return [n for n in MODELS if n in have] + sorted(have - set(MODELS))
+
+    def scale_secondary(self, corrected: np.ndarray) -> np.ndarray:
+        return self.secondary_scaler.transform(corrected).astype(np.float32)
+
+    def predict_scaled(self, name: str, s_scaled: np.ndarray) -> np.ndarray:
+        if name == "vae_mlp":
+            return predict(self.package.composed(self.system), s_scaled)
+        if name == "one_step_mlp":
+            return predict(self.package.one_step[self.system], s_scaled)
+        return self.package.baselines[self.system][name].predict(s_scaled)
+
+    def predict(self, name: str, corrected: np.ndarray) -> np.ndarray:
+        """Unscaled, baseline-corrected primary spectra from baseline-corrected secondaries."""
+        return self.primary_scaler.inverse_transform(
+            self.predict_scaled(name, self.scale_secondary(corrected)))
+
+    def transfer(self, corrected: np.ndarray) -> tuple[np.ndarray, C.TransferOutput]:
+        """vae_mlp prediction (unscaled) and its latents and confidence distances."""
+        out = C.transfer_with_distances(self.package.latent_mlps[self.system], self.package.vae,
+                                        self.scale_secondary(corrected), stats=self.latent_stats)
+        return self.primary_scaler.inverse_transform(out.scaled), out
+
+
+class PackageTransfer:
+    """A model package as the `BlockTransfer` of `plumelink.pipeline.transfer.transfer_map`.
+
+    Input: raw secondary counts; output: vae_mlp transferred primary spectra (unscaled,
+    baseline-corrected) and the confidence of `plumelink.models.confidence`.
+    """
+
+    def __init__(self, package: ModelPackage, system: str | None = None,
+                 method: str = C.DEFAULT_METHOD):
+        if method not in C.METHODS or method == "mahalanobis":
+            raise ValueError(f"confidence method for transfer must be one of "
+                             f"{[m for m in C.METHODS if m != 'mahalanobis']}, got {method!r}")
+        self.models = TransferModels.from_package(package, system)
+        self.package = package
+        self.primary_wavelength_nm = package.primary_wavelength_nm
+        self.needs_map_statistics = self.models.per_map
+        self.confidence_method = method
+        self.confidence_definition = C.DEFINITION.replace(C.DEFAULT_METHOD, method)
+
+    def check_map(self, secondary_wavelength_nm: np.ndarray) -> None:
+        check_data(self.package, self.models.system,
+                   secondary_wavelength_nm=secondary_wavelength_nm)
+
+    def fit_map(self, secondary_blocks: Iterable[np.ndarray]) -> None:
+        self.models.fit_map_scalers(correct_baseline(b) for b in secondary_blocks)
+
+    def identity(self) -> dict[str, Any]:
+        ident = package_identity(self.package)
+        ident["system"] = self.models.system
+        ident["model"] = "vae_mlp"
+        ident["output"] = "baseline-corrected primary counts (unscaled)"
+        return ident
+
+    def __call__(self, secondary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        primary, out = self.models.transfer(correct_baseline(secondary))
+        return primary, C.confidence_from_distance(out.distances[self.confidence_method])
+
+
+# -- evaluation ------------------------------------------------------------------------------
+
+
+@dataclass
+class SpotSpectra:
+    """True and predicted (vae_mlp) spectrum of one spot, for the report."""
+
+    label: str
+    iy: int
+    ix: int
+    true: np.ndarray
+    predicted: np.ndarray
+
+
+@dataclass
+class EvaluationMaps:
+    """Per-spot results of an evaluation (ny, nx; NaN / -1 where no pair), for the report."""
+
+    shape: tuple[int, int]
+    primary_wavelength_nm: np.ndarray
+    emissivity_true: np.ndarray
+    emissivity_pred: np.ndarray
+    euclid: np.ndarray
+    cosine: np.ndarray
+    labels_true: np.ndarray
+    labels_pred: np.ndarray
+    confidence: np.ndarray
+    spectra: list[SpotSpectra] = field(default_factory=list)
+    spectra_by: str = "mineral"
+
+
+def _resolve(path: str | os.PathLike[str] | None, recorded: str, what: str) -> Path:
+    if path is not None:
+        p = Path(path)
+    elif recorded:
+        p = Path(recorded)
+    else:
+        raise ValueError(f"the package records no {what} map; give it (--{what})")
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"{what} map {p} (for the k-means) does not exist; give it with --{what}")
+    return p
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def compression_record(n_px: int, latent: int, n_spectra: int) -> dict[str, Any]:
+    """The shared latent library: a primary spectrum as `latent` floats instead of n_px."""
+    return {
+        "n_px": int(n_px),
+        "latent_dim": int(latent),
+        "ratio": n_px / latent,
+        "bytes_per_spectrum_float32": 4 * n_px,
+        "bytes_per_latent_float32": 4 * latent,
+        "test_map_bytes_float32": 4 * n_px * n_spectra,
+        "test_map_latent_bytes_float32": 4 * latent * n_spectra,
+    }
+
+
+def evaluate_package(
+    model_dir: str | os.PathLike[str],
+    test_path: str | os.PathLike[str],
+    report_dir: str | os.PathLike[str] | None = None,
+    *,
+    system: str | None = None,
+    train_path: str | os.PathLike[str] | None = None,
+    val_path: str | os.PathLike[str] | None = None,
+    k_values: Iterable[int] = DEFAULT_K,
+    max_kmeans_spectra: int = DEFAULT_MAX_SPECTRA,
+    block_spots: int = 4096,
+    seed: int = 0,
+    progress: ProgressCallback | None = None,
+) -> tuple[dict[str, Any], EvaluationMaps]:
+    """Score every model of a package on a test map; write metrics.json and report.html.
+
+    Returns (metrics, maps). With report_dir None nothing is written.
+    """
+    package = load_package(model_dir)
+    models = TransferModels.from_package(package, system)
+    test_path = Path(test_path)
+    with MapReader(test_path) as reader:
+        check_data(package, models.system, reader.primary_wavelength_nm,
+                   reader.secondary_wavelength_nm)
+        shape = reader.shape
+        mineral_names = reader.mineral_names
+        total = int(reader.lines_done.sum()) * shape[1]
+    fp = package.manifest.get("fingerprint", {})
+    train_map = _resolve(train_path, (fp.get("train") or {}).get("path", ""), "train")
+    val_map = _resolve(val_path, (fp.get("val") or {}).get("path", ""), "val")
+
+    def step(stage: str) -> Callable[[int, int], None]:
+        return lambda d, t: progress(stage, d, t) if progress is not None else None
+
+    # -- k-means on the primary training map, k by silhouette on validation
+    t0 = time.perf_counter()
+    train_sample = sample_primary(train_map, max_kmeans_spectra, seed=seed)
+    val_sample = sample_primary(val_map, max_kmeans_spectra, seed=seed + 1)
+    kmeans = fit_kmeans(train_sample, val_sample, tuple(k_values), seed=seed,
+                        progress=step("kmeans"))
+    kmeans_s = time.perf_counter() - t0
+    # training latents for the Mahalanobis candidate of the confidence
+    if models.per_map:
+        models.fit_map_scalers(
+            (b.secondary for b in _pair_blocks(test_path, block_spots)),
+            (b.primary for b in _pair_blocks(test_path, block_spots)))
+    train_scaled = package.scalers["primary"].transform(train_sample)
+    z_train = predict(lambda x: package.vae.encode(x)[0], train_scaled)
+    if len(z_train) > package.vae.latent:
+        models.latent_stats = C.LatentStats.fit(z_train)
+    del train_sample, val_sample, train_scaled
+
+    names = models.names
+    acc = {n: RSEAccumulator() for n in names}
+    sums = {n: {"euclid": 0.0, "cosine": 0.0, "agree": 0} for n in names}
+    timings = {n: 0.0 for n in names}
+    nx = shape[1]
+    nan_map = np.full(shape, np.nan, np.float32)
+    maps = EvaluationMaps(
+        shape=shape, primary_wavelength_nm=package.primary_wavelength_nm,
+        emissivity_true=nan_map.copy(), emissivity_pred=nan_map.copy(), euclid=nan_map.copy(),
+        cosine=nan_map.copy(), labels_true=np.full(shape, -1, np.int32),
+        labels_pred=np.full(shape, -1, np.int32), confidence=nan_map.copy())
+    err_all: list[np.ndarray] = []
+    dist_all: dict[str, list[np.ndarray]] = {}
+    firsts: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
+    counts: dict[int, int] = {}
+    use_truth = None
+    n = 0
+    for block in _pair_blocks(test_path, block_spots):
+        y = block.primary
+        labels_true = kmeans.labels(y)
+        iy, ix = block.iy, block.ix
+        for name in names:
+            t = time.perf_counter()
+            if name == "vae_mlp":
+                pred, out = models.transfer(block.secondary)
+            else:
+                pred = models.predict(name, block.secondary)
+            timings[name] += time.perf_counter() - t
+            acc[name].add(y, pred)
+            e, c = euclidean_distances(y, pred), negative_cosines(y, pred)
+            labels = kmeans.labels(pred)
+            sums[name]["euclid"] += float(e.sum())
+            sums[name]["cosine"] += float(c.sum())
+            sums[name]["agree"] += int((labels == labels_true).sum())
+            if name == "vae_mlp":
+                maps.euclid[iy, ix], maps.cosine[iy, ix] = e, c
+                maps.labels_pred[iy, ix] = labels
+                conf = C.confidence_from_distance(out.distances[C.DEFAULT_METHOD])
+                maps.confidence[iy, ix] = conf
+                err_all.append(e)
+                for k, v in out.distances.items():
+                    dist_all.setdefault(k, []).append(v)
+                every = np.ones(len(y), bool)
+                maps.emissivity_pred[iy, ix] = total_emissivity(pred, every)
+                maps.emissivity_true[iy, ix] = total_emissivity(y, every)
+                vae_pred = pred
+        maps.labels_true[iy, ix] = labels_true
+        if use_truth is None:
+            use_truth = block.mineral is not None and bool(mineral_names)
+        groups = block.mineral.astype(np.int64) if use_truth else labels_true
+        for j, g in enumerate(groups.tolist()):
+            counts[g] = counts.get(g, 0) + 1
+            if g not in firsts:
+                firsts[g] = (int(block.index[j]), y[j].copy(), vae_pred[j].copy())
+        n += block.n
+        if progress is not None:
+            progress("evaluate", n, total)
+    if n == 0:
+        raise ValueError(f"test map {test_path} has no spot valid in both systems")
+
+    chosen = sorted(counts, key=lambda g: -counts[g])[:3]
+    for g in chosen:
+        index, true, pred = firsts[g]
+        label = (mineral_names[g] if use_truth and 0 <= g < len(mineral_names)
+                 else f"cluster {g}")
+        maps.spectra.append(SpotSpectra(label, index // nx, index % nx, true, pred))
+    maps.spectra_by = "mineral" if use_truth else "k-means cluster"
+
+    err = np.concatenate(err_all)
+    spearman = {}
+    for method, parts in dist_all.items():
+        conf = C.confidence_from_distance(np.concatenate(parts))
+        rho, p = spearmanr(conf, err) if len(err) > 2 else (float("nan"), float("nan"))
+        spearman[method] = {"rho": float(rho), "p_value": float(p)}
+
+    result: dict[str, Any] = {
+        "models": {
+            name: {
+                "euclid": sums[name]["euclid"] / n,
+                "cosine": sums[name]["cosine"] / n,
+                "rse": acc[name].value(),
+                "k_score": sums[name]["agree"] / n,
+            }
+            for name in names
+        },
+        "n_spectra": n,
+        "test_map": str(test_path.resolve()),
+        "map_shape": list(shape),
+        "system": models.system,
+        "definitions": {
+            "euclid": "mean over spectra of the Euclidean distance ||y - ŷ||",
+            "cosine": "mean over spectra of -cos(y, ŷ); -1 = identical shape",
+            "rse": "Σ(y-ŷ)² / Σ(y-ȳ)² over all spectra and channels; ȳ per-channel mean of y",
+            "k_score": "fraction of spectra whose k-means label of ŷ equals that of y",
+            "spectra": "unscaled, baseline-corrected primary counts",
+        },
+        "timings_s": {
+            **{name: {"total": timings[name], "per_spectrum_us": 1e6 * timings[name] / n}
+               for name in names},
+            "kmeans_fit": kmeans_s,
+        },
+        "kmeans": {**kmeans.record(), "train_map": str(train_map), "val_map": str(val_map)},
+        "compression": compression_record(package.vae.n_pixels, package.vae.latent, n),
+        "confidence": {
+            "method": C.DEFAULT_METHOD,
+            "definition": C.DEFINITION,
+            "spearman_vs_vae_mlp_euclid": spearman.get(C.DEFAULT_METHOD, {}).get("rho"),
+            "note": "confidence is higher for more trustworthy spectra, so a good confidence "
+                    "has a negative rank correlation with the error",
+            "candidates": spearman,
+        },
+        "validation_rse": package.manifest.get("metrics", {}).get("validation_rse", {}),
+        "package": package_identity(package),
+        "scaler_mode": package.scalers["primary"].mode,
+        "evaluated": _now(),
+    }
+    result = _jsonable(result)
+    if report_dir is not None:
+        from plumelink.models.report import write_report
+
+        out = Path(report_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(result, indent=1, allow_nan=False),
+                                          encoding="utf-8")
+        write_report(out, result, maps, progress=step("report"))
+    return result, maps
+
+
+def _pair_blocks(path: Path, block_spots: int) -> Iterator[PairedSpectra]:
+    for block in iter_pair_blocks(path, block_spots):
+        yield preprocess_pairs(block)
+
+
+__all__ = [
+    "METRIC_KEYS",
+    "MODELS",
+    "EvaluationMaps",
+    "PackageTransfer",
+    "TransferModels",
+    "compression_record",
+    "evaluate_package",
+    "package_identity",
+    "pick_system",
+]

@@ -1,0 +1,165 @@
+"""Transfer of a whole map through a model package, streamed block by block (issue 5)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from plumelink.models.evaluate import PackageTransfer, TransferModels, package_identity
+from plumelink.models.package import PackageMismatchError, load_package
+from plumelink.models.train import TrainOptions, train_transfer
+from plumelink.pipeline.map_layout import CorruptMapError, ForeignFileError
+from plumelink.pipeline.map_reader import MapReader
+from plumelink.pipeline.preprocess import correct_baseline
+from plumelink.pipeline.simulate import simulate_dataset
+from plumelink.pipeline.transfer import SETTINGS_KEY, read_confidence, transfer_map
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], Path]:
+    """Tiny maps and a 2-epoch package, shared on disk by every test file of issue 5."""
+    base = tmp_path_factory.getbasetemp() / "issue5_tiny_model"
+    maps = {name: base / "maps" / f"{name}.h5" for name in ("train", "val", "test")}
+    model = base / "model"
+    if not (model / "manifest.json").exists():
+        simulate_dataset("tiny", base / "maps", seed=0, truth=True)
+        train_transfer(maps["train"], maps["val"], model,
+                       TrainOptions(epochs=2, threads=1, fine_tune=False, pls_candidates=(8,),
+                                    knn_candidates=(3,), hash_inputs=False))
+    return maps, model
+
+
+INVALID_SECONDARY = [(0, 3), (2, 0), (2, 15), (7, 8)]
+INVALID_PRIMARY_ONLY = (4, 4)
+
+
+@pytest.fixture(scope="module")
+def holey_map(tiny_model, tmp_path_factory) -> Path:
+    """The test map with some secondary shots missed (and one primary-only miss)."""
+    path = tmp_path_factory.mktemp("holey") / "holey.h5"
+    shutil.copy(tiny_model[0]["test"], path)
+    with h5py.File(path, "r+") as f:
+        valid = f["map/secondary/valid"][()]
+        for iy, ix in INVALID_SECONDARY:
+            valid[iy, ix] = False
+        f["map/secondary/valid"][...] = valid
+        f["map/primary/valid"][INVALID_PRIMARY_ONLY] = False
+    return path
+
+
+@pytest.fixture(scope="module")
+def package(tiny_model):
+    return load_package(tiny_model[1])
+
+
+@pytest.fixture(scope="module")
+def transferred(package, holey_map, tmp_path_factory) -> tuple[Path, list[tuple[int, int]]]:
+    out = tmp_path_factory.mktemp("out") / "transferred.h5"
+    calls: list[tuple[int, int]] = []
+    transfer_map(holey_map, out, PackageTransfer(package),
+                 progress=lambda d, t: calls.append((d, t)))
+    return out, calls
+
+
+def test_output_is_a_map_with_the_right_shape_axes_and_validity(transferred, holey_map, package):
+    out, calls = transferred
+    with MapReader(out) as r, MapReader(holey_map) as src:
+        assert r.shape == src.shape == (8, 16)
+        assert r.status == "complete"
+        np.testing.assert_allclose(r.primary_wavelength_nm, package.primary_wavelength_nm)
+        np.testing.assert_array_equal(r.secondary_wavelength_nm, src.secondary_wavelength_nm)
+        np.testing.assert_array_equal(r.x_um, src.x_um)
+        for iy in range(8):
+            line, orig = r.read_line(iy), src.read_line(iy)
+            np.testing.assert_array_equal(line.primary.valid, orig.secondary.valid)
+            np.testing.assert_array_equal(line.secondary.valid, orig.secondary.valid)
+            np.testing.assert_array_equal(line.secondary.spectra,
+                                          orig.secondary.spectra.astype(np.float32))
+            assert line.primary.spectra.dtype == np.float32
+            assert not line.primary.spectra[~line.primary.valid].any()
+            np.testing.assert_array_equal(line.truth.mineral, orig.truth.mineral)
+        for iy, ix in INVALID_SECONDARY:
+            assert not r.read_line(iy).primary.valid[ix]
+        assert r.read_line(INVALID_PRIMARY_ONLY[0]).primary.valid[INVALID_PRIMARY_ONLY[1]]
+        assert r.settings[SETTINGS_KEY]["manifest_sha256"] == \
+            package_identity(package)["manifest_sha256"]
+        assert "laser" in r.settings  # the input's instrument settings are kept
+        emissivity = r.emissivity("primary")
+        assert np.isnan(emissivity[0, 3]) and np.isfinite(emissivity[0, 4])
+    assert calls[-1] == (128, 128)
+
+
+def test_transferred_spectra_are_the_models_prediction(transferred, holey_map, package):
+    out, _ = transferred
+    with MapReader(out) as r, MapReader(holey_map) as src:
+        got, index = next(r.iter_blocks("primary"))
+        sec, sec_index = next(src.iter_blocks("secondary"))
+    np.testing.assert_array_equal(index, sec_index)
+    assert got.shape == (128 - len(INVALID_SECONDARY), 4062)
+    expected = TransferModels.from_package(package).predict("vae_mlp", correct_baseline(sec))
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3 * np.abs(expected).max())
+
+
+def test_confidence_is_stored_and_nan_where_nothing_was_transferred(transferred):
+    out, _ = transferred
+    conf = read_confidence(out)
+    assert conf.shape == (8, 16)
+    for iy, ix in INVALID_SECONDARY:
+        assert np.isnan(conf[iy, ix])
+    ok = np.isfinite(conf)
+    assert ok.sum() == 128 - len(INVALID_SECONDARY)
+    assert ((conf[ok] > 0) & (conf[ok] <= 1)).all()
+    with h5py.File(out, "r") as f:
+        assert f["map/transfer/confidence"].attrs["method"] == "consistency"
+        assert "higher = more trustworthy" in f["map/transfer/confidence"].attrs["definition"]
+
+
+def test_blocks_smaller_than_a_line_give_the_same_map(transferred, package, holey_map, tmp_path):
+    out, _ = transferred
+    small = tmp_path / "small_blocks.h5"
+    calls: list[tuple[int, int]] = []
+    transfer_map(holey_map, small, PackageTransfer(package), block_spots=5,
+                 progress=lambda d, t: calls.append((d, t)))
+    assert calls[0] == (0, 128) and len(calls) == 9  # start, then one raster line per read
+    with MapReader(out) as a, MapReader(small) as b:
+        pa, _ = next(a.iter_blocks("primary"))
+        pb, _ = next(b.iter_blocks("primary"))
+    np.testing.assert_allclose(pb, pa, rtol=1e-4, atol=1e-3 * np.abs(pa).max())
+    np.testing.assert_allclose(read_confidence(small), read_confidence(out), rtol=1e-4,
+                               equal_nan=True)
+
+
+def test_axis_mismatch_names_the_system_and_the_axis(package, tiny_model, tmp_path):
+    bad = tmp_path / "other_axis.h5"
+    shutil.copy(tiny_model[0]["test"], bad)
+    with h5py.File(bad, "r+") as f:
+        f["map/secondary/wavelength"][...] += 0.3
+    with pytest.raises(PackageMismatchError, match=r"secondary \(secondary\) axis differs"):
+        transfer_map(bad, tmp_path / "out.h5", PackageTransfer(package))
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_missing_and_foreign_inputs_are_clear_errors(package, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        transfer_map(tmp_path / "nope.h5", tmp_path / "out.h5", PackageTransfer(package))
+    text = tmp_path / "notes.h5"
+    text.write_text("not a map")
+    with pytest.raises(CorruptMapError, match="not an HDF5 file"):
+        transfer_map(text, tmp_path / "out.h5", PackageTransfer(package))
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = 1
+    with pytest.raises(ForeignFileError, match="not a plumelink map"):
+        transfer_map(foreign, tmp_path / "out.h5", PackageTransfer(package))
+
+
+def test_existing_output_is_refused_unless_overwrite(transferred, package, holey_map):
+    out, _ = transferred
+    with pytest.raises(FileExistsError):
+        transfer_map(holey_map, out, PackageTransfer(package))
+    with pytest.raises(ValueError, match="is the input map"):
+        transfer_map(holey_map, holey_map, PackageTransfer(package), overwrite=True)
