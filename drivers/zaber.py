@@ -453,6 +453,17 @@ class ZaberStage(SerialDevice):
     def disable_distance_trigger(self, axis: str, *, trigger: int = 1) -> None:
         self._command((self._axis(axis).device, 0), f"trigger {int(trigger)} disable")
 
+    def set_digital_output(self, axis: str, output: int, level: int) -> None:
+        """Set digital output ``output`` of the axis's device to 0 or 1 (``io set do``), e.g.
+        low before a distance trigger that toggles it, so its first firing is a rising edge."""
+        if level not in (0, 1) or isinstance(level, bool):
+            raise SettingOutOfRange("digital output level", level, "0 or 1", device=self.name,
+                                    command="io set do")
+        if not isinstance(output, numbers.Integral) or not 1 <= output <= 99:
+            raise SettingOutOfRange("digital output", output, "integers 1 .. 99",
+                                    device=self.name, command="io set do")
+        self._command((self._axis(axis).device, 0), f"io set do {int(output)} {level}")
+
     # ------------------------------------------------------------------ helpers
     def _axis(self, name: str) -> _Axis:
         return self._lookup_axis(self._axes, name)

@@ -155,6 +155,16 @@ class Engine:
         if missing:
             raise ValueError(f"{scan.source}: the scan has no [spectrometers.{missing[0]}] "
                              f"settings; a paired scan needs settings for {list(SYSTEMS)}")
+        if scan.fly is not None and scan.mode == "fly" and scan.fly.trigger != "ddg-clock":
+            raise NotImplementedError(
+                f"{scan.source}: fly scans with trigger = {scan.fly.trigger!r} are not "
+                "supported by the engine yet; use trigger = \"ddg-clock\" (the stage's "
+                "trigger starts the DDG burst at the first spot)")
+        if scan.order not in ("snake-horizontal", "plain-horizontal"):
+            raise NotImplementedError(
+                f"{scan.source}: raster order {scan.order!r} is not supported by the engine "
+                "yet (the map store writes raster lines as rows); use snake-horizontal or "
+                "plain-horizontal")
         self.scan = scan
         self.plan: RasterPlan = make_plan(scan)
         self.path = Path(out) if out is not None else scan.output_path()
@@ -237,10 +247,6 @@ class Engine:
         plan = self.plan
         axes = {s: bench.spectrometers[s].wavelength_nm() for s in SYSTEMS}
         line_coords, spot_coords = plan.line_coords_um, plan.spot_coords_um
-        if plan.line_axis != "y":
-            raise NotImplementedError(
-                "vertical raster orders are not stored yet; use snake-horizontal or "
-                "plain-horizontal")
         return MapWriter.create(
             self.path, ny=plan.n_lines, nx=plan.n_spots,
             primary_wavelength_nm=axes["primary"], secondary_wavelength_nm=axes["secondary"],
@@ -270,7 +276,8 @@ class Engine:
         ddg.set_delay("D", "C", d.gate_s)
         if hasattr(ddg, "set_trigger_source"):
             ddg.set_trigger_source("SINGLE_SHOT")
-        ddg.configure_burst(self.scan.shots_per_spot, self._period_s)
+        if self.scan.mode == "step":
+            ddg.configure_burst(self.scan.shots_per_spot, self._period_s)
         for system in SYSTEMS:
             s = self.scan.spectrometers[system]
             bench.spectrometers[system].configure(s.integration_time_s, s.delay_s, s.averages)
@@ -278,8 +285,6 @@ class Engine:
 
     # ------------------------------------------------------------------ one line
     def _acquire_line(self, bench: Bench, line: LinePlan) -> tuple[RasterLine, dict]:
-        if line.fly is not None:
-            raise NotImplementedError("fly scans are not implemented yet; use mode = \"step\"")
         n = line.n_spots
         spectra = {s: np.zeros((n, bench.spectrometers[s].wavelength_nm().size), np.uint16)
                    for s in SYSTEMS}
@@ -289,6 +294,13 @@ class Engine:
         x_meas, y_meas = np.full(n, np.nan), np.full(n, np.nan)
         shot_id = line.first_shot + line.shots_per_spot * np.arange(n, dtype=np.int64)
         reasons: dict[str, list[str]] = {s: [] for s in SYSTEMS}
+        if line.fly is not None:
+            shots = self._fly(bench, line)
+            cols = line.storage_index
+            x_meas[cols], y_meas[cols] = line.x_um, line.y_um  # from the trigger position
+            self._store_fly(shots, line, spectra, valid, frame_id, stamp, reasons)
+            return self._line(line, spectra, valid, frame_id, stamp, x_meas, y_meas, shot_id,
+                              reasons)
         speedup = _speedup(bench)
         settle_s = self.scan.stage.settle_s / speedup
         for j in range(n):
@@ -305,6 +317,12 @@ class Engine:
             col = int(line.storage_index[j])
             x_meas[col], y_meas[col] = xm, ym
             self._store_spot(shots, col, spectra, valid, frame_id, stamp, reasons)
+        return self._line(line, spectra, valid, frame_id, stamp, x_meas, y_meas, shot_id,
+                          reasons)
+
+    def _line(self, line: LinePlan, spectra: dict, valid: dict, frame_id: dict, stamp: dict,
+              x_meas: np.ndarray, y_meas: np.ndarray, shot_id: np.ndarray, reasons: dict
+              ) -> tuple[RasterLine, dict]:
         systems = {s: SystemLine(spectra[s], valid[s], frame_id[s], stamp[s]) for s in SYSTEMS}
         for s in SYSTEMS:
             self._counters.invalid[s] += int((~valid[s]).sum())
@@ -314,6 +332,64 @@ class Engine:
             y_um=line.y_um[order].astype(np.float64), x_measured_um=x_meas,
             y_measured_um=y_meas, shot_id=self._storage_shot_ids(line, shot_id),
             primary=systems["primary"], secondary=systems["secondary"]), reasons
+
+    def _fly(self, bench: Bench, line: LinePlan) -> _SpotShots:
+        """One constant-speed pass: the stage's distance trigger (output 1, wired to the DDG's
+        external trigger input) starts a DDG burst of one shot per spot at the first spot; the
+        DDG clock spaces the shots one step apart at the fly speed."""
+        fly = line.fly
+        assert fly is not None
+        stage, ddg = bench.stage, bench.delay_generator
+        for needed in ("configure_distance_trigger", "set_digital_output"):
+            if not hasattr(stage, needed):
+                raise NotImplementedError(f"fly scans need a stage with a distance trigger; "
+                                          f"{type(stage).__name__} has no {needed}()")
+        speedup = _speedup(bench)
+        axis = "x" if self.plan.line_axis == "y" else "y"
+        k = 0 if axis == "x" else 1
+        stage.set_speed(self.scan.stage.speed_um_s)
+        self._move(bench, *fly.start_um, speedup)
+        if self.scan.stage.settle_s > 0:
+            time.sleep(self.scan.stage.settle_s / speedup)
+        first = (float(line.x_um[0]), float(line.y_um[0]))
+        run_up = abs(first[k] - fly.start_um[k])
+        stage.set_digital_output(axis, 1, 0)
+        stage.configure_distance_trigger(axis, max(run_up, 1e-3), output=1, count=1)
+        n = line.n_spots
+        ddg.set_trigger_source("SINGLE_SHOT_EXTERNAL_RISING")
+        ddg.configure_burst(n, self._period_s)
+        for system in SYSTEMS:
+            bench.spectrometers[system].arm(n, "hardware")
+        ddg.fire()  # arms the single-shot external trigger
+        stage.set_speed(fly.speed_um_s)
+        try:
+            stage.move_absolute(*fly.end_um)
+            stage.wait_until_idle(fly.duration_s / speedup + STAGE_TIMEOUT_MARGIN_S)
+            status = ddg.wait_end_of_burst(n * self._period_s / speedup
+                                           + FRAME_TIMEOUT_MARGIN_S)
+        finally:
+            stage.disable_distance_trigger(axis)
+            stage.set_speed(self.scan.stage.speed_um_s)
+        if status.aborted:
+            self.handle._check()
+        return self._collect(bench, n, status)
+
+    def _store_fly(self, shots: _SpotShots, line: LinePlan, spectra: dict, valid: dict,
+                   frame_id: dict, stamp: dict, reasons: dict) -> None:
+        for system in SYSTEMS:
+            p, f = shots.pairing[system], shots.frames[system]
+            other = [q for s, q in shots.pairing.items() if s != system]
+            ok = p.valid & (np.logical_and.reduce([q.valid for q in other])
+                            | ~np.logical_or.reduce([q.valid for q in other]))
+            cols = line.storage_index[ok]
+            frames = p.frame_of_shot[ok]
+            spectra[system][cols] = f.counts[frames]
+            valid[system][cols] = True
+            frame_id[system][cols] = self._counters.frames_seen[system] - len(f) + frames
+            stamp[system][cols] = f.timestamps_s[frames]
+            for j in np.flatnonzero(~ok):
+                why = REASONS[int(p.reason[j])] if p.reason[j] else "unpaired"
+                reasons[system].append(f"spot {int(line.storage_index[j])}: {why}")
 
     @staticmethod
     def _storage_shot_ids(line: LinePlan, shot_id: np.ndarray) -> np.ndarray:
@@ -339,6 +415,10 @@ class Engine:
         status = ddg.wait_end_of_burst(burst_s + FRAME_TIMEOUT_MARGIN_S)
         if status.aborted:
             self.handle._check()
+        return self._collect(bench, n_shots, status)
+
+    def _collect(self, bench: Bench, n_shots: int, status: Any) -> _SpotShots:
+        """Read both spectrometers' frames of a finished burst and pair them by shot."""
         frames = {}
         for system in SYSTEMS:
             spectrometer = bench.spectrometers[system]

@@ -12,8 +12,10 @@ shots to the physics and both AvaSpec fakes, a per-shot ground-truth log and per
   per shot with its own system's spectrum, its time label = its own device clock at the shot
   (the shared clock plus the fake's offset).
 * Wiring: the laser fires on output ``laser_output`` (AB) and the spectrometers trigger on
-  ``trigger_output`` (CD). A shot with the laser output inhibited gives dark frames; with the
-  trigger output inhibited, no frames.
+  ``trigger_output`` (CD); the stage's digital output 1 drives the DDG's external trigger
+  input (rising edge), so a stage distance trigger can start or pace a fly scan. A shot
+  with the laser output inhibited gives dark frames; with the trigger output inhibited, no
+  frames.
 * `ShotRecord`: the ground truth of one shot (the DDG's shot number, clock time, x/y µm,
   frames delivered with their device time labels, mineral, faults applied);
   `TriggerBus.shot_for(role, timestamp_s)` maps a frame back to its shot.
@@ -45,6 +47,7 @@ DDG = "delay_generator"
 STAGE = "stage"
 ALL_SPECTROMETERS = "spectrometers"
 _WRAP = 1 << 32
+STAGE_TRIGGER_OUTPUT = 1  # the stage's digital output wired to the DDG's external trigger
 
 
 # ---------------------------------------------------------------------------- clock
@@ -468,6 +471,7 @@ class Simulation:
         self._physics: Any = None
         self._systems: list[str] = []
         self._physics_lock = threading.Lock()
+        self._unsubscribe: list[Callable[[], None]] = []
 
     @property
     def physics(self) -> Any:
@@ -494,6 +498,13 @@ class Simulation:
                          for a in ("x", "y"))
 
         self._stage_position = position
+        self._unsubscribe.append(emulator.on_trigger(self._stage_trigger))
+
+    def _stage_trigger(self, event: Any) -> None:
+        """Wiring: the stage's digital output `STAGE_TRIGGER_OUTPUT` drives the DDG's external
+        trigger input, which fires on a rising edge (fly scans)."""
+        if event.output == STAGE_TRIGGER_OUTPUT and event.level == 1 and self.ddg is not None:
+            self.ddg.external_trigger(at=event.time)
 
     def attach_pi(self, emulator: Any, axes: Mapping[str, str]) -> None:
         """``axes`` maps "x"/"y" to GCS axis identifiers; positions in mm -> µm."""
@@ -520,6 +531,8 @@ class Simulation:
                               batch_size=s.batch_size, max_latency_s=s.max_latency_s)
 
     def close(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
         if self.bus is not None:
             self.bus.close()
 

@@ -487,10 +487,12 @@ class DG645Emulator(Clocked, WireRecord):
         """The DG645 never speaks unprompted."""
         return []
 
-    def external_trigger(self) -> bool:
-        """An edge on the external trigger input now; True when it started a delay cycle."""
+    def external_trigger(self, at: float | None = None) -> bool:
+        """An edge on the external trigger input, now or at clock time ``at`` (a simulated bench
+        forwarding a stage trigger learns of it a little late); True when it started a delay
+        cycle."""
         with self._lock:
-            now = self._clock()
+            now = self._clock() if at is None else min(float(at), self._clock())
             self._advance(now)
             source, accepted = self._source(), False
             if source in (1, 2) or (source in (3, 4) and self._armed):

@@ -4,6 +4,7 @@ moving at constant speed from a start to a target on an injectable clock, and `M
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -73,8 +74,21 @@ class MovingAxis(Generic[M]):
     position: float
     motion: M | None
 
+    HISTORY = 64  # finished moves remembered for `position_was`
+
     def position_at(self, t: float) -> float:
         return self.position if self.motion is None else self.motion.position_at(t)
+
+    def position_was(self, t: float) -> float:
+        """Where the axis was at clock time ``t``, also during a move that has since ended
+        (one of the last `HISTORY` moves): a simulated trigger bus may learn of a shot only
+        after the stage has arrived."""
+        if self.motion is not None and t >= self.motion.t0:
+            return self.motion.position_at(t)
+        for motion, t_end in reversed(getattr(self, "_history", ())):
+            if t >= motion.t0:
+                return motion.position_at(min(t, t_end))
+        return self.position_at(t)
 
     @property
     def moving(self) -> bool:
@@ -82,6 +96,9 @@ class MovingAxis(Generic[M]):
 
     def halt(self, t: float) -> None:
         """Freeze the axis where it is at ``t``."""
+        if self.motion is not None:
+            history = self.__dict__.setdefault("_history", deque(maxlen=self.HISTORY))
+            history.append((self.motion, t))
         self.position, self.motion = self.position_at(t), None
 
 

@@ -330,9 +330,10 @@ class PIEmulator(Clocked, LineRecord):
             return self._axes[axis].position_at(self._clock())
 
     def position_at(self, axis: str, t: float) -> float:
-        """Where the axis is (or was) at clock time ``t`` on its current move, in mm."""
+        """Where the axis is or was at clock time ``t`` (mm), also during a recent move that
+        has ended since."""
         with self._lock:
-            return self._axes[axis].position_at(t)
+            return self._axes[axis].position_was(t)
 
     def moving(self, axis: str) -> bool:
         with self._lock:

@@ -588,9 +588,10 @@ class ZaberEmulator(Clocked, LineRecord):
             return self._axis(device, axis).position_at(self._clock())
 
     def position_at(self, device: int, axis: int, t: float) -> float:
-        """Where the axis is (or was) at clock time ``t`` on its current move (microsteps)."""
+        """Where the axis is or was at clock time ``t`` (microsteps), also during a recent
+        move that has ended since."""
         with self._lock:
-            return self._axis(device, axis).position_at(t)
+            return self._axis(device, axis).position_was(t)
 
     def busy(self, device: int, axis: int) -> bool:
         with self._lock:

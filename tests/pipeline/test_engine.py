@@ -296,3 +296,76 @@ def test_killed_scan_resumes_into_the_same_file(tmp_path: Path) -> None:
             np.testing.assert_array_equal(la.x_measured_um, lb.x_measured_um)
         for iy in range(ny):
             assert a.read_line(iy).primary.valid.all()
+
+
+def fly_scan_text(bench: Path, out: Path, *, ny: int = 3, nx: int = 20) -> str:
+    return textwrap.dedent(f"""\
+        sample = "pegmatite test piece"
+        operator = "pytest"
+        bench = "{bench}"
+        output = "{out}"
+        [region]
+        origin_um = [1000.0, 1000.0]
+        size_um = [{25.0 * nx}, {25.0 * ny}]
+        step_um = 25.0
+        [acquisition]
+        mode = "fly"
+        [fly]
+        trigger = "ddg-clock"
+        speed_um_s = 25000.0
+        run_up_um = 60.0
+        [laser]
+        rate_hz = 1000.0
+        [stage]
+        speed_um_s = 50000.0
+        settle_s = 0.0
+        [ddg]
+        laser_delay_s = 180e-6
+        spectrometer_delay_s = 1e-6
+        gate_s = 10e-6
+        [spectrometers.primary]
+        integration_time_s = 0.5e-3
+        [spectrometers.secondary]
+        integration_time_s = 0.5e-3
+        """)
+
+
+def test_fly_scan_shots_land_on_their_spots(tmp_path: Path) -> None:
+    """The stage's distance trigger starts the DDG burst at the first spot; the DDG clock at
+    1 kHz and the fly speed put every shot one step further, in both snake directions."""
+    bench_path = bench_profile(tmp_path)
+    out = tmp_path / "fly.h5"
+    scan = parse_scan(fly_scan_text(bench_path, out), source="fly.toml")
+    with open_bench(bench_path) as bench:
+        sim = bench.simulation
+        sim.inject({sim.next_shot_number + 25: ShotFault.missed("secondary")})
+        result = acquire(scan, bench=bench)
+        log = {r.number: r for r in sim.shot_log}
+        pairs, spots = check_pairs(out, sim.bus)
+        with MapReader(out) as m:
+            assert m.settings["acquisition"]["mode"] == "fly"
+            for iy in range(3):
+                line = m.read_line(iy)
+                for ix in np.flatnonzero(line.primary.valid):
+                    shot = log[sim.bus.shot_for("primary", line.primary.timestamp_s[ix])]
+                    assert shot.x_um == pytest.approx(line.x_um[ix], abs=0.5)
+                    assert shot.y_um == pytest.approx(line.y_um[ix], abs=0.5)
+            # shot 25 of the scan is line 1 (reversed), its 6th shot: column 20 - 1 - 5
+            assert not m.read_line(1).secondary.valid[14]
+        assert bench.emulators["delay_generator"].outputs_inhibited
+    assert (pairs, spots) == (59, 60)
+    assert result.invalid_secondary == 1 and result.invalid_primary == 0
+
+
+def test_unsupported_fly_trigger_and_vertical_orders_are_refused_clearly(tmp_path: Path) -> None:
+    bench_path = bench_profile(tmp_path)
+    out = tmp_path / "fly.h5"
+    text = fly_scan_text(bench_path, out).replace('trigger = "ddg-clock"',
+                                                  'trigger = "stage-distance"')
+    with pytest.raises(NotImplementedError, match="stage-distance"):
+        acquire(parse_scan(text, source="fly.toml"))
+    text = fly_scan_text(bench_path, out).replace("step_um = 25.0",
+                                                  'step_um = 25.0\norder = "snake-vertical"')
+    with pytest.raises(NotImplementedError, match="snake-vertical"):
+        acquire(parse_scan(text, source="fly.toml"))
+    assert not out.exists()  # refused before any file or device

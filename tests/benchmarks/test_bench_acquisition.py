@@ -1,0 +1,30 @@
+"""Opt-in acquisition benchmark (pytest -m benchmark): a fly-scan map through the whole
+simulated bench against generation + write in the same run."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import bench_acquisition as bench
+import bench_foundation
+
+pytestmark = pytest.mark.benchmark
+
+
+def test_fly_scan_at_1khz_sustains_80_percent_of_generation_and_write(tmp_path: Path) -> None:
+    lines, nx = 60, 200
+    engine = bench.bench_engine(lines, nx, 200.0, tmp_path)
+    t = time.perf_counter()
+    reference = bench_foundation.bench_generation_and_write(lines, nx, tmp_path, "lz4")
+    overhead_us = 1e6 * (engine["elapsed_s"] - (time.perf_counter() - t)) / (lines * nx)
+    ratio = engine["pairs_per_s"] / reference
+    print(f"engine {engine['pairs_per_s']:,.0f} pairs/s, generation + write {reference:,.0f} "
+          f"pairs/s, ratio {ratio:.2f}, overhead {overhead_us:.0f} µs/spot")
+    assert engine["status"] == "complete"
+    assert engine["invalid_primary"] == engine["invalid_secondary"] == 0
+    assert ratio >= 0.8
