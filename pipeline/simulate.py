@@ -4,6 +4,12 @@ The three maps are three separate regions of one simulated sample, measured with
 two spectrometers; the test map is measured on another day (shifted baseline and
 wavelength calibration), as in Vrábel et al. (JAAS 2023). This is the data every demo and
 test of plumelink starts from.
+
+The primary is always the "primary" instrument profile; which profile plays the secondary is
+a choice (`secondary=`, default "secondary"; e.g. "broadband_ccd" for a third system that
+joins an existing model). Its spectra go to the map's /map/secondary group with its own
+wavelength axis, and the settings snapshot names the profile (settings["secondary"]["profile"]
+and settings["simulation"]["secondary_profile"]).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ log = logging.getLogger(__name__)
 
 LASER_RATE_HZ = 50.0
 STAGE_JITTER_UM = 0.3  # encoder-measured deviation of the stage from its setpoint
+DEFAULT_SECONDARY = "secondary"  # instrument profile that plays the secondary system
 
 
 @dataclass(frozen=True)
@@ -71,18 +78,37 @@ PRESETS: dict[str, Preset] = {
 ProgressCallback = Callable[[int, int], None]  # (spots done, spots total)
 
 
+def secondary_profile_of(physics: BenchPhysics) -> str:
+    """Name of the instrument profile that plays the secondary system of a bench."""
+    others = [name for name in physics.spectrographs if name != "primary"]
+    if "primary" not in physics.spectrographs or len(others) != 1:
+        raise ValueError(f"a simulated map needs the primary and exactly one secondary "
+                         f"spectrometer; the bench has {list(physics.spectrographs)}")
+    return others[0]
+
+
+def make_physics(seed: int, day: int, run: int, secondary: str = DEFAULT_SECONDARY
+                 ) -> BenchPhysics:
+    """The bench of one map: the primary and the profile named `secondary` on one plume."""
+    if not isinstance(secondary, str) or not secondary or secondary == "primary":
+        raise ValueError(f"the secondary system must be an instrument profile other than "
+                         f"the primary, got {secondary!r}")
+    return BenchPhysics(seed=seed, day=day, run=run, systems=("primary", secondary))
+
+
 def bench_settings(physics: BenchPhysics, grid: RasterGrid, spec: MapSpec, seed: int) -> dict:
     """The settings snapshot of the simulated bench, stored in each map file."""
+    secondary = secondary_profile_of(physics)
     return {
         "laser": {"wavelength_nm": 266.0, "rate_hz": LASER_RATE_HZ, "spot_diameter_um": 30.0},
         "delay_generator": {"model": "simulated DG645", "burst_period_s": 1 / LASER_RATE_HZ},
         "stage": {"model": "simulated XY stage", "step_um": grid.step_um,
                   "origin_um": list(grid.origin_um)},
         "primary": physics.spectrographs["primary"].profile.as_settings(),
-        "secondary": physics.spectrographs["secondary"].profile.as_settings(),
+        "secondary": physics.spectrographs[secondary].profile.as_settings(),
         "simulation": {
             "seed": seed, "day": spec.day, "region": spec.name,
-            "spot_diameter_um": SPOT_DIAMETER_UM,
+            "spot_diameter_um": SPOT_DIAMETER_UM, "secondary_profile": secondary,
         },
     }
 
@@ -92,6 +118,7 @@ def simulate_lines(
 ) -> Iterator[RasterLine]:
     """Shoot a raster line by line and yield each as a RasterLine in storage order."""
     jitter_rng = np.random.default_rng([physics.seed, 5, physics.day, start_line])
+    secondary = secondary_profile_of(physics)
     for iy in range(start_line, grid.ny):
         cols = grid.columns_in_shot_order(iy)
         x_set = grid.x_um[cols]
@@ -99,11 +126,12 @@ def simulate_lines(
         x_meas = x_set + STAGE_JITTER_UM * jitter_rng.standard_normal(grid.nx)
         y_meas = y_set + STAGE_JITTER_UM * jitter_rng.standard_normal(grid.nx)
         block = physics.shoot(x_meas, y_meas)
-        yield _to_line(iy, cols, block, x_set, y_set, truth)
+        yield _to_line(iy, cols, block, x_set, y_set, truth, secondary)
 
 
 def _to_line(
-    iy: int, cols: np.ndarray, block: ShotBlock, x_set: np.ndarray, y_set: np.ndarray, truth: bool
+    iy: int, cols: np.ndarray, block: ShotBlock, x_set: np.ndarray, y_set: np.ndarray,
+    truth: bool, secondary: str = DEFAULT_SECONDARY,
 ) -> RasterLine:
     order = np.argsort(cols)  # shot order -> storage column order
 
@@ -123,7 +151,7 @@ def _to_line(
         y_measured_um=block.y_um[order],
         shot_id=block.shot_id[order],
         primary=system("primary"),
-        secondary=system("secondary"),
+        secondary=system(secondary),
         truth=LineTruth(block.truth.mineral[order], block.truth.composition_wt_pct[order])
         if truth
         else None,
@@ -140,9 +168,10 @@ def simulate_map(
     compression: str | None = "lz4",
     overwrite: bool = True,
     progress: ProgressCallback | None = None,
+    secondary: str = DEFAULT_SECONDARY,
 ) -> Path:
-    """Write one simulated map file, line by line."""
-    physics = BenchPhysics(seed=seed, day=spec.day, run=_run_id(spec.name))
+    """Write one simulated map file, line by line; `secondary` names the secondary's profile."""
+    physics = make_physics(seed, spec.day, _run_id(spec.name), secondary)
     grid = RasterGrid(spec.ny, spec.nx, step_um, origin_um=REGION_ORIGINS_UM[spec.name])
     settings = bench_settings(physics, grid, spec, seed)
     with MapWriter.create(
@@ -150,7 +179,7 @@ def simulate_map(
         ny=grid.ny,
         nx=grid.nx,
         primary_wavelength_nm=physics.wavelength_nm("primary"),
-        secondary_wavelength_nm=physics.wavelength_nm("secondary"),
+        secondary_wavelength_nm=physics.wavelength_nm(secondary),
         x_um=grid.x_um,
         y_um=grid.y_um,
         sample=f"simulated granitic pegmatite (seed {seed}), {spec.name} region",
@@ -181,10 +210,16 @@ def simulate_dataset(
     truth: bool = False,
     compression: str | None = "lz4",
     progress: ProgressCallback | None = None,
+    secondary: str = DEFAULT_SECONDARY,
 ) -> dict[str, Path]:
-    """Write train.h5, val.h5 and test.h5 of a preset into out_dir; return their paths."""
+    """Write train.h5, val.h5 and test.h5 of a preset into out_dir; return their paths.
+
+    `secondary` names the instrument profile of the secondary system ("secondary",
+    "broadband_ccd" or a TOML path); the primary is always the "primary" profile.
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    make_physics(seed, 0, 0, secondary)  # fail before writing anything on a bad profile
     spec = PRESETS[preset]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -200,7 +235,7 @@ def simulate_dataset(
     for m in spec.maps:
         paths[m.name] = simulate_map(
             out / f"{m.name}.h5", m, step_um=spec.step_um, seed=seed, truth=truth,
-            compression=compression, progress=count,
+            compression=compression, progress=count, secondary=secondary,
         )
         log.info("wrote %s (%d x %d spots, day %d)", paths[m.name], m.ny, m.nx, m.day)
     return paths

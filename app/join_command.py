@@ -1,0 +1,91 @@
+"""`plumelink join`: a new secondary system joins an existing model package.
+
+Wired into the `plumelink` parser by `register(subparsers)`; the handler is a thin call into
+`plumelink.models.join.join_secondary`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def format_join_report(system: str, metrics: dict) -> str:
+    """The new system's validation RSE next to the reference and the other systems."""
+    rows = [(f"{system} (VAE + new latent MLP)", metrics["validation_rse"]["vae_mlp"]),
+            ("mean spectrum", metrics["validation_rse"]["mean"]),
+            ("primary-only reference (VAE reconstruction)", metrics["vae_reconstruction_rse"])]
+    rows += [(f"{other} (as trained)", value)
+             for other, value in sorted(metrics.get("other_systems_validation_rse", {}).items())]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{'model':<{width}}  validation RSE"]
+    lines += [f"{name:<{width}}  {value:.4f}" for name, value in rows]
+    return "\n".join(lines)
+
+
+def _join(args: argparse.Namespace) -> int:
+    from plumelink.models.join import join_secondary
+
+    bar: tqdm | None = None
+
+    def progress(stage: str, epoch: int, n_epochs: int, train_loss: float | None,
+                 val_loss: float | None) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=n_epochs, desc=f"join {stage}", unit="epoch",
+                       disable=args.quiet, file=sys.stderr)
+        if train_loss is not None and val_loss is not None:
+            bar.set_postfix({"train": f"{train_loss:.4g}", "val": f"{val_loss:.4g}"},
+                            refresh=False)
+        bar.update(epoch - bar.n)
+
+    try:
+        metrics = join_secondary(args.model, args.system, args.train, args.val,
+                                 epochs=args.epochs, seed=args.seed, progress=progress,
+                                 replace=args.replace)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(format_join_report(args.system, metrics))
+    print(f"secondary system {args.system!r} joined the model package {args.model}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `join` command to the `plumelink` sub-command parsers."""
+    jo = subparsers.add_parser(
+        "join",
+        help="add a new secondary system to a model package (trains only its latent MLP)",
+        description="Train a latent MLP from a new secondary system's spectra into the "
+        "latent space of an existing model package's VAE (the shared latent space of "
+        "Vrábel et al., JAAS 2023) and add it to the package. The maps pair the package's "
+        "primary spectrometer with the new system; the VAE and the other systems' files "
+        "stay untouched.",
+    )
+    jo.add_argument("--model", type=Path, required=True, metavar="MODEL_DIR",
+                    help="model package folder")
+    jo.add_argument("--system", required=True, metavar="NAME",
+                    help="name of the new secondary system in the package")
+    jo.add_argument("--train", type=Path, required=True, metavar="T.h5",
+                    help="training map (primary + the new system)")
+    jo.add_argument("--val", type=Path, required=True, metavar="V.h5", help="validation map")
+    jo.add_argument("--epochs", type=_positive_int, default=100, metavar="N",
+                    help="cap of the latent MLP's epochs (default 100, early stopping)")
+    jo.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed")
+    jo.add_argument("--replace", action="store_true",
+                    help="retrain a system the package already has")
+    jo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    jo.set_defaults(func=_join)
