@@ -1,23 +1,32 @@
 """One training loop for every network: mini-batches, Adam, early stopping, progress.
 
-Data come from a `BatchSource`, so the same loop trains from arrays in memory or from
-blocks streamed out of map files. Deterministic for a seed on one device.
+Data come from a `BatchSource`, so the same loop trains from arrays in memory (`ArraySource`)
+or from blocks streamed out of map files (`plumelink.models.streaming.MapPairSource`).
+Deterministic for a seed on one device. Optional: a device (CPU or GPU), data parallel
+(DistributedDataParallel when a process group is initialised, see `distributed`), and
+checkpoints after every epoch (`checkpoint.Checkpointer`) from which `fit` resumes exactly.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-from .networks import VAE, kl_divergence
+from . import distributed
+from .checkpoint import (
+    Checkpointer,
+    generator_state,
+    load_optimiser,
+    set_generator_state,
+)
+from .networks import VAE, ComposedTransfer, kl_divergence
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +39,7 @@ class FitConfig:
     weight_decay: float = 1e-5  # L2 on the weights
     patience: int = 10  # epochs without validation improvement before stopping
     seed: int = 0
+    max_batches: int | None = None  # cap of training batches per epoch (measurements)
 
 
 @dataclass
@@ -48,28 +58,71 @@ class BatchSource(Protocol):
     n_samples: int
 
     def batches(self, batch_size: int, rng: np.random.Generator | None) -> Iterator[tuple]:
-        """Tuples of float32 tensors; shuffled when rng is given."""
+        """Tuples of float32 tensors; shuffled (and this rank's shard) when rng is given.
+
+        With several ranks every rank gets the same rng state and must consume it the same
+        way, and every rank must yield the same number of batches (DDP steps in lockstep).
+        """
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """Training batches per epoch on this rank (for schedules)."""
 
 
 class ArraySource:
-    """Batches from arrays held in memory (inputs, targets...), all with the same length."""
+    """Batches from arrays held in memory (inputs, targets...), all with the same length.
 
-    def __init__(self, *arrays: np.ndarray):
+    With world_size > 1 each epoch's permutation (the same on every rank) is dealt out
+    round-robin, rank r taking positions r, r + world_size, ...; every rank gets
+    n_samples // world_size samples (at most world_size - 1 dropped per epoch).
+    """
+
+    def __init__(self, *arrays: np.ndarray, rank: int = 0, world_size: int = 1):
         n = {len(a) for a in arrays}
         if len(n) != 1:
             raise ValueError(f"arrays differ in length: {[len(a) for a in arrays]}")
         self.tensors = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
                         for a in arrays]
         self.n_samples = n.pop()
+        self.rank, self.world_size = int(rank), int(world_size)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return math.ceil(self.n_samples // self.world_size / batch_size)
 
     def batches(self, batch_size: int, rng: np.random.Generator | None) -> Iterator[tuple]:
         order = rng.permutation(self.n_samples) if rng is not None else None
-        for start in range(0, self.n_samples, batch_size):
+        if order is not None and self.world_size > 1:
+            per_rank = self.n_samples // self.world_size
+            order = order[self.rank :: self.world_size][:per_rank]
+        n = self.n_samples if order is None else order.size
+        for start in range(0, n, batch_size):
             if order is None:
                 yield tuple(t[start : start + batch_size] for t in self.tensors)
             else:
                 idx = torch.from_numpy(order[start : start + batch_size])
                 yield tuple(t[idx] for t in self.tensors)
+
+
+class MappedSource:
+    """A source whose batches are moved to `device` and passed through fn (e.g. targets
+    computed by a frozen network: the latent MLP learns the VAE's latent mean)."""
+
+    def __init__(self, source: BatchSource, fn: Callable[[tuple], tuple],
+                 device: torch.device | str = "cpu"):
+        self.source, self.fn, self.device = source, fn, torch.device(device)
+        self.n_samples = source.n_samples
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return self.source.steps_per_epoch(batch_size)
+
+    def batches(self, batch_size: int, rng: np.random.Generator | None) -> Iterator[tuple]:
+        for batch in self.source.batches(batch_size, rng):
+            with torch.no_grad():  # never yield inside: grad mode is global to the thread
+                out = self.fn(_to(batch, self.device))
+            yield out
+
+
+def _to(batch: tuple, device: torch.device) -> tuple:
+    return tuple(t.to(device, non_blocking=True) for t in batch)
 
 
 # loss(model, batch, step) -> (training loss, validation criterion) as tensors
@@ -89,7 +142,7 @@ def vae_loss(total_steps: int) -> LossFn:
     """MSE (summed over pixels) + annealed KL; validation criterion: reconstruction MSE."""
 
     def loss(model: nn.Module, batch: tuple, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        assert isinstance(model, VAE)
+        assert isinstance(getattr(model, "module", model), VAE)
         (x,) = batch
         recon, mean, log_var = model(x)
         sq = (recon - x).pow(2).sum(dim=1)
@@ -106,6 +159,21 @@ def mse_loss(model: nn.Module, batch: tuple, step: int) -> tuple[torch.Tensor, t
     return err, err
 
 
+def make_adam(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Adam:
+    """Adam, fused (one kernel for every parameter) where torch offers it: measured 25x
+    faster than the per-parameter loop for the VAE's 9.4 M weights on the CPU, where the
+    loop took longer than the forward and backward passes together."""
+    try:
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay,
+                                fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def fit(
     model: nn.Module,
     loss_fn: LossFn,
@@ -114,44 +182,91 @@ def fit(
     config: FitConfig = FitConfig(),
     on_epoch: EpochCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    *,
+    device: torch.device | str | None = None,
+    checkpoint: Checkpointer | None = None,
+    stage: str | None = None,
 ) -> FitHistory:
-    """Train with Adam; keep the weights of the best validation epoch."""
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    optimiser = torch.optim.Adam(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
+    """Train with Adam; keep the weights of the best validation epoch.
+
+    device: where the model and batches go (default CPU). When a torch.distributed process
+    group is initialised, the model trains wrapped in DistributedDataParallel (the sources
+    shard the training data by rank). checkpoint + stage: after every epoch the state
+    (weights, Adam moments, best weights, history, torch and numpy RNG states) is saved, and
+    a checkpoint of this stage found at the start is resumed: the result is that of an
+    uninterrupted run. The checkpoint is saved before on_epoch is called.
+    """
+    device = torch.device(device or "cpu")
+    info = distributed.current()
+    model.to(device)
+    torch.manual_seed(config.seed + info.rank)  # the VAE's sampling noise differs by rank
+    rng = np.random.default_rng(config.seed)  # the same on every rank: shared shuffling
+    optimiser = make_adam(model, config.learning_rate, config.weight_decay)
     history = FitHistory()
     best = math.inf
-    best_state = copy.deepcopy(model.state_dict())
-    step = 0
-    for epoch in range(config.epochs):
-        model.train()
+    best_state = _clone_state(model)
+    step, first_epoch, stop = 0, 0, False
+    resumed = checkpoint.epoch_state(stage) if checkpoint is not None and stage else None
+    if resumed is not None:
+        record, tensors = resumed
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        best_state = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}
+        load_optimiser(optimiser, tensors, record["param_groups"])
+        torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+        set_generator_state(rng, record["rng"])
+        history = FitHistory(**record["history"])
+        best, step = float(record["best"]), int(record["step"])
+        first_epoch, stop = int(record["epoch"]) + 1, bool(record["stop"])
+        log.info("%s: resuming after epoch %d", stage, first_epoch)
+    net: nn.Module = model
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None,
+            # the composed model's encoder takes no part in its forward pass
+            find_unused_parameters=isinstance(model, ComposedTransfer))
+    for epoch in range(first_epoch, config.epochs):
+        if stop:
+            break
+        net.train()
         total, count = 0.0, 0
-        for batch in train.batches(config.batch_size, rng):
-            loss, _ = loss_fn(model, batch, step)
+        for i, batch in enumerate(train.batches(config.batch_size, rng)):
+            if config.max_batches is not None and i >= config.max_batches:
+                break
+            batch = _to(batch, device)
+            loss, _ = loss_fn(net, batch, step)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             step += 1
             total += float(loss.detach()) * len(batch[0])
             count += len(batch[0])
-        val_loss = evaluate(model, loss_fn, val, config.batch_size * 8, step)
+        total, count = distributed.all_reduce_sum([total, float(count)], info, device)
+        val_loss = evaluate(model, loss_fn, val, config.batch_size * 8, step, device=device)
         history.train_loss.append(total / max(count, 1))
         history.val_loss.append(val_loss)
-        if not (math.isfinite(val_loss) and math.isfinite(history.train_loss[-1])):
+        diverged = not (math.isfinite(val_loss) and math.isfinite(history.train_loss[-1]))
+        if not diverged and val_loss < best:
+            best, history.best_epoch = val_loss, epoch
+            best_state = _clone_state(model)
+        stop = diverged or epoch - history.best_epoch >= config.patience
+        history.stopped_early = history.stopped_early or stop
+        if checkpoint is not None and stage:
+            checkpoint.save_epoch(stage, {
+                "epoch": epoch, "step": step, "best": best, "stop": stop,
+                "history": history.as_dict(), "rng": generator_state(rng),
+                "config": asdict(config)}, model, best_state, optimiser)
+        if diverged:
             log.warning("epoch %d: loss is not finite (diverged); keeping epoch %d",
                         epoch, history.best_epoch)
-            history.stopped_early = True
             break
-        if val_loss < best:
-            best, history.best_epoch = val_loss, epoch
-            best_state = copy.deepcopy(model.state_dict())
         log.info("epoch %d: train %.5g, validation %.5g", epoch, history.train_loss[-1], val_loss)
         if on_epoch is not None:
             on_epoch(epoch, history.train_loss[-1], val_loss)
-        if epoch - history.best_epoch >= config.patience:
-            history.stopped_early = True
+        if stop:
             break
         if should_stop is not None and should_stop():
             history.stopped_early = True
@@ -163,11 +278,13 @@ def fit(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loss_fn: LossFn, source: BatchSource, batch_size: int,
-             step: int = 0) -> float:
+             step: int = 0, *, device: torch.device | str | None = None) -> float:
     """Mean validation criterion over a source, in evaluation mode."""
     model.eval()
+    device = torch.device(device or "cpu")
     total, count = 0.0, 0
     for batch in source.batches(batch_size, None):
+        batch = _to(batch, device)
         _, crit = loss_fn(model, batch, step)
         total += float(crit) * len(batch[0])
         count += len(batch[0])
@@ -176,11 +293,12 @@ def evaluate(model: nn.Module, loss_fn: LossFn, source: BatchSource, batch_size:
 
 @torch.no_grad()
 def predict(model: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray,
-            batch_size: int = 4096) -> np.ndarray:
-    """Apply a network to an array in batches; float32 result."""
+            batch_size: int = 4096, device: torch.device | str | None = None) -> np.ndarray:
+    """Apply a network (on `device`, default CPU) to an array in batches; float32 result."""
+    device = torch.device(device or "cpu")
     out = []
     for start in range(0, len(x), batch_size):
         xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size],
-                                                   dtype=np.float32))
-        out.append(model(xb).numpy())
+                                                   dtype=np.float32)).to(device)
+        out.append(model(xb).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0,), dtype=np.float32)

@@ -15,7 +15,27 @@
 7. validation RSE of every model on unscaled, baseline-corrected primary spectra;
 8. `save_package` with fingerprint, histories, metrics and preprocessing parameters.
 
-Deterministic for a seed on one device (every network is initialised after seeding).
+Data at scale. Maps of at most MAX_IN_MEMORY_SPOTS spots are read whole into memory (fastest
+for the small presets). Larger maps (or ``stream=True``) are streamed: the scalers are fitted
+in one streaming pass over the training map, and every network sees every training pair each
+epoch through `streaming.MapPairSource` (blocks of raster lines, shuffle buffer, memory
+bounded by block and buffer sizes). What needs arrays in memory uses random subsamples drawn
+with the seed, recorded in the manifest (metrics["data"]): the baselines (PLS, KNN, PDS, mean)
+are fitted on at most ``baseline_pairs`` training pairs (2,000 without baselines: then only
+the mean-spectrum score uses them), and the validation loss, the
+validation RSEs and the baselines' hyperparameter choice use at most ``val_pairs`` validation
+pairs.
+
+Devices and processes: ``device`` "auto" trains on the GPU when CUDA is available; torch uses
+every core this process may use (divided among the local ranks). Under torchrun (WORLD_SIZE >
+1) the networks train data parallel (`distributed`); rank 0 writes checkpoints and the package.
+
+Checkpoints: after every epoch the state of the stage in progress goes to
+``OUT/checkpoints/`` (`checkpoint` describes the layout); ``resume=True`` continues an
+interrupted run and gives the result of an uninterrupted one.
+
+Deterministic for a seed on one device (every network is initialised after seeding, numpy
+Generators for every random choice, torch deterministic algorithms during training).
 """
 
 from __future__ import annotations
@@ -25,6 +45,7 @@ import hashlib
 import logging
 import math
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,11 +53,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from plumelink.models import distributed
 from plumelink.models.baselines import KNNModel, MeanPredictor, PDSModel, PLSModel, select
+from plumelink.models.checkpoint import Checkpointer
 from plumelink.models.fit import (
     ArraySource,
+    BatchSource,
     FitConfig,
+    FitHistory,
+    MappedSource,
     fit,
     mse_loss,
     predict,
@@ -45,7 +72,18 @@ from plumelink.models.fit import (
 from plumelink.models.metrics import rse
 from plumelink.models.networks import VAE, ComposedTransfer, LatentMLP, OneStepMLP
 from plumelink.models.package import save_package
-from plumelink.pipeline.pairs import PairedSpectra, check_axes, load_pairs, preprocess_pairs
+from plumelink.models.streaming import MapPairSource
+from plumelink.pipeline.map_reader import MapReader
+from plumelink.pipeline.pairs import (
+    MAX_IN_MEMORY_SPOTS,
+    PairedSpectra,
+    check_axes,
+    iter_pair_blocks,
+    load_pairs,
+    pair_counts,
+    pair_line_runs,
+    preprocess_pairs,
+)
 from plumelink.pipeline.preprocess import MIN_WINDOW, SMOOTH_WINDOW, SpectralScaler
 
 log = logging.getLogger(__name__)
@@ -54,6 +92,7 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[[str, int, int, float | None, float | None], None]
 
 STAGES = ("vae", "latent_mlp", "fine_tune", "one_step_mlp", "baselines")
+CHECKPOINTS = "checkpoints"
 
 
 @dataclass(frozen=True)
@@ -82,12 +121,27 @@ class TrainOptions:
     threads: int | None = None  # torch threads; None: the cores this process may use
     hash_inputs: bool = True  # sha256 of the input maps (else size + mtime only)
     overwrite: bool = False
+    device: str = "auto"  # auto (GPU when available), cpu or cuda
+    stream: bool | None = None  # None: stream maps of more than MAX_IN_MEMORY_SPOTS spots
+    block_spots: int = 2048  # spots per streamed block (whole raster lines)
+    shuffle_spots: int = 8192  # shuffle buffer of the streamed training data
+    baseline_pairs: int = 20_000  # streaming: training pairs the baselines are fitted on
+    val_pairs: int = 10_000  # streaming: validation pairs held in memory
+    max_batches: int | None = None  # cap of training batches per epoch (measurements)
+    deterministic: bool = True  # torch.use_deterministic_algorithms while training
+    keep_checkpoints: bool = False  # keep OUT/checkpoints after the package is written
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "patience", "fine_tune_epochs"):
+        for name in ("epochs", "batch_size", "patience", "fine_tune_epochs", "block_spots",
+                     "shuffle_spots", "baseline_pairs", "val_pairs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainOptions.{name} must be an integer >= 1, got {value!r}")
+        if self.max_batches is not None and (
+                isinstance(self.max_batches, bool) or not isinstance(self.max_batches, int)
+                or self.max_batches < 1):
+            raise ValueError(f"TrainOptions.max_batches must be None or an integer >= 1, got "
+                             f"{self.max_batches!r}")
         for name in ("learning_rate", "fine_tune_learning_rate"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -96,6 +150,9 @@ class TrainOptions:
             values = tuple(getattr(self, name))
             if not values or any(int(v) < 1 for v in values):
                 raise ValueError(f"TrainOptions.{name} must be integers >= 1, got {values!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"TrainOptions.device must be auto, cpu or cuda, got "
+                             f"{self.device!r}")
         SpectralScaler(self.scaler_mode, self.scaler_spread)  # type: ignore[arg-type]
 
     def capped(self, epochs: int) -> TrainOptions:
@@ -111,16 +168,17 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _file_fingerprint(path: Path, pairs: PairedSpectra, with_hash: bool) -> dict[str, Any]:
+def _file_fingerprint(path: Path, shape: tuple[int, int], n_pairs: int,
+                      with_hash: bool) -> dict[str, Any]:
     stat = path.stat()
     entry: dict[str, Any] = {
         "file": path.name,
         "path": str(path.resolve()),
         "size": stat.st_size,
         "mtime": stat.st_mtime,
-        "map_shape": list(pairs.shape),
-        "n_spots": int(pairs.shape[0] * pairs.shape[1]),
-        "n_pairs": pairs.n,
+        "map_shape": list(shape),
+        "n_spots": int(shape[0] * shape[1]),
+        "n_pairs": int(n_pairs),
     }
     if with_hash:
         digest = hashlib.sha256()
@@ -136,6 +194,70 @@ def _load(path: Path, what: str) -> PairedSpectra:
     if pairs.n == 0:
         raise ValueError(f"{what} map {path} has no spot valid in both systems")
     return pairs
+
+
+def _subset(pairs: PairedSpectra, rows: np.ndarray) -> PairedSpectra:
+    return replace(pairs, primary=pairs.primary[rows], secondary=pairs.secondary[rows],
+                   index=pairs.index[rows],
+                   mineral=None if pairs.mineral is None else pairs.mineral[rows])
+
+
+def _concat(parts: list[PairedSpectra]) -> PairedSpectra:
+    first = parts[0]
+    return replace(
+        first,
+        primary=np.concatenate([p.primary for p in parts]),
+        secondary=np.concatenate([p.secondary for p in parts]),
+        index=np.concatenate([p.index for p in parts]),
+        mineral=None if first.mineral is None else np.concatenate([p.mineral for p in parts]),
+    )
+
+
+@dataclass
+class _Scan:
+    sample: PairedSpectra  # baseline-corrected, unscaled subsample in storage order
+    n_pairs: int
+    shape: tuple[int, int]
+    scalers: dict[str, SpectralScaler] | None
+
+
+def _scan(path: Path, what: str, keep: int, seed: int, block_spots: int,
+          scaler_args: tuple[str, str] | None) -> _Scan:
+    """One streaming pass: optional scaler fit on every pair, a random subsample kept."""
+    counts = pair_counts(path, pair_line_runs(path, block_spots))
+    n = int(counts.sum())
+    if n == 0:
+        raise ValueError(f"{what} map {path} has no spot valid in both systems")
+    chosen = None
+    if n > keep:
+        chosen = np.sort(np.random.default_rng(seed).choice(n, size=keep, replace=False))
+    scalers = None
+    if scaler_args is not None:
+        scalers = {name: SpectralScaler(*scaler_args)  # type: ignore[arg-type]
+                   for name in ("primary", "secondary")}
+    parts: list[PairedSpectra] = []
+    offset = 0
+    for block in iter_pair_blocks(path, block_spots):
+        block = preprocess_pairs(block)
+        if scalers is not None:
+            scalers["primary"].partial_fit(block.primary)
+            scalers["secondary"].partial_fit(block.secondary)
+        if chosen is None:
+            parts.append(block)
+        else:
+            lo, hi = np.searchsorted(chosen, [offset, offset + block.n])
+            if hi > lo:
+                parts.append(_subset(block, chosen[lo:hi] - offset))
+        offset += block.n
+    with MapReader(path) as reader:
+        shape = reader.shape
+    return _Scan(_concat(parts), n, shape, scalers)
+
+
+def _map_spots(path: Path) -> int:
+    with MapReader(path) as reader:
+        ny, nx = reader.shape
+    return ny * nx
 
 
 class _Reporter:
@@ -161,7 +283,33 @@ class _Reporter:
 def _config(options: TrainOptions, epochs: int, lr: float, offset: int) -> FitConfig:
     return FitConfig(epochs=epochs, batch_size=options.batch_size, learning_rate=lr,
                      weight_decay=options.weight_decay, patience=options.patience,
-                     seed=options.seed + offset)
+                     seed=options.seed + offset, max_batches=options.max_batches)
+
+
+def _checkpoint_fingerprint(train_path: Path, val_path: Path, options: TrainOptions,
+                            world_size: int) -> dict[str, Any]:
+    record = asdict(options)
+    for volatile in ("overwrite", "threads", "hash_inputs", "device", "keep_checkpoints"):
+        record.pop(volatile)
+    files = {}
+    for name, path in (("train", train_path), ("val", val_path)):
+        stat = path.stat()
+        files[name] = {"path": str(path.resolve()), "size": stat.st_size,
+                       "mtime": stat.st_mtime}
+    return {"options": record, "files": files, "world_size": world_size}
+
+
+def weights_digest(modules: dict[str, nn.Module | None]) -> str:
+    """sha256 of every tensor of the named modules (names and bytes, in sorted order)."""
+    digest = hashlib.sha256()
+    for name in sorted(modules):
+        module = modules[name]
+        if module is None:
+            continue
+        for key, value in sorted(module.state_dict().items()):
+            digest.update(f"{name}.{key}".encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def train_transfer(
@@ -170,48 +318,132 @@ def train_transfer(
     out_dir: str | os.PathLike[str],
     options: TrainOptions | None = None,
     progress: ProgressCallback | None = None,
+    *,
+    resume: bool = False,
 ) -> Path:
     """Train the VAE + latent MLP transfer (and baselines) and write a model package.
 
     Returns the package folder (what `load_package` takes). The validation RSE of every
-    model is in the manifest under metrics["validation_rse"].
+    model is in the manifest under metrics["validation_rse"]. resume: continue from
+    OUT/checkpoints (same options and input files required). Under torchrun (WORLD_SIZE > 1)
+    this joins the process group and trains data parallel; only rank 0 writes.
     """
     options = options or TrainOptions()
     train_path, val_path, out = Path(train_path), Path(val_path), Path(out_dir)
     if (out / "manifest.json").exists() and not options.overwrite:
         raise FileExistsError(f"{out} already holds a model package")
-    threads = options.threads or available_cores()
+    if options.device.startswith("cuda"):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    started_group = distributed.env_world_size() > 1 and not distributed.current().enabled
+    info = distributed.init_from_env(distributed.resolve_device(options.device))
+    device = distributed.resolve_device(options.device, info)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    threads = options.threads or max(1, available_cores() // local_ranks)
     previous_threads = torch.get_num_threads()
+    previous_det = torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(threads)
-    try:  # leave the caller's torch RNG state and thread count as they were
-        with torch.random.fork_rng(devices=[]):
-            _train(train_path, val_path, out, options, threads, _Reporter(progress))
+    try:  # leave the caller's torch RNG state, thread count and flags as they were
+        if options.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            _train(train_path, val_path, out, options, threads, _Reporter(progress),
+                   device, info, resume)
     finally:
+        torch.use_deterministic_algorithms(previous_det)
         torch.set_num_threads(previous_threads)
+        if started_group:
+            distributed.shutdown()
     return out
 
 
+def _stage(ck: Checkpointer, name: str, modules: dict[str, nn.Module],
+           run: Callable[[], dict[str, Any]], device: torch.device) -> dict[str, Any]:
+    """Run a stage (returns its JSON record) or, when the checkpoint has it, load it."""
+    if ck.stage_done(name):
+        record = ck.load_stage(name, modules)
+        for module in modules.values():
+            module.to(device).eval()
+        log.info("%s: loaded from the checkpoint", name)
+        return record
+    record = run()
+    ck.save_stage(name, modules, record)
+    return record
+
+
 def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, threads: int,
-           report: _Reporter) -> None:
-
-    train, val = _load(train_path, "training"), _load(val_path, "validation")
-    check_axes(val, train.primary_wavelength_nm, train.secondary_wavelength_nm)
-    log.info("pairs: %d training, %d validation; %d primary and %d secondary pixels",
-             train.n, val.n, train.primary.shape[1], train.secondary.shape[1])
-
+           report: _Reporter, device: torch.device, info: distributed.DistInfo,
+           resume: bool) -> None:
     mode, spread = options.scaler_mode, options.scaler_spread
-    p_scaler = SpectralScaler(mode, spread).fit(train.primary)  # type: ignore[arg-type]
-    s_scaler = SpectralScaler(mode, spread).fit(train.secondary)  # type: ignore[arg-type]
+    stream = options.stream
+    if stream is None:
+        stream = max(_map_spots(train_path), _map_spots(val_path)) > MAX_IN_MEMORY_SPOTS
+    data: dict[str, Any] = {"mode": "stream" if stream else "memory"}
+    if stream:
+        # without baselines the training subsample only feeds the mean-spectrum score
+        keep = options.baseline_pairs if options.baselines else min(options.baseline_pairs, 2000)
+        tr_scan = _scan(train_path, "training", keep, options.seed + 101,
+                        options.block_spots, (mode, spread))
+        va_scan = _scan(val_path, "validation", options.val_pairs, options.seed + 102,
+                        options.block_spots, (mode, spread) if mode == "per-map" else None)
+        assert tr_scan.scalers is not None
+        train, val = tr_scan.sample, va_scan.sample
+        p_scaler, s_scaler = tr_scan.scalers["primary"], tr_scan.scalers["secondary"]
+        n_train, n_val = tr_scan.n_pairs, va_scan.n_pairs
+        shapes = (tr_scan.shape, va_scan.shape)
+        data.update({
+            "train_pairs": n_train, "val_pairs": n_val,
+            "baseline_fit_pairs": train.n, "validation_subsample_pairs": val.n,
+            "subsample": "uniform without replacement, numpy default_rng(seed + 101) for "
+            "training and (seed + 102) for validation pairs, storage order kept",
+            "block_spots": options.block_spots, "shuffle_spots": options.shuffle_spots})
+    else:
+        train, val = _load(train_path, "training"), _load(val_path, "validation")
+        p_scaler = SpectralScaler(mode, spread).fit(train.primary)  # type: ignore[arg-type]
+        s_scaler = SpectralScaler(mode, spread).fit(train.secondary)  # type: ignore[arg-type]
+        n_train, n_val = train.n, val.n
+        shapes = (train.shape, val.shape)
+        data.update({"train_pairs": n_train, "val_pairs": n_val})
+    check_axes(val, train.primary_wavelength_nm, train.secondary_wavelength_nm)
+    log.info("pairs: %d training, %d validation (%s); %d primary and %d secondary pixels",
+             n_train, n_val, data["mode"], train.primary.shape[1], train.secondary.shape[1])
+
     if mode == "per-map":  # the paper's: the validation map scaled by its own statistics
-        p_val_scaler = SpectralScaler(mode, spread).fit(val.primary)  # type: ignore[arg-type]
-        s_val_scaler = SpectralScaler(mode, spread).fit(val.secondary)  # type: ignore[arg-type]
+        if stream:
+            assert va_scan.scalers is not None
+            p_val_scaler = va_scan.scalers["primary"]
+            s_val_scaler = va_scan.scalers["secondary"]
+        else:
+            p_val_scaler = SpectralScaler(mode, spread).fit(val.primary)  # type: ignore[arg-type]
+            s_val_scaler = SpectralScaler(mode, spread).fit(val.secondary)  # type: ignore[arg-type]
     else:
         p_val_scaler, s_val_scaler = p_scaler, s_scaler
-    p_tr = p_scaler.transform(train.primary).astype(np.float32)
+    p_tr = p_scaler.transform(train.primary).astype(np.float32)  # the baselines' subsample
     s_tr = s_scaler.transform(train.secondary).astype(np.float32)
     p_va = p_val_scaler.transform(val.primary).astype(np.float32)
     s_va = s_val_scaler.transform(val.secondary).astype(np.float32)
     truth = val.primary  # unscaled, baseline-corrected
+    # the unscaled training arrays are not needed any more (memory at scale)
+    train = replace(train, primary=train.primary[:0], secondary=train.secondary[:0],
+                    index=train.index[:0], mineral=None)
+    n_sub = len(p_tr)
+
+    rank, world = info.rank, info.world_size
+    stream_src: MapPairSource | None = None
+    if stream:
+        stream_src = MapPairSource(
+            train_path, {"primary": p_scaler, "secondary": s_scaler}, ("primary",),
+            block_spots=options.block_spots, shuffle_spots=options.shuffle_spots,
+            rank=rank, world_size=world)
+
+    def source(*names: str) -> BatchSource:
+        """Training pairs of these systems ("primary", "secondary"), scaled."""
+        if stream_src is not None:
+            return stream_src.with_fields(names)
+        arrays = {"primary": p_tr, "secondary": s_tr}
+        return ArraySource(*(arrays[n] for n in names), rank=rank, world_size=world)
 
     def val_rse(scaled_pred: np.ndarray) -> float:
         return rse(truth, p_val_scaler.inverse_transform(scaled_pred))
@@ -219,32 +451,57 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
     def score(y_true: np.ndarray, y_pred: np.ndarray) -> float:  # for select
         return rse(p_val_scaler.inverse_transform(y_true), p_val_scaler.inverse_transform(y_pred))
 
+    ck = Checkpointer(out / CHECKPOINTS,
+                      _checkpoint_fingerprint(train_path, val_path, options, world),
+                      resume=resume, writer=info.is_main)
     histories: dict[str, Any] = {}
     metrics: dict[str, Any] = {"validation_rse": {}}
     scores = metrics["validation_rse"]
     n_px1, n_px2 = p_tr.shape[1], s_tr.shape[1]
 
+    def run_fit(model: nn.Module, loss, train_src: BatchSource, val_src: BatchSource,
+                stage: str, epochs: int, lr: float, offset: int) -> FitHistory:
+        return fit(model, loss, train_src, val_src, _config(options, epochs, lr, offset),
+                   on_epoch=report.epochs(stage, epochs), device=device, checkpoint=ck,
+                   stage=stage)
+
     # -- VAE on primary spectra
-    steps_per_epoch = math.ceil(train.n / options.batch_size)
+    vae_src = source("primary")
+    steps_per_epoch = vae_src.steps_per_epoch(options.batch_size)
+    if options.max_batches is not None:
+        steps_per_epoch = min(steps_per_epoch, options.max_batches)
     torch.manual_seed(options.seed)
     vae = VAE(n_px1, options.vae_hidden, options.latent)
-    h = fit(vae, vae_loss(options.epochs * steps_per_epoch), ArraySource(p_tr),
-            ArraySource(p_va), _config(options, options.epochs, options.learning_rate, 0),
-            on_epoch=report.epochs("vae", options.epochs))
-    histories["vae"] = h.as_dict()
-    metrics["vae_reconstruction_rse"] = val_rse(predict(lambda x: vae(x)[0], p_va))
+
+    def run_vae() -> dict[str, Any]:
+        h = run_fit(vae, vae_loss(options.epochs * steps_per_epoch), vae_src,
+                    ArraySource(p_va), "vae", options.epochs, options.learning_rate, 0)
+        return {"history": h.as_dict()}
+
+    histories["vae"] = _stage(ck, "vae", {"vae": vae}, run_vae, device)["history"]
+    metrics["vae_reconstruction_rse"] = val_rse(predict(lambda x: vae(x)[0], p_va,
+                                                        device=device))
 
     # -- latent MLP: secondary -> latent mean
-    z_tr = predict(lambda x: vae.encode(x)[0], p_tr)
-    z_va = predict(lambda x: vae.encode(x)[0], p_va)
+    z_va = predict(lambda x: vae.encode(x)[0], p_va, device=device)
+    if stream:
+        mlp_src: BatchSource = MappedSource(
+            source("secondary", "primary"), lambda b: (b[0], vae.encode(b[1])[0]), device)
+    else:
+        mlp_src = ArraySource(s_tr, predict(lambda x: vae.encode(x)[0], p_tr, device=device),
+                              rank=rank, world_size=world)
     torch.manual_seed(options.seed + 1)
     mlp = LatentMLP(n_px2, options.mlp_hidden, options.latent)
-    h = fit(mlp, mse_loss, ArraySource(s_tr, z_tr), ArraySource(s_va, z_va),
-            _config(options, options.epochs, options.learning_rate, 1),
-            on_epoch=report.epochs("latent_mlp", options.epochs))
-    histories["latent_mlp"] = h.as_dict()
+
+    def run_mlp() -> dict[str, Any]:
+        h = run_fit(mlp, mse_loss, mlp_src, ArraySource(s_va, z_va), "latent_mlp",
+                    options.epochs, options.learning_rate, 1)
+        return {"history": h.as_dict()}
+
+    histories["latent_mlp"] = _stage(ck, "latent_mlp", {"mlp": mlp}, run_mlp,
+                                     device)["history"]
     composed = ComposedTransfer(mlp, vae).eval()
-    before = val_rse(predict(composed, s_va))
+    before = val_rse(predict(composed, s_va, device=device))
     metrics["vae_mlp_before_fine_tune"] = before
     scores["vae_mlp"] = before
 
@@ -252,20 +509,26 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
     metrics["fine_tuned"] = False
     if options.fine_tune:
         n_ft = min(options.fine_tune_epochs, options.epochs)
-        state = copy.deepcopy(composed.state_dict())
-        h = fit(composed, mse_loss, ArraySource(s_tr, p_tr), ArraySource(s_va, p_va),
-                _config(options, n_ft, options.fine_tune_learning_rate, 2),
-                on_epoch=report.epochs("fine_tune", n_ft))
-        histories["fine_tune"] = h.as_dict()
-        after = val_rse(predict(composed, s_va))
-        metrics["vae_mlp_after_fine_tune"] = after
-        if after < before:
-            scores["vae_mlp"] = after
+
+        def run_ft() -> dict[str, Any]:
+            state = copy.deepcopy(composed.state_dict())
+            h = run_fit(composed, mse_loss, source("secondary", "primary"),
+                        ArraySource(s_va, p_va), "fine_tune", n_ft,
+                        options.fine_tune_learning_rate, 2)
+            after = val_rse(predict(composed, s_va, device=device))
+            kept = after < before
+            if not kept:
+                log.info("fine-tuning did not improve the validation RSE (%.5g -> %.5g); "
+                         "keeping the weights before it", before, after)
+                composed.load_state_dict(state)
+            return {"history": h.as_dict(), "after": after, "kept": kept}
+
+        record = _stage(ck, "fine_tune", {"composed": composed}, run_ft, device)
+        histories["fine_tune"] = record["history"]
+        metrics["vae_mlp_after_fine_tune"] = record["after"]
+        if record["kept"]:
+            scores["vae_mlp"] = record["after"]
             metrics["fine_tuned"] = True
-        else:
-            log.info("fine-tuning did not improve the validation RSE (%.5g -> %.5g); "
-                     "keeping the weights before it", before, after)
-            composed.load_state_dict(state)
     composed.eval()
 
     # -- mean spectrum: always scored (the floor to beat), saved only with the baselines
@@ -278,17 +541,30 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
         torch.manual_seed(options.seed + 3)
         one_step = OneStepMLP(n_px2, n_px1, options.mlp_hidden, options.latent,
                               tuple(reversed(options.vae_hidden)))
-        h = fit(one_step, mse_loss, ArraySource(s_tr, p_tr), ArraySource(s_va, p_va),
-                _config(options, options.epochs, options.learning_rate, 3),
-                on_epoch=report.epochs("one_step_mlp", options.epochs))
-        histories["one_step_mlp"] = h.as_dict()
-        one_step.eval()
-        scores["one_step_mlp"] = val_rse(predict(one_step, s_va))
+        net = one_step
 
+        def run_one_step() -> dict[str, Any]:
+            h = run_fit(net, mse_loss, source("secondary", "primary"), ArraySource(s_va, p_va),
+                        "one_step_mlp", options.epochs, options.learning_rate, 3)
+            return {"history": h.as_dict()}
+
+        histories["one_step_mlp"] = _stage(ck, "one_step_mlp", {"one_step": one_step},
+                                           run_one_step, device)["history"]
+        one_step.eval()
+        scores["one_step_mlp"] = val_rse(predict(one_step, s_va, device=device))
+
+    digest = weights_digest({"vae": vae, "mlp": mlp, "one_step": one_step})
+    log.info("rank %d of %d: weights sha256 %s", rank, world, digest)
+    if info.enabled:
+        metrics["data_parallel"] = _compare_digests(digest, info, device)
+    if not info.is_main:
+        return  # rank 0 fits the baselines and writes the package
+
+    if options.baselines:
         selection: dict[str, Any] = {}
-        max_components = min(train.n - 1, n_px2)
+        max_components = min(n_sub - 1, n_px2)
         pls_cands = [int(c) for c in options.pls_candidates if int(c) <= max_components]
-        knn_cands = [int(k) for k in options.knn_candidates if int(k) <= train.n]
+        knn_cands = [int(k) for k in options.knn_candidates if int(k) <= n_sub]
         n_steps = 3
         report.step("baselines", 0, n_steps)
         if pls_cands:
@@ -318,8 +594,8 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
         log.info("validation RSE %s: %.5g", name, value)
 
     fingerprint = {
-        "train": _file_fingerprint(train_path, train, options.hash_inputs),
-        "val": _file_fingerprint(val_path, val, options.hash_inputs),
+        "train": _file_fingerprint(train_path, shapes[0], n_train, options.hash_inputs),
+        "val": _file_fingerprint(val_path, shapes[1], n_val, options.hash_inputs),
     }
     preprocessing = {
         "pairs": {"valid_only": True},
@@ -333,27 +609,49 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
             "smooth_std": SMOOTH_WINDOW / 6,
             "applied_to": ["primary", "secondary"],
         },
-        "scaler": {"mode": mode, "spread": spread, "fitted_on": "train"},
+        "scaler": {"mode": mode, "spread": spread, "fitted_on": "train",
+                   "fit": "streamed over every training pair" if stream else "in memory"},
     }
     options_record = asdict(options)
     options_record["threads"] = threads
-    metrics["n_train_pairs"], metrics["n_val_pairs"] = train.n, val.n
+    options_record["device"] = str(device)
+    metrics["n_train_pairs"], metrics["n_val_pairs"] = n_train, n_val
+    metrics["data"] = data
+    metrics["weights_sha256"] = digest
     metrics["options"] = options_record
     save_package(
         out,
-        vae=vae,
-        latent_mlps={options.system: mlp},
+        vae=vae.cpu(),
+        latent_mlps={options.system: mlp.cpu()},
         primary_wavelength_nm=train.primary_wavelength_nm,
         secondary_wavelength_nm={options.system: train.secondary_wavelength_nm},
         scalers={"primary": p_scaler, options.system: s_scaler},
         preprocessing=preprocessing,
         fingerprint=fingerprint,
         baselines={options.system: baselines} if baselines else None,
-        one_step={options.system: one_step} if one_step is not None else None,
+        one_step={options.system: one_step.cpu()} if one_step is not None else None,
         metrics=metrics,
         histories=histories,
         overwrite=options.overwrite,
     )
+    if not options.keep_checkpoints:
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+
+
+def _compare_digests(digest: str, info: distributed.DistInfo, device: torch.device
+                     ) -> dict[str, Any]:
+    """Every rank's weights digest, gathered (as integers, no pickling) and compared."""
+    import torch.distributed as dist
+
+    mine = torch.tensor(list(bytes.fromhex(digest)), dtype=torch.int64, device=device)
+    gathered = [torch.zeros_like(mine) for _ in range(info.world_size)]
+    dist.all_gather(gathered, mine)
+    digests = [bytes(t.cpu().tolist()).hex() for t in gathered]
+    same = len(set(digests)) == 1
+    if not same:
+        log.warning("ranks ended with different weights: %s", digests)
+    return {"world_size": info.world_size, "weights_sha256_by_rank": digests,
+            "ranks_identical": same}
 
 
 def format_rse_table(rse_by_model: dict[str, float]) -> str:
@@ -365,4 +663,4 @@ def format_rse_table(rse_by_model: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["STAGES", "TrainOptions", "format_rse_table", "train_transfer"]
+__all__ = ["STAGES", "TrainOptions", "format_rse_table", "train_transfer", "weights_digest"]

@@ -4,6 +4,11 @@ A pair is one spot that both systems recorded validly: its primary spectrum is t
 its secondary spectrum the input. Pairs are read from a map file line by line through
 MapReader: load_pairs for maps that fit in memory, iter_pair_blocks for training at scale
 (blocks of whole raster lines, never the whole map).
+
+Random access at scale (what streaming training uses): `pair_line_runs` cuts the done lines
+of a map into runs of whole raster lines (the store chunks one raster line per chunk, so a
+run is chunk-aligned), `pair_counts` says how many pairs each run holds (reading only the
+validity masks), and `read_pair_run` reads one run's pairs.
 """
 
 from __future__ import annotations
@@ -192,6 +197,49 @@ def iter_pair_blocks(
             pairs = _pairs_of_lines(reader, lines, valid_only)
             for i in range(0, pairs.n, block_spots):
                 yield _take(pairs, slice(i, i + block_spots))
+
+
+def pair_line_runs(
+    path: str | os.PathLike[str], block_spots: int = 8192, *, complete_lines_only: bool = False
+) -> list[tuple[int, int]]:
+    """(start, stop) raster-line ranges of at most max(1, block_spots // nx) done lines each.
+
+    Consecutive done lines only; every done line is in exactly one run, in storage order.
+    """
+    if isinstance(block_spots, bool) or int(block_spots) < 1:
+        raise ValueError(f"block_spots must be >= 1, got {block_spots}")
+    with MapReader(path) as reader:
+        nx = reader.shape[1]
+        rows = _done_lines(reader, complete_lines_only)
+    per = max(1, int(block_spots) // nx)
+    runs: list[tuple[int, int]] = []
+    i = 0
+    while i < rows.size:
+        j = i + 1
+        while j < rows.size and j - i < per and rows[j] == rows[j - 1] + 1:
+            j += 1
+        runs.append((int(rows[i]), int(rows[j - 1]) + 1))
+        i = j
+    return runs
+
+
+def pair_counts(path: str | os.PathLike[str], runs: list[tuple[int, int]]) -> np.ndarray:
+    """Number of pairs (spots valid in both systems) in each run, from the validity masks."""
+    with MapReader(path) as reader:
+        valid = np.ones(reader.shape, bool)
+        for name in L.SYSTEMS:
+            valid &= np.asarray(reader._ds(L.system_path(name), "valid")[()], dtype=bool)
+    per_line = valid.sum(axis=1)
+    return np.array([int(per_line[a:b].sum()) for a, b in runs], dtype=np.int64)
+
+
+def read_pair_run(reader: MapReader, start: int, stop: int, valid_only: bool = True
+                  ) -> PairedSpectra:
+    """The pairs of raster lines start..stop-1 of an open map, in storage order."""
+    if stop <= start:
+        return _empty(reader)
+    return _pairs_of_lines(reader, [reader.read_line(iy) for iy in range(start, stop)],
+                           valid_only)
 
 
 def _take(pairs: PairedSpectra, rows: slice) -> PairedSpectra:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from plumelink.app.cli import main
+from plumelink.app.cli import build_parser, main
 from plumelink.models.package import load_package
 from plumelink.pipeline.simulate import simulate_dataset
 
@@ -22,7 +22,8 @@ def test_train_command_prints_the_table_and_where_the_package_went(maps, tmp_pat
     out = tmp_path / "model"
     result = subprocess.run(
         [sys.executable, "-m", "plumelink.app.cli", "train", "--train", str(maps["train"]),
-         "--val", str(maps["val"]), "--out", str(out), "--epochs", "2"],
+         "--val", str(maps["val"]), "--out", str(out), "--epochs", "2",
+         "--device", "cpu", "--seed", "3", "--max-batches", "4"],
         capture_output=True, text=True, timeout=300, check=False,
     )
     assert result.returncode == 0, result.stderr
@@ -36,6 +37,9 @@ def test_train_command_prints_the_table_and_where_the_package_went(maps, tmp_pat
     assert len(pkg.manifest["histories"]["vae"]["train_loss"]) == 2
     assert pkg.manifest["metrics"]["validation_rse"]["pls"] == pytest.approx(
         table["pls"], abs=1e-4)
+    options = pkg.manifest["metrics"]["options"]
+    assert options["seed"] == 3 and options["max_batches"] == 4 and options["device"] == "cpu"
+    assert not (out / "checkpoints").exists()
 
 
 def test_train_no_baselines_in_process(maps, tmp_path, capsys) -> None:
@@ -63,3 +67,19 @@ def test_bad_epochs_is_refused_by_the_parser(capsys) -> None:
         main(["train", "--train", "a.h5", "--val", "b.h5", "--out", "m", "--epochs", "0"])
     assert exc.value.code == 2
     assert "--epochs" in capsys.readouterr().err
+
+
+def test_train_resume_without_a_checkpoint_says_so(maps, tmp_path, capsys) -> None:
+    code = main(["train", "--train", str(maps["train"]), "--val", str(maps["val"]),
+                 "--out", str(tmp_path / "model"), "--resume", "-q"])
+    assert code == 2
+    assert "no checkpoint to resume from" in capsys.readouterr().err
+
+
+def test_train_options_parse() -> None:
+    args = build_parser().parse_args(["train", "--train", "t.h5", "--val", "v.h5", "--out", "m",
+                                      "--stream", "--threads", "2", "--device", "cuda"])
+    assert args.stream and args.threads == 2 and args.device == "cuda" and not args.resume
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--train", "t", "--val", "v", "--out", "m",
+                                   "--device", "tpu"])

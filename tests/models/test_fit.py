@@ -76,3 +76,31 @@ def test_divergence_stops_training_and_restores_finite_weights() -> None:
     history = fit(model, mse_loss, ArraySource(x, x), ArraySource(x, x), config)
     assert history.stopped_early
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_array_source_shards_one_permutation_over_ranks() -> None:
+    x = np.arange(10, dtype=np.float32)[:, None]
+    shards = []
+    for rank in (0, 1, 2):
+        source = ArraySource(x, rank=rank, world_size=3)
+        assert source.steps_per_epoch(2) == 2
+        rows = np.concatenate([b[0].numpy() for b in source.batches(2, np.random.default_rng(4))])
+        shards.append(set(rows.ravel().tolist()))
+        assert rows.size == 3  # 10 // 3 each, the same count on every rank
+    assert not (shards[0] & shards[1]) and not (shards[1] & shards[2])
+    evaluation = np.concatenate([b[0].numpy() for b in source.batches(4, None)])
+    np.testing.assert_array_equal(evaluation, x)  # evaluation is never sharded
+
+
+def test_fit_limits_batches_per_epoch_and_is_deterministic() -> None:
+    x = _spectra(256, 5)
+    config = FitConfig(epochs=2, batch_size=16, learning_rate=1e-3, seed=3, max_batches=3)
+
+    def run() -> tuple[list[float], dict]:
+        torch.manual_seed(0)
+        model = OneStepMLP(64, 64, hidden=(16, 16), latent=4, decoder_hidden=(16, 16))
+        h = fit(model, mse_loss, ArraySource(x, x), ArraySource(x[:32], x[:32]), config)
+        return h.train_loss, model.state_dict()
+
+    (loss_a, a), (loss_b, b) = run(), run()
+    assert loss_a == loss_b and all(torch.equal(a[k], b[k]) for k in a)

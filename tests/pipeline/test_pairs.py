@@ -15,7 +15,10 @@ from plumelink.pipeline.pairs import (
     check_axes,
     iter_pair_blocks,
     load_pairs,
+    pair_counts,
+    pair_line_runs,
     preprocess_pairs,
+    read_pair_run,
 )
 from plumelink.pipeline.preprocess import correct_baseline
 from plumelink.pipeline.simulate import PRESETS, simulate_dataset
@@ -158,3 +161,33 @@ def test_paired_spectra_checks_its_arrays() -> None:
         PairedSpectra(**{**good, "primary": np.zeros((2, 4), np.float64)})
     with pytest.raises(ValueError, match="outside a 2 x 3 map"):
         PairedSpectra(**{**good, "index": np.array([0, 6], np.int64)})
+
+
+def test_line_runs_counts_and_reads_give_every_pair_once(gappy: Path) -> None:
+    index, primary, _ = _expected_pairs()
+    runs = pair_line_runs(gappy, block_spots=2 * SPEC.nx + 1)
+    assert runs[0] == (0, 2) and all(b - a <= 2 for a, b in runs)
+    assert [a for a, _ in runs[1:]] == [b for _, b in runs[:-1]]  # contiguous, in order
+    counts = pair_counts(gappy, runs)
+    with MapReader(gappy) as reader:
+        parts = [read_pair_run(reader, a, b) for a, b in runs]
+        assert read_pair_run(reader, 3, 3).n == 0
+    assert [p.n for p in parts] == counts.tolist()
+    np.testing.assert_array_equal(np.concatenate([p.index for p in parts]), index)
+    np.testing.assert_array_equal(np.concatenate([p.primary for p in parts]), primary)
+    assert pair_line_runs(gappy, block_spots=1)[:2] == [(0, 1), (1, 2)]  # one line at least
+    with pytest.raises(ValueError, match="block_spots"):
+        pair_line_runs(gappy, block_spots=0)
+
+
+def test_line_runs_skip_unwritten_lines(tmp_path: Path) -> None:
+    path = tmp_path / "cut.h5"
+    writer = create_map(path)
+    for iy in (0, 1, 3):
+        writer.append_line(make_line(iy))
+    writer.close("interrupted", "operator stop")
+    with pytest.raises(IncompleteMapError):
+        pair_line_runs(path)
+    runs = pair_line_runs(path, block_spots=10 * SPEC.nx, complete_lines_only=True)
+    assert runs == [(0, 2), (3, 4)]
+    assert pair_counts(path, runs).sum() == load_pairs(path, complete_lines_only=True).n
