@@ -1,0 +1,1 @@
+"""The bench GUI (PySide6 + pyqtgraph): thin widgets over pipeline and models."""

@@ -1,0 +1,167 @@
+"""What the live views show, as plain data: growing maps (NaN where nothing is acquired yet),
+the latest spectra and the scan's progress.
+
+Worker threads write (`add_line`, `add_transferred`), the GUI reads `snapshot()` on its paint
+timer. Every write and read holds one lock for a few array copies only; nothing here touches
+Qt or the hardware.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from plumelink.pipeline.emissivity import total_emissivity
+from plumelink.pipeline.line_events import ScanProgress
+from plumelink.pipeline.raster_line import RasterLine
+
+SYSTEMS = ("primary", "secondary")
+NOT_ACQUIRED, INVALID, VALID = -1, 0, 1
+
+
+def window_emission(spectra: np.ndarray, wavelength_nm: np.ndarray, center_nm: float,
+                    half_width_nm: float, valid: np.ndarray) -> np.ndarray:
+    """Emission of one line: counts in the window above the window's edge level; NaN invalid."""
+    inside = np.flatnonzero(np.abs(wavelength_nm - center_nm) <= half_width_nm)
+    if inside.size == 0:
+        return np.full(spectra.shape[0], np.nan, np.float32)
+    block = spectra[:, inside].astype(np.float32)
+    edge = np.minimum(block[:, :1], block[:, -1:])
+    out = (block - edge).sum(axis=1)
+    out[~valid] = np.nan
+    return out.astype(np.float32)
+
+
+@dataclass
+class Snapshot:
+    """A consistent copy of the live data for one repaint."""
+
+    version: int
+    shape: tuple[int, int]
+    extent_um: tuple[float, float, float, float]  # x0, y0, width, height
+    emissivity: dict[str, np.ndarray]
+    status: dict[str, np.ndarray]  # NOT_ACQUIRED / INVALID / VALID per spot
+    window: np.ndarray
+    transferred: np.ndarray | None
+    confidence: np.ndarray | None
+    latest: dict[str, tuple[np.ndarray, np.ndarray]]  # system -> (wavelength, spectrum)
+    progress: ScanProgress | None
+    map_path: str
+    lines_done: int
+    transferred_lines: int
+    transfer_arrivals: dict[int, float] = field(default_factory=dict)
+
+
+class LiveModel:
+    """Maps of one raster (one map file), filled line by line from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.window_nm = (288.16, 0.3)  # Si I 288.16 nm, half width
+        self.reset((1, 1))
+
+    def reset(self, shape: tuple[int, int], *, x_um: np.ndarray | None = None,
+              y_um: np.ndarray | None = None, wavelength: dict | None = None,
+              map_path: str = "") -> None:
+        ny, nx = shape
+        with self._lock:
+            self._version = getattr(self, "_version", 0) + 1
+            self._shape = (ny, nx)
+            x = np.asarray(x_um if x_um is not None else np.arange(nx), float)
+            y = np.asarray(y_um if y_um is not None else np.arange(ny), float)
+            dx = float(x[1] - x[0]) if x.size > 1 else 1.0
+            dy = float(y[1] - y[0]) if y.size > 1 else 1.0
+            self._extent = (float(x[0]) - dx / 2, float(y[0]) - dy / 2, dx * nx, dy * ny)
+            self._emissivity = {s: np.full(shape, np.nan, np.float32) for s in SYSTEMS}
+            self._status = {s: np.full(shape, NOT_ACQUIRED, np.int8) for s in SYSTEMS}
+            self._window = np.full(shape, np.nan, np.float32)
+            self._transferred: np.ndarray | None = None
+            self._confidence: np.ndarray | None = None
+            self._wavelength = dict(wavelength or {})
+            self._latest: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+            self._progress: ScanProgress | None = None
+            self._map_path = map_path
+            self._lines_done = 0
+            self._transferred_lines = 0
+            self._arrivals: dict[int, float] = {}
+
+    # ------------------------------------------------------------------ writers
+    def add_line(self, line: RasterLine, progress: ScanProgress | None = None,
+                 line_axis: str = "y") -> None:
+        """A measured raster line (row ``line.index`` for horizontal orders)."""
+        index = (line.index, slice(None)) if line_axis == "y" else (slice(None), line.index)
+        prim = line.primary
+        wl = self._wavelength.get("primary")
+        center, half = self.window_nm
+        window = (window_emission(prim.spectra, wl, center, half, prim.valid)
+                  if wl is not None else None)
+        with self._lock:
+            for s in SYSTEMS:
+                sysline = getattr(line, s)
+                self._emissivity[s][index] = sysline.emissivity
+                self._status[s][index] = np.where(sysline.valid, VALID, INVALID)
+                valid = np.flatnonzero(sysline.valid)
+                if valid.size and s in self._wavelength:
+                    self._latest[s] = (self._wavelength[s], sysline.spectra[valid[-1]].copy())
+            if window is not None:
+                self._window[index] = window
+            if progress is not None:
+                self._progress = progress
+            self._lines_done += 1
+            self._arrivals[line.index] = time.perf_counter()
+            self._version += 1
+
+    def add_transferred(self, index: int, emissivity: np.ndarray, confidence: np.ndarray,
+                        spectrum: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """The transferred primary emissivity (and confidence) of raster line ``index``."""
+        with self._lock:
+            if self._transferred is None:
+                self._transferred = np.full(self._shape, np.nan, np.float32)
+                self._confidence = np.full(self._shape, np.nan, np.float32)
+            self._transferred[index] = emissivity
+            self._confidence[index] = confidence
+            if spectrum is not None:
+                self._latest["transferred"] = spectrum
+            self._transferred_lines += 1
+            self._version += 1
+
+    def set_progress(self, progress: ScanProgress) -> None:
+        with self._lock:
+            self._progress = progress
+            self._version += 1
+
+    def set_window(self, center_nm: float, half_width_nm: float) -> None:
+        """Choose the line of the wavelength-window map (applies to lines added from now)."""
+        with self._lock:
+            self.window_nm = (float(center_nm), float(half_width_nm))
+            self._window[:] = np.nan
+            self._version += 1
+
+    # ------------------------------------------------------------------ reader
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self._shape
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return Snapshot(
+                version=self._version, shape=self._shape, extent_um=self._extent,
+                emissivity={s: a.copy() for s, a in self._emissivity.items()},
+                status={s: a.copy() for s, a in self._status.items()},
+                window=self._window.copy(),
+                transferred=None if self._transferred is None else self._transferred.copy(),
+                confidence=None if self._confidence is None else self._confidence.copy(),
+                latest=dict(self._latest), progress=self._progress, map_path=self._map_path,
+                lines_done=self._lines_done, transferred_lines=self._transferred_lines,
+                transfer_arrivals=dict(self._arrivals))
+
+
+__all__ = ["INVALID", "NOT_ACQUIRED", "VALID", "LiveModel", "Snapshot", "total_emissivity",
+           "window_emission"]

@@ -1,0 +1,258 @@
+"""Live panel: latest spectra with line labels, the growing maps of both systems, the
+wavelength-window map, the transferred map beside the measured one and their difference, and
+the spectra of a clicked spot. Repaints from `LiveModel.snapshot()` when its version moves."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtWidgets import (
+    QDoubleSpinBox,
+    QFileDialog,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .lines import strong_lines
+from .live_model import INVALID, LiveModel, Snapshot
+from .map_view import MapView
+from .workers import Job, ScanController, read_spot
+
+PENS = {"primary": "#1f77b4", "secondary": "#ff7f0e", "transferred": "#2ca02c"}
+
+
+def load_transfer(model_dir: str | Path):
+    """A model package as a `BlockTransfer` (plumelink.models.evaluate.PackageTransfer)."""
+    from plumelink.models.evaluate import PackageTransfer
+    from plumelink.models.package import load_package
+
+    from .live_transfer import warm_up
+
+    transfer = PackageTransfer(load_package(model_dir))
+    axis = transfer.package.secondary_wavelength_nm[transfer.models.system]
+    warm_up(transfer, len(axis))
+    return transfer
+
+
+class SpectraPlot(pg.PlotWidget):
+    """Spectra by name, with the strong lines of the line table labelled."""
+
+    def __init__(self, title: str, parent=None) -> None:
+        super().__init__(parent, title=title)
+        self.setLabel("bottom", "wavelength", "nm")
+        self.setLabel("left", "counts")
+        self.addLegend(offset=(-10, 10))
+        self.curves = {name: self.plot(pen=pg.mkPen(pen, width=1), name=name,
+                                       autoDownsample=True, downsampleMethod="peak",
+                                       clipToView=True, skipFiniteCheck=True)
+                       for name, pen in PENS.items()}
+        self._labelled: tuple[float, float] | None = None
+        self._labels: list = []
+
+    def show_spectra(self, spectra: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        for name, curve in self.curves.items():
+            if name in spectra:
+                wl, counts = spectra[name]
+                curve.setData(wl, counts)
+            else:
+                curve.setData([], [])
+        if spectra:
+            lo = min(float(wl[0]) for wl, _ in spectra.values())
+            hi = max(float(wl[-1]) for wl, _ in spectra.values())
+            if self._labelled != (lo, hi):
+                self._label_lines(lo, hi)
+
+    def _label_lines(self, lo: float, hi: float) -> None:
+        for item in self._labels:
+            self.removeItem(item)
+        self._labels = []
+        for wl, label in strong_lines(lo, hi, n=8):
+            line = pg.InfiniteLine(wl, angle=90, pen=pg.mkPen("#888", style=pg.QtCore.Qt.DotLine),
+                                   label=label, labelOpts={"position": 0.92, "rotateAxis": (1, 0),
+                                                           "color": "#555"})
+            self.addItem(line)
+            self._labels.append(line)
+        self._labelled = (lo, hi)
+
+
+class LivePanel(QWidget):
+    def __init__(self, model: LiveModel, controller: ScanController, settings,
+                 parent=None) -> None:
+        super().__init__(parent)
+        self.model = model
+        self.controller = controller
+        self.settings = settings
+        self._view_version: dict[str, int] = {}
+        self._view_painted_at: dict[str, float] = {}
+        self._transfer_painted = 0
+        self._painted_transfer: set[int] = set()
+        self.transfer_latencies_s: list[float] = []  # line arrival -> transferred map repaint
+        self.paints = 0
+        self._model_job: Job | None = None
+        self._spot_job: Job | None = None
+        self.model_dir = ""
+
+        layout = QVBoxLayout(self)
+        row = QHBoxLayout()
+        load = QPushButton("Load transfer model…")
+        load.clicked.connect(self._browse_model)
+        row.addWidget(load)
+        self.model_label = QLabel("no transfer model")
+        row.addWidget(self.model_label, 1)
+        row.addWidget(QLabel("window line (nm)"))
+        self.center = QDoubleSpinBox()
+        self.center.setRange(100.0, 1100.0)
+        self.center.setDecimals(2)
+        self.center.setValue(model.window_nm[0])
+        self.half = QDoubleSpinBox()
+        self.half.setRange(0.01, 20.0)
+        self.half.setValue(model.window_nm[1])
+        for w in (self.center, QLabel("±"), self.half):
+            row.addWidget(w)
+        apply = QPushButton("Set window")
+        apply.clicked.connect(lambda: model.set_window(self.center.value(), self.half.value()))
+        row.addWidget(apply)
+        layout.addLayout(row)
+
+        split = QSplitter()
+        maps = QWidget()
+        grid = QGridLayout(maps)
+        self.maps = {
+            "primary": MapView("primary emissivity (measured)"),
+            "secondary": MapView("secondary emissivity"),
+            "window": MapView("window map (primary)"),
+            "transferred": MapView("transferred primary emissivity"),
+            "difference": MapView("measured − transferred"),
+            "confidence": MapView("transfer confidence"),
+        }
+        for k, view in enumerate(self.maps.values()):
+            grid.addWidget(view, k // 3, k % 3)
+            view.spotClicked.connect(self.inspect)
+        split.addWidget(maps)
+        plots = QWidget()
+        pl = QVBoxLayout(plots)
+        self.latest = SpectraPlot("latest spectra")
+        self.spot = SpectraPlot("clicked spot")
+        pl.addWidget(self.latest)
+        pl.addWidget(self.spot)
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        pl.addWidget(self.message)
+        split.addWidget(plots)
+        layout.addWidget(split, 1)
+
+    # -- actions
+    def _browse_model(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Model package",
+                                                str(self.settings.value("live/model", "")))
+        if path:
+            self.load_model(path)
+
+    def load_model(self, model_dir: str | Path) -> None:
+        """Load a model package off the GUI thread; it transfers the lines of the next scan
+        (and of the running one, from its next line)."""
+        self.model_dir = str(model_dir)
+        self.settings.setValue("live/model", self.model_dir)
+        self.model_label.setText(f"loading {model_dir}…")
+        self._model_job = Job(load_transfer, model_dir, name="plumelink-load-model")
+
+    def inspect(self, iy: int, ix: int) -> None:
+        path = self.model.snapshot().map_path
+        if path:
+            self._spot_job = Job(read_spot, path, iy, ix, self.controller.transfer,
+                                 name="plumelink-spot")
+
+    # -- repaint
+    VIEWS = ("primary", "secondary", "window", "transferred", "difference", "confidence",
+             "spectra")
+    VIEWS_PER_TICK = 2
+
+    def refresh(self, snap: Snapshot) -> None:
+        """Repaint at most VIEWS_PER_TICK stale views per tick (the transferred map first when
+        it has new lines, then the longest unpainted), so that no tick of the event loop
+        repaints everything at once."""
+        self._poll_jobs()
+        for _ in range(self.VIEWS_PER_TICK):
+            stale = [v for v in self.VIEWS if self._view_version.get(v) != snap.version]
+            if not stale:
+                break
+            if "transferred" in stale and snap.transferred_lines != self._transfer_painted:
+                view = "transferred"
+            else:
+                view = min(stale, key=lambda v: self._view_painted_at.get(v, 0.0))
+            self._paint(view, snap)
+            self._view_version[view] = snap.version
+            self._view_painted_at[view] = time.perf_counter()
+            self.paints += 1
+        error = self.controller.live_transfer.error if self.controller.live_transfer else ""
+        if error and error != self.message.text():
+            self.message.setText(error)
+
+    def _paint(self, view: str, snap: Snapshot) -> None:
+        ext = snap.extent_um
+        if view == "spectra":
+            self.latest.show_spectra(snap.latest)
+        elif view in ("primary", "secondary"):
+            self.maps[view].show_map(snap.emissivity[view], ext, snap.status[view] == INVALID)
+        elif view == "window":
+            self.maps[view].show_map(snap.window, ext, snap.status["primary"] == INVALID)
+        elif snap.transferred is not None:
+            bad = snap.status["secondary"] == INVALID
+            if view == "transferred":
+                self._transfer_painted = snap.transferred_lines
+                self.maps[view].show_map(snap.transferred, ext, bad)
+                self._record_latency(snap)
+            elif view == "difference":
+                self.maps[view].show_map(snap.emissivity["primary"] - snap.transferred, ext,
+                                         bad, symmetric=True)
+            else:
+                self.maps[view].show_map(snap.confidence, ext, bad)
+
+    def _record_latency(self, snap: Snapshot) -> None:
+        now = time.perf_counter()
+        rows = np.flatnonzero(np.isfinite(snap.transferred).any(axis=1))
+        for iy in rows:
+            iy = int(iy)
+            if iy not in self._painted_transfer and iy in snap.transfer_arrivals:
+                self._painted_transfer.add(iy)
+                self.transfer_latencies_s.append(now - snap.transfer_arrivals[iy])
+
+    def reset_latency(self) -> None:
+        self._painted_transfer.clear()
+        self.transfer_latencies_s.clear()
+
+    def _poll_jobs(self) -> None:
+        job = self._model_job
+        if job is not None and job.done:
+            self._model_job = None
+            if job.error:
+                self.model_label.setText(f"<span style='color:#c00'>{job.error}</span>")
+            else:
+                self.controller.set_transfer(job.result)
+                self.model_label.setText(f"transfer model: {self.model_dir}")
+        job = self._spot_job
+        if job is not None and job.done:
+            self._spot_job = None
+            if job.error:
+                self.message.setText(job.error)
+                return
+            r = job.result
+            spectra = {k: (r[k][0], r[k][1]) for k in ("primary", "secondary") if r[k][2]}
+            if "transferred" in r:
+                spectra["transferred"] = r["transferred"]
+            self.spot.show_spectra(spectra)
+            flags = ", ".join(f"{k} {'valid' if r[k][2] else 'INVALID'}"
+                              for k in ("primary", "secondary"))
+            self.spot.setTitle(f"spot iy={r['iy']}, ix={r['ix']} ({flags})")
+
+    @property
+    def model_loading(self) -> bool:
+        return self._model_job is not None

@@ -1,0 +1,56 @@
+"""`plumelink gui`: the bench GUI (PySide6 + pyqtgraph)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "gui", help="the bench GUI: bench, scan, live maps, training, evaluation",
+        description="Open the plumelink GUI. With --screenshot, connect the bench, run a short "
+                    "scan (or --scan), save a PNG of the main window and exit.")
+    p.add_argument("--profile", default=None,
+                   help="bench profile to connect (name or TOML path; default: the last used, "
+                        "else simulated)")
+    p.add_argument("--screenshot", metavar="FILE", default=None,
+                   help="run a short simulated scan, write a PNG of the window, exit")
+    p.add_argument("--scan", metavar="SCAN.toml", default=None, help="scan file to load")
+    p.add_argument("--model", metavar="MODEL_DIR", default=None,
+                   help="transfer model package for the live transferred map")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.screenshot and "QT_QPA_PLATFORM" not in os.environ and not (
+            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    from PySide6.QtWidgets import QApplication
+
+    from plumelink.app.gui.main_window import MainWindow
+    from plumelink.app.gui.screenshot import ScreenshotRun
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    window = MainWindow()
+    if args.profile:
+        window.bench_panel.profile.setCurrentText(args.profile)
+    if args.scan:
+        window.scan_panel.path.setText(args.scan)
+        window.scan_panel.load_file()
+    if args.screenshot:
+        shot = ScreenshotRun(window, args.screenshot, args.profile or "simulated",
+                             args.scan, args.model)
+        window.show()
+        shot.start()
+        app.exec()
+        if not shot.done or shot.error:
+            print(f"plumelink gui: {shot.error or 'no screenshot written'}", file=sys.stderr)
+            return 1
+        print(f"wrote {args.screenshot}")
+        return 0
+    if args.model:
+        window.live_panel.load_model(args.model)
+    window.show()
+    return int(app.exec())

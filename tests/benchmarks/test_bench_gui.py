@@ -1,0 +1,28 @@
+"""Opt-in GUI benchmark (pytest -m benchmark): transferred-map latency for 500-spot lines and
+the frame rate while a 1 kHz simulated scan runs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pytestqt")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import bench_gui as bench
+
+pytestmark = pytest.mark.benchmark
+
+
+def test_transfer_latency_and_fps(qapp, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PLUMELINK_GUI_SETTINGS", str(tmp_path / "gui.ini"))
+    r = bench.bench(tmp_path, n_lines=8, fps_lines=10)
+    lat, fps = r["latency"], r["fps"]
+    print(f"transferred map: 500-spot line -> repaint median {lat['latency_ms_median']:.0f} ms, "
+          f"max {lat['latency_ms_max']:.0f} ms; scan {fps['scan_shots_per_s']:.0f} shots/s, "
+          f"GUI {fps['timer_fps']:.1f} frames/s, longest event-loop gap "
+          f"{fps['max_event_loop_gap_ms']:.0f} ms")
+    assert lat["lines"] == 8
+    assert lat["latency_ms_median"] <= 100
+    assert fps["timer_fps"] >= 10
