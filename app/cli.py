@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ def _simulate(args: argparse.Namespace) -> int:
             seed=args.seed,
             truth=args.truth,
             compression=None if args.compression == "none" else args.compression,
+            secondary=args.secondary,
             progress=lambda done, _total: bar.update(done - bar.n),
         )
     for name, path in paths.items():
@@ -91,7 +93,11 @@ def _import_npy(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from plumelink.models.train import TrainOptions, format_rse_table, train_transfer
 
-    options = TrainOptions(baselines=not args.no_baselines)
+    options = TrainOptions(baselines=not args.no_baselines, seed=args.seed, device=args.device,
+                           stream=True if args.stream else None, max_batches=args.max_batches,
+                           threads=args.threads)
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 reports
+    quiet = args.quiet or rank != 0
     if args.epochs is not None:
         options = options.capped(args.epochs)
     bars: dict[str, tqdm] = {}
@@ -104,7 +110,7 @@ def _train(args: argparse.Namespace) -> int:
                 old.close()
             bar = bars[stage] = tqdm(total=n_epochs, desc=f"train {stage}", unit="step"
                                      if stage == "baselines" else "epoch",
-                                     disable=args.quiet, file=sys.stderr)
+                                     disable=quiet, file=sys.stderr)
         post = {}
         if train_loss is not None:
             post["train"] = f"{train_loss:.4g}"
@@ -115,10 +121,13 @@ def _train(args: argparse.Namespace) -> int:
         bar.update(epoch - bar.n)
 
     try:
-        folder = train_transfer(args.train, args.val, args.out, options, progress=progress)
+        folder = train_transfer(args.train, args.val, args.out, options, progress=progress,
+                                resume=args.resume)
     finally:
         for bar in bars.values():
             bar.close()
+    if rank != 0:
+        return 0
     manifest = json.loads((folder / "manifest.json").read_text())
     print(format_rse_table(manifest["metrics"]["validation_rse"]))
     print(f"model package written to {folder}")
@@ -145,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--truth", action="store_true",
                      help="store ground truth (mineral, composition) per spot")
     sim.add_argument("--compression", choices=COMPRESSION_CHOICES, default="lz4")
+    sim.add_argument("--secondary", default="secondary", metavar="PROFILE",
+                     help="instrument profile that plays the secondary system (e.g. "
+                     "broadband_ccd, a third system to join an existing model)")
     sim.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(func=_simulate)
 
@@ -174,7 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the transfer of Vrábel et al. (JAAS 2023) from a training and a "
         "validation map: a VAE of primary spectra, a latent MLP from secondary spectra, "
         "end-to-end fine-tuning and the baselines (PLS, KNN, PDS, one-step MLP, mean); print "
-        "each model's validation RSE and write a model package to MODEL_DIR.",
+        "each model's validation RSE and write a model package to MODEL_DIR. Checkpoints go to "
+        "MODEL_DIR/checkpoints after every epoch (--resume continues from them). Data parallel: "
+        "torchrun --nproc_per_node=N -m plumelink.app.cli train ...",
     )
     tr.add_argument("--train", type=Path, required=True, metavar="T.h5", help="training map")
     tr.add_argument("--val", type=Path, required=True, metavar="V.h5", help="validation map")
@@ -184,8 +198,34 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cap every network's epochs at N")
     tr.add_argument("--no-baselines", action="store_true",
                     help="train only the VAE + latent MLP (no PLS, KNN, PDS, one-step, mean)")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue an interrupted training from MODEL_DIR/checkpoints (same "
+                    "maps and options; gives the result of an uninterrupted run)")
+    tr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="where the networks train (auto: the GPU when CUDA is available)")
+    tr.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    tr.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                    help="torch threads (default: every core this process may use, shared "
+                    "among the ranks of torchrun)")
+    tr.add_argument("--stream", action="store_true",
+                    help="stream the maps in blocks even when they are small (maps of more "
+                    "than 50,000 spots are always streamed)")
+    tr.add_argument("--max-batches", type=_positive_int, default=None, metavar="N",
+                    help="at most N training batches per epoch (measurements, smoke tests)")
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=_train)
+
+    from plumelink.app import (
+        acquire_command,
+        evaluate_command,
+        gui_command,
+        join_command,
+        transfer_command,
+    )
+
+    for command in (acquire_command, transfer_command, evaluate_command, join_command,
+                    gui_command):
+        command.register(sub)
     return parser
 
 
