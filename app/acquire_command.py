@@ -17,6 +17,7 @@ COMPRESSIONS = ["lz4", "zstd", "gzip", "none"]
 
 def _acquire(args: argparse.Namespace) -> int:
     from plumelink.pipeline.engine import ScanHandle, acquire
+    from plumelink.pipeline.map_layout import MapFileError
     from plumelink.pipeline.plan import dry_run, format_plan, make_plan
     from plumelink.pipeline.scan import load_scan
 
@@ -43,8 +44,13 @@ def _acquire(args: argparse.Namespace) -> int:
                                 f"{p.invalid_secondary}, ETA {eta}", refresh=False)
             bar.update(p.lines_done - bar.n)
 
-        result = acquire(scan, out=out, resume=args.resume, on_line=on_line, handle=handle,
-                         compression=None if args.compression == "none" else args.compression)
+        try:
+            result = acquire(scan, out=out, resume=args.resume, on_line=on_line,
+                             handle=handle, compression=None if args.compression == "none"
+                             else args.compression)
+        except MapFileError as exc:  # e.g. --resume of a complete or foreign file
+            print(f"plumelink acquire: error: {exc}", file=sys.stderr)
+            return 2
     print(f"map: {result.path}")
     print(f"status: {result.status}" + (f" ({result.reason})" if result.reason else ""))
     print(f"lines written: {result.lines_written} (map has {result.lines_total}); shots: "

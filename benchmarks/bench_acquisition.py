@@ -36,7 +36,8 @@ def _bench_profile(folder: Path, speedup: float) -> Path:
     return path
 
 
-def _scan(folder: Path, lines: int, nx: int, speedup: float):
+def _scan(folder: Path, lines: int, nx: int, speedup: float, trigger: str = "ddg-clock",
+          order: str = "snake-horizontal"):
     text = textwrap.dedent(f"""\
         sample = "benchmark"
         operator = "bench_acquisition"
@@ -46,11 +47,12 @@ def _scan(folder: Path, lines: int, nx: int, speedup: float):
         origin_um = [1000.0, 1000.0]
         size_um = [{nx * STEP_UM}, {lines * STEP_UM}]
         step_um = {STEP_UM}
+        order = "{order}"
         [acquisition]
         mode = "fly"
         line_overhead_s = 0.0
         [fly]
-        trigger = "ddg-clock"
+        trigger = "{trigger}"
         speed_um_s = {STEP_UM * RATE_HZ}
         run_up_um = 50.0
         [laser]
@@ -70,8 +72,13 @@ def _scan(folder: Path, lines: int, nx: int, speedup: float):
     return parse_scan(text, source="bench_acquisition.toml")
 
 
-def bench_engine(lines: int, nx: int, speedup: float, folder: Path) -> dict:
-    scan = _scan(folder, lines, nx, speedup)
+def bench_engine(lines: int, nx: int, speedup: float, folder: Path, trigger: str = "ddg-clock",
+                 order: str = "snake-horizontal") -> dict:
+    """``lines`` raster lines of ``nx`` spots (rows, or columns for a vertical order)."""
+    if order.endswith("vertical"):
+        scan = _scan(folder, nx, lines, speedup, trigger, order)
+    else:
+        scan = _scan(folder, lines, nx, speedup, trigger, order)
     arrivals: list[float] = []
     result = acquire(scan, on_line=lambda event: arrivals.append(time.perf_counter()))
     # sustained: from the first line on disk to the last (bench opening and the physics'
@@ -89,18 +96,24 @@ def main() -> None:
     parser.add_argument("--nx", type=int, default=200)
     parser.add_argument("--speedup", type=float, default=200.0,
                         help="simulated seconds per real second (1 kHz needs >> 1)")
+    parser.add_argument("--trigger", choices=["ddg-clock", "stage-distance"],
+                        default="ddg-clock", help="what spaces the shots of a fly line")
+    parser.add_argument("--order", default="snake-horizontal",
+                        choices=["snake-horizontal", "snake-vertical"])
     args = parser.parse_args()
     from bench_foundation import bench_generation_and_write
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        engine = bench_engine(args.lines, args.nx, args.speedup, folder)
+        engine = bench_engine(args.lines, args.nx, args.speedup, folder, args.trigger,
+                              args.order)
         t = time.perf_counter()
         reference = bench_generation_and_write(args.lines, args.nx, folder, "lz4")
         ref_elapsed = time.perf_counter() - t
     spots = args.lines * args.nx
     out = {
-        "map": f"{args.lines} x {args.nx} fly scan at {RATE_HZ:g} Hz (speedup {args.speedup:g})",
+        "map": f"{args.lines} lines x {args.nx} spots fly scan ({args.order}, trigger "
+               f"{args.trigger}) at {RATE_HZ:g} Hz (speedup {args.speedup:g})",
         "engine_pairs_per_s": round(engine["pairs_per_s"], 1),
         "reference_generation_write_pairs_per_s": round(reference, 1),
         "ratio": round(engine["pairs_per_s"] / reference, 3),

@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from plumelink.drivers.bench import Bench, open_bench
+from plumelink.drivers.dg645 import StatusFlag
 from plumelink.drivers.errors import InstrumentTimeout
-from plumelink.drivers.protocols import Frames
+from plumelink.drivers.protocols import BurstStatus, Frames
 
 from . import map_layout as L
 from .line_events import LineBroadcaster, LineEvent, ScanProgress, Subscription
@@ -155,16 +156,6 @@ class Engine:
         if missing:
             raise ValueError(f"{scan.source}: the scan has no [spectrometers.{missing[0]}] "
                              f"settings; a paired scan needs settings for {list(SYSTEMS)}")
-        if scan.fly is not None and scan.mode == "fly" and scan.fly.trigger != "ddg-clock":
-            raise NotImplementedError(
-                f"{scan.source}: fly scans with trigger = {scan.fly.trigger!r} are not "
-                "supported by the engine yet; use trigger = \"ddg-clock\" (the stage's "
-                "trigger starts the DDG burst at the first spot)")
-        if scan.order not in ("snake-horizontal", "plain-horizontal"):
-            raise NotImplementedError(
-                f"{scan.source}: raster order {scan.order!r} is not supported by the engine "
-                "yet (the map store writes raster lines as rows); use snake-horizontal or "
-                "plain-horizontal")
         self.scan = scan
         self.plan: RasterPlan = make_plan(scan)
         self.path = Path(out) if out is not None else scan.output_path()
@@ -176,6 +167,8 @@ class Engine:
         self._pairer = Pairer(SYSTEMS)
         self._counters = _Counters()
         self._period_s = 1.0 / scan.rate_hz
+        self._ddg_state: dict[str, Any] = {}  # what _ddg_mode last set
+        self._shots_planned = self.plan.total_shots
 
     # ------------------------------------------------------------------ top level
     def run(self, bench: Bench | None = None) -> AcquisitionResult:
@@ -202,17 +195,20 @@ class Engine:
                 bench.stage.home()
                 bench.stage.wait_until_idle(HOME_TIMEOUT_S)
             bench.delay_generator.enable_outputs()
-            done = writer.lines_done
-            total_lines = self.plan.n_lines
+            done = writer.raster_lines_done
+            # what this run shoots (a resumed map only its unfinished lines): shots/s and ETA
+            self._shots_planned = sum(ln.n_shots for ln in self.plan.lines if not done[ln.index])
+            # a vertical order's raster line is a column at fixed x of the (ny, nx) map
+            append = writer.append_column if self.plan.line_axis == "x" else writer.append_line
             for line in self.plan.lines:
                 if done[line.index]:
                     continue
                 self.handle._wait_if_paused()
                 raster_line, reasons = self._acquire_line(bench, line)
-                writer.append_line(raster_line)
+                append(raster_line)
                 written += 1
                 done[line.index] = True
-                self._publish(raster_line, reasons, int(done.sum()), total_lines, started)
+                self._publish(raster_line, reasons, int(done.sum()), started)
         except BaseException as exc:
             status = L.STATUS_INTERRUPTED
             reason = self.handle.reason if isinstance(exc, ScanAborted) else (
@@ -236,21 +232,24 @@ class Engine:
     def _open_writer(self, bench: Bench) -> MapWriter:
         if self.resume:
             writer = MapWriter.resume(self.path)
-            if writer.shape != self.plan.shape:
+            grid = (self.plan.y_um.size, self.plan.x_um.size)
+            vertical = self.plan.line_axis == "x"
+            if writer.shape != grid or writer.vertical != vertical:
                 writer.close(L.STATUS_INTERRUPTED, "resume refused: the scan does not match")
                 raise ValueError(
                     f"cannot resume {self.path}: it holds a {writer.shape[0]} x "
-                    f"{writer.shape[1]} map but the scan plans {self.plan.shape[0]} x "
-                    f"{self.plan.shape[1]}")
+                    f"{writer.shape[1]} (y x x) map of "
+                    f"{'columns' if writer.vertical else 'rows'} but the scan plans "
+                    f"{grid[0]} x {grid[1]} of {'columns' if vertical else 'rows'} "
+                    f"({self.plan.order})")
             return writer
         self.path.parent.mkdir(parents=True, exist_ok=True)
         plan = self.plan
         axes = {s: bench.spectrometers[s].wavelength_nm() for s in SYSTEMS}
-        line_coords, spot_coords = plan.line_coords_um, plan.spot_coords_um
         return MapWriter.create(
-            self.path, ny=plan.n_lines, nx=plan.n_spots,
+            self.path, ny=plan.y_um.size, nx=plan.x_um.size,
             primary_wavelength_nm=axes["primary"], secondary_wavelength_nm=axes["secondary"],
-            x_um=spot_coords, y_um=line_coords, sample=self.scan.sample,
+            x_um=plan.x_um, y_um=plan.y_um, sample=self.scan.sample,
             operator=self.scan.operator, scan_config_toml=self.scan.text,
             raster_order=plan.order, settings=self._settings(bench),
             compression=self.compression)
@@ -276,8 +275,10 @@ class Engine:
         ddg.set_delay("D", "C", d.gate_s)
         if hasattr(ddg, "set_trigger_source"):
             ddg.set_trigger_source("SINGLE_SHOT")
+            self._ddg_state["source"] = "SINGLE_SHOT"
         if self.scan.mode == "step":
             ddg.configure_burst(self.scan.shots_per_spot, self._period_s)
+            self._ddg_state["burst"] = (self.scan.shots_per_spot, self._period_s)
         for system in SYSTEMS:
             s = self.scan.spectrometers[system]
             bench.spectrometers[system].configure(s.integration_time_s, s.delay_s, s.averages)
@@ -334,30 +335,37 @@ class Engine:
             primary=systems["primary"], secondary=systems["secondary"]), reasons
 
     def _fly(self, bench: Bench, line: LinePlan) -> _SpotShots:
-        """One constant-speed pass: the stage's distance trigger (output 1, wired to the DDG's
-        external trigger input) starts a DDG burst of one shot per spot at the first spot; the
-        DDG clock spaces the shots one step apart at the fly speed."""
+        """One constant-speed pass. ddg-clock: the stage's distance trigger (output 1, wired to
+        the DDG's external trigger input) starts a DDG burst of one shot per spot at the first
+        spot; the DDG clock spaces the shots one step apart at the fly speed. stage-distance:
+        `_fly_stage_distance`."""
         fly = line.fly
         assert fly is not None
         stage, ddg = bench.stage, bench.delay_generator
-        for needed in ("configure_distance_trigger", "set_digital_output"):
-            if not hasattr(stage, needed):
-                raise NotImplementedError(f"fly scans need a stage with a distance trigger; "
-                                          f"{type(stage).__name__} has no {needed}()")
+        needs = [(stage, "configure_distance_trigger"), (stage, "disable_distance_trigger"),
+                 (stage, "set_digital_output"), (ddg, "set_trigger_source")]
+        if fly.trigger == "stage-distance":
+            needs += [(ddg, "set_burst_mode"), (ddg, "read_status")]
+        for device, needed in needs:
+            if not hasattr(device, needed):
+                raise NotImplementedError(
+                    f"{self.scan.source}: fly scans with trigger = {fly.trigger!r} need a stage "
+                    f"distance trigger wired to the DDG's external trigger input; "
+                    f"{type(device).__name__} has no {needed}()")
         speedup = _speedup(bench)
         axis = "x" if self.plan.line_axis == "y" else "y"
         k = 0 if axis == "x" else 1
-        stage.set_speed(self.scan.stage.speed_um_s)
-        self._move(bench, *fly.start_um, speedup)
+        self._move(bench, *fly.start_um, speedup)  # at stage speed (set after every pass)
         if self.scan.stage.settle_s > 0:
             time.sleep(self.scan.stage.settle_s / speedup)
+        if fly.trigger == "stage-distance":
+            return self._fly_stage_distance(bench, line, axis, speedup)
         first = (float(line.x_um[0]), float(line.y_um[0]))
         run_up = abs(first[k] - fly.start_um[k])
         stage.set_digital_output(axis, 1, 0)
         stage.configure_distance_trigger(axis, max(run_up, 1e-3), output=1, count=1)
         n = line.n_spots
-        ddg.set_trigger_source("SINGLE_SHOT_EXTERNAL_RISING")
-        ddg.configure_burst(n, self._period_s)
+        self._ddg_mode(ddg, "SINGLE_SHOT_EXTERNAL_RISING", (n, self._period_s))
         for system in SYSTEMS:
             bench.spectrometers[system].arm(n, "hardware")
         ddg.fire()  # arms the single-shot external trigger
@@ -373,6 +381,64 @@ class Engine:
         if status.aborted:
             self.handle._check()
         return self._collect(bench, n, status)
+
+    def _fly_stage_distance(self, bench: Bench, line: LinePlan, axis: str, speedup: float
+                            ) -> _SpotShots:
+        """A pass whose shots the stage spaces: every rising edge of the stage's output 1 fires
+        one DDG delay cycle (external rising-edge triggering, burst mode off; the single-shot
+        external mode would need a re-arm per shot).
+
+        The stage toggles its output every half step, starting high, so its rising edges fall
+        one step apart from the pass start (one step before the first spot): on every spot,
+        whatever the speed. The output is set high while the DDG still ignores its input, so
+        that edge fires nothing.
+        """
+        fly = line.fly
+        assert fly is not None
+        stage, ddg = bench.stage, bench.delay_generator
+        n = line.n_spots
+        step = fly.trigger_spacing_um
+        stage.set_digital_output(axis, 1, 1)
+        half = stage.configure_distance_trigger(axis, step / 2, output=1, count=2 * n)
+        if abs(2 * half - step) > 1e-6 * step:
+            stage.disable_distance_trigger(axis)
+            raise ValueError(
+                f"{self.scan.source}: region.step_um = {step:g} µm is not an even number of "
+                f"stage microsteps; a stage-distance trigger toggles every half step "
+                f"({half:g} µm possible)")
+        for system in SYSTEMS:
+            bench.spectrometers[system].arm(n, "hardware")
+        self._ddg_mode(ddg, "SINGLE_SHOT", None)
+        ddg.read_status()  # clear stale latched bits: what follows belongs to this pass
+        self._ddg_mode(ddg, "EXTERNAL_RISING", None)
+        stage.set_speed(fly.speed_um_s)
+        try:
+            stage.move_absolute(*fly.end_um)
+            stage.wait_until_idle(fly.duration_s / speedup + STAGE_TIMEOUT_MARGIN_S)
+        finally:
+            self._ddg_mode(ddg, "SINGLE_SHOT", None)
+            stage.disable_distance_trigger(axis)
+            stage.set_speed(self.scan.stage.speed_um_s)
+        seen = StatusFlag(int(ddg.read_status()))
+        self.handle._check()
+        status = BurstStatus(end_of_burst=True,
+                             triggers_ignored=StatusFlag.RATE in seen,
+                             inhibited=StatusFlag.INHIBIT in seen, flags=int(seen))
+        return self._collect(bench, n, status, step / fly.speed_um_s)
+
+    def _ddg_mode(self, ddg: Any, source: str, burst: tuple[int, float] | None) -> None:
+        """Set the DDG's trigger source and burst (count, period; None = burst mode off),
+        sending only what differs from what this engine last set: fly lines repeat the same
+        set-up, and every command is a round trip with an error check."""
+        if self._ddg_state.get("burst", False) != burst:
+            if burst is None:
+                ddg.set_burst_mode(False)
+            else:
+                ddg.configure_burst(*burst)
+            self._ddg_state["burst"] = burst
+        if self._ddg_state.get("source") != source:
+            ddg.set_trigger_source(source)
+            self._ddg_state["source"] = source
 
     def _store_fly(self, shots: _SpotShots, line: LinePlan, spectra: dict, valid: dict,
                    frame_id: dict, stamp: dict, reasons: dict) -> None:
@@ -417,8 +483,10 @@ class Engine:
             self.handle._check()
         return self._collect(bench, n_shots, status)
 
-    def _collect(self, bench: Bench, n_shots: int, status: Any) -> _SpotShots:
-        """Read both spectrometers' frames of a finished burst and pair them by shot."""
+    def _collect(self, bench: Bench, n_shots: int, status: Any,
+                 period_s: float | None = None) -> _SpotShots:
+        """Read both spectrometers' frames of a finished burst and pair them by shot (shots
+        ``period_s`` apart, by default the laser period)."""
         frames = {}
         for system in SYSTEMS:
             spectrometer = bench.spectrometers[system]
@@ -430,7 +498,7 @@ class Engine:
             spectrometer.disarm()
             self._counters.frames_seen[system] += len(frames[system])
         self._counters.shots += n_shots
-        pairing = self._pairer.pair(frames, n_shots, self._period_s)
+        pairing = self._pairer.pair(frames, n_shots, period_s or self._period_s)
         if status.inhibited:
             # shots may have been blocked at the laser: frames cannot be trusted either way
             for p in pairing.values():
@@ -484,12 +552,12 @@ class Engine:
             stamp[system][col] = float(f.timestamps_s[first])
 
     # ------------------------------------------------------------------ events
-    def _publish(self, line: RasterLine, reasons: dict, lines_done: int, lines_total: int,
-                 started: float) -> None:
+    def _publish(self, line: RasterLine, reasons: dict, lines_done: int, started: float
+                 ) -> None:
         c = self._counters
         progress = ScanProgress(
-            lines_done=lines_done, lines_total=lines_total, shots_done=c.shots,
-            shots_total=self.plan.total_shots, invalid_primary=c.invalid["primary"],
+            lines_done=lines_done, lines_total=self.plan.n_lines, shots_done=c.shots,
+            shots_total=self._shots_planned, invalid_primary=c.invalid["primary"],
             invalid_secondary=c.invalid["secondary"], elapsed_s=time.monotonic() - started)
         self.events.publish(LineEvent(str(self.path), line, self.plan.line_axis, progress,
                                       reasons))

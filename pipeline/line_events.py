@@ -23,10 +23,10 @@ log = logging.getLogger(__name__)
 class ScanProgress:
     """Counters after a line: for progress bars, ETA and the GUI's status line."""
 
-    lines_done: int
+    lines_done: int  # of the whole map, lines written before a resume included
     lines_total: int
-    shots_done: int
-    shots_total: int
+    shots_done: int  # by this run
+    shots_total: int  # that this run plans (a resumed map: its unfinished lines only)
     invalid_primary: int  # spots flagged invalid so far
     invalid_secondary: int
     elapsed_s: float

@@ -68,6 +68,11 @@ RASTER_SPOT_FIELDS = {
 MINERAL_FILL = -1
 ORDER_ATTR = "order"
 
+# Vertical raster orders shoot one column at fixed x per raster line. Their maps keep the
+# (ny, nx) layout (rows chunked as for every map) and add /map/columns_done, the per-column
+# completion flags a resume needs; /map/lines_done (per row) is set once every column is done.
+COLUMNS_DONE = "columns_done"
+
 
 class MapFileError(Exception):
     """Base of every problem with a plumelink map file."""

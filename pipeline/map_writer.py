@@ -5,6 +5,11 @@ SWMR writing (single writer, multiple readers): from then on only raw data chang
 in another process (plumelink, silx, h5web) can follow the scan, and a crash loses at most the
 line in flight. Each line is committed in two flushes: its data first, then its flag in
 /map/lines_done, so a set flag always means the whole line is on disk.
+
+Maps of a vertical raster order (a raster line is a column at fixed x) keep the same (ny, nx)
+layout, so every reader reads them the same way; `append_column` writes one column and flags it
+in /map/columns_done, and the row flags follow once every column is there. Their spectra are
+chunked one spot per chunk (each compressed chunk is then written once, never regrown).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import hdf5plugin
 import numpy as np
 
 from . import map_layout as L
+from .raster import VERTICAL_ORDERS
 from .raster_line import RasterLine
 
 log = logging.getLogger(__name__)
@@ -146,6 +152,7 @@ class _Handles:
     systems: dict[str, _SystemHandles]
     mineral: h5py.Dataset | None
     composition: h5py.Dataset | None
+    columns_done: h5py.Dataset | None = None  # vertical raster orders only
 
     @classmethod
     def open(cls, file: h5py.File) -> _Handles:
@@ -175,6 +182,7 @@ class _Handles:
             systems=systems,
             mineral=None if truth is None else truth["mineral"],
             composition=None if truth is None else truth["composition"],
+            columns_done=entry.get(L.COLUMNS_DONE),
         )
 
 
@@ -256,6 +264,8 @@ class MapWriter:
         self._n_px = {name: h.spectra.shape[2] for name, h in self._h.systems.items()}
         self._spectra_dtype = self._h.systems["primary"].spectra.dtype
         self._done = self._h.lines_done[()].astype(bool)
+        columns = self._h.columns_done
+        self._columns_done = None if columns is None else columns[()].astype(bool)
         self._closed = False
 
     @classmethod
@@ -379,7 +389,12 @@ class MapWriter:
                     f"{L.describe(path)} uses map format {version}; this plumelink writes "
                     f"format {L.FORMAT_VERSION} and cannot resume it"
                 )
-            done = file[L.ENTRY]["lines_done"][()].astype(bool)
+            entry = file[L.ENTRY]
+            done = entry["lines_done"][()].astype(bool)
+            if L.COLUMNS_DONE in entry:  # a vertical raster: its raster lines are columns
+                done = entry[L.COLUMNS_DONE][()].astype(bool)
+                if done.all():  # killed between the last column's flag and the rows' flags
+                    entry["lines_done"][:] = 1
             if done.all():
                 raise L.MapFileError(
                     f"cannot resume {L.describe(path)}: all {done.size} lines are written"
@@ -412,7 +427,20 @@ class MapWriter:
 
     @property
     def lines_done(self) -> np.ndarray:
-        """Copy of the per-line completion flags (bool, (ny,))."""
+        """Copy of the per-row completion flags (bool, (ny,))."""
+        return self._done.copy()
+
+    @property
+    def vertical(self) -> bool:
+        """True for a map whose raster lines are columns (vertical orders, `append_column`)."""
+        return self._columns_done is not None
+
+    @property
+    def raster_lines_done(self) -> np.ndarray:
+        """Copy of the completion flags of the raster lines: the columns (nx,) of a vertical
+        map, else the rows (ny,)."""
+        if self._columns_done is not None:
+            return self._columns_done.copy()
         return self._done.copy()
 
     def append_line(self, line: RasterLine) -> None:
@@ -421,6 +449,10 @@ class MapWriter:
             raise L.MapFileError(f"map file {L.describe(self._path)} is closed; cannot append")
         if not isinstance(line, RasterLine):
             raise TypeError(f"append_line expects a RasterLine, got {type(line).__name__}")
+        if self._columns_done is not None:
+            raise L.MapFileError(
+                f"map file {L.describe(self._path)} holds a vertical raster: its raster lines "
+                "are columns (append_column), not rows")
         self._check_fits(line)
         iy, h = line.index, self._h
         h.x_measured[iy] = line.x_measured_um
@@ -440,6 +472,48 @@ class MapWriter:
         # Flag only after the data are on disk: a set flag means the whole line is there.
         self._mark_done(iy)
         log.debug("map %s: line %d written", self._path, iy)
+
+    def append_column(self, line: RasterLine) -> None:
+        """Write column ``line.index`` (ix) of a vertical map and commit it to disk.
+
+        ``line`` holds ny spots in increasing y (``x_um`` all equal to the column's x). The
+        column's flag in /map/columns_done is set after its data are flushed; the per-row
+        flags of /map/lines_done are set once the last column is on disk, so a set row flag
+        keeps meaning "the whole row is there" for every reader.
+        """
+        if self._closed:
+            raise L.MapFileError(f"map file {L.describe(self._path)} is closed; cannot append")
+        if not isinstance(line, RasterLine):
+            raise TypeError(f"append_column expects a RasterLine, got {type(line).__name__}")
+        if self._columns_done is None:
+            raise L.MapFileError(
+                f"map file {L.describe(self._path)} was created for a horizontal raster order; "
+                "its raster lines are rows (append_line), not columns")
+        self._check_column_fits(line)
+        ix, h = line.index, self._h
+        h.x_measured[:, ix] = line.x_measured_um
+        h.y_measured[:, ix] = line.y_measured_um
+        h.shot_id[:, ix] = line.shot_id
+        for name, system in (("primary", line.primary), ("secondary", line.secondary)):
+            d = h.systems[name]
+            d.spectra[:, ix] = system.spectra
+            d.valid[:, ix] = system.valid
+            d.frame_id[:, ix] = system.frame_id
+            d.timestamp[:, ix] = system.timestamp_s
+            d.emissivity[:, ix] = system.emissivity
+        if line.truth is not None and h.mineral is not None and h.composition is not None:
+            h.mineral[:, ix] = line.truth.mineral
+            h.composition[:, ix] = line.truth.composition
+        self._flush()
+        assert h.columns_done is not None
+        h.columns_done[ix] = 1
+        h.columns_done.flush()
+        self._columns_done[ix] = True
+        if self._columns_done.all():
+            h.lines_done[:] = 1
+            h.lines_done.flush()
+            self._done[:] = True
+        log.debug("map %s: column %d written", self._path, ix)
 
     def close(self, status: str = L.STATUS_COMPLETE, reason: str = "") -> None:
         """Record the final status and end time, then close the file. Safe to call twice."""
@@ -531,6 +605,36 @@ class MapWriter:
                 f"line {line.index} of {where} is already written; lines are written once"
             )
 
+    def _check_column_fits(self, line: RasterLine) -> None:
+        ny, nx = self.shape
+        where = f"map file {L.describe(self._path)}"
+        if line.index >= nx:
+            raise L.MapShapeError(
+                f"column index {line.index} is outside {where}, which has columns 0..{nx - 1}")
+        if line.nx != ny:
+            raise L.MapShapeError(f"column {line.index} has {line.nx} spots but {where} has "
+                                  f"{ny} rows")
+        for name, system in (("primary", line.primary), ("secondary", line.secondary)):
+            if system.spectra.dtype != self._spectra_dtype or system.n_px != self._n_px[name]:
+                raise L.MapShapeError(
+                    f"column {line.index}: {name} spectra are {system.spectra.dtype} with "
+                    f"{system.n_px} pixels but {where} stores {self._spectra_dtype} with "
+                    f"{self._n_px[name]}")
+        if line.truth is not None and (
+                self._h.composition is None
+                or line.truth.n_elements != self._h.composition.shape[2]):
+            raise L.MapShapeError(f"column {line.index}: its ground truth does not fit {where}")
+        tol = {"rtol": 1e-9, "atol": 1e-3}
+        if not (np.allclose(line.y_um, self._y, **tol)
+                and np.allclose(line.x_um, self._x[line.index], **tol)):
+            raise L.MapShapeError(
+                f"column {line.index}: setpoints do not match the axes of {where} (expected "
+                f"x = {self._x[line.index]} µm and y from {self._y[0]} to {self._y[-1]} µm)")
+        assert self._columns_done is not None
+        if self._columns_done[line.index]:
+            raise L.MapFileError(
+                f"column {line.index} of {where} is already written; lines are written once")
+
     def _mark_done(self, iy: int) -> None:
         # The line's data are already flushed; flushing this one dataset publishes the flag
         # (to SWMR readers and the disk) without a second whole-file flush.
@@ -574,17 +678,24 @@ def _build_layout(
     for name in L.TEXT_FIELDS:
         _text(entry, name, texts[name])
     entry.create_dataset("lines_done", shape=(ny,), dtype="uint8", chunks=(ny,), fillvalue=0)
+    if raster_order in VERTICAL_ORDERS:
+        entry.create_dataset(L.COLUMNS_DONE, shape=(nx,), dtype="uint8", chunks=(nx,),
+                             fillvalue=0)
 
     instrument = _nx(file.create_group(L.INSTRUMENT, track_order=True), L.NX_INSTRUMENT)
     write_settings(instrument, settings)
 
+    # Compressed chunks are rewritten whole, and a rewritten chunk that grew takes new space in
+    # the file: a vertical map written column by column into row chunks grew 20 x its size.
+    # Its spectra are chunked one spot per chunk instead, each written once; rows read the same.
+    spectra_nx = 1 if raster_order in VERTICAL_ORDERS else nx
     for system in L.SYSTEMS:
         group = _nx(file.create_group(L.system_path(system), track_order=True), L.NX_DETECTOR)
         wavelength = group.create_dataset("wavelength", data=wavelengths[system])
         wavelength.attrs["units"] = "nm"
         n_px = wavelengths[system].size
         spectra = group.create_dataset(
-            "spectra", shape=(ny, nx, n_px), dtype=spectra_dtype, chunks=(1, nx, n_px),
+            "spectra", shape=(ny, nx, n_px), dtype=spectra_dtype, chunks=(1, spectra_nx, n_px),
             fillvalue=0, **filters,
         )
         spectra.attrs["units"] = "counts"

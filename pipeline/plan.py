@@ -4,16 +4,19 @@ A plan is what the acquisition engine executes and what a person reads before pr
 (STYLE.md: a scan is a plan that can be printed and dry-run). `make_plan` needs no hardware;
 `dry_run` also checks the bench profile (a file, no device is opened); `format_plan` prints it.
 
-A raster line is one stored row of the map: for horizontal orders a row at fixed y (spots
-along x), for vertical orders a column at fixed x (spots along y), so the map file holds
-(n_lines, n_spots) spots either way. `LinePlan.storage_index` gives, for each shot in shot
-order, its position within the stored line (reversed on odd lines of a snake).
+A raster line is what the stage shoots in one go: for horizontal orders a row at fixed y (spots
+along x), for vertical orders a column at fixed x (spots along y). A plan has (n_lines, n_spots)
+spots; the map file always holds them as (ny, nx), a vertical line being one of its columns.
+`LinePlan.storage_index` gives, for each shot in shot order, its position within the stored
+line (reversed on odd lines of a snake).
 
 Duration estimate (acceleration-free): a move takes max(|dx|, |dy|) / stage speed (both axes
 move at once); step mode: every move is followed by ``settle_s``, every spot by a burst of
 ``shots_per_spot`` shots taking ``shots_per_spot / rate_hz``; fly mode: between lines a move
 at stage speed plus ``settle_s``, each line one pass of ``(n_spots - 1) * step + 2 * run_up``
-at the fly speed; every line adds ``line_overhead_s``. The stage starts at the first position.
+at the fly speed (with a stage-distance trigger the pass starts one step before the first spot
+instead of ``run_up``); every line adds ``line_overhead_s``. The stage starts at the first
+position.
 """
 
 from __future__ import annotations
@@ -208,15 +211,20 @@ def _fly_pass(scan: ScanConfig, points: np.ndarray, axis: str) -> FlyPass:
     first, last = points[0].astype(float), points[-1].astype(float)
     direction = 1.0 if points.shape[0] == 1 or last[k] >= first[k] else -1.0
     start, end = first.copy(), last.copy()
-    start[k] -= direction * fly.run_up_um
+    if fly.trigger == "ddg-clock":
+        spacing, run_up = fly.speed_um_s / scan.rate_hz, fly.run_up_um
+    else:
+        # the stage's trigger counts travel from the pass start and fires every step: the
+        # pass starts one step before the first spot (shots placed by distance need no run-up
+        # to constant speed)
+        spacing = run_up = scan.region.step_um
+    start[k] -= direction * run_up
     end[k] += direction * fly.run_up_um
-    spacing = (fly.speed_um_s / scan.rate_hz if fly.trigger == "ddg-clock"
-               else scan.region.step_um)
     distance = abs(end[k] - start[k])
     return FlyPass(start_um=(float(start[0]), float(start[1])),
                    end_um=(float(end[0]), float(end[1])), speed_um_s=fly.speed_um_s,
                    trigger=fly.trigger, trigger_spacing_um=spacing,
-                   first_shot_delay_s=fly.run_up_um / fly.speed_um_s,
+                   first_shot_delay_s=run_up / fly.speed_um_s,
                    duration_s=distance / fly.speed_um_s)
 
 

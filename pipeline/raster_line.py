@@ -89,7 +89,12 @@ class LineTruth:
 
 @dataclass(frozen=True, eq=False)
 class RasterLine:
-    """Row `index` (iy) of a map: stage positions, shot ids and both systems' spectra."""
+    """Row `index` (iy) of a map: stage positions, shot ids and both systems' spectra.
+
+    For a vertical raster order a raster line is column `index` (ix) instead: the arrays then
+    run along y in increasing y (``x_um`` all equal to the column's x), and the map store
+    writes it with `MapWriter.append_column`.
+    """
 
     index: int
     x_um: np.ndarray

@@ -48,6 +48,7 @@ STAGE = "stage"
 ALL_SPECTROMETERS = "spectrometers"
 _WRAP = 1 << 32
 STAGE_TRIGGER_OUTPUT = 1  # the stage's digital output wired to the DDG's external trigger
+DDG_CHECK_S = 0.0005  # real seconds between unforced checks for due DDG shots
 
 
 # ---------------------------------------------------------------------------- clock
@@ -248,6 +249,7 @@ class TriggerBus:
         self._plan = FaultPlan()
         self._dark_rows: dict[str, np.ndarray] = {}
         self._closed = False
+        self._next_ddg_check = 0.0  # real time.monotonic()
         self._unsubscribe = ddg.on_shot(self._on_shot)
         for tap in self.taps.values():
             tap.fake.on_call = self._on_fake_call
@@ -359,9 +361,14 @@ class TriggerBus:
     def _resolve(self, *, force: bool) -> None:
         if self._closed:
             return
-        due = self.ddg.next_event_time()
-        if due is not None and due <= self.ddg.now():
-            self.ddg.update()  # outside our lock: the DDG hands its shots to _on_shot
+        # A frame loop polls once per frame: ask the DDG for due shots at most every
+        # DDG_CHECK_S (real) unless forced, so polls cost next to nothing between shots.
+        real = time.monotonic()
+        if force or real >= self._next_ddg_check:
+            self._next_ddg_check = real + DDG_CHECK_S
+            due = self.ddg.next_event_time()
+            if due is not None and due <= self.ddg.now():
+                self.ddg.update()  # outside our lock: the DDG hands its shots to _on_shot
         with self._lock:
             if not self._pending or not (force or self._due()):
                 return
@@ -389,7 +396,8 @@ class TriggerBus:
             if not record.triggered:
                 continue
             for tap in self.taps.values():
-                copies = self._apply_spectrometer_faults(tap, record.faults)
+                copies = (self._apply_spectrometer_faults(tap, record.faults)
+                          if record.faults else 1)
                 row = rows.get(record.number)
                 if row is not None and tap.role in spectra:
                     spectrum = spectra[tap.role][row]

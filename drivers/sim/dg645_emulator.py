@@ -59,6 +59,9 @@ _MAX_EVENTS_PER_ADVANCE = 100_000
 _MAX_WAIT_S = 1.0  # longest a server sleeps without I/O or a scheduled shot
 _GARBAGE = b"\xfe\x80#garbage?\r\n"  # a GARBAGE fault's default reply
 
+# (links, delays, absolute ps, the shots' delay mapping) of the current delay setting
+_DelayCache = tuple[list[int], list[int], list[int], Mapping[str, float]]
+
 # INSR bits
 TRIG, RATE, END_OF_DELAY, END_OF_BURST, INHIBIT = 1, 2, 4, 8, 16
 
@@ -191,6 +194,7 @@ class DG645Emulator(Clocked, WireRecord):
         self._insr = 0
         self._esr = 0
         self.ignored_triggers = 0
+        self._delay_cache: _DelayCache | None = None
         self._reset()
 
     # ------------------------------------------------------------------ protocol
@@ -446,7 +450,7 @@ class DG645Emulator(Clocked, WireRecord):
         assert run is not None
         t, cycle = run.next_time(), run.emitted
         run.emitted += 1
-        absolute = self._absolute_ps(self._links, self._delays) or [0] * len(CHANNELS)
+        absolute, delays = self._shot_delays()
         inhibited = frozenset(_INHIBITED_BY[int(self._values["INHB"][0])]
                               if self.inhibit_input else ())
         if inhibited:
@@ -457,8 +461,7 @@ class DG645Emulator(Clocked, WireRecord):
             time=t,
             burst_cycle=cycle if run.burst else 0,
             t0_output=not run.burst or cycle == 0 or self._values["BURT"][0] == 0,
-            delays=types.MappingProxyType(
-                {name: absolute[i] / _PS for i, name in enumerate(CHANNELS) if i}),
+            delays=delays,
             inhibited_outputs=inhibited,
         )
         self._shots.append(shot)
@@ -469,6 +472,18 @@ class DG645Emulator(Clocked, WireRecord):
             self._busy_until = t + max(absolute) / _PS
             if run.burst:
                 self._insr |= END_OF_BURST
+
+    def _shot_delays(self) -> tuple[list[int], Mapping[str, float]]:
+        """Absolute delays (ps) and the read-only mapping every shot carries, worked out once
+        per delay setting (a burst of thousands of shots shares them); `_set_delay` and
+        `_reset` replace the lists, which is what invalidates the cache."""
+        cached = self._delay_cache
+        if cached is None or cached[0] is not self._links or cached[1] is not self._delays:
+            absolute = self._absolute_ps(self._links, self._delays) or [0] * len(CHANNELS)
+            delays = types.MappingProxyType(
+                {name: absolute[i] / _PS for i, name in enumerate(CHANNELS) if i})
+            cached = self._delay_cache = (self._links, self._delays, absolute, delays)
+        return cached[2], cached[3]
 
     def _dispatch(self) -> None:
         """Hand new shots to subscribers in order, outside the state lock."""

@@ -154,6 +154,43 @@ def test_shots_during_a_move_sample_the_moving_stage(bench: Bench) -> None:
     stage.wait_until_idle(2.0)
 
 
+def test_stage_distance_trigger_fires_one_shot_per_rising_edge(bench: Bench) -> None:
+    """Wiring of stage-distance fly scans: the stage toggles output 1 every half step, the DDG
+    (external rising edge, no burst) fires once per rising edge, i.e. once per step of travel,
+    and each shot samples the stage exactly there."""
+    sim, stage, ddg = bench.simulation, bench.stage, bench.delay_generator
+    n, step = 8, 25.0
+    stage.set_speed(1e6)
+    stage.move_absolute(1000.0, 2000.0)
+    stage.wait_until_idle(2.0)
+    for spectrometer in bench.spectrometers.values():
+        spectrometer.arm(n)
+    first = sim.next_shot_number
+    try:
+        stage.set_digital_output("x", 1, 1)  # high before the DDG listens: no shot
+        assert stage.configure_distance_trigger("x", step / 2, count=2 * n) == step / 2
+        ddg.set_burst_mode(False)
+        ddg.enable_outputs()
+        ddg.set_trigger_source("EXTERNAL_RISING")
+        stage.set_speed(25_000.0)
+        stage.move_absolute(1000.0 + (n + 2) * step, 2000.0)  # two more steps: no more shots
+        stage.wait_until_idle(2.0)
+        frames = {role: _read(bench, role) for role in bench.spectrometers}
+    finally:
+        ddg.disable_outputs()
+        stage.disable_distance_trigger("x")
+        stage.set_speed(1e6)
+    shots = [r for r in sim.shot_log if r.number >= first]
+    x = np.array([r.x_um for r in shots])
+    np.testing.assert_allclose(x, 1000.0 + step * np.arange(1, n + 1), atol=0.11)
+    assert all(r.laser_fired for r in shots)
+    assert bench.emulators["delay_generator"].ignored_triggers == 0
+    for role, got in frames.items():
+        assert _shots(bench, role, got) == [r.number for r in shots]
+    stage.move_absolute(1000.0, 2000.0)
+    stage.wait_until_idle(2.0)
+
+
 def test_disabled_outputs_fire_no_laser_and_no_frames(bench: Bench) -> None:
     sim = bench.simulation
     bench.delay_generator.disable_outputs()

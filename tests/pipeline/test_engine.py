@@ -298,6 +298,35 @@ def test_killed_scan_resumes_into_the_same_file(tmp_path: Path) -> None:
             assert a.read_line(iy).primary.valid.all()
 
 
+def test_killed_vertical_scan_resumes_its_columns(tmp_path: Path) -> None:
+    import h5py
+
+    bench = bench_profile(tmp_path)
+    ny, nx = 3, 5
+    killed, whole = tmp_path / "killed.h5", tmp_path / "whole.h5"
+    for name, out in (("killed", killed), ("whole", whole)):
+        (tmp_path / f"{name}.toml").write_text(vertical(scan_text(bench, out, ny=ny, nx=nx)))
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "killed.toml"),
+                           "2"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr
+    with h5py.File(killed, "r", swmr=True) as f:  # a killed SWMR writer: readable this way
+        columns = f["map/columns_done"][()].astype(bool)
+    assert columns[:2].all() and not columns.all()
+    from plumelink.pipeline.scan import load_scan
+
+    result = acquire(load_scan(tmp_path / "killed.toml"), resume=True)
+    assert result.status == "complete" and result.lines_written == nx - columns.sum()
+    acquire(load_scan(tmp_path / "whole.toml"))
+    with MapReader(killed) as a, MapReader(whole) as b:
+        assert a.lines_done.all() and a.status == "complete"
+        for iy in range(ny):
+            la, lb = a.read_line(iy), b.read_line(iy)
+            np.testing.assert_array_equal(la.primary.spectra[columns],
+                                          lb.primary.spectra[columns])
+            np.testing.assert_array_equal(la.y_measured_um[columns], lb.y_measured_um[columns])
+            assert la.primary.valid.all() and la.secondary.valid.all()
+
+
 def fly_scan_text(bench: Path, out: Path, *, ny: int = 3, nx: int = 20) -> str:
     return textwrap.dedent(f"""\
         sample = "pegmatite test piece"
@@ -357,15 +386,164 @@ def test_fly_scan_shots_land_on_their_spots(tmp_path: Path) -> None:
     assert result.invalid_secondary == 1 and result.invalid_primary == 0
 
 
-def test_unsupported_fly_trigger_and_vertical_orders_are_refused_clearly(tmp_path: Path) -> None:
+def vertical(text: str, order: str = "snake-vertical") -> str:
+    return text.replace("[region]\n", f'[region]\norder = "{order}"\n')
+
+
+@pytest.mark.parametrize("order", ["snake-vertical", "plain-vertical"])
+def test_vertical_orders_shoot_columns_into_the_same_map_layout(setup, order) -> None:
+    """A vertical raster line is a column at fixed x; the map keeps its (ny, nx) layout, every
+    spot holds the shot that hit it, and a fault lands on the spot it was injected at."""
+    _, bench_path, out = setup
+    ny, nx = 4, 3
+    scan = parse_scan(vertical(scan_text(bench_path, out, ny=ny, nx=nx), order), source="v")
+    k = 5  # shot order: column 0 (4 shots up), then column 1 (down on a snake)
+    iy_fault = ny - 1 - (k - ny) if order == "snake-vertical" else k - ny
+    with open_bench(bench_path) as bench:
+        sim = bench.simulation
+        n0 = sim.next_shot_number
+        sim.inject({n0 + k: ShotFault.missed("primary")})
+        result = acquire(scan, bench=bench)
+        log = {r.number: r for r in sim.shot_log}
+        assert check_pairs(out, sim.bus) == (ny * nx - 1, ny * nx)
+        with MapReader(out) as m:
+            assert m.shape == (ny, nx) and m.status == "complete" and m.lines_done.all()
+            assert m.metadata["raster_order"] == order
+            shot_id = np.array([m.read_line(iy).shot_id for iy in range(ny)])
+            for iy in range(ny):
+                line = m.read_line(iy)
+                assert line.secondary.valid.all()
+                for ix in range(nx):
+                    shot = log[sim.bus.shot_for("secondary", line.secondary.timestamp_s[ix])]
+                    assert shot.x_um == pytest.approx(line.x_um[ix], abs=0.2)
+                    assert shot.y_um == pytest.approx(line.y_um[ix], abs=0.2)
+                    assert line.y_measured_um[ix] == pytest.approx(shot.y_um, abs=0.2)
+                    assert shot.number - n0 == shot_id[iy, ix]
+                assert line.primary.valid.sum() == nx - (iy == iy_fault)
+            assert not m.read_line(iy_fault).primary.valid[1]
+    # columns are shot one after the other, each up (or down on odd snake columns)
+    columns = shot_id.T
+    assert (columns[0] == np.arange(ny)).all()
+    expected = np.arange(ny, 2 * ny)
+    assert (columns[1] == (expected[::-1] if order == "snake-vertical" else expected)).all()
+    assert result.lines_total == nx and result.invalid_primary == 1
+
+
+def test_vertical_map_resumes_from_its_first_unfinished_column(setup) -> None:
+    import h5py
+
+    make, bench_path, out = setup
+    ny, nx = 3, 4
+    scan = parse_scan(vertical(scan_text(bench_path, out, ny=ny, nx=nx)), source="v")
+    handle = ScanHandle()
+    with open_bench(bench_path) as bench:
+        first = acquire(scan, bench=bench, handle=handle,
+                        on_line=lambda event: handle.abort("stop pressed"))
+        sim = bench.simulation
+        assert first.status == "interrupted"
+        with h5py.File(out, "r") as f:
+            columns = f["map/columns_done"][()].astype(bool)
+            assert 1 <= columns.sum() < nx
+            assert not f["map/lines_done"][()].any()  # no row is whole yet
+        with MapReader(out) as m:
+            before = np.array([m.read_line(iy).primary.spectra for iy in range(ny)])
+        with pytest.raises(ValueError, match="of columns but the scan plans 3 x 4 of rows"):
+            acquire(make(ny=ny, nx=nx), bench=bench, resume=True)  # a horizontal scan
+        events = []
+        second = acquire(scan, bench=bench, resume=True, on_line=events.append)
+        assert second.lines_written == nx - columns.sum()
+        deadline = time.monotonic() + 5
+        while len(events) < second.lines_written and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # progress counts the whole map's lines but this run's shots (for shots/s and ETA)
+        last = events[-1].progress
+        assert (last.lines_done, last.lines_total) == (nx, nx)
+        assert last.shots_done == last.shots_total == (nx - columns.sum()) * ny
+        assert events[-1].line_axis == "x"
+        assert check_pairs(out, sim.bus) == (ny * nx, ny * nx)
+    with MapReader(out) as m:
+        assert m.status == "complete" and m.lines_done.all()
+        after = np.array([m.read_line(iy).primary.spectra for iy in range(ny)])
+    np.testing.assert_array_equal(after[:, columns], before[:, columns])
+
+
+def test_vertical_fly_scan_shots_land_on_their_spots(tmp_path: Path) -> None:
     bench_path = bench_profile(tmp_path)
     out = tmp_path / "fly.h5"
-    text = fly_scan_text(bench_path, out).replace('trigger = "ddg-clock"',
-                                                  'trigger = "stage-distance"')
-    with pytest.raises(NotImplementedError, match="stage-distance"):
-        acquire(parse_scan(text, source="fly.toml"))
-    text = fly_scan_text(bench_path, out).replace("step_um = 25.0",
-                                                  'step_um = 25.0\norder = "snake-vertical"')
-    with pytest.raises(NotImplementedError, match="snake-vertical"):
-        acquire(parse_scan(text, source="fly.toml"))
-    assert not out.exists()  # refused before any file or device
+    scan = parse_scan(vertical(fly_scan_text(bench_path, out, ny=10, nx=2)), source="fly")
+    with open_bench(bench_path) as bench:
+        sim = bench.simulation
+        acquire(scan, bench=bench)
+        log = {r.number: r for r in sim.shot_log}
+        assert check_pairs(out, sim.bus) == (20, 20)
+        with MapReader(out) as m:
+            assert m.shape == (10, 2)
+            for iy in range(10):
+                line = m.read_line(iy)
+                for ix in range(2):
+                    shot = log[sim.bus.shot_for("primary", line.primary.timestamp_s[ix])]
+                    assert shot.x_um == pytest.approx(line.x_um[ix], abs=0.5)
+                    assert shot.y_um == pytest.approx(line.y_um[ix], abs=0.5)
+
+
+def stage_distance(text: str) -> str:
+    return text.replace('trigger = "ddg-clock"', 'trigger = "stage-distance"')
+
+
+@pytest.mark.parametrize("order", ["snake-horizontal", "plain-vertical"])
+def test_stage_distance_fly_scan_fires_one_shot_per_step(tmp_path: Path, order) -> None:
+    """Every rising edge of the stage's distance trigger fires one DDG shot: shots land on the
+    spots by distance, a missed frame is flagged on its own spot, nothing shifts."""
+    bench_path = bench_profile(tmp_path)
+    out = tmp_path / "fly.h5"
+    ny, nx = (3, 12) if order.endswith("horizontal") else (12, 3)
+    text = vertical(stage_distance(fly_scan_text(bench_path, out, ny=ny, nx=nx)), order)
+    scan = parse_scan(text, source="fly.toml")
+    with open_bench(bench_path) as bench:
+        sim = bench.simulation
+        n0 = sim.next_shot_number
+        sim.inject({n0 + 14: ShotFault.missed("primary")})  # 2nd line, its 3rd shot
+        result = acquire(scan, bench=bench)
+        ddg = bench.emulators["delay_generator"]
+        log = {r.number: r for r in sim.shot_log}
+        assert len(log) == 36 and ddg.ignored_triggers == 0  # one shot per spot, no more
+        assert check_pairs(out, sim.bus) == (35, 36)
+        with MapReader(out) as m:
+            for iy in range(ny):
+                line = m.read_line(iy)
+                for ix in range(nx):
+                    shot = log[sim.bus.shot_for("secondary", line.secondary.timestamp_s[ix])]
+                    assert shot.x_um == pytest.approx(line.x_um[ix], abs=0.2)
+                    assert shot.y_um == pytest.approx(line.y_um[ix], abs=0.2)
+                    assert shot.number - n0 == line.shot_id[ix]
+            missed = np.argwhere(np.array([m.read_line(iy).primary.valid
+                                           for iy in range(ny)]) == 0)
+            shot_ids = np.array([m.read_line(iy).shot_id for iy in range(ny)])
+        assert [shot_ids[tuple(missed[0])]] == [14] and len(missed) == 1
+        assert ddg.outputs_inhibited
+    assert result.invalid_primary == 1 and result.invalid_secondary == 0
+
+
+def test_stage_distance_needs_a_stage_with_a_distance_trigger(tmp_path: Path) -> None:
+    from plumelink.drivers.bench import Bench
+
+    bench_path = bench_profile(tmp_path)
+    out = tmp_path / "fly.h5"
+    scan = parse_scan(stage_distance(fly_scan_text(bench_path, out)), source="fly.toml")
+
+    class PlainStage:  # a stage driver without distance triggers (the PI one, for instance)
+        def __init__(self, stage) -> None:
+            self._stage = stage
+
+        def __getattr__(self, name: str):
+            if name in ("configure_distance_trigger", "disable_distance_trigger"):
+                raise AttributeError(name)
+            return getattr(self._stage, name)
+
+    with open_bench(bench_path) as bench:
+        fields = {f: getattr(bench, f) for f in Bench.__dataclass_fields__}
+        plain = Bench(**{**fields, "stage": PlainStage(bench.stage)})
+        with pytest.raises(NotImplementedError, match="PlainStage has no "
+                                                      "configure_distance_trigger"):
+            acquire(scan, bench=plain)
+        assert bench.emulators["delay_generator"].outputs_inhibited

@@ -560,3 +560,69 @@ def test_resume_refuses_missing_and_foreign_files(map_path: Path) -> None:
         f["x"] = 1
     with pytest.raises(ForeignFileError, match="not a plumelink map"):
         MapWriter.resume(map_path)
+
+
+def _column(ix: int, spec=SPEC) -> RasterLine:
+    """Column ix of the synthetic map (spots in increasing y), taken from its rows."""
+    rows = [make_line(iy) for iy in range(spec.ny)]
+
+    def system(name: str) -> SystemLine:
+        parts = [getattr(r, name) for r in rows]
+        return SystemLine(spectra=np.stack([p.spectra[ix] for p in parts]),
+                          valid=np.array([p.valid[ix] for p in parts]),
+                          frame_id=np.array([p.frame_id[ix] for p in parts]),
+                          timestamp_s=np.array([p.timestamp_s[ix] for p in parts]))
+
+    def spot(name: str) -> np.ndarray:
+        return np.array([getattr(r, name)[ix] for r in rows])
+
+    truth = LineTruth(mineral=np.array([r.truth.mineral[ix] for r in rows]),
+                      composition=np.stack([r.truth.composition[ix] for r in rows]))
+    return RasterLine(index=ix, x_um=spot("x_um"), y_um=spot("y_um"),
+                      x_measured_um=spot("x_measured_um"), y_measured_um=spot("y_measured_um"),
+                      shot_id=spot("shot_id"), primary=system("primary"),
+                      secondary=system("secondary"), truth=truth)
+
+
+def test_vertical_map_written_by_columns_reads_back_by_rows(map_path: Path) -> None:
+    """A vertical raster's lines are columns; the file keeps its (ny, nx) layout, rows are
+    flagged done only once every column is there, and a resume continues by columns."""
+    k = 5
+    writer = create_map(map_path, raster_order="snake-vertical")
+    assert writer.vertical
+    with pytest.raises(MapFileError, match="columns"):
+        writer.append_line(make_line(0))
+    for ix in range(k):
+        writer.append_column(_column(ix))
+    with pytest.raises(MapShapeError, match="setpoints"):
+        writer.append_column(_with(_column(k), x_um=np.full(SPEC.ny, 3.0)))
+    assert not writer.lines_done.any()  # no row is whole yet
+    writer.close("interrupted", "stopped")
+    with MapReader(map_path) as reader:
+        assert reader.shape == (SPEC.ny, SPEC.nx) and reader.n_lines_done == 0
+        line = reader.read_line(1)
+        np.testing.assert_array_equal(line.primary.spectra[:k], make_line(1).primary.spectra[:k])
+        assert not line.primary.valid[k:].any()
+    with MapWriter.resume(map_path) as writer:
+        assert writer.raster_lines_done.tolist() == [True] * k + [False] * (SPEC.nx - k)
+        with pytest.raises(MapFileError, match="already written"):
+            writer.append_column(_column(0))
+        for ix in range(k, SPEC.nx):
+            writer.append_column(_column(ix))
+    with MapReader(map_path) as reader:
+        assert reader.status == "complete" and reader.lines_done.all()
+        for iy in range(SPEC.ny):
+            assert lines_equal(reader.read_line(iy), make_line(iy)), f"row {iy} differs"
+    with h5py.File(map_path, "r") as f:
+        assert f["map/columns_done"][()].all()
+    with pytest.raises(MapFileError, match=f"all {SPEC.nx} lines are written"):
+        MapWriter.resume(map_path)
+
+
+def test_horizontal_map_refuses_columns(map_path: Path) -> None:
+    with create_map(map_path) as writer:
+        assert not writer.vertical
+        with pytest.raises(MapFileError, match="horizontal"):
+            writer.append_column(_column(0))
+    with h5py.File(map_path, "r") as f:
+        assert "columns_done" not in f["map"]  # horizontal maps are unchanged

@@ -121,16 +121,20 @@ def test_fly_lines_space_triggers_by_the_step(trigger: str) -> None:
     first, second = plan.lines
     assert first.fly is not None and second.fly is not None
     assert first.fly.trigger_spacing_um == pytest.approx(10.0)
-    assert first.fly.start_um == (-5.0, 0.0) and first.fly.end_um == (25.0, 0.0)
-    assert second.fly.start_um == (25.0, 10.0) and second.fly.end_um == (-5.0, 10.0)
-    assert first.fly.first_shot_delay_s == pytest.approx(0.05)
-    assert first.fly.duration_s == pytest.approx(0.3)
+    # the stage's trigger counts from the pass start: it starts one step before the first spot
+    lead = 5.0 if trigger == "ddg-clock" else 10.0
+    assert first.fly.start_um == (-lead, 0.0) and first.fly.end_um == (25.0, 0.0)
+    assert second.fly.start_um == (20.0 + lead, 10.0) and second.fly.end_um == (-5.0, 10.0)
+    assert first.fly.first_shot_delay_s == pytest.approx(lead / 100.0)
+    pass_s = (20.0 + lead + 5.0) / 100.0
+    assert first.fly.duration_s == pytest.approx(pass_s)
     np.testing.assert_array_equal(second.x_um, [20, 10, 0])
-    # passes 2 x 0.3 s, one 10 µm move at 200 µm/s, one settle, two line overheads
-    assert plan.estimate.shoot_s == pytest.approx(0.6)
+    # two passes, one move at 200 µm/s (10 µm in y is the longer axis), one settle, two line
+    # overheads
+    assert plan.estimate.shoot_s == pytest.approx(2 * pass_s)
     assert plan.estimate.move_s == pytest.approx(0.05)
     assert plan.estimate.settle_s == pytest.approx(0.1)
-    assert plan.duration_s == pytest.approx(1.75)
+    assert plan.duration_s == pytest.approx(2 * pass_s + 0.05 + 0.1 + 1.0)
 
 
 def test_vertical_fly_runs_along_y() -> None:
