@@ -221,10 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
         gui_command,
         join_command,
         transfer_command,
+        tune_command,
     )
 
     for command in (acquire_command, transfer_command, evaluate_command, join_command,
-                    gui_command):
+                    gui_command, tune_command):
         command.register(sub)
     return parser
 
