@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +101,13 @@ class Checkpointer:
     """Reads and writes ``folder`` (MODEL_DIR/checkpoints); writes only when ``writer``."""
 
     def __init__(self, folder: str | os.PathLike[str], fingerprint: dict[str, Any],
-                 *, resume: bool, writer: bool = True):
+                 *, resume: bool, writer: bool = True, interval_s: float = 0.0):
         self.folder = Path(folder)
         self.writer = writer
+        # an epoch of a small map takes a second while its checkpoint (weights, best weights,
+        # Adam moments) is ~150 MB: save mid-stage epochs at most every interval_s
+        self.interval_s = interval_s
+        self._last_save = time.monotonic()
         self.fingerprint = json.loads(json.dumps(fingerprint))
         self.state: dict[str, Any] = {"format": FORMAT, "version": VERSION,
                                       "fingerprint": self.fingerprint, "stages": {},
@@ -167,7 +172,7 @@ class Checkpointer:
     def save_epoch(self, stage: str, record: dict[str, Any], model: nn.Module,
                    best_state: dict[str, torch.Tensor], optimiser: torch.optim.Optimizer
                    ) -> None:
-        if not self.writer:
+        if not self.writer or time.monotonic() - self._last_save < self.interval_s:
             return
         opt_tensors, groups = optimiser_tensors(optimiser)
         tensors = {**_tensors("model", model.state_dict()), **_tensors("best", best_state),
@@ -178,6 +183,7 @@ class Checkpointer:
         self.state["epoch"] = json.loads(json.dumps({**record, "stage": stage,
                                                      "param_groups": groups}))
         self._write_state()
+        self._last_save = time.monotonic()
 
     def _write_state(self) -> None:
         text = json.dumps(self.state, indent=1)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from plumelink.models.networks import VAE, LatentMLP
+from plumelink.models.networks import VAE, LatentMLP, SystemDecoder
 
 METHODS = ("consistency", "prior", "posterior_var", "mahalanobis")
 DEFAULT_METHOD = "consistency"
@@ -72,16 +72,20 @@ def transfer_with_distances(
     *,
     stats: LatentStats | None = None,
     batch_size: int = 4096,
+    decoder: SystemDecoder | None = None,
 ) -> TransferOutput:
-    """Run MLP + decoder on scaled secondary spectra and compute every candidate distance."""
+    """Run MLP + decoder on scaled secondary spectra and compute every candidate distance.
+
+    decoder: the system's fine-tuned decoder (`ModelPackage.decoders`); None: the VAE's."""
     mlp.eval()
     vae.eval()
+    decode = vae.decode if decoder is None else decoder.eval()
     x = np.ascontiguousarray(secondary_scaled, dtype=np.float32)
     zs, xs, dist = [], [], {m: [] for m in METHODS if m != "mahalanobis" or stats is not None}
     scale = float(np.sqrt(vae.latent))
     for start in range(0, len(x), batch_size):
         z = mlp(torch.from_numpy(x[start : start + batch_size]))
-        decoded = vae.decode(z)
+        decoded = decode(z)
         mean2, log_var2 = vae.encode(decoded)
         zs.append(z.numpy())
         xs.append(decoded.numpy())

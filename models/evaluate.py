@@ -156,7 +156,8 @@ class TransferModels:
     def transfer(self, corrected: np.ndarray) -> tuple[np.ndarray, C.TransferOutput]:
         """vae_mlp prediction (unscaled) and its latents and confidence distances."""
         out = C.transfer_with_distances(self.package.latent_mlps[self.system], self.package.vae,
-                                        self.scale_secondary(corrected), stats=self.latent_stats)
+                                        self.scale_secondary(corrected), stats=self.latent_stats,
+                                        decoder=self.package.decoders.get(self.system))
         return self.primary_scaler.inverse_transform(out.scaled), out
 
 

@@ -40,6 +40,20 @@ class FitConfig:
     patience: int = 10  # epochs without validation improvement before stopping
     seed: int = 0
     max_batches: int | None = None  # cap of training batches per epoch (measurements)
+    # learning-rate schedule: "constant"; "cosine" (to min_lr_fraction x lr at the last
+    # step of `epochs`); "plateau" (x lr_decay_factor after lr_decay_patience epochs without
+    # a new best validation loss, at most down to min_lr_fraction x lr)
+    schedule: str = "constant"
+    min_lr_fraction: float = 0.01
+    lr_decay_patience: int = 5
+    lr_decay_factor: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+
+
+SCHEDULES = ("constant", "cosine", "plateau")
 
 
 @dataclass
@@ -48,10 +62,12 @@ class FitHistory:
     val_loss: list[float] = field(default_factory=list)
     best_epoch: int = -1
     stopped_early: bool = False
+    learning_rate: list[float] = field(default_factory=list)  # at the end of each epoch
 
     def as_dict(self) -> dict:
         return {"train_loss": self.train_loss, "val_loss": self.val_loss,
-                "best_epoch": self.best_epoch, "stopped_early": self.stopped_early}
+                "best_epoch": self.best_epoch, "stopped_early": self.stopped_early,
+                "learning_rate": self.learning_rate}
 
 
 class BatchSource(Protocol):
@@ -138,7 +154,7 @@ def cyclic_kl_weight(step: int, total_steps: int, cycles: int = 4, maximum: floa
     return maximum * min(phase / ramp_fraction, 1.0)
 
 
-def vae_loss(total_steps: int) -> LossFn:
+def vae_loss(total_steps: int, cycles: int = 4, kl_max: float = 0.5) -> LossFn:
     """MSE (summed over pixels) + annealed KL; validation criterion: reconstruction MSE."""
 
     def loss(model: nn.Module, batch: tuple, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,7 +162,7 @@ def vae_loss(total_steps: int) -> LossFn:
         (x,) = batch
         recon, mean, log_var = model(x)
         sq = (recon - x).pow(2).sum(dim=1)
-        beta = cyclic_kl_weight(step, total_steps)
+        beta = cyclic_kl_weight(step, total_steps, cycles, kl_max)
         total = (sq + beta * kl_divergence(mean, log_var)).mean()
         return total, sq.mean() / x.shape[1]
 
@@ -168,6 +184,22 @@ def make_adam(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.A
                                 fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+def cosine_lr(config: FitConfig, step: int, total_steps: int) -> float:
+    """Cosine decay from the learning rate to min_lr_fraction of it over total_steps."""
+    low = config.learning_rate * config.min_lr_fraction
+    phase = min(step / max(total_steps - 1, 1), 1.0)
+    return low + (config.learning_rate - low) * 0.5 * (1.0 + math.cos(math.pi * phase))
+
+
+def _get_lr(optimiser: torch.optim.Optimizer) -> float:
+    return float(optimiser.param_groups[0]["lr"])
+
+
+def _set_lr(optimiser: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimiser.param_groups:
+        group["lr"] = lr
 
 
 def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -205,7 +237,7 @@ def fit(
     history = FitHistory()
     best = math.inf
     best_state = _clone_state(model)
-    step, first_epoch, stop = 0, 0, False
+    step, first_epoch, stop, last_decay = 0, 0, False, -1
     resumed = checkpoint.epoch_state(stage) if checkpoint is not None and stage else None
     if resumed is not None:
         record, tensors = resumed
@@ -219,6 +251,7 @@ def fit(
         history = FitHistory(**record["history"])
         best, step = float(record["best"]), int(record["step"])
         first_epoch, stop = int(record["epoch"]) + 1, bool(record["stop"])
+        last_decay = int(record.get("last_decay", -1))
         log.info("%s: resuming after epoch %d", stage, first_epoch)
     net: nn.Module = model
     if info.enabled:
@@ -228,6 +261,10 @@ def fit(
             model, device_ids=[device] if device.type == "cuda" else None,
             # the composed model's encoder takes no part in its forward pass
             find_unused_parameters=isinstance(model, ComposedTransfer))
+    per_epoch = train.steps_per_epoch(config.batch_size)
+    if config.max_batches is not None:
+        per_epoch = min(per_epoch, config.max_batches)
+    total_steps = max(1, per_epoch * config.epochs)
     for epoch in range(first_epoch, config.epochs):
         if stop:
             break
@@ -237,6 +274,8 @@ def fit(
             if config.max_batches is not None and i >= config.max_batches:
                 break
             batch = _to(batch, device)
+            if config.schedule == "cosine":
+                _set_lr(optimiser, cosine_lr(config, step, total_steps))
             loss, _ = loss_fn(net, batch, step)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -248,15 +287,25 @@ def fit(
         val_loss = evaluate(model, loss_fn, val, config.batch_size * 8, step, device=device)
         history.train_loss.append(total / max(count, 1))
         history.val_loss.append(val_loss)
+        history.learning_rate.append(_get_lr(optimiser))
         diverged = not (math.isfinite(val_loss) and math.isfinite(history.train_loss[-1]))
         if not diverged and val_loss < best:
             best, history.best_epoch = val_loss, epoch
             best_state = _clone_state(model)
         stop = diverged or epoch - history.best_epoch >= config.patience
+        if (config.schedule == "plateau" and not stop
+                and epoch - max(history.best_epoch, last_decay) >= config.lr_decay_patience):
+            lr = max(_get_lr(optimiser) * config.lr_decay_factor,
+                     config.learning_rate * config.min_lr_fraction)
+            if lr < _get_lr(optimiser):
+                log.info("epoch %d: learning rate down to %.3g", epoch, lr)
+                _set_lr(optimiser, lr)
+            last_decay = epoch
         history.stopped_early = history.stopped_early or stop
         if checkpoint is not None and stage:
             checkpoint.save_epoch(stage, {
                 "epoch": epoch, "step": step, "best": best, "stop": stop,
+                "last_decay": last_decay,
                 "history": history.as_dict(), "rng": generator_state(rng),
                 "config": asdict(config)}, model, best_state, optimiser)
         if diverged:

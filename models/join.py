@@ -17,7 +17,10 @@ spectra. `join_secondary` does exactly that for a package written by `train_tran
    the shared decoder), of the mean spectrum and of the VAE's own reconstruction (the
    primary-only reference: what any secondary system can at best reach through this latent
    space);
-6. `add_secondary`: one new weight file and a rewritten manifest. ``vae.safetensors`` and the
+6. optionally (``fine_tune=True``) the new MLP and a COPY of the decoder fine-tuned end to end
+   on the new system's pairs, kept when it improves the validation RSE: the copy is stored as
+   the system's own ``decoder-<system>.safetensors``; the shared VAE decoder is not changed;
+7. `add_secondary`: the new weight files and a rewritten manifest. ``vae.safetensors`` and the
    other systems' files are never opened for writing.
 
 Deterministic for a seed on one device.
@@ -25,6 +28,7 @@ Deterministic for a seed on one device.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -38,7 +42,7 @@ import torch
 from plumelink.models.baselines import MeanPredictor
 from plumelink.models.fit import ArraySource, FitConfig, fit, mse_loss, predict
 from plumelink.models.metrics import rse
-from plumelink.models.networks import ComposedTransfer, LatentMLP
+from plumelink.models.networks import ComposedTransfer, LatentMLP, SystemDecoder
 from plumelink.models.package import (
     ModelPackage,
     PackageMismatchError,
@@ -55,8 +59,10 @@ ProgressCallback = Callable[[str, int, int, float | None, float | None], None]
 
 # Used when the package's manifest does not record its training options.
 DEFAULTS: dict[str, Any] = {
-    "learning_rate": 1e-3, "batch_size": 128, "patience": 20, "weight_decay": 1e-5,
-    "mlp_hidden": (128, 512),
+    "learning_rate": 1e-3, "batch_size": 128, "patience": 25, "weight_decay": 1e-5,
+    "mlp_hidden": (128, 512), "fine_tune_learning_rate": 3e-4, "fine_tune_epochs": 100,
+    "schedule": "plateau", "min_lr_fraction": 0.01, "lr_decay_patience": 8,
+    "lr_decay_factor": 0.3,
 }
 
 
@@ -116,6 +122,7 @@ def join_secondary(
     progress: ProgressCallback | None = None,
     replace: bool = False,
     threads: int | None = None,
+    fine_tune: bool = False,
 ) -> dict[str, Any]:
     """Train a latent MLP for a new secondary system into an existing package; its metrics.
 
@@ -124,6 +131,8 @@ def join_secondary(
     under metrics[system_name]: validation RSE of the transfer ("vae_mlp"), of the mean
     spectrum and of the VAE reconstruction of the primary spectra (the reference), and the
     validation RSE of the package's other systems as recorded when they were trained.
+    fine_tune: also fine-tune MLP + a copy of the decoder for this system (its own file; the
+    shared VAE is never changed), with the package's fine-tuning options.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
@@ -147,23 +156,24 @@ def join_secondary(
     torch.set_num_threads(threads or _cores())
     try:
         with torch.random.fork_rng(devices=[]):
-            metrics, mlp, s_scaler, history, mean = _join(
-                package, train, val, epochs, seed, progress)
+            metrics, mlp, s_scaler, history, mean, decoder = _join(
+                package, train, val, epochs, seed, progress, fine_tune)
     finally:
         torch.set_num_threads(previous)
 
     fingerprint = {"train": _fingerprint(train_path, train), "val": _fingerprint(val_path, val)}
     add_secondary(folder, system_name, mlp, train.secondary_wavelength_nm, s_scaler,
                   baselines={"mean": mean}, fingerprint=fingerprint, metrics=metrics,
-                  history=history, replace=replace)
+                  history=history, replace=replace, decoder=decoder)
     for name, value in metrics["validation_rse"].items():
         log.info("%s validation RSE %s: %.5g", system_name, name, value)
     return metrics
 
 
 def _join(package: ModelPackage, train: PairedSpectra, val: PairedSpectra, epochs: int,
-          seed: int, progress: ProgressCallback | None
-          ) -> tuple[dict[str, Any], LatentMLP, SpectralScaler, dict[str, Any], MeanPredictor]:
+          seed: int, progress: ProgressCallback | None, fine_tune: bool = False
+          ) -> tuple[dict[str, Any], LatentMLP, SpectralScaler, dict[str, Any], MeanPredictor,
+                     SystemDecoder | None]:
     opts = _options(package)
     p_scaler = package.scalers["primary"]
     mode, spread = p_scaler.mode, p_scaler.spread
@@ -192,38 +202,68 @@ def _join(package: ModelPackage, train: PairedSpectra, val: PairedSpectra, epoch
     torch.manual_seed(seed + 1)
     mlp = LatentMLP(s_tr.shape[1], opts["mlp_hidden"], vae.latent)
 
-    def on_epoch(epoch: int, train_loss: float, val_loss: float) -> None:
-        log.info("latent_mlp epoch %d/%d: train loss %.5g, validation loss %.5g",
-                 epoch + 1, epochs, train_loss, val_loss)
-        if progress is not None:
-            progress("latent_mlp", epoch + 1, epochs, train_loss, val_loss)
+    def reporter(stage: str, n: int) -> Callable[[int, float, float], None]:
+        def on_epoch(epoch: int, train_loss: float, val_loss: float) -> None:
+            log.info("%s epoch %d/%d: train loss %.5g, validation loss %.5g",
+                     stage, epoch + 1, n, train_loss, val_loss)
+            if progress is not None:
+                progress(stage, epoch + 1, n, train_loss, val_loss)
 
-    config = FitConfig(epochs=epochs, batch_size=int(opts["batch_size"]),
-                       learning_rate=float(opts["learning_rate"]),
-                       weight_decay=float(opts["weight_decay"]),
-                       patience=int(opts["patience"]), seed=seed + 1)
-    history = fit(mlp, mse_loss, ArraySource(s_tr, z_tr), ArraySource(s_va, z_va), config,
-                  on_epoch=on_epoch)
+        return on_epoch
+
+    def config(n: int, lr: float, offset: int) -> FitConfig:
+        return FitConfig(epochs=n, batch_size=int(opts["batch_size"]), learning_rate=lr,
+                         weight_decay=float(opts["weight_decay"]),
+                         patience=int(opts["patience"]), seed=seed + offset,
+                         schedule=str(opts["schedule"]),
+                         min_lr_fraction=float(opts["min_lr_fraction"]),
+                         lr_decay_patience=int(opts["lr_decay_patience"]),
+                         lr_decay_factor=float(opts["lr_decay_factor"]))
+
+    history = fit(mlp, mse_loss, ArraySource(s_tr, z_tr), ArraySource(s_va, z_va),
+                  config(epochs, float(opts["learning_rate"]), 1),
+                  on_epoch=reporter("latent_mlp", epochs))
+    mlp.eval()
+    histories = {"latent_mlp": history.as_dict()}
+    before = val_rse(predict(ComposedTransfer(mlp, vae).eval(), s_va))
+    scores = {"vae_mlp": before}
+    decoder: SystemDecoder | None = None
+    after: float | None = None
+    if fine_tune:  # MLP + a copy of the decoder; the shared VAE stays frozen
+        n_ft = min(int(opts["fine_tune_epochs"]), epochs)
+        tuned = ComposedTransfer(mlp, vae, SystemDecoder.from_vae(vae))
+        state = copy.deepcopy(mlp.state_dict())
+        h = fit(tuned, mse_loss, ArraySource(s_tr, p_tr), ArraySource(s_va, p_va),
+                config(n_ft, float(opts["fine_tune_learning_rate"]), 2),
+                on_epoch=reporter("fine_tune", n_ft))
+        histories["fine_tune"] = h.as_dict()
+        after = val_rse(predict(tuned.eval(), s_va))
+        if after < before:
+            decoder, scores["vae_mlp"] = tuned.decoder, after
+        else:
+            log.info("fine-tuning did not improve the validation RSE (%.5g -> %.5g)",
+                     before, after)
+            mlp.load_state_dict(state)
     mlp.eval()
 
     mean = MeanPredictor().fit(s_tr, p_tr)
-    scores = {
-        "vae_mlp": val_rse(predict(ComposedTransfer(mlp, vae).eval(), s_va)),
-        "mean": val_rse(mean.predict(s_va)),
-    }
+    scores["mean"] = val_rse(mean.predict(s_va))
     others = {s: v for s in package.systems if (v := _recorded_rse(package, s)) is not None}
     metrics: dict[str, Any] = {
         "validation_rse": scores,
         "vae_reconstruction_rse": val_rse(predict(lambda x: vae(x)[0], p_va)),
+        "vae_mlp_before_fine_tune": before,
+        "vae_mlp_after_fine_tune": after,
         "latent_mse": float(np.mean((predict(mlp, s_va) - z_va) ** 2)),
         "other_systems_validation_rse": others,
         "n_train_pairs": train.n,
         "n_val_pairs": val.n,
         "options": {"epochs": epochs, "seed": seed, "scaler_mode": mode,
                     "scaler_spread": spread, **opts, "mlp_hidden": list(opts["mlp_hidden"])},
-        "trained": "latent_mlp only (VAE frozen, shared decoder)",
+        "trained": ("latent_mlp and its own fine-tuned copy of the decoder (VAE frozen)"
+                    if decoder is not None else "latent_mlp only (VAE frozen, shared decoder)"),
     }
-    return metrics, mlp, s_scaler, {"latent_mlp": history.as_dict()}, mean
+    return metrics, mlp, s_scaler, histories, mean, decoder
 
 
 def _recorded_rse(package: ModelPackage, system: str) -> float | None:

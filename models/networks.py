@@ -79,18 +79,66 @@ class LatentMLP(nn.Module):
                 "latent": self.latent}
 
 
-class ComposedTransfer(nn.Module):
-    """Latent MLP followed by the VAE decoder: secondary spectrum -> primary spectrum."""
+class SystemDecoder(nn.Module):
+    """A copy of the VAE decoder fine-tuned end to end for one secondary system.
 
-    def __init__(self, mlp: LatentMLP, vae: VAE):
+    Fine-tuning MLP + decoder of one system must not change the decoder every other system
+    shares (the latent space stays the VAE's): the fine-tuned copy is a module of its own,
+    stored in its own file, and the VAE is left as trained.
+    """
+
+    def __init__(self, sizes: Sequence[int]):
+        super().__init__()
+        self.sizes = [int(s) for s in sizes]
+        if len(self.sizes) < 2:
+            raise ValueError(f"a decoder needs at least 2 layer sizes, got {self.sizes}")
+        self.net = dense_stack(self.sizes)
+
+    @classmethod
+    def from_vae(cls, vae: VAE) -> SystemDecoder:
+        """A copy of the VAE's decoder (same weights), to fine-tune without touching the VAE."""
+        decoder = cls([vae.latent, *reversed(vae.hidden), vae.n_pixels])
+        decoder.net.load_state_dict(vae.decoder.state_dict())
+        return decoder
+
+    @property
+    def latent(self) -> int:
+        return self.sizes[0]
+
+    @property
+    def n_pixels(self) -> int:
+        return self.sizes[-1]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+    def config(self) -> dict:
+        return {"kind": "decoder", "sizes": list(self.sizes)}
+
+
+class ComposedTransfer(nn.Module):
+    """Latent MLP followed by a decoder: secondary spectrum -> primary spectrum.
+
+    The decoder is the VAE's shared one, or a system's own fine-tuned `SystemDecoder`.
+    """
+
+    def __init__(self, mlp: LatentMLP, vae: VAE, decoder: SystemDecoder | None = None):
         super().__init__()
         if mlp.latent != vae.latent:
             raise ValueError(f"latent sizes differ: MLP {mlp.latent}, VAE {vae.latent}")
+        if decoder is not None and (decoder.latent != vae.latent
+                                    or decoder.n_pixels != vae.n_pixels):
+            raise ValueError(f"the system decoder maps {decoder.latent} -> {decoder.n_pixels}, "
+                             f"the VAE {vae.latent} -> {vae.n_pixels}")
         self.mlp = mlp
         self.vae = vae
+        self.decoder = decoder
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z) if self.decoder is not None else self.vae.decode(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(self.mlp(x))
+        return self.decode(self.mlp(x))
 
 
 class OneStepMLP(nn.Module):

@@ -5,6 +5,7 @@ Layout of a package folder::
     manifest.json                          written last (temp file + rename)
     vae.safetensors                        the primary model (shared latent space)
     latent_mlp-<system>.safetensors        one per secondary system
+    decoder-<system>.safetensors           optional: the system's fine-tuned copy of the decoder
     one_step_mlp-<system>.safetensors      optional one-step MLP baseline
     baseline-<name>-<system>.safetensors   optional numpy-state baselines (PLS, KNN, PDS, mean)
 
@@ -44,7 +45,7 @@ import torch
 from torch import nn
 
 from plumelink.models.baselines import KNNModel, MeanPredictor, PDSModel, PLSModel
-from plumelink.models.networks import VAE, ComposedTransfer, LatentMLP, OneStepMLP
+from plumelink.models.networks import VAE, ComposedTransfer, LatentMLP, OneStepMLP, SystemDecoder
 from plumelink.pipeline.preprocess import SpectralScaler
 
 FORMAT = "plumelink.model_package"
@@ -77,16 +78,19 @@ class ModelPackage:
     secondary_wavelength_nm: dict[str, np.ndarray]
     baselines: dict[str, dict[str, Any]] = field(default_factory=dict)  # system -> name -> model
     one_step: dict[str, OneStepMLP] = field(default_factory=dict)  # system -> model
+    decoders: dict[str, SystemDecoder] = field(default_factory=dict)  # system -> fine-tuned
 
     @property
     def systems(self) -> list[str]:
         return sorted(self.latent_mlps)
 
     def composed(self, system: str) -> ComposedTransfer:
-        """Latent MLP of `system` followed by the shared VAE decoder, in eval mode."""
+        """Latent MLP of `system` followed by its fine-tuned decoder when it has one, else the
+        shared VAE decoder; in eval mode."""
         if system not in self.latent_mlps:
             raise PackageMismatchError(_unknown_system(system, self.systems))
-        return ComposedTransfer(self.latent_mlps[system], self.vae).eval()
+        return ComposedTransfer(self.latent_mlps[system], self.vae,
+                                self.decoders.get(system)).eval()
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -208,6 +212,8 @@ def _referenced_files(manifest: dict[str, Any]) -> list[str]:
         names.append(entry["latent_mlp"]["file"])
         if entry.get("one_step_mlp"):
             names.append(entry["one_step_mlp"]["file"])
+        if entry.get("decoder"):
+            names.append(entry["decoder"]["file"])
         names.extend(b["file"] for b in entry.get("baselines", {}).values())
     return names
 
@@ -310,8 +316,14 @@ def _normalise_per_system(value: Any, systems: list[str], what: str,
 
 
 def _validate_secondary(system: str, mlp: LatentMLP, axis: np.ndarray, vae: VAE,
-                        one_step: OneStepMLP | None, baselines: Mapping[str, Any] | None) -> None:
+                        one_step: OneStepMLP | None, baselines: Mapping[str, Any] | None,
+                        decoder: SystemDecoder | None = None) -> None:
     """Everything that can be wrong with one system's inputs, checked before any file is written."""
+    if decoder is not None and (not isinstance(decoder, SystemDecoder)
+                                or decoder.latent != vae.latent
+                                or decoder.n_pixels != vae.n_pixels):
+        raise ValueError(f"decoder of {system!r} must be a SystemDecoder mapping "
+                         f"{vae.latent} latent dimensions to {vae.n_pixels} pixels")
     _check_name("secondary system", system)
     if not isinstance(mlp, LatentMLP):
         raise TypeError(f"latent MLP of {system!r} is a {type(mlp).__name__}, not a LatentMLP")
@@ -331,15 +343,19 @@ def _validate_secondary(system: str, mlp: LatentMLP, axis: np.ndarray, vae: VAE,
 
 def _secondary_entry(folder: Path, system: str, mlp: LatentMLP, axis: np.ndarray,
                      scaler: SpectralScaler, vae: VAE, one_step: OneStepMLP | None,
-                     baselines: Mapping[str, Any] | None) -> dict[str, Any]:
-    _validate_secondary(system, mlp, axis, vae, one_step, baselines)
+                     baselines: Mapping[str, Any] | None,
+                     decoder: SystemDecoder | None = None) -> dict[str, Any]:
+    _validate_secondary(system, mlp, axis, vae, one_step, baselines, decoder)
     entry: dict[str, Any] = {
         "wavelength_nm": axis.tolist(),
         "scaler": scaler.to_dict(),
         "latent_mlp": _save_module(folder, f"latent_mlp-{system}.safetensors", mlp),
         "one_step_mlp": None,
+        "decoder": None,
         "baselines": {},
     }
+    if decoder is not None:
+        entry["decoder"] = _save_module(folder, f"decoder-{system}.safetensors", decoder)
     if one_step is not None:
         entry["one_step_mlp"] = _save_module(folder, f"one_step_mlp-{system}.safetensors",
                                              one_step)
@@ -367,11 +383,13 @@ def save_package(
     metrics: Mapping[str, Any] | None = None,
     histories: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    decoders: Mapping[str, SystemDecoder] | None = None,
 ) -> Path:
     """Write a model package to `folder`; return the manifest path.
 
     `baselines` is {system: {name: model}} or, with one secondary system, {name: model};
     `one_step` is {system: OneStepMLP} or, with one secondary system, a bare OneStepMLP.
+    `decoders` is {system: SystemDecoder}: a system's fine-tuned decoder (the VAE's stays).
     Weight files are written first (each via temp file + rename), the manifest last, so a
     crash never leaves a manifest pointing at missing files. An existing package is only
     replaced with overwrite=True; weight files it listed that the new one does not are removed.
@@ -401,9 +419,11 @@ def save_package(
                          f"has {primary_axis.size}")
     one_steps = _normalise_per_system(one_step, systems, "one_step", OneStepMLP)
     base = _normalise_per_system(baselines, systems, "baselines")
+    own = _normalise_per_system(decoders, systems, "decoders", SystemDecoder)
     axes = {s: _axis(secondary_wavelength_nm[s], f"axis of {s!r}") for s in systems}
     for s in systems:  # validate everything before the first file is written
-        _validate_secondary(s, latent_mlps[s], axes[s], vae, one_steps.get(s), base.get(s))
+        _validate_secondary(s, latent_mlps[s], axes[s], vae, one_steps.get(s), base.get(s),
+                            own.get(s))
 
     manifest: dict[str, Any] = {
         "format": FORMAT,
@@ -423,7 +443,8 @@ def save_package(
     }
     for s in systems:
         entry = _secondary_entry(
-            folder, s, latent_mlps[s], axes[s], scalers[s], vae, one_steps.get(s), base.get(s))
+            folder, s, latent_mlps[s], axes[s], scalers[s], vae, one_steps.get(s), base.get(s),
+            own.get(s))
         entry["added"] = manifest["created"]
         manifest["secondary"][s] = entry
     _write_manifest(folder, manifest)
@@ -448,11 +469,13 @@ def add_secondary(
     metrics: Mapping[str, Any] | None = None,
     history: Any = None,
     replace: bool = False,
+    decoder: SystemDecoder | None = None,
 ) -> Path:
     """Add one secondary system's latent MLP (and optional baselines) to an existing package.
 
     The VAE file is neither rewritten nor touched: the new system shares the primary model's
-    latent space. Its fingerprint/metrics/history are stored in its own manifest entry (and
+    latent space. A decoder fine-tuned for the new system (`decoder`) is its own file.
+    Its fingerprint/metrics/history are stored in its own manifest entry (and
     under metrics[system] / histories[system]). The manifest is rewritten last, atomically.
     """
     folder = Path(folder)
@@ -466,8 +489,9 @@ def add_secondary(
     vae_stub = VAE.__new__(VAE)  # only the sizes are needed to validate the new MLP
     vae_stub.n_pixels, vae_stub.latent = int(vae_cfg["n_pixels"]), int(vae_cfg["latent"])
     axis = _axis(secondary_wavelength_nm, f"axis of {system!r}")
-    _validate_secondary(system, mlp, axis, vae_stub, one_step, baselines)
-    entry = _secondary_entry(folder, system, mlp, axis, scaler, vae_stub, one_step, baselines)
+    _validate_secondary(system, mlp, axis, vae_stub, one_step, baselines, decoder)
+    entry = _secondary_entry(folder, system, mlp, axis, scaler, vae_stub, one_step, baselines,
+                             decoder)
     entry["added"] = _now()
     entry["versions"] = _versions()
     if fingerprint is not None:
@@ -481,8 +505,9 @@ def add_secondary(
     _write_manifest(folder, manifest)
     if old_entry is not None:
         stale = {b["file"] for b in old_entry.get("baselines", {}).values()}
-        if old_entry.get("one_step_mlp"):
-            stale.add(old_entry["one_step_mlp"]["file"])
+        for key in ("one_step_mlp", "decoder"):
+            if old_entry.get(key):
+                stale.add(old_entry[key]["file"])
         for name in stale - set(_referenced_files(manifest)):
             (folder / name).unlink(missing_ok=True)
     return folder / MANIFEST
@@ -521,6 +546,8 @@ def _build_module(cfg: dict[str, Any], file: str) -> nn.Module:
             if len(sizes) < 3:
                 raise ValueError(f"sizes {sizes} too short")
             return OneStepMLP(sizes[0], sizes[-1], sizes[1:-2], sizes[-2], ())
+        if kind == "decoder":
+            return SystemDecoder([int(s) for s in cfg["sizes"]])
     except (KeyError, TypeError, ValueError) as e:
         raise PackageError(f"{file}: invalid architecture {cfg!r} in {MANIFEST}: {e}") from e
     raise PackageError(f"{file}: unknown network kind {kind!r} in {MANIFEST}")
@@ -562,6 +589,7 @@ def load_package(folder: str | os.PathLike[str]) -> ModelPackage:
     mlps: dict[str, LatentMLP] = {}
     axes: dict[str, np.ndarray] = {}
     one_step: dict[str, OneStepMLP] = {}
+    decoders: dict[str, SystemDecoder] = {}
     baselines: dict[str, dict[str, Any]] = {}
     for system, entry in manifest["secondary"].items():
         axis = _axis(entry["wavelength_nm"], f"axis of {system!r} in the manifest")
@@ -577,6 +605,14 @@ def load_package(folder: str | os.PathLike[str]) -> ModelPackage:
             net = _load_module(folder, manifest, entry["one_step_mlp"])
             assert isinstance(net, OneStepMLP)
             one_step[system] = net
+        if entry.get("decoder"):
+            dec = _load_module(folder, manifest, entry["decoder"])
+            assert isinstance(dec, SystemDecoder)
+            if dec.latent != vae.latent or dec.n_pixels != vae.n_pixels:
+                raise PackageError(
+                    f"{entry['decoder']['file']}: the decoder maps {dec.latent} -> "
+                    f"{dec.n_pixels}; expected {vae.latent} -> {vae.n_pixels}")
+            decoders[system] = dec
         for name, rec in entry.get("baselines", {}).items():
             path = _verify_file(folder, manifest, rec["file"])
             arrays = safetensors.numpy.load_file(str(path))
@@ -584,7 +620,8 @@ def load_package(folder: str | os.PathLike[str]) -> ModelPackage:
                 rec["kind"], rec.get("params", {}), arrays, rec["file"], vae.n_pixels, axis.size)
     return ModelPackage(folder=folder, manifest=manifest, vae=vae, latent_mlps=mlps,
                         scalers=scalers, primary_wavelength_nm=primary_axis,
-                        secondary_wavelength_nm=axes, baselines=baselines, one_step=one_step)
+                        secondary_wavelength_nm=axes, baselines=baselines, one_step=one_step,
+                        decoders=decoders)
 
 
 # -- checking data against a package ---------------------------------------------------------

@@ -16,7 +16,8 @@ from plumelink.pipeline.simulate import simulate_dataset
 
 SMALL = TrainOptions(epochs=3, batch_size=32, threads=1, vae_hidden=(64, 32), latent=8,
                      mlp_hidden=(32, 32), hash_inputs=False, patience=50,
-                     pls_candidates=(8,), knn_candidates=(3,), device="cpu")
+                     pls_candidates=(8,), knn_candidates=(3,), device="cpu",
+                     checkpoint_interval_s=0.0)  # every epoch: resume points are checked
 STREAM = replace(SMALL, stream=True, block_spots=32, shuffle_spots=64)
 
 

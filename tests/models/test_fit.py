@@ -5,11 +5,13 @@ from __future__ import annotations
 from itertools import pairwise
 
 import numpy as np
+import pytest
 import torch
 
 from plumelink.models.fit import (
     ArraySource,
     FitConfig,
+    cosine_lr,
     cyclic_kl_weight,
     fit,
     mse_loss,
@@ -104,3 +106,41 @@ def test_fit_limits_batches_per_epoch_and_is_deterministic() -> None:
 
     (loss_a, a), (loss_b, b) = run(), run()
     assert loss_a == loss_b and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cosine_schedule_falls_from_the_rate_to_its_floor() -> None:
+    config = FitConfig(learning_rate=1e-3, schedule="cosine", min_lr_fraction=0.01)
+    rates = [cosine_lr(config, s, 100) for s in range(100)]
+    assert rates[0] == 1e-3 and abs(rates[-1] - 1e-5) < 1e-12
+    assert all(b < a for a, b in pairwise(rates))
+    assert abs(rates[49] - (1e-5 + 0.99e-3 * 0.5 * (1 + np.cos(np.pi * 49 / 99)))) < 1e-12
+
+
+def test_plateau_schedule_cuts_the_rate_when_validation_stops_improving() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(64, 8)).astype(np.float32)
+    y = rng.normal(size=(64, 8)).astype(np.float32)  # pure noise: validation gets worse
+    config = FitConfig(epochs=12, batch_size=8, learning_rate=1e-2, patience=100, seed=0,
+                       schedule="plateau", lr_decay_patience=2, lr_decay_factor=0.5,
+                       min_lr_fraction=0.2)
+    torch.manual_seed(0)
+    model = OneStepMLP(8, 8, hidden=(64, 64), latent=64, decoder_hidden=(64, 64))
+    history = fit(model, mse_loss, ArraySource(x[:32], y[:32]), ArraySource(x[32:], y[32:]),
+                  config)
+    rates = history.learning_rate
+    assert len(rates) == 12 and rates[0] == 1e-2
+    assert min(rates) == 2e-3  # cut by halves, never below the floor
+    cuts = [i for i, (a, b) in enumerate(pairwise(rates)) if b < a]
+    assert cuts, "the rate never decreased although validation did not improve"
+    assert cuts[0] >= history.best_epoch + 2  # not before lr_decay_patience epochs
+    assert all(b - a >= 2 for a, b in pairwise(cuts))
+
+
+def test_constant_schedule_keeps_the_rate_and_unknown_schedules_are_refused() -> None:
+    x = _spectra(64, 4)
+    model = OneStepMLP(64, 64, hidden=(8,), latent=4, decoder_hidden=(8,))
+    history = fit(model, mse_loss, ArraySource(x, x), ArraySource(x, x),
+                  FitConfig(epochs=3, batch_size=16, learning_rate=1e-3))
+    assert history.learning_rate == [1e-3] * 3
+    with pytest.raises(ValueError, match="schedule"):
+        FitConfig(schedule="step")

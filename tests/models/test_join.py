@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 
 from plumelink.app.join_command import register
@@ -103,6 +104,29 @@ def test_joined_ccd_transfers_to_primary_spectra(joined, maps) -> None:
     stored = pkg.manifest["metrics"]["broadband_ccd"]
     assert stored["validation_rse"]["vae_mlp"] == pytest.approx(got, rel=1e-4)
     assert len(pkg.manifest["histories"]["broadband_ccd"]["latent_mlp"]["train_loss"]) >= 1
+
+
+def test_join_with_fine_tuning_gets_its_own_decoder_and_the_vae_stays(joined, maps,
+                                                                     tmp_path) -> None:
+    folder = shutil.copytree(joined[0], tmp_path / "model")
+    shared = {p.name: _sha(p) for p in folder.glob("*.safetensors")
+              if "broadband_ccd" not in p.name}
+    metrics = join_secondary(folder, "broadband_ccd", maps["broadband_ccd", "train"],
+                             maps["broadband_ccd", "val"], epochs=JOIN_EPOCHS, seed=0,
+                             replace=True, fine_tune=True)
+    for name, digest in shared.items():  # the VAE and the first system, byte for byte
+        assert _sha(folder / name) == digest
+    before, after = metrics["vae_mlp_before_fine_tune"], metrics["vae_mlp_after_fine_tune"]
+    assert np.isfinite(before) and np.isfinite(after)
+    pkg = load_package(folder)
+    kept = after < before
+    assert ("broadband_ccd" in pkg.decoders) == kept
+    assert (folder / "decoder-broadband_ccd.safetensors").exists() == kept
+    assert metrics["validation_rse"]["vae_mlp"] == pytest.approx(min(before, after))
+    val = preprocess_pairs(load_pairs(maps["broadband_ccd", "val"]))
+    x = pkg.scalers["broadband_ccd"].transform(val.secondary)
+    pred = pkg.scalers["primary"].inverse_transform(predict(pkg.composed("broadband_ccd"), x))
+    assert rse(val.primary, pred) == pytest.approx(min(before, after), rel=1e-4)
 
 
 def test_wavelength_check_tells_the_two_secondaries_apart(joined, maps) -> None:

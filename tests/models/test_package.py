@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 
 from plumelink.models.baselines import KNNModel, MeanPredictor, PDSModel, PLSModel
-from plumelink.models.networks import VAE, LatentMLP, OneStepMLP
+from plumelink.models.networks import VAE, LatentMLP, OneStepMLP, SystemDecoder
 from plumelink.models.package import (
     ModelPackage,
     PackageError,
@@ -131,6 +131,43 @@ def test_add_secondary_leaves_the_vae_untouched(saved: tuple[Path, dict]) -> Non
         add_secondary(folder, "sysB", mlp_b, axis_b, _scaler(xb))
     with pytest.raises(ValueError, match="latent dimensions"):
         add_secondary(folder, "sysC", LatentMLP(n_b, (4,), LATENT + 1), axis_b, _scaler(xb))
+
+
+def test_a_system_decoder_is_its_own_file_and_the_shared_vae_is_unchanged(
+        saved: tuple[Path, dict]) -> None:
+    """A fine-tuned decoder of a joined system: its own file, used only by that system."""
+    folder, orig = saved
+    vae_bytes = (folder / "vae.safetensors").read_bytes()
+    n_b = 30
+    axis_b = np.linspace(300.0, 700.0, n_b)
+    torch.manual_seed(4)
+    mlp_b = LatentMLP(n_b, hidden=(10,), latent=LATENT)
+    decoder = SystemDecoder.from_vae(orig["vae"])
+    with torch.no_grad():
+        for param in decoder.parameters():  # stands for fine-tuning: differs from the VAE's
+            param.add_(0.1)
+    xb = np.random.default_rng(8).normal(size=(50, n_b)).astype(np.float32)
+    add_secondary(folder, "sysB", mlp_b, axis_b, _scaler(xb), decoder=decoder)
+    assert (folder / "vae.safetensors").read_bytes() == vae_bytes
+    pkg = load_package(folder)
+    assert pkg.manifest["secondary"]["sysB"]["decoder"]["file"] == "decoder-sysB.safetensors"
+    assert "decoder-sysB.safetensors" in pkg.manifest["files"]
+    assert set(pkg.decoders) == {"sysB"}
+    x = torch.from_numpy(xb[:5])
+    xa = torch.from_numpy(_data(5, 5)[0])
+    with torch.no_grad():
+        assert torch.equal(pkg.composed("sysB")(x), decoder.eval()(mlp_b.eval()(x)))
+        assert not torch.equal(pkg.composed("sysB")(x),
+                               orig["vae"].eval().decode(mlp_b(x)))
+        # the other system still decodes with the shared, unchanged VAE decoder
+        assert torch.equal(pkg.composed("sysA")(xa),
+                           orig["vae"].eval().decode(orig["mlp"].eval()(xa)))
+    with pytest.raises(ValueError, match="SystemDecoder"):
+        add_secondary(folder, "sysC", LatentMLP(n_b, (4,), LATENT), axis_b, _scaler(xb),
+                      decoder=SystemDecoder([LATENT, 7, N_P + 1]))
+    add_secondary(folder, "sysB", mlp_b, axis_b, _scaler(xb), replace=True)  # no decoder now
+    assert not (folder / "decoder-sysB.safetensors").exists()
+    assert load_package(folder).decoders == {}
 
 
 def test_corrupted_file_is_named(saved: tuple[Path, dict]) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from plumelink.models.evaluate import TransferModels
 from plumelink.models.fit import predict
 from plumelink.models.metrics import rse
 from plumelink.models.networks import ComposedTransfer
@@ -68,7 +69,7 @@ def test_composed_model_beats_the_mean_spectrum_on_validation(trained, maps) -> 
     pkg = load_package(folder)
     val = preprocess_pairs(load_pairs(maps["val"]))
     x = pkg.scalers["secondary"].transform(val.secondary)
-    composed = ComposedTransfer(pkg.latent_mlps["secondary"], pkg.vae).eval()
+    composed = pkg.composed("secondary")  # with the system's fine-tuned decoder, if any
     pred = pkg.scalers["primary"].inverse_transform(predict(composed, x))
     got = rse(val.primary, pred)
     mean_pred = pkg.scalers["primary"].inverse_transform(
@@ -79,6 +80,34 @@ def test_composed_model_beats_the_mean_spectrum_on_validation(trained, maps) -> 
     rses = pkg.manifest["metrics"]["validation_rse"]
     assert rses["vae_mlp"] == pytest.approx(got, rel=1e-4)
     assert rses["mean"] == pytest.approx(floor, rel=1e-4)
+
+
+def test_fine_tuning_writes_a_system_decoder_and_leaves_the_vae_as_trained(trained,
+                                                                          maps) -> None:
+    folder, _ = trained
+    pkg = load_package(folder)
+    m = pkg.manifest["metrics"]
+    assert m["fine_tuned"], "fine-tuning did not improve on the tiny maps (test set-up)"
+    assert (folder / "decoder-secondary.safetensors").is_file()
+    assert set(pkg.decoders) == {"secondary"}
+    shared = pkg.vae.decoder.state_dict()
+    own = pkg.decoders["secondary"].net.state_dict()
+    assert any(not torch.equal(shared[k], own[k]) for k in shared)
+    # the saved VAE is the one before fine-tuning: its reconstruction score is unchanged
+    val = preprocess_pairs(load_pairs(maps["val"]))
+    xp = pkg.scalers["primary"].transform(val.primary)
+    recon = pkg.scalers["primary"].inverse_transform(predict(lambda t: pkg.vae(t)[0], xp))
+    assert rse(val.primary, recon) == pytest.approx(m["vae_reconstruction_rse"], rel=1e-4)
+    # without the system decoder (MLP + shared decoder) the score is the one after fine-tuning
+    # of the MLP only, i.e. not the recorded vae_mlp score
+    x = pkg.scalers["secondary"].transform(val.secondary)
+    plain = ComposedTransfer(pkg.latent_mlps["secondary"], pkg.vae).eval()
+    plain_rse = rse(val.primary, pkg.scalers["primary"].inverse_transform(predict(plain, x)))
+    assert plain_rse != pytest.approx(m["validation_rse"]["vae_mlp"], rel=1e-4)
+    # evaluation and transfer (with the confidence) decode with the system's decoder too
+    transferred, _ = TransferModels.from_package(pkg, "secondary").transfer(val.secondary)
+    assert rse(val.primary, transferred) == pytest.approx(m["validation_rse"]["vae_mlp"],
+                                                          rel=1e-4)
 
 
 def test_progress_reports_every_stage_in_order(trained) -> None:
@@ -94,8 +123,10 @@ def test_no_baselines_writes_no_baseline_files(maps, tmp_path) -> None:
     opts = TrainOptions(epochs=2, batch_size=32, threads=2, baselines=False)
     folder = train_transfer(maps["train"], maps["val"], tmp_path / "m", opts)
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["latent_mlp-secondary.safetensors", "manifest.json", "vae.safetensors"]
     manifest = json.loads((folder / "manifest.json").read_text())
+    own_decoder = ["decoder-secondary.safetensors"] if manifest["metrics"]["fine_tuned"] else []
+    assert names == sorted(["latent_mlp-secondary.safetensors", "manifest.json",
+                            "vae.safetensors", *own_decoder])
     assert set(manifest["metrics"]["validation_rse"]) == {"vae_mlp", "mean"}
     pkg = load_package(folder)
     assert pkg.baselines == {} and pkg.one_step == {}
@@ -126,4 +157,13 @@ def test_options_are_checked_and_capped() -> None:
         TrainOptions(scaler_spread="pixel")
     capped = TrainOptions().capped(3)
     assert capped.epochs == 3 and capped.fine_tune_epochs == 3
+    with pytest.raises(ValueError, match="schedule"):
+        TrainOptions(schedule="step")
+    with pytest.raises(ValueError, match="kl_max"):
+        TrainOptions(kl_max=0)
+    paper = TrainOptions.paper()
+    assert (paper.learning_rate, paper.epochs, paper.scaler_mode, paper.scaler_spread,
+            paper.fine_tune, paper.schedule) == (1e-4, 50, "per-map", "channel", False,
+                                                 "constant")
+    assert TrainOptions.paper(epochs=7).epochs == 7
     assert TrainOptions(fine_tune_epochs=2).capped(5).fine_tune_epochs == 2
