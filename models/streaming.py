@@ -20,7 +20,8 @@ map. Memory is bounded by the block and shuffle-buffer sizes, never by the map:
 
 Evaluation (rng None) reads every block in storage order, unshuffled and unsharded.
 Peak memory ~ (2 * shuffle_spots + (prefetch + 2) * block_spots) * (n_px1 + n_px2) * 4
-bytes (a gathering and the permuted copy being trained on), ~0.4 GB for the paper's maps
+bytes (a gathering and the permuted copy being trained on; the gathering is scattered into
+the permuted copy block by block, never concatenated first), ~0.4 GB for the paper's maps
 at the defaults.
 """
 
@@ -195,16 +196,29 @@ class MapPairSource:
             nonlocal gathered, n_gathered, emitted
             if not gathered:
                 return
-            arrays = [np.concatenate([g[f] for g in gathered]) for f in range(len(self.fields))]
-            gathered, n_gathered = [], 0
-            n = min(len(arrays[0]), budget - emitted)
-            perm = rng.permutation(len(arrays[0]))[:n]
+            total = n_gathered
+            n = min(total, budget - emitted)
+            perm = rng.permutation(total)[:n]
             n_full = n if final else n - n % batch_size
-            tensors = [torch.from_numpy(a[perm[:n_full]]) for a in arrays]
+            # out[j] = concatenation[perm[j]], scattered block by block (each gathered block is
+            # released as soon as it is placed: no concatenated copy of the gathering)
+            dest = np.full(total, -1, np.int64)
+            dest[perm] = np.arange(n)
+            out = [np.empty((n, g.shape[1]), g.dtype) for g in gathered[0]]
+            offset = 0
+            while gathered:
+                block = gathered.pop(0)
+                d = dest[offset : offset + len(block[0])]
+                keep = d >= 0
+                for o, a in zip(out, block, strict=True):
+                    o[d[keep]] = a[keep]
+                offset += len(block[0])
+                del block
+            n_gathered = 0
             if n_full < n:  # carry the remainder into the next gathering
-                rest = perm[n_full:]
-                gathered, n_gathered = [[a[rest] for a in arrays]], rest.size
-            del arrays  # only the permuted copy stays while its batches are used
+                gathered, n_gathered = [[o[n_full:].copy() for o in out]], n - n_full
+            tensors = [torch.from_numpy(o[:n_full]) for o in out]
+            del out  # only the permuted copy stays while its batches are used
             _release_free_memory()
             for i in range(0, n_full, batch_size):
                 yield tuple(t[i : i + batch_size] for t in tensors)
@@ -213,6 +227,7 @@ class MapPairSource:
         for block in self._blocks(order):
             gathered.append(block)
             n_gathered += len(block[0])
+            del block  # the gathering holds it; flush releases it once placed
             if n_gathered >= self.shuffle_spots:
                 yield from flush(final=False)
             if emitted + n_gathered >= budget and limit is not None:
