@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     if args.screenshot and "QT_QPA_PLATFORM" not in os.environ and not (
             os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    from PySide6.QtCore import QEventLoop
     from PySide6.QtWidgets import QApplication
 
     from plumelink.app.gui.main_window import MainWindow
@@ -43,8 +44,10 @@ def run(args: argparse.Namespace) -> int:
         shot = ScreenshotRun(window, args.screenshot, args.profile or "simulated",
                              args.scan, args.model)
         window.show()
+        loop = QEventLoop()  # quits when the run ends, whatever other windows are open
+        shot.finished.connect(loop.quit)
         shot.start()
-        app.exec()
+        loop.exec()
         if not shot.done or shot.error:
             print(f"plumelink gui: {shot.error or 'no screenshot written'}", file=sys.stderr)
             return 1

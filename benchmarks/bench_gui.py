@@ -1,6 +1,10 @@
 """GUI benchmark: latency from a raster line's arrival to the transferred map's repaint
 (500-spot lines), and the GUI's frame rate while a 1 kHz simulated scan runs.
 
+The latency is also measured for the reference design (whole-line transfer, timer repaint
+only) in the same run, and the computation alone without the GUI, so that a figure taken on a
+loaded machine can be judged.
+
 Run: QT_QPA_PLATFORM=offscreen python benchmarks/bench_gui.py [--lines 10] [--work DIR]
 """
 
@@ -9,8 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import tempfile
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -82,9 +86,15 @@ def _run_until(app, done, timeout_s: float) -> None:
 
 
 def transfer_latency(app, window, maps: dict[str, Path], model: Path, nx: int = 500,
-                     n_lines: int = 10, period_s: float = 0.5) -> dict[str, float]:
+                     n_lines: int = 10, period_s: float = 0.5,
+                     reference: bool = False) -> dict[str, float]:
     """Lines of ``nx`` spots arrive every ``period_s`` (a 1 kHz scan of 500-spot lines);
-    latency = arrival in the GUI process -> the transferred map repainted with that line."""
+    latency = arrival in the GUI process -> the transferred map repainted with that line.
+
+    ``reference``: the earlier design, measured the same way for comparison: each line
+    transferred whole (emissivity and confidence together), the map repainted by the paint
+    timer only.
+    """
     from plumelink.app.gui.live_transfer import LiveTransfer
     from plumelink.pipeline.map_reader import MapReader
 
@@ -96,7 +106,9 @@ def transfer_latency(app, window, maps: dict[str, Path], model: Path, nx: int = 
     window.model.reset((n_lines, nx), x_um=lines[0].x_um, y_um=np.arange(n_lines) * 40.0,
                        wavelength=axes)
     window.live_panel.reset_latency()
+    window.live_panel.prompt_repaint = not reference
     live = LiveTransfer(window.controller.transfer, window.model)
+    live.steps.split = live.steps.split and not reference
 
     def feed() -> None:  # what the scan's subscriber thread does
         for line in lines:
@@ -108,6 +120,7 @@ def transfer_latency(app, window, maps: dict[str, Path], model: Path, nx: int = 
     _run_until(app, lambda: len(window.live_panel.transfer_latencies_s) >= n_lines,
                n_lines * period_s + 60)
     live.close()
+    window.live_panel.prompt_repaint = True
     if live.error or not window.live_panel.transfer_latencies_s:
         snap = window.model.snapshot()
         raise RuntimeError(live.error or f"no transferred line was painted ({snap.lines_done} "
@@ -119,38 +132,49 @@ def transfer_latency(app, window, maps: dict[str, Path], model: Path, nx: int = 
         np.percentile(lat, 90))}
 
 
-def scan_fps(app, window, work: Path, ny: int = 20, nx: int = 50) -> dict[str, float]:
-    """Paint-timer ticks per second and the longest event-loop gap while a simulated scan at
-    1 kHz (the shipped bench: 50 Hz x speedup 20) runs, Live tab shown."""
+def transfer_compute(maps: dict[str, Path], model: Path, nx: int = 500,
+                     n_lines: int = 6) -> dict[str, float]:
+    """The computation alone, no GUI (median ms per ``nx``-spot line): the whole transfer
+    (emissivity and confidence) and its first step (what the transferred map waits for)."""
+    from plumelink.app.gui.live_transfer import LineSteps, load_transfer, transfer_line
+
+    transfer = load_transfer(model)
+    steps = LineSteps(transfer)
+    lines = wide_lines(maps["test"], nx, n_lines)
+    whole, first, second = [], [], []
+    for line in lines:
+        t0 = time.perf_counter()
+        transfer_line(transfer, line)
+        t1 = time.perf_counter()
+        _, confidence = steps.spectra(line)
+        t2 = time.perf_counter()
+        confidence()
+        t3 = time.perf_counter()
+        whole.append(t1 - t0)
+        first.append(t2 - t1)
+        second.append(t3 - t2)
+    return {"whole_ms_median": 1e3 * float(np.median(whole)),
+            "first_step_ms_median": 1e3 * float(np.median(first)),
+            "confidence_step_ms_median": 1e3 * float(np.median(second)),
+            "load_average_1min": os.getloadavg()[0]}
+
+
+def scan_fps(app, window, work: Path, ny: int = 20, nx: int = 200) -> dict[str, float]:
+    """Paint-timer ticks per second and the longest event-loop gap while a simulated fly scan
+    with the laser at 1 kHz runs (resources/scans/fly_large.toml, shrunk), Live tab shown."""
     from PySide6.QtCore import QTimer
 
-    bench = ROOT / "resources/benches/simulated.toml"
+    # the simulated bench in real time: shots at the laser's 1 kHz of wall-clock time
+    bench = work / "simulated_real_time.toml"
+    bench.write_text(re.sub(r"(?m)^speedup = .*$", "speedup = 1.0", (
+        ROOT / "resources/benches/simulated.toml").read_text(encoding="utf-8")))
     window.session.connect(str(bench))
     _run_until(app, lambda: window.session.status()["state"] != "connecting", 60)
-    text = textwrap.dedent(f"""\
-        sample = "benchmark"
-        operator = "bench_gui"
-        bench = "{bench}"
-        output = "{work / 'fps_scan.h5'}"
-        [region]
-        origin_um = [1000.0, 1000.0]
-        size_um = [{40.0 * nx}, {40.0 * ny}]
-        step_um = 40.0
-        [acquisition]
-        mode = "step"
-        shots_per_spot = 1
-        [stage]
-        speed_um_s = 20000.0
-        settle_s = 0.0
-        [ddg]
-        laser_delay_s = 180e-6
-        spectrometer_delay_s = 1e-6
-        gate_s = 10e-6
-        [spectrometers.primary]
-        integration_time_s = 1.05e-3
-        [spectrometers.secondary]
-        integration_time_s = 1.05e-3
-        """)
+    # the shipped fly scan (laser at 1 kHz on the DDG clock), shrunk to ny x nx spots
+    text = (ROOT / "resources/scans/fly_large.toml").read_text(encoding="utf-8")
+    text = re.sub(r'(?m)^bench = .*$', f'bench = "{bench}"', text)
+    text = re.sub(r'(?m)^output = .*$', f'output = "{work / "fps_scan.h5"}"', text)
+    text = re.sub(r'(?m)^size_um = .*$', f"size_um = [{25.0 * nx}, {25.0 * ny}]", text)
     from plumelink.pipeline.scan import parse_scan
 
     window.tabs.setCurrentWidget(window.live_panel)
@@ -168,12 +192,15 @@ def scan_fps(app, window, work: Path, ny: int = 20, nx: int = 50) -> dict[str, f
     watchdog.setInterval(10)
     watchdog.timeout.connect(tick)
     watchdog.start()
+    (work / "fps_scan.h5").unlink(missing_ok=True)  # a cached work folder's earlier scan
     started = time.perf_counter()
     window.controller.start(parse_scan(text, source="bench_gui"))
     _run_until(app, lambda: window.controller.finished, 600)
     elapsed = time.perf_counter() - started
     watchdog.stop()
     result = window.controller.running.result
+    if result is None or result.status != "complete":
+        raise RuntimeError(f"the 1 kHz scan did not complete: {window.controller.error or result}")
     return {"scan_shots_per_s": result.shots / result.elapsed_s if result else 0.0,
             "seconds": elapsed, "timer_fps": len(window.refresh_s) / elapsed,
             "view_paints_per_s": (window.live_panel.paints - paints0) / elapsed,
@@ -193,18 +220,21 @@ def bench(work: Path, n_lines: int = 10, fps_lines: int = 20) -> dict[str, dict]
     window.show()
     window.tabs.setCurrentWidget(window.live_panel)
     try:
+        compute = transfer_compute(maps, model)
+        reference = transfer_latency(app, window, maps, model, n_lines=n_lines, reference=True)
         latency = transfer_latency(app, window, maps, model, n_lines=n_lines)
         fps = scan_fps(app, window, work, ny=fps_lines)
     finally:
         window.confirm_close = lambda: True
         window.close()
-    return {"latency": latency, "fps": fps}
+    return {"compute": compute, "latency_reference": reference, "latency": latency,
+            "fps": fps}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=10, help="500-spot lines for the latency")
-    parser.add_argument("--fps-lines", type=int, default=20, help="50-spot lines of the scan")
+    parser.add_argument("--fps-lines", type=int, default=20, help="200-spot lines of the scan")
     parser.add_argument("--work", type=Path, default=None, help="cache folder (model, maps)")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="plumelink-bench-gui-"))

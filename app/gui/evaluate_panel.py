@@ -81,7 +81,7 @@ class EvaluatePanel(QWidget):
         self.which.addItems(list(MAPS))
         self.which.currentTextChanged.connect(lambda _: self._show_map())
         rl.addWidget(self.which)
-        self.map = MapView("")
+        self.map = MapView("", units="spots")
         rl.addWidget(self.map, 1)
         self.spectra = pg.PlotWidget(title="spectra at chosen spots (true solid, "
                                      "transferred dashed)")
@@ -123,7 +123,9 @@ class EvaluatePanel(QWidget):
             return
         if not job.done:
             p = self._progress
-            self.status.setText("evaluating…" if p is None else f"{p[0]}: {p[1]}/{p[2]}")
+            text = "evaluating…" if p is None else f"{p[0]}: {p[1]}/{p[2]}"
+            if text != self.status.text():
+                self.status.setText(text)
             return
         if job.error:
             self.status.setText(f"<span style='color:#c00'>{job.error}</span>")
@@ -150,6 +152,7 @@ class EvaluatePanel(QWidget):
                 value = values.get(key)
                 text = "–" if value is None else f"{value:.4g}"
                 self.table.setItem(r, c, QTableWidgetItem(text))
+        self.table.resizeColumnsToContents()
 
     def _show_map(self) -> None:
         if self.result is None:

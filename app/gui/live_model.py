@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +20,7 @@ from plumelink.pipeline.line_events import ScanProgress
 from plumelink.pipeline.raster_line import RasterLine
 
 SYSTEMS = ("primary", "secondary")
+CHANGE_KINDS = ("lines", "transferred", "confidence", "window", "progress")
 NOT_ACQUIRED, INVALID, VALID = -1, 0, 1
 
 
@@ -53,6 +55,9 @@ class Snapshot:
     lines_done: int
     transferred_lines: int
     transfer_arrivals: dict[int, float] = field(default_factory=dict)
+    # what changed, by kind ("lines", "transferred", "confidence", "window"): a view repaints
+    # only when one of the kinds it shows has moved
+    changes: dict[str, int] = field(default_factory=dict)
 
 
 class LiveModel:
@@ -60,6 +65,8 @@ class LiveModel:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        # called on the writer's thread after each transferred line; keep them short
+        self.on_transferred: list[Callable[[], None]] = []
         self.window_nm = (288.16, 0.3)  # Si I 288.16 nm, half width
         self.reset((1, 1))
 
@@ -87,6 +94,7 @@ class LiveModel:
             self._lines_done = 0
             self._transferred_lines = 0
             self._arrivals: dict[int, float] = {}
+            self._changes = {k: self._version for k in CHANGE_KINDS}
 
     # ------------------------------------------------------------------ writers
     def add_line(self, line: RasterLine, progress: ScanProgress | None = None,
@@ -112,33 +120,52 @@ class LiveModel:
                 self._progress = progress
             self._lines_done += 1
             self._arrivals[line.index] = time.perf_counter()
-            self._version += 1
+            self._changed("lines")
 
-    def add_transferred(self, index: int, emissivity: np.ndarray, confidence: np.ndarray,
+    def add_transferred(self, index: int, emissivity: np.ndarray,
+                        confidence: np.ndarray | None = None,
                         spectrum: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-        """The transferred primary emissivity (and confidence) of raster line ``index``."""
+        """The transferred primary emissivity (and, when known, confidence) of raster line
+        ``index``; then each ``on_transferred`` callback (a prompt repaint)."""
         with self._lock:
             if self._transferred is None:
                 self._transferred = np.full(self._shape, np.nan, np.float32)
                 self._confidence = np.full(self._shape, np.nan, np.float32)
             self._transferred[index] = emissivity
-            self._confidence[index] = confidence
+            if confidence is not None:
+                self._confidence[index] = confidence
             if spectrum is not None:
                 self._latest["transferred"] = spectrum
             self._transferred_lines += 1
-            self._version += 1
+            self._changed("transferred")
+            if confidence is not None:
+                self._changed("confidence")
+            callbacks = tuple(self.on_transferred)
+        for callback in callbacks:
+            callback()
+
+    def add_confidence(self, index: int, confidence: np.ndarray) -> None:
+        """The transfer confidence of raster line ``index`` (computed after its emissivity)."""
+        with self._lock:
+            if self._confidence is not None:
+                self._confidence[index] = confidence
+                self._changed("confidence")
 
     def set_progress(self, progress: ScanProgress) -> None:
         with self._lock:
             self._progress = progress
-            self._version += 1
+            self._changed("progress")
 
     def set_window(self, center_nm: float, half_width_nm: float) -> None:
         """Choose the line of the wavelength-window map (applies to lines added from now)."""
         with self._lock:
             self.window_nm = (float(center_nm), float(half_width_nm))
             self._window[:] = np.nan
-            self._version += 1
+            self._changed("window")
+
+    def _changed(self, kind: str) -> None:  # under the lock
+        self._version += 1
+        self._changes[kind] = self._version
 
     # ------------------------------------------------------------------ reader
     @property
@@ -160,7 +187,7 @@ class LiveModel:
                 confidence=None if self._confidence is None else self._confidence.copy(),
                 latest=dict(self._latest), progress=self._progress, map_path=self._map_path,
                 lines_done=self._lines_done, transferred_lines=self._transferred_lines,
-                transfer_arrivals=dict(self._arrivals))
+                transfer_arrivals=dict(self._arrivals), changes=dict(self._changes))
 
 
 __all__ = ["INVALID", "NOT_ACQUIRED", "VALID", "LiveModel", "Snapshot", "total_emissivity",

@@ -3,10 +3,12 @@ paint timer that repaints every panel from the latest data (ScopeFoundry's idea)
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from pathlib import Path
 
+from pyqtgraph.util.garbage_collector import GarbageCollector
 from PySide6.QtCore import QTimer
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
@@ -30,6 +32,32 @@ from .workers import BenchSession, Job, ScanController, load_map
 
 PAINT_HZ = 30
 CLOSE_WAIT_S = 15.0
+GC_INTERVAL_S = 0.5
+_gc_windows: list[object] = []  # open windows that collect the garbage on their thread
+
+
+def collect_on_gui_thread(owner: object) -> GarbageCollector:
+    """Cyclic garbage collection only on the GUI thread, from a timer (pyqtgraph's
+    `GarbageCollector`), over the objects made after start-up.
+
+    A collection started by a worker thread holds the interpreter lock all the same (the
+    event loop stalls) and can destroy Qt objects on the wrong thread. Everything alive now
+    (PySide6, pyqtgraph, h5py, numpy: ~230,000 objects, 100-300 ms per full collection on a
+    loaded 2-core machine) is moved out of the collector's sight with `gc.freeze`, so each
+    collection only looks at what the session created since.
+    """
+    gc.collect()
+    gc.freeze()
+    _gc_windows.append(owner)
+    return GarbageCollector(interval=GC_INTERVAL_S)
+
+
+def stop_collecting(owner: object, collector: GarbageCollector) -> None:
+    collector.timer.stop()
+    if owner in _gc_windows:
+        _gc_windows.remove(owner)
+    if not _gc_windows:
+        gc.enable()
 
 
 class MainWindow(QMainWindow):
@@ -92,6 +120,7 @@ class MainWindow(QMainWindow):
         self.timer.setInterval(int(1000 / paint_hz))
         self.timer.timeout.connect(self.refresh)
         self.timer.start()
+        self._gc = collect_on_gui_thread(self)
 
     # -- actions
     def stop(self) -> None:
@@ -161,6 +190,8 @@ class MainWindow(QMainWindow):
             run.kill()
         self._map_stop.set()
         self.timer.stop()
+        self.live_panel.detach()
+        stop_collecting(self, self._gc)
         self.session.close()
         self.settings.setValue("window/geometry", self.saveGeometry())
         self.settings.sync()

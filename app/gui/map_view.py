@@ -18,11 +18,11 @@ class MapView(pg.PlotWidget):
 
     spotClicked = Signal(int, int)
 
-    def __init__(self, title: str, parent=None) -> None:
+    def __init__(self, title: str, parent=None, units: str = "µm") -> None:
         super().__init__(parent, title=title)
         self.setAspectLocked(True)
-        self.setLabel("bottom", "x", "µm")
-        self.setLabel("left", "y", "µm")
+        self.setLabel("bottom", "x", units)
+        self.setLabel("left", "y", units)
         self.image = pg.ImageItem()
         self.overlay = pg.ImageItem()
         self.addItem(self.image)
@@ -30,6 +30,7 @@ class MapView(pg.PlotWidget):
         self.image.setColorMap(pg.colormap.get("viridis"))
         self._shape = (0, 0)
         self._extent = (0.0, 0.0, 1.0, 1.0)
+        self._invalid: np.ndarray | None = None
         self.scene().sigMouseClicked.connect(self._clicked)
 
     def show_map(self, data: np.ndarray, extent: tuple[float, float, float, float],
@@ -44,14 +45,19 @@ class MapView(pg.PlotWidget):
         else:
             levels = (0.0, 1.0)
         self.image.setImage(data, levels=levels, autoLevels=False)
-        rgba = np.zeros((*data.shape, 4), np.uint8)
-        if invalid is not None:
-            rgba[invalid] = INVALID_RGBA
-        self.overlay.setImage(rgba, autoLevels=False, levels=(0, 255))
+        mask = np.zeros(data.shape, bool) if invalid is None else np.asarray(invalid, bool)
+        if self._invalid is None or not np.array_equal(mask, self._invalid):
+            rgba = np.zeros((*data.shape, 4), np.uint8)
+            rgba[mask] = INVALID_RGBA
+            self.overlay.setImage(rgba, autoLevels=False, levels=(0, 255))
+            self._invalid = mask
         if data.shape != self._shape or extent != self._extent:
+            # a fixed view of the whole raster: growing data never re-ranges the axes
             rect = pg.QtCore.QRectF(*extent)
             self.image.setRect(rect)
             self.overlay.setRect(rect)
+            self.setRange(rect, padding=0.02)
+            self.disableAutoRange()
             self._shape, self._extent = data.shape, extent
 
     def spot_at(self, x_um: float, y_um: float) -> tuple[int, int] | None:

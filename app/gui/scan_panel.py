@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtWidgets import (
+    QComboBox,
     QFileDialog,
     QHBoxLayout,
     QLabel,
@@ -43,6 +44,13 @@ class ScanPanel(QWidget):
         layout = QVBoxLayout(self)
 
         row = QHBoxLayout()
+        self.examples = QComboBox()
+        self.examples.addItem("example scans…")
+        for name, path in sorted(example_scans().items()):
+            self.examples.addItem(name, str(path))
+        self.examples.setToolTip("the scans shipped with plumelink (step and fly)")
+        self.examples.activated.connect(self._example)
+        row.addWidget(self.examples)
         self.path = QLineEdit(str(settings.value("scan/path", "")))
         self.path.setPlaceholderText("scan file (.toml)")
         row.addWidget(self.path)
@@ -100,6 +108,12 @@ class ScanPanel(QWidget):
     # -- actions
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Scan file", "", "TOML (*.toml)")
+        if path:
+            self.path.setText(path)
+            self.load_file()
+
+    def _example(self, index: int) -> None:
+        path = self.examples.itemData(index)
         if path:
             self.path.setText(path)
             self.load_file()

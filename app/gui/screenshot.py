@@ -1,20 +1,23 @@
 """`plumelink gui --screenshot FILE`: connect, run a short scan, save a PNG of the window.
 
 Driven by a QTimer state machine (no waiting loops): connect the bench, load the model (if
-any), start the scan, wait for it and the live transfer to finish, repaint, grab, quit.
+any), start the scan, wait for it and the live transfer to finish, show the spectra of the
+middle spot, wait until every view is repainted, grab, quit.
 """
 
 from __future__ import annotations
 
 import re
 import tempfile
+import time
 from pathlib import Path
 
-from PySide6.QtCore import QObject, QTimer
+from PySide6.QtCore import QObject, QTimer, Signal
 
 from plumelink.pipeline.scan import example_scans, load_scan, parse_scan
 
 from .main_window import MainWindow
+from .workers import describe
 
 SHORT_SIZE_UM = (400.0, 200.0)  # 10 x 5 spots of the demo scan
 
@@ -30,11 +33,14 @@ def short_scan(profile: str, out_dir: Path):
 
 
 class ScreenshotRun(QObject):
-    """Steps: connect -> (model) -> scan -> wait -> grab. ``done`` / ``error`` when finished."""
+    """Steps: connect -> (model) -> scan -> wait -> grab. ``done`` / ``error`` when finished,
+    and ``finished`` is emitted (run it in an event loop that quits on it)."""
+
+    finished = Signal()
 
     def __init__(self, window: MainWindow, path: str | Path, profile: str,
                  scan_path: str | None = None, model_dir: str | None = None,
-                 timeout_s: float = 300.0) -> None:
+                 timeout_s: float = 180.0) -> None:
         super().__init__(window)
         self.window = window
         self.path = Path(path)
@@ -45,7 +51,7 @@ class ScreenshotRun(QObject):
         self.done = False
         self._tmp = tempfile.TemporaryDirectory(prefix="plumelink-gui-")
         self._state = "connect"
-        self._ticks_left = int(timeout_s / 0.05)
+        self._deadline = time.monotonic() + timeout_s
         self.timer = QTimer(self)
         self.timer.setInterval(50)
         self.timer.timeout.connect(self._step)
@@ -54,18 +60,33 @@ class ScreenshotRun(QObject):
         self.timer.start()
 
     def _finish(self, error: str = "") -> None:
+        if self.done:
+            return
         self.error = error
         self.done = True
         self.timer.stop()
-        self._tmp.cleanup()
+        # no question on closing: a scan still running (a timeout) is stopped safely
+        self.window.confirm_close = lambda: True
         self.window.close()
+        self._tmp.cleanup()
+        self.finished.emit()
 
     def _step(self) -> None:
-        w = self.window
-        self._ticks_left -= 1
-        if self._ticks_left <= 0:
-            self._finish(f"screenshot: timed out in step {self._state!r}")
+        if time.monotonic() > self._deadline:
+            w = self.window
+            self._finish(f"screenshot: timed out in step {self._state!r} (bench "
+                         f"{w.session.status()['state']}, model loading "
+                         f"{w.live_panel.model_loading}, scan finished "
+                         f"{w.controller.finished}, views to repaint "
+                         f"{w.live_panel.stale_views(w.model.snapshot())})")
             return
+        try:
+            self._advance()
+        except Exception as exc:  # one message and an end, never the same failure each tick
+            self._finish(f"screenshot, step {self._state!r}: {describe(exc)}")
+
+    def _advance(self) -> None:
+        w = self.window
         status = w.session.status()
         if self._state == "connect":
             w.session.connect(self.profile)
@@ -85,7 +106,10 @@ class ScreenshotRun(QObject):
                 w.controller.start(scan)
                 self._state = "scanning"
         elif self._state == "scanning" and w.controller.finished:
-            w.refresh()
+            ny, nx = w.model.shape
+            w.live_panel.inspect(ny // 2, nx // 2)  # a spot's spectra beside the latest
+            self._state = "settling"
+        elif self._state == "settling" and not w.live_panel.stale_views(w.model.snapshot()):
             self._state = "grab"
         elif self._state == "grab":
             self.path.parent.mkdir(parents=True, exist_ok=True)

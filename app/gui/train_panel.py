@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .workers import TrainRun
+from .training import TrainRun
 
 STAGE_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
 
@@ -93,13 +93,12 @@ class TrainPanel(QWidget):
         if path:
             self.out.setText(path)
 
-    def options(self):
-        from plumelink.models.train import TrainOptions
-
-        return TrainOptions(epochs=self.epochs.value(), latent=self.latent.value(),
-                            threads=self.threads.value(), fine_tune=self.fine_tune.isChecked(),
-                            baselines=self.baselines.isChecked(),
-                            overwrite=self.overwrite.isChecked(), hash_inputs=False)
+    def options(self) -> dict:
+        """`models.train.TrainOptions` fields (built and checked in the training process)."""
+        return {"epochs": self.epochs.value(), "latent": self.latent.value(),
+                "threads": self.threads.value(), "fine_tune": self.fine_tune.isChecked(),
+                "baselines": self.baselines.isChecked(), "overwrite": self.overwrite.isChecked(),
+                "hash_inputs": False}
 
     def start(self) -> None:
         if self.run is not None and not self.run.done:
@@ -107,11 +106,7 @@ class TrainPanel(QWidget):
         for key, edit in (("train", self.train), ("val", self.val), ("out", self.out)):
             self.settings.setValue(f"train/{key}", edit.text())
         self.settings.setValue("train/epochs", self.epochs.value())
-        try:
-            options = self.options()
-        except ValueError as exc:
-            self.status.setText(f"<span style='color:#c00'>{exc}</span>")
-            return
+        options = self.options()
         for curve in self.curves.values():
             self.plot.removeItem(curve)
         self.curves.clear()
@@ -119,8 +114,10 @@ class TrainPanel(QWidget):
         self.run = TrainRun(self.train.text(), self.val.text(), self.out.text(), options)
 
     def stop(self) -> None:
-        if self.run is not None:
+        """Stop the training at its next epoch (terminated if it does not within seconds)."""
+        if self.run is not None and not self.run.done:
             self.run.stop()
+            self.status.setText("stopping…")
 
     def refresh(self) -> None:
         run = self.run
@@ -134,11 +131,16 @@ class TrainPanel(QWidget):
             self._plot(history)
         if run.done:
             if run.stopped:
-                text = "stopped by the operator (no package written)"
+                text = "stopped by the operator" + (
+                    " (process terminated)" if run.terminated else "") + (
+                    f"; package {run.out_dir} was completed before the stop" if run.package_written
+                    else "; no model package written")
             elif run.error:
                 text = f"<span style='color:#c00'>{run.error}</span>"
             else:
                 text = f"done: model package {run.result}"
+        elif run.stopping:
+            text = "stopping…"
         elif history:
             stage, epoch, n, tl, vl = history[-1]
             text = f"training: {stage} {epoch}/{n}" + (

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -257,9 +256,23 @@ class ScanController:
         self._need_axes = not wavelength
         self._path = path
 
+    @staticmethod
+    def _events(running: RunningScan):
+        """The scan's line events until its end mark, or until its engine thread has ended
+        without one (then what is queued): never a wait without an end."""
+        events = running.events
+        while not events.closed:
+            event = events.get(timeout=0.5)
+            if event is not None:
+                yield event
+            elif not events.closed and not running.thread.is_alive():
+                while (event := events.get(timeout=0.05)) is not None:
+                    yield event
+                return
+
     def _follow(self, running: RunningScan) -> None:
         try:
-            for event in running.events:
+            for event in self._events(running):
                 if self._need_axes:  # the engine opened its own bench: axes from the file
                     self._axes_from_file(event.map_path)
                 self.model.add_line(event.line, event.progress, event.line_axis)
@@ -353,114 +366,3 @@ def read_spot(path: str | Path, iy: int, ix: int, transfer: Any = None) -> dict[
         p, _ = transfer(out["secondary"][1][None, :])
         out["transferred"] = (np.asarray(transfer.primary_wavelength_nm), p[0])
     return out
-
-
-# ---------------------------------------------------------------------------- training
-TRAIN_NICE = 10
-
-
-class TrainingStopped(Exception):
-    """Raised from the progress callback to stop `train_transfer` at the next epoch."""
-
-
-def _train_child(train_path: str, val_path: str, out_dir: str, options: Any,
-                 messages: Any, stop: Any) -> None:
-    """The training process: `train_transfer` with its progress sent to the GUI.
-
-    It runs at a lower scheduling priority (nice +10) so that on a small machine the GUI and
-    the acquisition keep their CPU share while it trains.
-    """
-    if hasattr(os, "nice"):
-        os.nice(TRAIN_NICE)
-    from plumelink.models.train import train_transfer
-
-    def progress(stage: str, epoch: int, n_epochs: int, train_loss: Any,
-                 val_loss: Any) -> None:
-        messages.put(("epoch", (stage, int(epoch), int(n_epochs),
-                                None if train_loss is None else float(train_loss),
-                                None if val_loss is None else float(val_loss))))
-        if stop.is_set():
-            raise TrainingStopped("training stopped by the operator")
-
-    try:
-        path = train_transfer(train_path, val_path, out_dir, options, progress=progress)
-        messages.put(("done", str(path)))
-    except TrainingStopped:
-        messages.put(("stopped", ""))
-    except BaseException as exc:
-        messages.put(("error", describe(exc)))
-
-
-class TrainRun:
-    """`models.train.train_transfer` in a process of its own (spawned), so that training never
-    competes with the GUI thread for the interpreter lock; its loss history and a stop.
-
-    train.py has no cancel mechanism; stopping raises `TrainingStopped` from the progress
-    callback, so it takes effect at the end of the epoch in progress. ``kill`` ends the
-    process at once (window closing).
-    """
-
-    def __init__(self, train_path: str | Path, val_path: str | Path, out_dir: str | Path,
-                 options: Any) -> None:
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")  # never fork a process that runs Qt
-        self.history: list[tuple[str, int, int, float | None, float | None]] = []
-        self.result: str = ""
-        self.error: str = ""
-        self.stopped = False
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._messages = ctx.Queue()
-        self._stop = ctx.Event()
-        self.process = ctx.Process(
-            target=_train_child, name="plumelink-train", daemon=True,
-            args=(str(train_path), str(val_path), str(out_dir), options, self._messages,
-                  self._stop))
-        self.process.start()
-        self._reader = threading.Thread(target=self._read, name="plumelink-train-messages",
-                                        daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                kind, value = self._messages.get(timeout=0.5)
-            except queue.Empty:
-                if not self.process.is_alive():
-                    self.error = self.error or (f"training process ended "
-                                                f"(exit code {self.process.exitcode})")
-                    break
-                continue
-            if kind == "epoch":
-                with self._lock:
-                    self.history.append(value)
-                continue
-            if kind == "done":
-                self.result = value
-            elif kind == "stopped":
-                self.stopped = True
-            else:
-                self.error = value
-            break
-        self.process.join(10.0)
-        self._done.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def kill(self) -> None:
-        self._stop.set()
-        if self.process.is_alive():
-            self.process.terminate()
-
-    def snapshot(self) -> list[tuple[str, int, int, float | None, float | None]]:
-        with self._lock:
-            return list(self.history)
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._done.wait(timeout)
