@@ -402,8 +402,8 @@ class AvaSpec:
             and self._call("AVS_PollScan", self._handle) == 1
         ):
             self._call("AVS_GetScopeData", self._handle, ctypes.byref(stamp), data)
-            counts = np.ctypeslib.as_array(data)[: self.n_active]
-            counts = np.clip(np.rint(counts), 0, 65535).astype(np.uint16)
+            # a plain copy here; rounding to counts is done once per batch in read_frames
+            counts = np.ctypeslib.as_array(data)[: self.n_active].copy()
             t, self._wraps = unwrap_ticks(int(stamp.value), self._last_raw, self._wraps)
             self._last_raw = int(stamp.value)
             self._buffer.append((counts, t, self._received))
@@ -443,8 +443,11 @@ class AvaSpec:
                 np.zeros(0, np.float64),
                 np.zeros(0, np.int64),
             )
+        counts = np.stack([f[0] for f in frames])
+        np.rint(counts, out=counts)
+        np.clip(counts, 0, 65535, out=counts)
         return Frames(
-            np.stack([f[0] for f in frames]),
+            counts.astype(np.uint16),
             np.array([f[1] for f in frames], dtype=np.float64),
             np.array([f[2] for f in frames], dtype=np.int64),
         )
