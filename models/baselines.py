@@ -83,9 +83,15 @@ class KNNModel:
         self._knn = KNeighborsRegressor(n_neighbors=self.k).fit(self.train_x, self.train_y)
         return self
 
+    PREDICT_CHUNK = 1024  # queries at a time: the library gathers queries x k x channels
+
     def predict(self, x: np.ndarray) -> np.ndarray:
-        assert self._knn is not None, "fit first"
-        return _as32(self._knn.predict(_as32(x)))
+        assert self._knn is not None and self.train_y is not None, "fit first"
+        x = _as32(x)
+        out = np.empty((len(x), self.train_y.shape[1]), np.float32)
+        for i in range(0, len(x), self.PREDICT_CHUNK):
+            out[i:i + self.PREDICT_CHUNK] = self._knn.predict(x[i:i + self.PREDICT_CHUNK])
+        return out
 
     def state(self) -> dict[str, np.ndarray]:
         return {"train_x": self.train_x, "train_y": self.train_y, "k": np.array([self.k])}
@@ -98,6 +104,8 @@ class PDSModel:
     secondary channels around the same wavelength; channels the secondary does not cover
     (primary-only ranges) come from a global PLS on the whole secondary spectrum.
     """
+
+    FIT_CHUNK = 512  # rows of the windowed design held at once while fitting
 
     def __init__(self, primary_nm: np.ndarray, secondary_nm: np.ndarray, half_window: int = 5,
                  ridge: float = 1e-2, global_components: int = 16):
@@ -123,13 +131,18 @@ class PDSModel:
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> PDSModel:
         x, y = _as32(x), _as32(y)
-        win = self._windows(x).astype(np.float64)  # (n, c, w)
-        n, c, w = win.shape
-        design = np.concatenate([win, np.ones((n, c, 1))], axis=2)
-        gram = np.einsum("ncw,ncv->cwv", design, design)
+        n, c, w = len(x), int(self.inside.sum()), 2 * self.half_window + 1
+        gram, rhs = np.zeros((c, w + 1, w + 1)), np.zeros((c, w + 1))
+        # normal equations accumulated over row chunks: the whole windowed design in float64
+        # would need n x c x (w + 1) x 8 bytes (~12 GB for 20,000 pairs)
+        for i in range(0, n, self.FIT_CHUNK):
+            win = self._windows(x[i:i + self.FIT_CHUNK]).astype(np.float64)  # (rows, c, w)
+            design = np.concatenate([win, np.ones((len(win), c, 1))], axis=2)
+            gram += np.einsum("ncw,ncv->cwv", design, design)
+            rhs += np.einsum("ncw,nc->cw", design,
+                             y[i:i + self.FIT_CHUNK, self.inside].astype(np.float64))
         gram += self.ridge * n * np.eye(w + 1)[None]
         gram[:, w, w] -= self.ridge * n  # do not shrink the intercept
-        rhs = np.einsum("ncw,nc->cw", design, y[:, self.inside].astype(np.float64))
         self.weights = np.linalg.solve(gram, rhs[..., None])[..., 0].astype(np.float32)
         if (~self.inside).any():
             self.global_model.fit(x, y[:, ~self.inside])

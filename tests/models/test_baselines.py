@@ -63,3 +63,23 @@ def test_mean_predictor_is_the_floor() -> None:
     pred = MeanPredictor().fit(x, y).predict(x[:10])
     np.testing.assert_allclose(pred, np.repeat(y.mean(axis=0, keepdims=True), 10, 0), rtol=1e-6)
     assert rse(y, MeanPredictor().fit(x, y).predict(x)) > 0.99
+
+
+def test_pds_and_knn_work_in_chunks_with_the_same_result(monkeypatch) -> None:
+    """Chunked PDS normal equations and chunked KNN queries (for 300k-spectrum maps) must give
+    what one pass over all rows gives."""
+    rng = np.random.default_rng(7)
+    secondary_nm = np.linspace(260.0, 370.0, 60)
+    primary_nm = np.linspace(245.0, 407.0, 80)
+    x = rng.normal(size=(300, 60)).astype(np.float32)
+    y = (x @ rng.normal(size=(60, 80))).astype(np.float32)
+    one_pass = PDSModel(primary_nm, secondary_nm, half_window=2).fit(x, y)
+    monkeypatch.setattr(PDSModel, "FIT_CHUNK", 7)
+    chunked = PDSModel(primary_nm, secondary_nm, half_window=2).fit(x, y)
+    np.testing.assert_allclose(chunked.weights, one_pass.weights, rtol=1e-5, atol=1e-6)
+
+    knn = KNNModel(3).fit(x[:200], y[:200])
+    whole = knn.predict(x[200:])
+    monkeypatch.setattr(KNNModel, "PREDICT_CHUNK", 9)
+    np.testing.assert_array_equal(knn.predict(x[200:]), whole)
+    assert whole.shape == (100, 80) and whole.dtype == np.float32
