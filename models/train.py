@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from plumelink.models import distributed
+from plumelink.models.augment import DriftConfig, SpectralDrift
 from plumelink.models.baselines import KNNModel, MeanPredictor, PDSModel, PLSModel, select
 from plumelink.models.checkpoint import Checkpointer
 from plumelink.models.fit import (
@@ -128,7 +129,7 @@ class TrainOptions:
     stream: bool | None = None  # None: stream maps of more than MAX_IN_MEMORY_SPOTS spots
     block_spots: int = 2048  # spots per streamed block (whole raster lines)
     shuffle_spots: int = 8192  # shuffle buffer of the streamed training data
-    baseline_pairs: int = 20_000  # streaming: training pairs the baselines are fitted on
+    baseline_pairs: int = 10_000  # streaming: training pairs the baselines are fitted on
     val_pairs: int = 10_000  # streaming: validation pairs held in memory
     max_batches: int | None = None  # cap of training batches per epoch (measurements)
     deterministic: bool = True  # torch.use_deterministic_algorithms while training
@@ -140,6 +141,11 @@ class TrainOptions:
     lr_decay_factor: float = 0.3
     kl_max: float = 0.5  # the paper's ceiling of the annealed KL weight
     kl_cycles: int = 4  # the paper's number of linear annealing cycles
+    # day-to-day drift drawn for every training secondary spectrum of the latent MLP, the
+    # fine-tuning and the one-step MLP (`augment.SpectralDrift`; 0 turns a part off)
+    drift_gain: float = 0.0  # standard deviation of the log gain
+    drift_shift_px: float = 0.0  # largest wavelength shift, secondary pixels
+    drift_response: float = 0.0  # standard deviation of the Legendre response coefficients
 
     @classmethod
     def paper(cls, **changes: Any) -> TrainOptions:
@@ -180,6 +186,13 @@ class TrainOptions:
             raise ValueError(f"TrainOptions.schedule must be one of {SCHEDULES}, got "
                              f"{self.schedule!r}")
         SpectralScaler(self.scaler_mode, self.scaler_spread)  # type: ignore[arg-type]
+        self.drift  # noqa: B018  (validates the drift magnitudes)
+
+    @property
+    def drift(self) -> DriftConfig:
+        """The augmentation of the secondary training spectra (`augment.DriftConfig`)."""
+        return DriftConfig(gain=self.drift_gain, shift_px=self.drift_shift_px,
+                           response=self.drift_response)
 
     def capped(self, epochs: int) -> TrainOptions:
         """These options with every network's epochs at most `epochs` (the CLI's --epochs)."""
@@ -455,9 +468,13 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
     p_va = p_val_scaler.transform(val.primary).astype(np.float32)
     s_va = s_val_scaler.transform(val.secondary).astype(np.float32)
     truth = val.primary  # unscaled, baseline-corrected
-    # the unscaled training arrays are not needed any more (memory at scale)
+    # the unscaled training arrays are not needed any more (memory at scale): drop every
+    # reference to them (the scans hold the same samples), keep only the validation truth
     train = replace(train, primary=train.primary[:0], secondary=train.secondary[:0],
                     index=train.index[:0], mineral=None)
+    del val
+    if stream:
+        del tr_scan, va_scan
     n_sub = len(p_tr)
 
     rank, world = info.rank, info.world_size
@@ -474,6 +491,12 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
             return stream_src.with_fields(names)
         arrays = {"primary": p_tr, "secondary": s_tr}
         return ArraySource(*(arrays[n] for n in names), rank=rank, world_size=world)
+
+    drift = SpectralDrift(options.drift, s_scaler.mean, s_scaler.scale)
+
+    def drifted(src: BatchSource) -> BatchSource:
+        """Training batches (secondary, target) with a drift drawn for every secondary."""
+        return MappedSource(src, drift.first, device) if options.drift.active else src
 
     def val_rse(scaled_pred: np.ndarray) -> float:
         return rse(truth, p_val_scaler.inverse_transform(scaled_pred))
@@ -526,7 +549,7 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
     mlp = LatentMLP(n_px2, options.mlp_hidden, options.latent)
 
     def run_mlp() -> dict[str, Any]:
-        h = run_fit(mlp, mse_loss, mlp_src, ArraySource(s_va, z_va), "latent_mlp",
+        h = run_fit(mlp, mse_loss, drifted(mlp_src), ArraySource(s_va, z_va), "latent_mlp",
                     options.epochs, options.learning_rate, 1)
         return {"history": h.as_dict()}
 
@@ -550,7 +573,7 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
             for p in frozen:
                 p.requires_grad_(False)
             try:
-                h = run_fit(tuned, mse_loss, source("secondary", "primary"),
+                h = run_fit(tuned, mse_loss, drifted(source("secondary", "primary")),
                             ArraySource(s_va, p_va), "fine_tune", n_ft,
                             options.fine_tune_learning_rate, 2)
             finally:
@@ -587,8 +610,9 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
         net = one_step
 
         def run_one_step() -> dict[str, Any]:
-            h = run_fit(net, mse_loss, source("secondary", "primary"), ArraySource(s_va, p_va),
-                        "one_step_mlp", options.epochs, options.learning_rate, 3)
+            h = run_fit(net, mse_loss, drifted(source("secondary", "primary")),
+                        ArraySource(s_va, p_va), "one_step_mlp", options.epochs,
+                        options.learning_rate, 3)
             return {"history": h.as_dict()}
 
         histories["one_step_mlp"] = _stage(ck, "one_step_mlp", {"one_step": one_step},
