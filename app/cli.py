@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from plumelink.app.arguments import positive_int
 from plumelink.pipeline.map_writer import COMPRESSIONS
 
 log = logging.getLogger("plumelink")
@@ -57,16 +58,6 @@ def parse_dims(text: str) -> dict[str, tuple[int, int]]:
             raise argparse.ArgumentTypeError(f"dims name {name.strip()!r} is given twice")
         dims[name.strip()] = (int(ny), int(nx))
     return dims
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _import_npy(args: argparse.Namespace) -> int:
@@ -194,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--val", type=Path, required=True, metavar="V.h5", help="validation map")
     tr.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR",
                     help="model package folder (must not hold a package yet)")
-    tr.add_argument("--epochs", type=_positive_int, default=None, metavar="N",
+    tr.add_argument("--epochs", type=positive_int, default=None, metavar="N",
                     help="cap every network's epochs at N")
     tr.add_argument("--no-baselines", action="store_true",
                     help="train only the VAE + latent MLP (no PLS, KNN, PDS, one-step, mean)")
@@ -204,13 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                     help="where the networks train (auto: the GPU when CUDA is available)")
     tr.add_argument("--seed", type=int, default=0, help="seed of every random choice")
-    tr.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+    tr.add_argument("--threads", type=positive_int, default=None, metavar="N",
                     help="torch threads (default: every core this process may use, shared "
                     "among the ranks of torchrun)")
     tr.add_argument("--stream", action="store_true",
                     help="stream the maps in blocks even when they are small (maps of more "
                     "than 50,000 spots are always streamed)")
-    tr.add_argument("--max-batches", type=_positive_int, default=None, metavar="N",
+    tr.add_argument("--max-batches", type=positive_int, default=None, metavar="N",
                     help="at most N training batches per epoch (measurements, smoke tests)")
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=_train)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from plumelink.app.arguments import positive_int
 from plumelink.pipeline.map_layout import MapFileError
 
 
@@ -28,16 +29,6 @@ def _k_values(text: str) -> list[int]:
     if not values or min(values) < 2:
         raise argparse.ArgumentTypeError(f"k values must be at least 2, got {text!r}")
     return values
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def format_metrics_table(metrics: dict) -> str:
@@ -113,9 +104,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="secondary system of the package (default: its only one)")
     p.add_argument("--k", type=_k_values, default=None, metavar="K",
                    help="k values to try, e.g. 2-10 (default) or 3,5,8")
-    p.add_argument("--kmeans-spectra", type=_positive_int, default=20_000, metavar="N",
+    p.add_argument("--kmeans-spectra", type=positive_int, default=20_000, metavar="N",
                    help="training spectra subsampled for the k-means (default 20000)")
-    p.add_argument("--block-spots", type=_positive_int, default=4096, metavar="N",
+    p.add_argument("--block-spots", type=positive_int, default=4096, metavar="N",
                    help="test spectra processed at a time (default 4096)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_evaluate)

@@ -12,15 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+from plumelink.app.arguments import positive_int
 
 
 def format_join_report(system: str, metrics: dict) -> str:
@@ -82,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     jo.add_argument("--train", type=Path, required=True, metavar="T.h5",
                     help="training map (primary + the new system)")
     jo.add_argument("--val", type=Path, required=True, metavar="V.h5", help="validation map")
-    jo.add_argument("--epochs", type=_positive_int, default=100, metavar="N",
+    jo.add_argument("--epochs", type=positive_int, default=100, metavar="N",
                     help="cap of the latent MLP's epochs (default 100, early stopping)")
     jo.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed")
     jo.add_argument("--replace", action="store_true",

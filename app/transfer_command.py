@@ -11,20 +11,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from plumelink.app.arguments import positive_int
 from plumelink.pipeline.map_layout import MapFileError
 from plumelink.pipeline.map_writer import COMPRESSIONS
 
 COMPRESSION_CHOICES = [name or "none" for name in COMPRESSIONS]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _transfer(args: argparse.Namespace) -> int:
@@ -76,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="OUT.h5", help="output map")
     p.add_argument("--system", default=None,
                    help="secondary system of the package (default: its only one)")
-    p.add_argument("--block-spots", type=_positive_int, default=4096, metavar="N",
+    p.add_argument("--block-spots", type=positive_int, default=4096, metavar="N",
                    help="spectra transferred at a time (memory bound; default 4096)")
     p.add_argument("--compression", choices=COMPRESSION_CHOICES, default="lz4")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.h5")

@@ -11,25 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
+from plumelink.app.arguments import positive_float, positive_int
 
 
 def _json_object(path: Path | None, what: str) -> dict | None:
@@ -105,14 +87,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "process only")
     p.add_argument("--study", default=None, metavar="NAME",
                    help="study name; joined if the storage holds it (default plumelink-TARGET)")
-    p.add_argument("--trials", type=_positive_int, default=20, metavar="N",
+    p.add_argument("--trials", type=positive_int, default=20, metavar="N",
                    help="trials this worker runs (default 20)")
-    p.add_argument("--max-study-trials", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--max-study-trials", type=positive_int, default=None, metavar="N",
                    help="stop once the study holds N trials, all workers together")
-    p.add_argument("--timeout", type=_positive_float, default=None, metavar="S",
+    p.add_argument("--timeout", type=positive_float, default=None, metavar="S",
                    help="stop starting trials after S seconds")
     p.add_argument("--target", choices=["vae", "mlp"], default="vae")
-    p.add_argument("--epochs", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--epochs", type=positive_int, default=None, metavar="N",
                    help="epochs of a full trial, Hyperband's maximum resource (default: the "
                    "paper's, 50 for the VAE, 100 for the MLP)")
     p.add_argument("--vae-params", type=Path, default=None, metavar="BEST.json",
@@ -129,6 +111,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "networks seeded 0); give workers of one study different seeds")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where the networks train (auto: the GPU when CUDA is available)")
-    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="torch threads of this worker (default: torch's)")
     p.set_defaults(func=_tune)
