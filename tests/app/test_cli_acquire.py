@@ -4,12 +4,12 @@ ground truth (which shot each frame came from, where the stage was at that shot)
 from __future__ import annotations
 
 import contextlib
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from scan_files import simulated_bench_profile, step_scan_text
 
 from plumelink.app.cli import main
 from plumelink.drivers import bench as bench_module
@@ -24,35 +24,10 @@ NY, NX = 3, 5
 
 def write_scan(tmp_path: Path, *, ny: int = NY, nx: int = NX, step: str = "40.0",
                name: str = "scan.toml") -> Path:
-    bench = (ROOT / "resources/benches/simulated.toml").read_text()
-    bench = bench.replace("speedup = 20.0", "speedup = 100.0")
-    assert "speedup = 100.0" in bench
-    (tmp_path / "bench.toml").write_text(bench)
+    bench = simulated_bench_profile(tmp_path, speedup=100.0)
     path = tmp_path / name
-    path.write_text(textwrap.dedent(f"""\
-        sample = "pegmatite test piece"
-        operator = "pytest"
-        bench = "{tmp_path / 'bench.toml'}"
-        output = "{tmp_path / 'map.h5'}"
-        [region]
-        origin_um = [500.0, 700.0]
-        size_um = [{40.0 * nx}, {40.0 * ny}]
-        step_um = {step}
-        [acquisition]
-        mode = "step"
-        shots_per_spot = 1
-        [stage]
-        speed_um_s = 10000.0
-        settle_s = 0.01
-        [ddg]
-        laser_delay_s = 180e-6
-        spectrometer_delay_s = 1e-6
-        gate_s = 10e-6
-        [spectrometers.primary]
-        integration_time_s = 1.05e-3
-        [spectrometers.secondary]
-        integration_time_s = 1.05e-3
-        """))
+    path.write_text(step_scan_text(bench, tmp_path / "map.h5", ny=ny, nx=nx,
+                                   origin_um=(500.0, 700.0), step=step))
     return path
 
 

@@ -4,7 +4,6 @@ loop never blocks while a scan, the live transfer and a training run share the m
 
 from __future__ import annotations
 
-import textwrap
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import re
 import warnings
 
 from PySide6.QtCore import Qt, QTimer
+from scan_files import simulated_bench_profile, step_scan_text
 
 from plumelink.app import gui_command
 from plumelink.app.gui.lines import strong_lines
@@ -61,37 +61,11 @@ def settings_file(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def bench_profile(tmp_path) -> Path:
-    data = (ROOT / "resources/benches/simulated.toml").read_text()
-    path = tmp_path / "bench.toml"
-    path.write_text(data.replace("speedup = 20.0", "speedup = 100.0"))
-    return path
+    return simulated_bench_profile(tmp_path, speedup=100.0)
 
 
 def scan_text(bench: Path, out: Path, ny: int = 4, nx: int = 8) -> str:
-    return textwrap.dedent(f"""\
-        sample = "gui test piece"
-        operator = "pytest"
-        bench = "{bench}"
-        output = "{out}"
-        [region]
-        origin_um = [1000.0, 2000.0]
-        size_um = [{40.0 * nx}, {40.0 * ny}]
-        step_um = 40.0
-        [acquisition]
-        mode = "step"
-        shots_per_spot = 1
-        [stage]
-        speed_um_s = 10000.0
-        settle_s = 0.01
-        [ddg]
-        laser_delay_s = 180e-6
-        spectrometer_delay_s = 1e-6
-        gate_s = 10e-6
-        [spectrometers.primary]
-        integration_time_s = 1.05e-3
-        [spectrometers.secondary]
-        integration_time_s = 1.05e-3
-        """)
+    return step_scan_text(bench, out, ny=ny, nx=nx, sample="gui test piece")
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scan_files import simulated_bench_profile, step_scan_text
 
 from plumelink.drivers.bench import open_bench
 from plumelink.drivers.errors import InstrumentError, InstrumentTimeout, ProtocolError
@@ -27,41 +28,12 @@ NY, NX = 3, 6
 
 def bench_profile(tmp_path: Path, speedup: float = 100.0) -> Path:
     """The shipped simulated bench, run faster."""
-    data = (ROOT / "resources/benches/simulated.toml").read_text()
-    data = data.replace("speedup = 20.0", f"speedup = {speedup}")
-    assert f"speedup = {speedup}" in data
-    path = tmp_path / "bench.toml"
-    path.write_text(data)
-    return path
+    return simulated_bench_profile(tmp_path, speedup)
 
 
 def scan_text(bench: Path, out: Path, *, ny: int = NY, nx: int = NX, reshoot: bool = False,
               shots: int = 1) -> str:
-    return textwrap.dedent(f"""\
-        sample = "pegmatite test piece"
-        operator = "pytest"
-        bench = "{bench}"
-        output = "{out}"
-        reshoot_invalid = {str(reshoot).lower()}
-        [region]
-        origin_um = [1000.0, 2000.0]
-        size_um = [{40.0 * nx}, {40.0 * ny}]
-        step_um = 40.0
-        [acquisition]
-        mode = "step"
-        shots_per_spot = {shots}
-        [stage]
-        speed_um_s = 10000.0
-        settle_s = 0.01
-        [ddg]
-        laser_delay_s = 180e-6
-        spectrometer_delay_s = 1e-6
-        gate_s = 10e-6
-        [spectrometers.primary]
-        integration_time_s = 1.05e-3
-        [spectrometers.secondary]
-        integration_time_s = 1.05e-3
-        """)
+    return step_scan_text(bench, out, ny=ny, nx=nx, reshoot=reshoot, shots=shots)
 
 
 @pytest.fixture
