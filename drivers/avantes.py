@@ -259,8 +259,11 @@ class AvaSpec:
         self.averages = 1
         self._armed = 0  # frames requested by the last arm
         self._measuring = False
-        self._received = 0
-        self._buffer: list[tuple[np.ndarray, float, int]] = []
+        self._received = 0  # frames fetched since the last arm
+        self._returned = 0  # of those, handed out by read_frames
+        # one block per arm, filled row by row (rounded to counts as each frame arrives)
+        self._counts = np.zeros((0, 0), np.uint16)
+        self._stamps = np.zeros(0, np.float64)
         self._last_raw: int | None = None
         self._wraps = 0
         try:
@@ -383,8 +386,9 @@ class AvaSpec:
             self.disarm()
         cfg = self.meas_config(trigger)
         self._call("AVS_PrepareMeasure", self._handle, ctypes.byref(cfg))
-        self._buffer.clear()
-        self._received = 0
+        self._counts = np.empty((n_frames, self.n_active), np.uint16)
+        self._stamps = np.empty(n_frames, np.float64)
+        self._received = self._returned = 0
         self._last_raw = None
         self._wraps = 0
         self._stop.clear()
@@ -396,18 +400,23 @@ class AvaSpec:
         """Fetch every frame the library has ready, without waiting."""
         stamp = c_uint32(0)
         data = (c_double * self.num_pixels)()  # full size: safe whatever the library fills
+        view = np.ctypeslib.as_array(data)[: self.n_active]
         while (
             self._measuring
             and self._received < self._armed
             and self._call("AVS_PollScan", self._handle) == 1
         ):
             self._call("AVS_GetScopeData", self._handle, ctypes.byref(stamp), data)
-            # a plain copy here; rounding to counts is done once per batch in read_frames
-            counts = np.ctypeslib.as_array(data)[: self.n_active].copy()
+            # rounded to counts in the library's own buffer, while it is in cache
+            np.rint(view, out=view)
+            if view.min() < 0 or view.max() > 65535:  # cheaper than clipping every frame
+                np.clip(view, 0, 65535, out=view)
+            k = self._received
+            self._counts[k] = view
             t, self._wraps = unwrap_ticks(int(stamp.value), self._last_raw, self._wraps)
             self._last_raw = int(stamp.value)
-            self._buffer.append((counts, t, self._received))
-            self._received += 1
+            self._stamps[k] = t
+            self._received = k + 1
 
     def wait_frames(self, timeout_s: float | None = None) -> int:
         """Block until all armed frames arrived (polling AVS_PollScan every few ms); return
@@ -418,7 +427,7 @@ class AvaSpec:
         while True:
             self._drain()
             if self._received >= self._armed:
-                return len(self._buffer)
+                return self._received - self._returned
             if self._stop.is_set():
                 raise InstrumentError(
                     f"disarmed after {self._received} of {self._armed} frames",
@@ -436,20 +445,13 @@ class AvaSpec:
     def read_frames(self) -> Frames:
         """Return and clear the buffered frames (after fetching any that are ready)."""
         self._drain()
-        frames, self._buffer = self._buffer, []
-        if not frames:
-            return Frames(
-                np.zeros((0, self.n_active), np.uint16),
-                np.zeros(0, np.float64),
-                np.zeros(0, np.int64),
-            )
-        counts = np.stack([f[0] for f in frames])
-        np.rint(counts, out=counts)
-        np.clip(counts, 0, 65535, out=counts)
+        first, stop = self._returned, self._received
+        self._returned = stop
+        # views of this arm's block: the next arm fills a new one
         return Frames(
-            counts.astype(np.uint16),
-            np.array([f[1] for f in frames], dtype=np.float64),
-            np.array([f[2] for f in frames], dtype=np.int64),
+            self._counts[first:stop],
+            self._stamps[first:stop],
+            np.arange(first, stop, dtype=np.int64),
         )
 
     def disarm(self) -> None:

@@ -4,7 +4,8 @@ lines into a map file.
 One engine owns the hardware for the whole scan and alone handles pause, resume, abort and
 cleanup (STYLE.md, the Bluesky idea). Per raster line it moves the stage, arms both
 spectrometers, fires DDG bursts and pairs the frames by shot (`pairing`); every finished line
-is appended and flushed (`MapWriter`), then published to subscribers (`line_events`).
+is appended and flushed (`MapWriter`), then published to subscribers (`line_events`), on the
+writer thread of `line_sink` while the next line is acquired.
 
 Safety: whatever ends the scan (its end, an instrument error, `ScanHandle.abort`, Ctrl-C) the
 DDG outputs are disabled first, then the file is closed as complete or interrupted with the
@@ -32,6 +33,7 @@ from plumelink.drivers.protocols import BurstStatus, Frames
 
 from . import map_layout as L
 from .line_events import LineBroadcaster, LineEvent, ScanProgress, Subscription
+from .line_sink import FinishedLine, LineSink
 from .map_writer import MapWriter
 from .pairing import REASONS, SHOT_AMBIGUOUS, Pairer, SystemPairing
 from .plan import LinePlan, RasterPlan, make_plan
@@ -168,6 +170,7 @@ class Engine:
         self._counters = _Counters()
         self._period_s = 1.0 / scan.rate_hz
         self._ddg_state: dict[str, Any] = {}  # what _ddg_mode last set
+        self._stage_at: tuple[float, float] | None = None  # where the last move ended (µm)
         self._shots_planned = self.plan.total_shots
 
     # ------------------------------------------------------------------ top level
@@ -187,6 +190,7 @@ class Engine:
         writer = self._open_writer(bench)
         started = time.monotonic()
         written = 0
+        sink: LineSink | None = None
         status, reason = L.STATUS_COMPLETE, ""
         try:
             self._configure(bench)
@@ -200,15 +204,16 @@ class Engine:
             self._shots_planned = sum(ln.n_shots for ln in self.plan.lines if not done[ln.index])
             # a vertical order's raster line is a column at fixed x of the (ny, nx) map
             append = writer.append_column if self.plan.line_axis == "x" else writer.append_line
+            sink = LineSink(append, lambda finished: self._publish(finished, started))
             for line in self.plan.lines:
                 if done[line.index]:
                     continue
                 self.handle._wait_if_paused()
                 raster_line, reasons = self._acquire_line(bench, line)
-                append(raster_line)
-                written += 1
                 done[line.index] = True
-                self._publish(raster_line, reasons, int(done.sum()), started)
+                sink.put(FinishedLine(raster_line, reasons, self._progress_counts(done)))
+            sink.close()
+            sink.raise_error()
         except BaseException as exc:
             status = L.STATUS_INTERRUPTED
             reason = self.handle.reason if isinstance(exc, ScanAborted) else (
@@ -217,6 +222,11 @@ class Engine:
         finally:
             with contextlib.suppress(Exception):
                 bench.delay_generator.disable_outputs()  # first, whatever happened
+            if sink is not None:
+                sink.close()  # lines already finished reach the file before it is closed
+                written = sink.lines_written
+                if sink.error is not None and status == L.STATUS_COMPLETE:
+                    status, reason = L.STATUS_INTERRUPTED, str(sink.error)
             try:
                 writer.close(status, reason)
             finally:
@@ -355,7 +365,8 @@ class Engine:
         speedup = _speedup(bench)
         axis = "x" if self.plan.line_axis == "y" else "y"
         k = 0 if axis == "x" else 1
-        self._move(bench, *fly.start_um, speedup)  # at stage speed (set after every pass)
+        # at stage speed (set after every pass); the target is where the pass starts
+        self._move(bench, *fly.start_um, speedup, measure=False)
         if self.scan.stage.settle_s > 0:
             time.sleep(self.scan.stage.settle_s / speedup)
         if fly.trigger == "stage-distance":
@@ -371,8 +382,10 @@ class Engine:
         ddg.fire()  # arms the single-shot external trigger
         stage.set_speed(fly.speed_um_s)
         try:
+            self._stage_at = None
             stage.move_absolute(*fly.end_um)
-            stage.wait_until_idle(fly.duration_s / speedup + STAGE_TIMEOUT_MARGIN_S)
+            self._wait_stage(stage, fly.duration_s / speedup)
+            self._stage_at = fly.end_um
             status = ddg.wait_end_of_burst(n * self._period_s / speedup
                                            + FRAME_TIMEOUT_MARGIN_S)
         finally:
@@ -413,8 +426,10 @@ class Engine:
         self._ddg_mode(ddg, "EXTERNAL_RISING", None)
         stage.set_speed(fly.speed_um_s)
         try:
+            self._stage_at = None
             stage.move_absolute(*fly.end_um)
-            stage.wait_until_idle(fly.duration_s / speedup + STAGE_TIMEOUT_MARGIN_S)
+            self._wait_stage(stage, fly.duration_s / speedup)
+            self._stage_at = fly.end_um
         finally:
             self._ddg_mode(ddg, "SINGLE_SHOT", None)
             stage.disable_distance_trigger(axis)
@@ -463,13 +478,26 @@ class Engine:
         out[line.storage_index] = shot_id
         return out
 
-    def _move(self, bench: Bench, x: float, y: float, speedup: float) -> tuple[float, float]:
+    def _move(self, bench: Bench, x: float, y: float, speedup: float, *,
+              measure: bool = True) -> tuple[float, float]:
+        """Move and wait; returns the measured position (``measure=False``: the target)."""
         stage = bench.stage
-        here = stage.position()
+        # where the last completed move ended, else ask (one round trip saved per move)
+        here = self._stage_at if self._stage_at is not None else stage.position()
         travel_s = max(abs(x - here[0]), abs(y - here[1])) / self.scan.stage.speed_um_s
+        self._stage_at = None  # unknown until this move has completed
         stage.move_absolute(x, y)
-        stage.wait_until_idle(travel_s / speedup + STAGE_TIMEOUT_MARGIN_S)
-        return stage.position()
+        self._wait_stage(stage, travel_s / speedup)
+        reached = stage.position() if measure else (x, y)
+        self._stage_at = reached
+        return reached
+
+    def _wait_stage(self, stage: Any, expected_s: float) -> None:
+        """Wait for a move planned to take ``expected_s`` (real): sleep through most of it
+        first, so the stage is polled near the end instead of all along."""
+        if expected_s > 0 and self.handle._aborted.wait(0.9 * expected_s):
+            raise ScanAborted(self.handle.reason)  # the abort already disabled the DDG
+        stage.wait_until_idle(0.1 * expected_s + STAGE_TIMEOUT_MARGIN_S)
 
     def _shoot(self, bench: Bench, n_shots: int) -> _SpotShots:
         """One burst of ``n_shots`` at the current spot, frames paired by shot."""
@@ -552,15 +580,19 @@ class Engine:
             stamp[system][col] = float(f.timestamps_s[first])
 
     # ------------------------------------------------------------------ events
-    def _publish(self, line: RasterLine, reasons: dict, lines_done: int, started: float
-                 ) -> None:
+    def _progress_counts(self, done: np.ndarray) -> tuple[int, int, int, int]:
+        """The counters as a line ends (its event is published later, by the writer)."""
         c = self._counters
+        return int(done.sum()), c.shots, c.invalid["primary"], c.invalid["secondary"]
+
+    def _publish(self, finished: FinishedLine, started: float) -> None:
+        lines_done, shots, invalid_primary, invalid_secondary = finished.context
         progress = ScanProgress(
-            lines_done=lines_done, lines_total=self.plan.n_lines, shots_done=c.shots,
-            shots_total=self._shots_planned, invalid_primary=c.invalid["primary"],
-            invalid_secondary=c.invalid["secondary"], elapsed_s=time.monotonic() - started)
-        self.events.publish(LineEvent(str(self.path), line, self.plan.line_axis, progress,
-                                      reasons))
+            lines_done=lines_done, lines_total=self.plan.n_lines, shots_done=shots,
+            shots_total=self._shots_planned, invalid_primary=invalid_primary,
+            invalid_secondary=invalid_secondary, elapsed_s=time.monotonic() - started)
+        self.events.publish(LineEvent(str(self.path), finished.line, self.plan.line_axis,
+                                      progress, finished.reasons))
 
 
 def acquire(scan: ScanConfig, *, out: str | Path | None = None, resume: bool = False,

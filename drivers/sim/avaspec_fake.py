@@ -205,7 +205,8 @@ class AvaSpecFake:
     def trigger(self, spectrum: np.ndarray | None = None, time_s: float | None = None) -> bool:
         """One external trigger edge (a DDG shot). Returns True when a frame was produced.
 
-        ``spectrum`` is full-sensor counts (num_pixels,), cropped to the prepared pixels; None
+        ``spectrum`` is full-sensor counts (num_pixels,), cropped to the prepared pixels (a
+        read-only array is kept without a copy, so it must not change afterwards); None
         gives a flat dark frame. ``time_s`` is the device clock at the shot (default: the
         previous shot plus ``default_period_s``)."""
         with self._lock:
@@ -228,7 +229,9 @@ class AvaSpecFake:
         assert cfg is not None
         if spectrum is None:
             spectrum = np.full(self.num_pixels, 1000.0)
-        data = np.asarray(spectrum)[cfg["start"] : cfg["stop"] + 1].astype(np.float64)
+        data = np.asarray(spectrum)[cfg["start"] : cfg["stop"] + 1]
+        if data.flags.writeable:  # a read-only block (the simulated bench's) is kept as is
+            data = data.copy()
         ticks = (self.start_ticks + round(self._time_s / TICK_S)) & 0xFFFFFFFF
         ready = time.monotonic() + self._delay_s
         self._delay_s = 0.0

@@ -448,6 +448,7 @@ class TriggerBus:
         full[:] = self._dark_row(tap)
         stop = min(tap.first_pixel + width, tap.fake.num_pixels)
         full[:, tap.first_pixel:stop] = spectra[:, : stop - tap.first_pixel]
+        full.flags.writeable = False  # the fake keeps views of its rows instead of copies
         return full
 
 

@@ -143,6 +143,31 @@ def test_arm_trigger_read_n_frames(fake: AvaSpecFake, spec: AvaSpec) -> None:
     assert len(spec.read_frames()) == 0  # read clears the buffer
 
 
+def test_frames_read_in_parts_keep_their_order_and_a_new_arm_leaves_them_intact(
+        fake: AvaSpecFake, spec: AvaSpec) -> None:
+    spec.arm(4)
+    writable = np.full(4096, 100.0)
+    fake.trigger(writable, time_s=0.0)
+    writable[:] = 7.0  # the fake copied a writable spectrum: the frame keeps 100
+    block = np.arange(3 * 4096, dtype=np.uint16).reshape(3, 4096) % 5000
+    block.flags.writeable = False  # kept without a copy (the simulated bench's batches)
+    fake.trigger(block[0], time_s=PERIOD)
+    first = spec.read_frames()
+    for i in (1, 2):
+        fake.trigger(block[i], time_s=(i + 1) * PERIOD)
+    spec.wait_frames(1.0)
+    rest = spec.read_frames()
+    assert list(first.counters) == [0, 1] and list(rest.counters) == [2, 3]
+    assert np.all(first.counts[0] == 100)
+    np.testing.assert_array_equal(np.vstack([first.counts[1:], rest.counts]),
+                                  block[:, 17:4079])
+    kept = rest.counts.copy()
+    spec.arm(2)  # the next arm fills a block of its own
+    fake.trigger(np.zeros(4096), time_s=0.0)
+    spec.read_frames()
+    np.testing.assert_array_equal(rest.counts, kept)
+
+
 def test_counts_are_clipped_to_uint16(fake: AvaSpecFake, spec: AvaSpec) -> None:
     spec.arm(1)
     fake.trigger(np.r_[-5.0, 70000.0, 12.6, np.zeros(4093)])

@@ -519,3 +519,26 @@ def test_stage_distance_needs_a_stage_with_a_distance_trigger(tmp_path: Path) ->
                                                       "configure_distance_trigger"):
             acquire(scan, bench=plain)
         assert bench.emulators["delay_generator"].outputs_inhibited
+
+
+def test_a_failed_line_write_ends_the_scan_interrupted_with_earlier_lines_kept(
+        setup, monkeypatch) -> None:
+    from plumelink.pipeline.line_sink import LineWriteError
+    from plumelink.pipeline.map_writer import MapWriter
+
+    make, bench_path, out = setup
+    real = MapWriter.append_line
+
+    def failing(self, line):
+        if line.index == 2:
+            raise OSError("No space left on device")
+        real(self, line)
+
+    monkeypatch.setattr(MapWriter, "append_line", failing)
+    with open_bench(bench_path) as bench:
+        with pytest.raises(LineWriteError, match="No space left"):
+            acquire(make(ny=5), bench=bench)
+        assert bench.emulators["delay_generator"].outputs_inhibited
+    with MapReader(out) as m:
+        assert m.status == "interrupted" and "No space left" in m.status_reason
+        assert list(m.lines_done) == [True, True, False, False, False]
