@@ -19,15 +19,28 @@ def total_emissivity(spectra: np.ndarray, valid: np.ndarray) -> np.ndarray:
     emission that makes grains visible. Pixels past the last whole block are left out;
     spectra shorter than a block form one block.
     """
-    n_px = spectra.shape[1]
-    block = min(FLOOR_BLOCK_PX, n_px)
-    usable = n_px - n_px % block
+    block = emissivity_block(spectra.shape[1])
+    usable = spectra.shape[1] - spectra.shape[1] % block
     starts = np.arange(0, usable, block)
     accumulate = np.uint32 if spectra.dtype.kind == "u" else np.float64
     sums = np.add.reduceat(spectra[:, :usable], starts, axis=1, dtype=accumulate)
-    blocks = sums.astype(np.float32) / np.float32(block)
+    return emissivity_from_block_means(sums.astype(np.float32) / np.float32(block), valid,
+                                       block)
+
+
+def emissivity_block(n_px: int) -> int:
+    """Pixels per baseline block for spectra of ``n_px`` pixels."""
+    return min(FLOOR_BLOCK_PX, n_px)
+
+
+def emissivity_from_block_means(blocks: np.ndarray, valid: np.ndarray,
+                                block: int = FLOOR_BLOCK_PX) -> np.ndarray:
+    """`total_emissivity` from the spectra's means over blocks of ``block`` pixels ((n,
+    n_blocks), float32). Block means are linear in the spectrum, so a linear output layer can
+    give them directly (the live transfer does, without computing every pixel)."""
+    blocks = np.asarray(blocks, np.float32)
     padded = np.pad(blocks, ((0, 0), (1, 1)), mode="edge")
     baseline = np.minimum(np.minimum(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])
     total = block * (blocks - baseline).sum(axis=1)
-    total[~valid] = np.nan
+    total[~np.asarray(valid, bool)] = np.nan
     return total

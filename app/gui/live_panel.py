@@ -214,7 +214,10 @@ class LivePanel(QWidget):
         "window": ("lines", "window"), "difference": ("lines", "transferred"),
         "confidence": ("confidence",), "spectra": ("lines", "transferred")}
     VIEWS = tuple(DEPENDS)
-    VIEWS_PER_TICK = 2
+    # one view per tick: at 30 Hz each of the 7 views still repaints several times a second,
+    # while two views in one tick (e.g. the spectra re-ranged with the first transferred line)
+    # could keep the event loop over 100 ms on 2 cores busy with a scan, transfer and training
+    VIEWS_PER_TICK = 1
 
     def _key(self, view: str, snap: Snapshot) -> tuple[int, ...]:
         return tuple(snap.changes.get(kind, 0) for kind in self.DEPENDS[view])
@@ -229,8 +232,9 @@ class LivePanel(QWidget):
         when it has new lines, then the longest unpainted), so that no tick of the event loop
         repaints everything at once."""
         self._poll_jobs()
+        budget = self.VIEWS_PER_TICK - self._lay_out_next(snap)
         stale = [v for v in self.VIEWS if self._view_key.get(v) != self._key(v, snap)]
-        for _ in range(min(self.VIEWS_PER_TICK, len(stale))):
+        for _ in range(min(budget, len(stale))):
             if "transferred" in stale and snap.transferred_lines != self._transfer_painted:
                 view = "transferred"
             else:
@@ -243,6 +247,18 @@ class LivePanel(QWidget):
         error = self.controller.live_transfer.error if self.controller.live_transfer else ""
         if error and error != self.message.text():
             self.message.setText(error)
+
+    def _lay_out_next(self, snap: Snapshot) -> bool:
+        """Lay out one map view not yet laid out for this map's shape and extent (an empty map
+        with its axes), one per tick from the start of a scan: the transferred, difference
+        and confidence maps are then ready before their first line, which would otherwise
+        pay the axes' layout while the scan, the transfer and training all run."""
+        layout = (snap.shape, snap.extent_um)
+        for view in self.maps.values():
+            if view.layout != layout:
+                view.lay_out(*layout)
+                return True
+        return False
 
     def _paint(self, view: str, snap: Snapshot) -> None:
         ext = snap.extent_um

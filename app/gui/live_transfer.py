@@ -5,9 +5,13 @@ plumelink.pipeline.transfer). `LiveTransfer` runs it on a worker thread fed by a
 stores each result in the `LiveModel`.
 
 The transferred map must follow the scan closely, the confidence map may lag: for a model
-package the worker therefore runs each line in two steps (`LineSteps`): MLP + decoder give the
-transferred spectra and emissivity, which are published at once; re-encoding them for the
-"consistency" confidence (as expensive again) runs when no new line is waiting.
+package the worker therefore runs each line in two steps (`LineSteps`). The first gives the
+transferred emissivity, published at once: the map needs only the block means of each
+transferred spectrum (`pipeline.emissivity`), which are linear in the decoder's last hidden
+layer, so the decoder's output layer (~85 % of its work) is folded with the primary scaler and
+the block averaging into a 126-output layer; only the last valid spot's whole spectrum (for
+the spectra plot) is decoded. The second step decodes every spectrum and re-encodes it for the
+"consistency" confidence; it runs when no new line is waiting.
 """
 
 from __future__ import annotations
@@ -19,13 +23,21 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from plumelink.pipeline.emissivity import total_emissivity
+from plumelink.pipeline.emissivity import (
+    emissivity_block,
+    emissivity_from_block_means,
+    total_emissivity,
+)
 from plumelink.pipeline.raster_line import RasterLine
 
 from .live_model import LiveModel
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +45,10 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TransferredLine:
     index: int
-    spectra: np.ndarray  # (nx, n_px1) float32, zeros where the secondary spot is invalid
+    spectra: np.ndarray | None  # (nx, n_px1) float32, zeros where invalid; None: not computed
     emissivity: np.ndarray  # (nx,) float32, NaN where invalid
     confidence: np.ndarray  # (nx,) float32, NaN where invalid
+    last_spectrum: np.ndarray | None = None  # of the last valid spot (n_px1,), float32
 
 
 def _fit_on_first_line(transfer, line: RasterLine, where: np.ndarray) -> None:
@@ -62,7 +75,44 @@ def transfer_line(transfer, line: RasterLine, block_spots: int = 4096) -> Transf
         spectra[rows] = p
         confidence[rows] = c
     emissivity = total_emissivity(spectra, valid).astype(np.float32)
-    return TransferredLine(line.index, spectra, emissivity, confidence)
+    return TransferredLine(line.index, spectra, emissivity, confidence,
+                           spectra[where[-1]] if where.size else None)
+
+
+def _decoder_layers(composed) -> tuple[Callable, torch.nn.Linear]:
+    """A composed transfer's decoder as (every layer but the last, the last Linear)."""
+    import torch
+
+    decoder = composed.decoder.net if composed.decoder is not None else composed.vae.decoder
+    if not (isinstance(decoder, torch.nn.Sequential)
+            and isinstance(decoder[-1], torch.nn.Linear)):
+        raise TypeError("the decoder does not end in a linear layer")
+    return decoder[:-1], decoder[-1]
+
+
+class BlockMeanHead:
+    """The decoder's output layer, the primary scaler and the emissivity's block means in one
+    linear layer: hidden (n, h) -> block means of the primary spectra (n, n_blocks)."""
+
+    def __init__(self, last: torch.nn.Linear, mean: np.ndarray, scale: np.ndarray) -> None:
+        import torch
+
+        n_px = last.out_features
+        self.block = emissivity_block(n_px)
+        usable = n_px - n_px % self.block
+        with torch.no_grad():
+            w = last.weight.detach().double()[:usable] * torch.from_numpy(
+                np.asarray(scale, np.float64)[:usable, None])
+            b = (last.bias.detach().double() * torch.from_numpy(np.asarray(scale, np.float64))
+                 + torch.from_numpy(np.asarray(mean, np.float64)))[:usable]
+            n_blocks = usable // self.block
+            self.weight = w.reshape(n_blocks, self.block, -1).mean(1).float().T.contiguous()
+            self.bias = b.reshape(n_blocks, self.block).mean(1).float()
+
+    def __call__(self, hidden: torch.Tensor) -> np.ndarray:
+        import torch
+
+        return torch.addmm(self.bias, hidden, self.weight).numpy()
 
 
 class LineSteps:
@@ -77,6 +127,7 @@ class LineSteps:
                       and getattr(transfer, "confidence_method", "") == "consistency"
                       and getattr(transfer.models, "latent_stats", None) is None)
         self._scalers: dict[int, tuple] = {}
+        self._head: tuple | None = None  # (decoder, BlockMeanHead) of the composed transfer
 
     def _float32(self, scaler) -> tuple[np.ndarray, np.ndarray]:
         """A scaler's mean and scale in float32: scaling a line in float32 rather than the
@@ -102,31 +153,42 @@ class LineSteps:
         valid = np.asarray(sec.valid, bool)
         where = np.flatnonzero(valid)
         _fit_on_first_line(self.transfer, line, where)
-        spectra = np.zeros((valid.size, len(self.transfer.primary_wavelength_nm)), np.float32)
+        emissivity = np.full(valid.size, np.nan, np.float32)
         confidence = np.full(valid.size, np.nan, np.float32)
         if not where.size:
-            out = TransferredLine(line.index, spectra, total_emissivity(spectra, valid)
-                                  .astype(np.float32), confidence)
-            return out, lambda: confidence
+            return TransferredLine(line.index, None, emissivity, confidence), lambda: confidence
         sec_mean, sec_scale = self._float32(models.secondary_scaler)
         prim_mean, prim_scale = self._float32(models.primary_scaler)
+        hidden_layers, last, head = self._decoder(models, prim_mean, prim_scale)
         scaled = correct_baseline(sec.spectra[where].astype(np.float32))
         scaled -= sec_mean
         scaled /= sec_scale
         with torch.no_grad():
             z = mlp(torch.from_numpy(scaled))
-            decoded = models.package.composed(models.system).decode(z)  # own decoder
-        spectra[where] = decoded.numpy() * prim_scale + prim_mean
-        emissivity = total_emissivity(spectra, valid).astype(np.float32)
+            hidden = hidden_layers(z)
+            emissivity[where] = emissivity_from_block_means(head(hidden), np.ones(where.size, bool),
+                                                            head.block)
+            latest = last(hidden[-1:]).numpy()[0] * prim_scale + prim_mean
 
         def consistency() -> np.ndarray:
             with torch.no_grad():
-                mean2, _ = vae.encode(decoded)
+                mean2, _ = vae.encode(last(hidden))
                 d = torch.linalg.vector_norm(mean2 - z, dim=1) / math.sqrt(vae.latent)
             confidence[where] = confidence_from_distance(d.numpy().astype(np.float64))
             return confidence
 
-        return TransferredLine(line.index, spectra, emissivity, confidence), consistency
+        return (TransferredLine(line.index, None, emissivity, confidence, latest),
+                consistency)
+
+    def _decoder(self, models, prim_mean: np.ndarray, prim_scale: np.ndarray) -> tuple:
+        """(hidden layers, output layer, `BlockMeanHead`) of the system's decoder, built once
+        per decoder and primary scaler."""
+        composed = models.package.composed(models.system)
+        hidden_layers, last = _decoder_layers(composed)
+        key = (id(last), id(models.primary_scaler))
+        if self._head is None or self._head[0] != key:
+            self._head = (key, BlockMeanHead(last, prim_mean, prim_scale))
+        return hidden_layers, last, self._head[1]
 
 
 def _one_torch_thread() -> None:
@@ -217,8 +279,7 @@ class LiveTransfer:
 
     def _first(self, line: RasterLine, wl: np.ndarray) -> tuple[int, Callable[[], np.ndarray]]:
         out, confidence = self.steps.spectra(line)
-        ok = np.flatnonzero(line.secondary.valid)
-        spectrum = (wl, out.spectra[ok[-1]]) if ok.size else None
+        spectrum = (wl, out.last_spectrum) if out.last_spectrum is not None else None
         self.model.add_transferred(out.index, out.emissivity, None, spectrum)
         return out.index, confidence
 

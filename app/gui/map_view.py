@@ -60,6 +60,17 @@ class MapView(pg.PlotWidget):
             self.disableAutoRange()
             self._shape, self._extent = data.shape, extent
 
+    @property
+    def layout(self) -> tuple[tuple[int, int], tuple[float, float, float, float]]:
+        """The (shape, extent) the axes are laid out for."""
+        return self._shape, self._extent
+
+    def lay_out(self, shape: tuple[int, int],
+                extent: tuple[float, float, float, float]) -> None:
+        """Show an empty map of this shape and extent: the axes are laid out (the dearest part
+        of a view's first paint) before any data arrives."""
+        self.show_map(np.full(shape, np.nan, np.float32), extent)
+
     def spot_at(self, x_um: float, y_um: float) -> tuple[int, int] | None:
         ny, nx = self._shape
         x0, y0, w, h = self._extent

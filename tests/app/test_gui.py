@@ -134,8 +134,12 @@ def test_line_steps_give_the_transfer_in_two_steps(tiny_gui_model):
     first, confidence = steps.spectra(line)
     assert np.isnan(first.confidence).all()  # the map does not wait for it
     whole = transfer_line(transfer, line)
-    np.testing.assert_allclose(first.spectra, whole.spectra, rtol=1e-5, atol=1e-3)
-    np.testing.assert_allclose(first.emissivity, whole.emissivity, rtol=1e-5)
+    # the emissivity from the folded output layer equals that of the decoded spectra
+    valid = line.secondary.valid
+    np.testing.assert_allclose(first.emissivity[valid], whole.emissivity[valid], rtol=1e-4,
+                               atol=1e-4 * np.abs(whole.emissivity[valid]).max())
+    last = np.flatnonzero(valid)[-1]
+    np.testing.assert_allclose(first.last_spectrum, whole.spectra[last], rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(confidence(), whole.confidence, rtol=1e-5)
     assert np.isnan(first.emissivity[3]) and np.isnan(confidence()[3])
 
@@ -268,11 +272,6 @@ def test_close_during_scan_asks_then_stops_safely(qtbot, window, bench_profile, 
         assert reader.status == "interrupted" and reader.n_lines_done >= 1
 
 
-# Opt-in (make test-all) until fixed: on an idle 2-core machine the strict bound below fails
-# with one 107-152 ms gap at the first paint of the transferred map (45 ms of GUI-thread work
-# plus waiting for a core or the GIL); it passed before only because the machine was loaded
-# and the overloaded branch applied. Issue 6 stays open for it.
-@pytest.mark.slow
 def test_event_loop_never_blocks_during_scan_transfer_and_training(
         qtbot, window, bench_profile, tmp_path, tiny_gui_model):
     w = window
@@ -321,8 +320,12 @@ def test_event_loop_never_blocks_during_scan_transfer_and_training(
     assert max(busy[1:]) < 0.100, f"the GUI thread worked {max(busy[1:]) * 1e3:.0f} ms at once"
     worst = max(gaps[1:])
     over = sum(g > 0.100 for g in gaps[1:])
+    top = sorted(range(1, len(gaps)), key=lambda i: -gaps[i])[:3]
     text = (f"event loop: longest gap {worst * 1e3:.0f} ms, {over} of {len(gaps) - 1} gaps "
-            f"over 100 ms, load average {load:.1f} on {os.cpu_count()} cores")
+            f"over 100 ms, load average {load:.1f} on {os.cpu_count()} cores; longest (tick, "
+            f"gap ms, GUI-thread CPU ms, after the first transferred paint): "
+            + ", ".join(f"({i}, {gaps[i] * 1e3:.0f}, {busy[i] * 1e3:.0f}, {steady[i]})"
+                        for i in top))
     if load < (os.cpu_count() or 1):
         assert worst < 0.100, text  # the issue's bound, where the machine has CPU to spare
     else:  # other programs hold the cores: a gap also counts their time slices

@@ -29,6 +29,5 @@ def test_transfer_latency_and_fps(qapp, tmp_path, monkeypatch) -> None:
           f"{fps['max_event_loop_gap_ms']:.0f} ms")
     assert lat["lines"] == 8 and ref["lines"] == 8
     assert lat["latency_ms_median"] < ref["latency_ms_median"]
-    # what the GUI adds to the computation (queue hop, wake-up, repaint): well under target
-    assert lat["latency_ms_median"] - cpu["first_step_ms_median"] < 100
+    assert lat["latency_ms_median"] <= 100  # the target, 500-spot lines on 2 cores
     assert fps["timer_fps"] >= 10
