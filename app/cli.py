@@ -84,9 +84,10 @@ def _import_npy(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from plumelink.models.train import TrainOptions, format_rse_table, train_transfer
 
-    options = TrainOptions(baselines=not args.no_baselines, seed=args.seed, device=args.device,
-                           stream=True if args.stream else None, max_batches=args.max_batches,
-                           threads=args.threads)
+    settings = dict(baselines=not args.no_baselines, seed=args.seed, device=args.device,
+                    stream=True if args.stream else None, max_batches=args.max_batches,
+                    threads=args.threads)
+    options = TrainOptions.paper(**settings) if args.paper else TrainOptions(**settings)
     rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 reports
     quiet = args.quiet or rank != 0
     if args.epochs is not None:
@@ -189,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cap every network's epochs at N")
     tr.add_argument("--no-baselines", action="store_true",
                     help="train only the VAE + latent MLP (no PLS, KNN, PDS, one-step, mean)")
+    tr.add_argument("--paper", action="store_true",
+                    help="the published settings (Adam 1e-4, 50 epochs, per-map per-channel "
+                    "scaling, no fine-tuning) instead of the defaults measured on the "
+                    "simulated maps (docs/transfer_experiments.md)")
     tr.add_argument("--resume", action="store_true",
                     help="continue an interrupted training from MODEL_DIR/checkpoints (same "
                     "maps and options; gives the result of an uninterrupted run)")

@@ -47,7 +47,7 @@ def _join(args: argparse.Namespace) -> int:
     try:
         metrics = join_secondary(args.model, args.system, args.train, args.val,
                                  epochs=args.epochs, seed=args.seed, progress=progress,
-                                 replace=args.replace)
+                                 replace=args.replace, fine_tune=args.fine_tune)
     finally:
         if bar is not None:
             bar.close()
@@ -77,6 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     jo.add_argument("--epochs", type=positive_int, default=100, metavar="N",
                     help="cap of the latent MLP's epochs (default 100, early stopping)")
     jo.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed")
+    jo.add_argument("--fine-tune", action="store_true",
+                    help="also fine-tune the new MLP with a copy of the decoder, stored for "
+                    "this system only (the shared VAE is never changed)")
     jo.add_argument("--replace", action="store_true",
                     help="retrain a system the package already has")
     jo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -83,3 +83,27 @@ def test_train_options_parse() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--train", "t", "--val", "v", "--out", "m",
                                    "--device", "tpu"])
+
+
+def test_train_paper_uses_the_published_settings(maps, tmp_path) -> None:
+    out = tmp_path / "paper"
+    assert main(["train", "--train", str(maps["train"]), "--val", str(maps["val"]),
+                 "--out", str(out), "--paper", "--epochs", "1", "--no-baselines", "-q"]) == 0
+    options = load_package(out).manifest["metrics"]["options"]
+    assert options["learning_rate"] == 1e-4 and options["schedule"] == "constant"
+    assert options["scaler_mode"] == "per-map" and options["scaler_spread"] == "channel"
+    assert not options["fine_tune"] and options["epochs"] == 1 and not options["baselines"]
+
+
+def test_join_fine_tune_writes_the_systems_own_decoder(maps, tmp_path, capsys) -> None:
+    out = tmp_path / "model"
+    assert main(["train", "--train", str(maps["train"]), "--val", str(maps["val"]),
+                 "--out", str(out), "--epochs", "1", "--no-baselines", "-q"]) == 0
+    vae_before = (out / "vae.safetensors").read_bytes()
+    assert main(["join", "--model", str(out), "--system", "second_look", "--train",
+                 str(maps["train"]), "--val", str(maps["val"]), "--epochs", "1",
+                 "--fine-tune", "-q"]) == 0
+    assert "second_look" in capsys.readouterr().out
+    assert (out / "decoder-second_look.safetensors").exists()
+    assert (out / "vae.safetensors").read_bytes() == vae_before  # the shared VAE untouched
+    assert "second_look" in load_package(out).decoders
