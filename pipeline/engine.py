@@ -8,9 +8,9 @@ is appended and flushed (`MapWriter`), then published to subscribers (`line_even
 writer thread of `line_sink` while the next line is acquired.
 
 Safety: whatever ends the scan (its end, an instrument error, `ScanHandle.abort`, Ctrl-C) the
-DDG outputs are disabled first, then the file is closed as complete or interrupted with the
-reason. Nothing already flushed is ever lost, and `acquire(..., resume=True)` continues an
-interrupted map from its first unfinished line.
+DDG outputs are disabled first (an abort also stops the stage), then the file is closed as
+complete or interrupted with the reason. Nothing already flushed is ever lost, and
+`acquire(..., resume=True)` continues an interrupted map from its first unfinished line.
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ log = logging.getLogger(__name__)
 SYSTEMS = ("primary", "secondary")
 STAGE_TIMEOUT_MARGIN_S = 2.0  # beyond the planned move time
 FRAME_TIMEOUT_MARGIN_S = 0.5  # beyond the burst's own duration (real seconds)
-Q_SWITCH_WIDTH_S = 10e-6
-HOME_TIMEOUT_S = 120.0  # AB output pulse driving the laser Q-switch
+Q_SWITCH_WIDTH_S = 10e-6  # AB output pulse driving the laser Q-switch
+HOME_TIMEOUT_S = 120.0
+ABORT_CHECK_S = 0.25  # while the stage moves, an abort is noticed within this (real) time
 
 
 class ScanAborted(Exception):
@@ -186,7 +187,8 @@ class Engine:
         if missing:
             raise ValueError(f"bench {bench.profile.name!r} has no {missing} spectrometer; "
                              f"a paired scan needs both {list(SYSTEMS)}")
-        self.handle._add_on_abort(bench.delay_generator.disable_outputs)
+        self.handle._add_on_abort(bench.delay_generator.disable_outputs)  # first
+        self.handle._add_on_abort(bench.stage.stop)  # ends a move or homing in progress
         writer = self._open_writer(bench)
         started = time.monotonic()
         written = 0
@@ -197,7 +199,8 @@ class Engine:
             if self.home:
                 # absolute moves need a reference; done with the laser still disabled
                 bench.stage.home()
-                bench.stage.wait_until_idle(HOME_TIMEOUT_S)
+                self._wait_stage(bench.stage, 0.0, HOME_TIMEOUT_S)
+            self.handle._check()  # an abort during homing: the outputs stay disabled
             bench.delay_generator.enable_outputs()
             done = writer.raster_lines_done
             # what this run shoots (a resumed map only its unfinished lines): shots/s and ETA
@@ -492,12 +495,32 @@ class Engine:
         self._stage_at = reached
         return reached
 
-    def _wait_stage(self, stage: Any, expected_s: float) -> None:
-        """Wait for a move planned to take ``expected_s`` (real): sleep through most of it
-        first, so the stage is polled near the end instead of all along."""
+    def _wait_stage(self, stage: Any, expected_s: float, timeout_s: float | None = None
+                    ) -> None:
+        """Wait for a move planned to take ``expected_s`` (real; ``timeout_s`` in all, by
+        default the plan plus a margin): sleep through most of it first, so the stage is
+        polled near the end instead of all along, and end at once on an abort (the stage is
+        stopped; the abort itself already disabled the DDG)."""
+        started = time.monotonic()
+        timeout = expected_s + STAGE_TIMEOUT_MARGIN_S if timeout_s is None else timeout_s
         if expected_s > 0 and self.handle._aborted.wait(0.9 * expected_s):
-            raise ScanAborted(self.handle.reason)  # the abort already disabled the DDG
-        stage.wait_until_idle(0.1 * expected_s + STAGE_TIMEOUT_MARGIN_S)
+            self._halt(stage)
+        while True:
+            remaining = started + timeout - time.monotonic()
+            try:
+                stage.wait_until_idle(max(min(remaining, ABORT_CHECK_S), 1e-3))
+                return
+            except InstrumentTimeout:
+                if self.handle.aborted:
+                    self._halt(stage)
+                if time.monotonic() - started >= timeout:
+                    raise InstrumentTimeout(f"stage still moving after {timeout:.3g} s",
+                                            device=getattr(stage, "name", "stage")) from None
+
+    def _halt(self, stage: Any) -> None:
+        with contextlib.suppress(Exception):
+            stage.stop()
+        raise ScanAborted(self.handle.reason)
 
     def _shoot(self, bench: Bench, n_shots: int) -> _SpotShots:
         """One burst of ``n_shots`` at the current spot, frames paired by shot."""

@@ -542,3 +542,31 @@ def test_a_failed_line_write_ends_the_scan_interrupted_with_earlier_lines_kept(
     with MapReader(out) as m:
         assert m.status == "interrupted" and "No space left" in m.status_reason
         assert list(m.lines_done) == [True, True, False, False, False]
+
+
+@pytest.mark.parametrize("home", [True, False])
+def test_abort_during_homing_or_a_long_move_ends_the_scan_at_once(tmp_path: Path, home) -> None:
+    # real time: homing, then a first move of 50 mm at 10 mm/s (5 s); the abort after 0.3 s
+    # falls in homing (home=True) or in the move (home=False); the abort stops the stage
+    from plumelink.pipeline.engine import Engine, ScanAborted
+
+    bench_path = bench_profile(tmp_path, speedup=1.0)
+    out = tmp_path / "far.h5"
+    scan = parse_scan(step_scan_text(bench_path, out, ny=1, nx=2,
+                                     origin_um=(50000.0, 50000.0)), source="far.toml")
+    handle = ScanHandle()
+    engine = Engine(scan, handle=handle, home=home)
+    with open_bench(bench_path) as bench:
+        if not home:
+            bench.stage.home()  # referenced beforehand: the scan starts with the long move
+        threading.Timer(0.3, handle.abort, args=("stop pressed",)).start()
+        started = time.monotonic()
+        with pytest.raises(ScanAborted):
+            engine.run(bench)
+        took = time.monotonic() - started
+        assert bench.emulators["delay_generator"].outputs_inhibited
+    result = engine._result
+    assert result.status == "interrupted" and result.reason == "stop pressed"
+    assert took < 2.0, f"the scan took {took:.1f} s to end after the abort"
+    with MapReader(out) as m:
+        assert m.status == "interrupted" and m.n_lines_done == 0
