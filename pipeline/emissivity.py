@@ -19,8 +19,9 @@ def total_emissivity(spectra: np.ndarray, valid: np.ndarray) -> np.ndarray:
     emission that makes grains visible. Pixels past the last whole block are left out;
     spectra shorter than a block form one block.
     """
-    block = emissivity_block(spectra.shape[1])
-    usable = spectra.shape[1] - spectra.shape[1] % block
+    n_px = spectra.shape[1]
+    block = emissivity_block(n_px)
+    usable = n_px - n_px % block
     starts = np.arange(0, usable, block)
     accumulate = np.uint32 if spectra.dtype.kind == "u" else np.float64
     sums = np.add.reduceat(spectra[:, :usable], starts, axis=1, dtype=accumulate)

@@ -227,9 +227,7 @@ class Engine:
                 bench.delay_generator.disable_outputs()  # first, whatever happened
             if sink is not None:
                 sink.close()  # lines already finished reach the file before it is closed
-                written = sink.lines_written
-                if sink.error is not None and status == L.STATUS_COMPLETE:
-                    status, reason = L.STATUS_INTERRUPTED, str(sink.error)
+                written = sink.lines_written  # a write error was raised in the try above
             try:
                 writer.close(status, reason)
             finally:

@@ -127,7 +127,8 @@ class LineSteps:
                       and getattr(transfer, "confidence_method", "") == "consistency"
                       and getattr(transfer.models, "latent_stats", None) is None)
         self._scalers: dict[int, tuple] = {}
-        self._head: tuple | None = None  # (decoder, BlockMeanHead) of the composed transfer
+        # (key, (hidden layers, output layer, BlockMeanHead)) of the system's decoder
+        self._decoder_parts: tuple | None = None
 
     def _float32(self, scaler) -> tuple[np.ndarray, np.ndarray]:
         """A scaler's mean and scale in float32: scaling a line in float32 rather than the
@@ -182,13 +183,13 @@ class LineSteps:
 
     def _decoder(self, models, prim_mean: np.ndarray, prim_scale: np.ndarray) -> tuple:
         """(hidden layers, output layer, `BlockMeanHead`) of the system's decoder, built once
-        per decoder and primary scaler."""
-        composed = models.package.composed(models.system)
-        hidden_layers, last = _decoder_layers(composed)
-        key = (id(last), id(models.primary_scaler))
-        if self._head is None or self._head[0] != key:
-            self._head = (key, BlockMeanHead(last, prim_mean, prim_scale))
-        return hidden_layers, last, self._head[1]
+        per system of the loaded models (the split and folding are not redone every line)."""
+        key = (id(models), models.system, id(models.primary_scaler))
+        if self._decoder_parts is None or self._decoder_parts[0] != key:
+            hidden_layers, last = _decoder_layers(models.package.composed(models.system))
+            head = BlockMeanHead(last, prim_mean, prim_scale)
+            self._decoder_parts = (key, (hidden_layers, last, head))
+        return self._decoder_parts[1]
 
 
 def _one_torch_thread() -> None:
