@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from plumelink.app.arguments import positive_int
+from plumelink.app.arguments import non_negative_int, positive_int
 from plumelink.pipeline.map_writer import COMPRESSIONS
 
 log = logging.getLogger("plumelink")
@@ -87,6 +87,8 @@ def _train(args: argparse.Namespace) -> int:
     settings = dict(baselines=not args.no_baselines, seed=args.seed, device=args.device,
                     stream=True if args.stream else None, max_batches=args.max_batches,
                     threads=args.threads)
+    if args.linear_rank is not None:
+        settings["linear_rank"] = args.linear_rank
     options = TrainOptions.paper(**settings) if args.paper else TrainOptions(**settings)
     rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 reports
     quiet = args.quiet or rank != 0
@@ -194,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the published settings (Adam 1e-4, 50 epochs, per-map per-channel "
                     "scaling, no fine-tuning) instead of the defaults measured on the "
                     "simulated maps (docs/transfer_experiments.md)")
+    tr.add_argument("--linear-rank", type=non_negative_int, default=None, metavar="R",
+                    help="a rank-R linear path from the secondary beside the fine-tuned "
+                    "decoder and the one-step MLP (not in the paper; 0: none; default: "
+                    "the options' default)")
     tr.add_argument("--resume", action="store_true",
                     help="continue an interrupted training from MODEL_DIR/checkpoints (same "
                     "maps and options; gives the result of an uninterrupted run)")

@@ -76,7 +76,8 @@ def transfer_with_distances(
 ) -> TransferOutput:
     """Run MLP + decoder on scaled secondary spectra and compute every candidate distance.
 
-    decoder: the system's fine-tuned decoder (`ModelPackage.decoders`); None: the VAE's."""
+    decoder: the system's fine-tuned decoder (`ModelPackage.decoders`), with its linear path
+    if it has one; None: the VAE's."""
     mlp.eval()
     vae.eval()
     decode = vae.decode if decoder is None else decoder.eval()
@@ -84,8 +85,11 @@ def transfer_with_distances(
     zs, xs, dist = [], [], {m: [] for m in METHODS if m != "mahalanobis" or stats is not None}
     scale = float(np.sqrt(vae.latent))
     for start in range(0, len(x), batch_size):
-        z = mlp(torch.from_numpy(x[start : start + batch_size]))
+        block = torch.from_numpy(x[start : start + batch_size])
+        z = mlp(block)
         decoded = decode(z)
+        if decoder is not None and decoder.path is not None:
+            decoded = decoded + decoder.path(block)
         mean2, log_var2 = vae.encode(decoded)
         zs.append(z.numpy())
         xs.append(decoded.numpy())

@@ -61,6 +61,7 @@ ProgressCallback = Callable[[str, int, int, float | None, float | None], None]
 DEFAULTS: dict[str, Any] = {
     "learning_rate": 1e-3, "batch_size": 128, "patience": 25, "weight_decay": 1e-5,
     "mlp_hidden": (128, 512), "fine_tune_learning_rate": 3e-4, "fine_tune_epochs": 100,
+    "linear_rank": 0,
     "schedule": "plateau", "min_lr_fraction": 0.01, "lr_decay_patience": 8,
     "lr_decay_factor": 0.3,
 }
@@ -231,7 +232,8 @@ def _join(package: ModelPackage, train: PairedSpectra, val: PairedSpectra, epoch
     after: float | None = None
     if fine_tune:  # MLP + a copy of the decoder; the shared VAE stays frozen
         n_ft = min(int(opts["fine_tune_epochs"]), epochs)
-        tuned = ComposedTransfer(mlp, vae, SystemDecoder.from_vae(vae))
+        tuned = ComposedTransfer(mlp, vae, SystemDecoder.from_vae(
+            vae, s_tr.shape[1], int(opts["linear_rank"])))
         state = copy.deepcopy(mlp.state_dict())
         h = fit(tuned, mse_loss, ArraySource(s_tr, p_tr), ArraySource(s_va, p_va),
                 config(n_ft, float(opts["fine_tune_learning_rate"]), 2),

@@ -79,25 +79,52 @@ class LatentMLP(nn.Module):
                 "latent": self.latent}
 
 
+class LinearPath(nn.Module):
+    """A rank-r linear map of the scaled secondary spectrum, added to a network's output.
+
+    Not in the paper: PLS extrapolates to a new region and day better than the networks do
+    (docs/transfer_experiments.md), so a low-rank linear path beside a network lets the network
+    model only what is not linear. The output factor starts at zero: an untrained path leaves
+    the network's output as it is.
+    """
+
+    def __init__(self, n_in: int, n_out: int, rank: int):
+        super().__init__()
+        self.n_in, self.n_out, self.rank = int(n_in), int(n_out), int(rank)
+        if self.rank < 1:
+            raise ValueError(f"a linear path needs rank >= 1, got {rank}")
+        self.down = nn.Linear(self.n_in, self.rank, bias=False)
+        self.up = nn.Linear(self.rank, self.n_out, bias=False)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+
 class SystemDecoder(nn.Module):
     """A copy of the VAE decoder fine-tuned end to end for one secondary system.
 
     Fine-tuning MLP + decoder of one system must not change the decoder every other system
     shares (the latent space stays the VAE's): the fine-tuned copy is a module of its own,
-    stored in its own file, and the VAE is left as trained.
+    stored in its own file, and the VAE is left as trained. It may carry the system's
+    `LinearPath` (secondary pixels -> primary), which `ComposedTransfer` adds to its output.
     """
 
-    def __init__(self, sizes: Sequence[int]):
+    def __init__(self, sizes: Sequence[int], path_inputs: int = 0, path_rank: int = 0):
         super().__init__()
         self.sizes = [int(s) for s in sizes]
         if len(self.sizes) < 2:
             raise ValueError(f"a decoder needs at least 2 layer sizes, got {self.sizes}")
         self.net = dense_stack(self.sizes)
+        self.path = (LinearPath(path_inputs, self.sizes[-1], path_rank) if path_rank
+                     else None)
 
     @classmethod
-    def from_vae(cls, vae: VAE) -> SystemDecoder:
-        """A copy of the VAE's decoder (same weights), to fine-tune without touching the VAE."""
-        decoder = cls([vae.latent, *reversed(vae.hidden), vae.n_pixels])
+    def from_vae(cls, vae: VAE, path_inputs: int = 0, path_rank: int = 0) -> SystemDecoder:
+        """A copy of the VAE's decoder (same weights), to fine-tune without touching the VAE;
+        with `path_rank` > 0 also a linear path from `path_inputs` secondary pixels."""
+        decoder = cls([vae.latent, *reversed(vae.hidden), vae.n_pixels], path_inputs,
+                      path_rank)
         decoder.net.load_state_dict(vae.decoder.state_dict())
         return decoder
 
@@ -113,7 +140,10 @@ class SystemDecoder(nn.Module):
         return self.net(z)
 
     def config(self) -> dict:
-        return {"kind": "decoder", "sizes": list(self.sizes)}
+        cfg: dict = {"kind": "decoder", "sizes": list(self.sizes)}
+        if self.path is not None:
+            cfg.update(path_inputs=self.path.n_in, path_rank=self.path.rank)
+        return cfg
 
 
 class ComposedTransfer(nn.Module):
@@ -130,6 +160,9 @@ class ComposedTransfer(nn.Module):
                                     or decoder.n_pixels != vae.n_pixels):
             raise ValueError(f"the system decoder maps {decoder.latent} -> {decoder.n_pixels}, "
                              f"the VAE {vae.latent} -> {vae.n_pixels}")
+        if decoder is not None and decoder.path is not None and decoder.path.n_in != mlp.n_pixels:
+            raise ValueError(f"the system decoder's linear path takes {decoder.path.n_in} "
+                             f"secondary pixels, the latent MLP {mlp.n_pixels}")
         self.mlp = mlp
         self.vae = vae
         self.decoder = decoder
@@ -137,8 +170,13 @@ class ComposedTransfer(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z) if self.decoder is not None else self.vae.decode(z)
 
+    @property
+    def path(self) -> LinearPath | None:
+        return self.decoder.path if self.decoder is not None else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.mlp(x))
+        y = self.decode(self.mlp(x))
+        return y if self.path is None else y + self.path(x)
 
 
 class OneStepMLP(nn.Module):
@@ -151,14 +189,20 @@ class OneStepMLP(nn.Module):
         hidden: Sequence[int] = (128, 512),
         latent: int = 64,
         decoder_hidden: Sequence[int] = (512, 1024),
+        path_rank: int = 0,
     ):
         super().__init__()
         self.n_in, self.n_out = int(n_in), int(n_out)
         self.sizes = [self.n_in, *hidden, latent, *decoder_hidden, self.n_out]
         self.net = dense_stack(self.sizes)
+        self.path = LinearPath(self.n_in, self.n_out, path_rank) if path_rank else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        y = self.net(x)
+        return y if self.path is None else y + self.path(x)
 
     def config(self) -> dict:
-        return {"kind": "one_step_mlp", "sizes": list(self.sizes)}
+        cfg: dict = {"kind": "one_step_mlp", "sizes": list(self.sizes)}
+        if self.path is not None:
+            cfg["path_rank"] = self.path.rank
+        return cfg

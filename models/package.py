@@ -324,6 +324,9 @@ def _validate_secondary(system: str, mlp: LatentMLP, axis: np.ndarray, vae: VAE,
                                 or decoder.n_pixels != vae.n_pixels):
         raise ValueError(f"decoder of {system!r} must be a SystemDecoder mapping "
                          f"{vae.latent} latent dimensions to {vae.n_pixels} pixels")
+    if decoder is not None and decoder.path is not None and decoder.path.n_in != axis.size:
+        raise ValueError(f"the linear path of {system!r}'s decoder takes {decoder.path.n_in} "
+                         f"pixels, its wavelength axis has {axis.size}")
     _check_name("secondary system", system)
     if not isinstance(mlp, LatentMLP):
         raise TypeError(f"latent MLP of {system!r} is a {type(mlp).__name__}, not a LatentMLP")
@@ -545,9 +548,11 @@ def _build_module(cfg: dict[str, Any], file: str) -> nn.Module:
             sizes = [int(s) for s in cfg["sizes"]]
             if len(sizes) < 3:
                 raise ValueError(f"sizes {sizes} too short")
-            return OneStepMLP(sizes[0], sizes[-1], sizes[1:-2], sizes[-2], ())
+            return OneStepMLP(sizes[0], sizes[-1], sizes[1:-2], sizes[-2], (),
+                              path_rank=int(cfg.get("path_rank", 0)))
         if kind == "decoder":
-            return SystemDecoder([int(s) for s in cfg["sizes"]])
+            return SystemDecoder([int(s) for s in cfg["sizes"]], int(cfg.get("path_inputs", 0)),
+                                 int(cfg.get("path_rank", 0)))
     except (KeyError, TypeError, ValueError) as e:
         raise PackageError(f"{file}: invalid architecture {cfg!r} in {MANIFEST}: {e}") from e
     raise PackageError(f"{file}: unknown network kind {kind!r} in {MANIFEST}")

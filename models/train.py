@@ -122,6 +122,9 @@ class TrainOptions:
     vae_hidden: tuple[int, ...] = (1024, 512)
     latent: int = 64
     mlp_hidden: tuple[int, ...] = (128, 512)
+    # rank of a linear path from the secondary beside the fine-tuned decoder and the one-step
+    # MLP (`networks.LinearPath`, not in the paper); 0: none
+    linear_rank: int = 0
     threads: int | None = None  # torch threads; None: the cores this process may use
     hash_inputs: bool = True  # sha256 of the input maps (else size + mtime only)
     overwrite: bool = False
@@ -154,7 +157,8 @@ class TrainOptions:
         simulated maps these underfit (docs/transfer_experiments.md)."""
         paper = dict(epochs=50, learning_rate=1e-4, patience=10, weight_decay=1e-5,
                      scaler_mode="per-map", scaler_spread="channel", fine_tune=False,
-                     schedule="constant", kl_max=0.5, kl_cycles=4, pls_candidates=(8, 16, 32))
+                     schedule="constant", kl_max=0.5, kl_cycles=4, pls_candidates=(8, 16, 32),
+                     linear_rank=0)
         paper.update(changes)
         return cls(**paper)  # type: ignore[arg-type]
 
@@ -165,6 +169,10 @@ class TrainOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainOptions.{name} must be an integer >= 1, got {value!r}")
+        if (isinstance(self.linear_rank, bool) or not isinstance(self.linear_rank, int)
+                or self.linear_rank < 0):
+            raise ValueError(f"TrainOptions.linear_rank must be an integer >= 0 (0: no linear "
+                             f"path), got {self.linear_rank!r}")
         if self.max_batches is not None and (
                 isinstance(self.max_batches, bool) or not isinstance(self.max_batches, int)
                 or self.max_batches < 1):
@@ -565,7 +573,8 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
     decoder: SystemDecoder | None = None
     if options.fine_tune:
         n_ft = min(options.fine_tune_epochs, options.epochs)
-        tuned = ComposedTransfer(mlp, vae, SystemDecoder.from_vae(vae).to(device))
+        tuned = ComposedTransfer(
+            mlp, vae, SystemDecoder.from_vae(vae, n_px2, options.linear_rank).to(device))
 
         def run_ft() -> dict[str, Any]:
             state = copy.deepcopy(mlp.state_dict())
@@ -606,7 +615,7 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
     if options.baselines:
         torch.manual_seed(options.seed + 3)
         one_step = OneStepMLP(n_px2, n_px1, options.mlp_hidden, options.latent,
-                              tuple(reversed(options.vae_hidden)))
+                              tuple(reversed(options.vae_hidden)), options.linear_rank)
         net = one_step
 
         def run_one_step() -> dict[str, Any]:

@@ -80,14 +80,24 @@ def transfer_line(transfer, line: RasterLine, block_spots: int = 4096) -> Transf
 
 
 def _decoder_layers(composed) -> tuple[Callable, torch.nn.Linear]:
-    """A composed transfer's decoder as (every layer but the last, the last Linear)."""
+    """A composed transfer's output as (features, last Linear): features(z, x) are the
+    decoder's last hidden layer, with the linear path's rank-r projection of the scaled
+    secondary x appended when the system's decoder has a path; output = last(features)."""
     import torch
 
     decoder = composed.decoder.net if composed.decoder is not None else composed.vae.decoder
     if not (isinstance(decoder, torch.nn.Sequential)
             and isinstance(decoder[-1], torch.nn.Linear)):
         raise TypeError("the decoder does not end in a linear layer")
-    return decoder[:-1], decoder[-1]
+    hidden_layers, last = decoder[:-1], decoder[-1]
+    path = composed.path
+    if path is None:
+        return (lambda z, x: hidden_layers(z)), last
+    joined = torch.nn.Linear(last.in_features + path.rank, last.out_features)
+    with torch.no_grad():
+        joined.weight.copy_(torch.cat([last.weight, path.up.weight], dim=1))
+        joined.bias.copy_(last.bias)
+    return (lambda z, x: torch.cat([hidden_layers(z), path.down(x)], dim=1)), joined
 
 
 class BlockMeanHead:
@@ -127,7 +137,7 @@ class LineSteps:
                       and getattr(transfer, "confidence_method", "") == "consistency"
                       and getattr(transfer.models, "latent_stats", None) is None)
         self._scalers: dict[int, tuple] = {}
-        # (key, (hidden layers, output layer, BlockMeanHead)) of the system's decoder
+        # (key, (features, output layer, BlockMeanHead)) of the system's decoder
         self._decoder_parts: tuple | None = None
 
     def _float32(self, scaler) -> tuple[np.ndarray, np.ndarray]:
@@ -160,13 +170,14 @@ class LineSteps:
             return TransferredLine(line.index, None, emissivity, confidence), lambda: confidence
         sec_mean, sec_scale = self._float32(models.secondary_scaler)
         prim_mean, prim_scale = self._float32(models.primary_scaler)
-        hidden_layers, last, head = self._decoder(models, prim_mean, prim_scale)
+        features, last, head = self._decoder(models, prim_mean, prim_scale)
         scaled = correct_baseline(sec.spectra[where].astype(np.float32))
         scaled -= sec_mean
         scaled /= sec_scale
         with torch.no_grad():
-            z = mlp(torch.from_numpy(scaled))
-            hidden = hidden_layers(z)
+            x = torch.from_numpy(scaled)
+            z = mlp(x)
+            hidden = features(z, x)
             emissivity[where] = emissivity_from_block_means(head(hidden), np.ones(where.size, bool),
                                                             head.block)
             latest = last(hidden[-1:]).numpy()[0] * prim_scale + prim_mean
@@ -182,13 +193,13 @@ class LineSteps:
                 consistency)
 
     def _decoder(self, models, prim_mean: np.ndarray, prim_scale: np.ndarray) -> tuple:
-        """(hidden layers, output layer, `BlockMeanHead`) of the system's decoder, built once
+        """(features, output layer, `BlockMeanHead`) of the system's decoder, built once
         per system of the loaded models (the split and folding are not redone every line)."""
         key = (id(models), models.system, id(models.primary_scaler))
         if self._decoder_parts is None or self._decoder_parts[0] != key:
-            hidden_layers, last = _decoder_layers(models.package.composed(models.system))
+            features, last = _decoder_layers(models.package.composed(models.system))
             head = BlockMeanHead(last, prim_mean, prim_scale)
-            self._decoder_parts = (key, (hidden_layers, last, head))
+            self._decoder_parts = (key, (features, last, head))
         return self._decoder_parts[1]
 
 

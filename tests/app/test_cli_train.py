@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,30 @@ def test_join_fine_tune_writes_the_systems_own_decoder(maps, tmp_path, capsys) -
     assert (out / "decoder-second_look.safetensors").exists()
     assert (out / "vae.safetensors").read_bytes() == vae_before  # the shared VAE untouched
     assert "second_look" in load_package(out).decoders
+
+
+def test_train_linear_rank_puts_a_path_beside_the_networks(maps, tmp_path, capsys) -> None:
+    out = tmp_path / "model"
+    assert main(["train", "--train", str(maps["train"]), "--val", str(maps["val"]),
+                 "--out", str(out), "--epochs", "3", "--linear-rank", "3", "-q"]) == 0
+    pkg = load_package(out)
+    assert pkg.manifest["metrics"]["options"]["linear_rank"] == 3
+    assert pkg.one_step["secondary"].path.rank == 3
+    assert pkg.manifest["metrics"]["fine_tuned"], "fine-tuning not kept on the tiny maps"
+    assert pkg.decoders["secondary"].path.rank == 3
+    # a joined system's fine-tuned decoder gets a path of its own size and rank
+    assert main(["join", "--model", str(out), "--system", "second_look", "--train",
+                 str(maps["train"]), "--val", str(maps["val"]), "--epochs", "3",
+                 "--fine-tune", "-q"]) == 0
+    joined = load_package(out).decoders.get("second_look")
+    assert joined is None or joined.path.rank == 3
+    report = tmp_path / "report"
+    assert main(["evaluate", "--model", str(out), "--test", str(maps["test"]),
+                 "--system", "secondary", "--report", str(report)]) == 0
+    assert set(json.loads((report / "metrics.json").read_text())["models"]) >= {
+        "vae_mlp", "one_step_mlp", "pls"}
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--train", "t", "--val", "v", "--out", "m",
+                                   "--linear-rank", "-1"])
+    assert "at least 0" in capsys.readouterr().err

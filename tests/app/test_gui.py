@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("pytestqt")
 
@@ -29,6 +30,7 @@ from plumelink.app.gui.main_window import MainWindow
 from plumelink.app.gui.settings import ENV, open_settings
 from plumelink.app.gui.training import TrainRun
 from plumelink.models.evaluate import PackageTransfer
+from plumelink.models.networks import SystemDecoder
 from plumelink.models.package import load_package
 from plumelink.models.train import TrainOptions, train_transfer
 from plumelink.pipeline.emissivity import total_emissivity
@@ -123,9 +125,18 @@ def test_transfer_line_matches_the_block_transfer(tiny_gui_model):
     np.testing.assert_allclose(out.emissivity, total_emissivity(out.spectra, valid), rtol=1e-5)
 
 
-def test_line_steps_give_the_transfer_in_two_steps(tiny_gui_model):
+@pytest.mark.parametrize("linear_path", [False, True])
+def test_line_steps_give_the_transfer_in_two_steps(tiny_gui_model, linear_path):
     maps, model = tiny_gui_model
-    transfer = PackageTransfer(load_package(model))
+    package = load_package(model)
+    if linear_path:  # a fine-tuned decoder with a (non-zero) linear path from the secondary
+        system = package.systems[0]
+        n_in = package.latent_mlps[system].n_pixels
+        decoder = SystemDecoder.from_vae(package.vae, n_in, 4)
+        with torch.no_grad():
+            decoder.path.up.weight.normal_(0.0, 0.05)
+        package.decoders[system] = decoder
+    transfer = PackageTransfer(package)
     with MapReader(maps["test"]) as reader:
         line = reader.read_line(1)
     line.secondary.valid[3] = False
@@ -142,6 +153,9 @@ def test_line_steps_give_the_transfer_in_two_steps(tiny_gui_model):
     np.testing.assert_allclose(first.last_spectrum, whole.spectra[last], rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(confidence(), whole.confidence, rtol=1e-5)
     assert np.isnan(first.emissivity[3]) and np.isnan(confidence()[3])
+    if linear_path:  # the path is in both computations, not left out of both
+        plain = transfer_line(PackageTransfer(load_package(model)), line)
+        assert not np.allclose(plain.emissivity[valid], whole.emissivity[valid], rtol=1e-3)
 
 
 def test_live_model_grows_with_nan_for_missing_lines(tiny_gui_model):

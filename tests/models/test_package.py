@@ -12,7 +12,14 @@ import safetensors.torch
 import torch
 
 from plumelink.models.baselines import KNNModel, MeanPredictor, PDSModel, PLSModel
-from plumelink.models.networks import VAE, LatentMLP, OneStepMLP, SystemDecoder
+from plumelink.models.networks import (
+    VAE,
+    ComposedTransfer,
+    LatentMLP,
+    LinearPath,
+    OneStepMLP,
+    SystemDecoder,
+)
 from plumelink.models.package import (
     ModelPackage,
     PackageError,
@@ -168,6 +175,42 @@ def test_a_system_decoder_is_its_own_file_and_the_shared_vae_is_unchanged(
     add_secondary(folder, "sysB", mlp_b, axis_b, _scaler(xb), replace=True)  # no decoder now
     assert not (folder / "decoder-sysB.safetensors").exists()
     assert load_package(folder).decoders == {}
+
+
+def test_linear_paths_are_saved_loaded_and_added_to_the_output(saved: tuple[Path, dict]
+                                                               ) -> None:
+    folder, orig = saved
+    vae = orig["vae"].eval()
+    n_b = 30
+    axis_b = np.linspace(300.0, 700.0, n_b)
+    torch.manual_seed(4)
+    mlp_b = LatentMLP(n_b, hidden=(10,), latent=LATENT).eval()
+    xb = np.random.default_rng(8).normal(size=(50, n_b)).astype(np.float32)
+    x = torch.from_numpy(xb[:5])
+    decoder = SystemDecoder.from_vae(vae, n_b, 3)
+    with torch.no_grad():  # an untrained path starts at zero: the plain composed model
+        assert torch.equal(ComposedTransfer(mlp_b, vae, decoder)(x), vae.decode(mlp_b(x)))
+        decoder.path.up.weight.normal_()  # stands for training
+    one_step = OneStepMLP(n_b, N_P, hidden=(8,), latent=LATENT, decoder_hidden=(12,),
+                          path_rank=2)
+    with torch.no_grad():
+        one_step.path.up.weight.normal_()
+    add_secondary(folder, "sysB", mlp_b, axis_b, _scaler(xb), decoder=decoder,
+                  one_step=one_step)
+    pkg = load_package(folder)
+    entry = pkg.manifest["secondary"]["sysB"]
+    assert entry["decoder"]["config"]["path_rank"] == 3
+    with torch.no_grad():
+        linear = x @ decoder.path.down.weight.T @ decoder.path.up.weight.T
+        expected = decoder.net(mlp_b(x)) + linear
+        torch.testing.assert_close(pkg.composed("sysB")(x), expected)
+        linear1 = x @ one_step.path.down.weight.T @ one_step.path.up.weight.T
+        torch.testing.assert_close(pkg.one_step["sysB"].eval()(x), one_step.net(x) + linear1)
+    with pytest.raises(ValueError, match="linear path"):
+        add_secondary(folder, "sysC", LatentMLP(n_b, (4,), LATENT), axis_b, _scaler(xb),
+                      decoder=SystemDecoder.from_vae(vae, n_b + 1, 3))
+    with pytest.raises(ValueError, match="rank >= 1"):
+        LinearPath(n_b, N_P, -1)
 
 
 def test_corrupted_file_is_named(saved: tuple[Path, dict]) -> None:

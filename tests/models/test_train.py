@@ -186,9 +186,11 @@ def test_options_are_checked_and_capped() -> None:
         TrainOptions(drift_gain=-0.1)
     with pytest.raises(ValueError, match="shift_px"):
         TrainOptions(drift_shift_px=2.0)
+    with pytest.raises(ValueError, match="linear_rank"):
+        TrainOptions(linear_rank=-1)
     paper = TrainOptions.paper()
     assert (paper.learning_rate, paper.epochs, paper.scaler_mode, paper.scaler_spread,
-            paper.fine_tune, paper.schedule) == (1e-4, 50, "per-map", "channel", False,
-                                                 "constant")
+            paper.fine_tune, paper.schedule, paper.linear_rank) == (
+        1e-4, 50, "per-map", "channel", False, "constant", 0)
     assert TrainOptions.paper(epochs=7).epochs == 7
     assert TrainOptions(fine_tune_epochs=2).capped(5).fine_tune_epochs == 2
