@@ -48,6 +48,9 @@ FRAME_TIMEOUT_MARGIN_S = 0.5  # beyond the burst's own duration (real seconds)
 Q_SWITCH_WIDTH_S = 10e-6  # AB output pulse driving the laser Q-switch
 HOME_TIMEOUT_S = 120.0
 ABORT_CHECK_S = 0.25  # while the stage moves, an abort is noticed within this (real) time
+# a fly scan moves to the next pass's start at the fly speed when that costs at most this much
+# (simulated) time more than the stage speed: two speed commands per line saved on snakes
+REPOSITION_SLACK_S = 0.02
 
 
 class ScanAborted(Exception):
@@ -149,6 +152,12 @@ def _speedup(bench: Bench) -> float:
     return float(getattr(clock, "speedup", 1.0) or 1.0)
 
 
+def _moving(here: tuple[float, float], target: tuple[float, float]
+            ) -> tuple[float | None, float | None]:
+    """A move's targets with None for an axis already there (one command fewer per axis)."""
+    return tuple(None if t == h else t for h, t in zip(here, target, strict=True))  # type: ignore[return-value]
+
+
 class Engine:
     """Runs one scan. Use `acquire` (blocking) or `start_acquisition` (worker thread)."""
 
@@ -172,6 +181,9 @@ class Engine:
         self._period_s = 1.0 / scan.rate_hz
         self._ddg_state: dict[str, Any] = {}  # what _ddg_mode last set
         self._stage_at: tuple[float, float] | None = None  # where the last move ended (µm)
+        self._stage_speed: float | None = None  # what the engine last set (µm/s)
+        self._prepared: int | None = None  # the fly line whose pass is set up (`_fly_prepare`)
+        self._n_px: dict[str, int] = {}  # pixels of each system's spectra
         self._shots_planned = self.plan.total_shots
 
     # ------------------------------------------------------------------ top level
@@ -208,13 +220,15 @@ class Engine:
             # a vertical order's raster line is a column at fixed x of the (ny, nx) map
             append = writer.append_column if self.plan.line_axis == "x" else writer.append_line
             sink = LineSink(append, lambda finished: self._publish(finished, started))
-            for line in self.plan.lines:
-                if done[line.index]:
-                    continue
+            todo = [line for line in self.plan.lines if not done[line.index]]
+            for i, line in enumerate(todo):
                 self.handle._wait_if_paused()
-                raster_line, reasons = self._acquire_line(bench, line)
+                next_line = todo[i + 1] if i + 1 < len(todo) else None
+                raster_line, reasons, deferred = self._acquire_line(bench, line, next_line)
                 done[line.index] = True
                 sink.put(FinishedLine(raster_line, reasons, self._progress_counts(done)))
+                if deferred is not None:
+                    raise deferred
             sink.close()
             sink.raise_error()
         except BaseException as exc:
@@ -225,6 +239,8 @@ class Engine:
         finally:
             with contextlib.suppress(Exception):
                 bench.delay_generator.disable_outputs()  # first, whatever happened
+            with contextlib.suppress(Exception):  # a fly scan may end at the fly speed
+                self._set_speed(bench.stage, self.scan.stage.speed_um_s)
             if sink is not None:
                 sink.close()  # lines already finished reach the file before it is closed
                 written = sink.lines_written  # a write error was raised in the try above
@@ -293,13 +309,23 @@ class Engine:
         for system in SYSTEMS:
             s = self.scan.spectrometers[system]
             bench.spectrometers[system].configure(s.integration_time_s, s.delay_s, s.averages)
-        bench.stage.set_speed(self.scan.stage.speed_um_s)
+            self._n_px[system] = bench.spectrometers[system].wavelength_nm().size
+        self._set_speed(bench.stage, self.scan.stage.speed_um_s)
+
+    def _set_speed(self, stage: Any, um_per_s: float) -> None:
+        """Set the stage's top speed unless it is already what this engine last set."""
+        if self._stage_speed != um_per_s:
+            self._stage_speed = None  # unknown if the command fails
+            stage.set_speed(um_per_s)
+            self._stage_speed = um_per_s
 
     # ------------------------------------------------------------------ one line
-    def _acquire_line(self, bench: Bench, line: LinePlan) -> tuple[RasterLine, dict]:
+    def _acquire_line(self, bench: Bench, line: LinePlan, next_line: LinePlan | None = None
+                      ) -> tuple[RasterLine, dict, BaseException | None]:
+        """One raster line; with its error to raise once it is recorded (fly scans set up the
+        next pass while reading this one's frames: an error there must not lose this line)."""
         n = line.n_spots
-        spectra = {s: np.zeros((n, bench.spectrometers[s].wavelength_nm().size), np.uint16)
-                   for s in SYSTEMS}
+        spectra = {s: np.zeros((n, self._n_px[s]), np.uint16) for s in SYSTEMS}
         valid = {s: np.zeros(n, bool) for s in SYSTEMS}
         frame_id = {s: np.full(n, -1, np.int64) for s in SYSTEMS}
         stamp = {s: np.full(n, np.nan) for s in SYSTEMS}
@@ -307,12 +333,12 @@ class Engine:
         shot_id = line.first_shot + line.shots_per_spot * np.arange(n, dtype=np.int64)
         reasons: dict[str, list[str]] = {s: [] for s in SYSTEMS}
         if line.fly is not None:
-            shots = self._fly(bench, line)
+            shots, deferred = self._fly(bench, line, next_line)
             cols = line.storage_index
             x_meas[cols], y_meas[cols] = line.x_um, line.y_um  # from the trigger position
             self._store_fly(shots, line, spectra, valid, frame_id, stamp, reasons)
-            return self._line(line, spectra, valid, frame_id, stamp, x_meas, y_meas, shot_id,
-                              reasons)
+            return (*self._line(line, spectra, valid, frame_id, stamp, x_meas, y_meas,
+                                shot_id, reasons), deferred)
         speedup = _speedup(bench)
         settle_s = self.scan.stage.settle_s / speedup
         for j in range(n):
@@ -329,8 +355,8 @@ class Engine:
             col = int(line.storage_index[j])
             x_meas[col], y_meas[col] = xm, ym
             self._store_spot(shots, col, spectra, valid, frame_id, stamp, reasons)
-        return self._line(line, spectra, valid, frame_id, stamp, x_meas, y_meas, shot_id,
-                          reasons)
+        return (*self._line(line, spectra, valid, frame_id, stamp, x_meas, y_meas, shot_id,
+                            reasons), None)
 
     def _line(self, line: LinePlan, spectra: dict, valid: dict, frame_id: dict, stamp: dict,
               x_meas: np.ndarray, y_meas: np.ndarray, shot_id: np.ndarray, reasons: dict
@@ -345,11 +371,16 @@ class Engine:
             y_measured_um=y_meas, shot_id=self._storage_shot_ids(line, shot_id),
             primary=systems["primary"], secondary=systems["secondary"]), reasons
 
-    def _fly(self, bench: Bench, line: LinePlan) -> _SpotShots:
-        """One constant-speed pass. ddg-clock: the stage's distance trigger (output 1, wired to
-        the DDG's external trigger input) starts a DDG burst of one shot per spot at the first
-        spot; the DDG clock spaces the shots one step apart at the fly speed. stage-distance:
-        `_fly_stage_distance`."""
+    def _fly(self, bench: Bench, line: LinePlan, next_line: LinePlan | None
+             ) -> tuple[_SpotShots, BaseException | None]:
+        """One constant-speed pass, then its frames. ddg-clock: the stage's distance trigger
+        (output 1, wired to the DDG's external trigger input) starts a DDG burst of one shot per
+        spot at the first spot; the DDG clock spaces the shots one step apart at the fly speed.
+        stage-distance: `_stage_distance_pass`.
+
+        While the pass's frames are read out (on the simulated bench: computed), the stage
+        already goes to the next pass's start and its trigger is set up (`_fly_prepare`). An
+        error or abort there is returned, to be raised once this line is recorded."""
         fly = line.fly
         assert fly is not None
         stage, ddg = bench.stage, bench.delay_generator
@@ -364,83 +395,106 @@ class Engine:
                     f"distance trigger wired to the DDG's external trigger input; "
                     f"{type(device).__name__} has no {needed}()")
         speedup = _speedup(bench)
-        axis = "x" if self.plan.line_axis == "y" else "y"
-        k = 0 if axis == "x" else 1
-        # at stage speed (set after every pass); the target is where the pass starts
+        axis = self._fly_axis
+        if self._prepared != line.index:
+            self._fly_prepare(bench, line)
+        self._prepared = None
+        n = line.n_spots
+        if fly.trigger == "stage-distance":
+            status = self._stage_distance_pass(bench, line, speedup)
+            period_s: float | None = fly.trigger_spacing_um / fly.speed_um_s
+        else:
+            period_s = None
+            self._ddg_mode(ddg, "SINGLE_SHOT_EXTERNAL_RISING", (n, self._period_s))
+            for system in SYSTEMS:
+                bench.spectrometers[system].arm(n, "hardware")
+            ddg.fire()  # arms the single-shot external trigger
+            self._set_speed(stage, fly.speed_um_s)
+            try:
+                self._stage_at = None
+                stage.move_absolute(*_moving(fly.start_um, fly.end_um))
+                self._wait_stage(stage, fly.duration_s / speedup)
+                self._stage_at = fly.end_um
+                status = ddg.wait_end_of_burst(n * self._period_s / speedup
+                                               + FRAME_TIMEOUT_MARGIN_S)
+            finally:
+                stage.disable_distance_trigger(axis)
+            if status.aborted:
+                self.handle._check()
+        deferred: BaseException | None = None
+        if next_line is not None and next_line.fly is not None:
+            try:
+                self._fly_prepare(bench, next_line)
+                self._prepared = next_line.index
+            except BaseException as exc:  # this pass's frames are recorded first
+                deferred = exc
+        return self._collect(bench, n, status, period_s), deferred
+
+    @property
+    def _fly_axis(self) -> str:
+        return "x" if self.plan.line_axis == "y" else "y"
+
+    def _fly_prepare(self, bench: Bench, line: LinePlan) -> None:
+        """Move to a pass's start and set up the stage's distance trigger for it.
+
+        ddg-clock: output 1 low, one toggle (a rising edge) after the run-up. stage-distance:
+        output 1 toggles every half step, starting high, so its rising edges fall one step
+        apart from the pass start (one step before the first spot): on every spot, whatever
+        the speed. The output is set high while the DDG still ignores its input (single-shot
+        source), so that edge fires nothing."""
+        fly = line.fly
+        assert fly is not None
+        stage = bench.stage
+        speedup = _speedup(bench)
+        axis = self._fly_axis
+        self._reposition_speed(stage, fly.start_um, fly.speed_um_s)
         self._move(bench, *fly.start_um, speedup, measure=False)
         if self.scan.stage.settle_s > 0:
             time.sleep(self.scan.stage.settle_s / speedup)
         if fly.trigger == "stage-distance":
-            return self._fly_stage_distance(bench, line, axis, speedup)
-        first = (float(line.x_um[0]), float(line.y_um[0]))
-        run_up = abs(first[k] - fly.start_um[k])
-        stage.set_digital_output(axis, 1, 0)
-        stage.configure_distance_trigger(axis, max(run_up, 1e-3), output=1, count=1)
-        n = line.n_spots
-        self._ddg_mode(ddg, "SINGLE_SHOT_EXTERNAL_RISING", (n, self._period_s))
-        for system in SYSTEMS:
-            bench.spectrometers[system].arm(n, "hardware")
-        ddg.fire()  # arms the single-shot external trigger
-        stage.set_speed(fly.speed_um_s)
-        try:
-            self._stage_at = None
-            stage.move_absolute(*fly.end_um)
-            self._wait_stage(stage, fly.duration_s / speedup)
-            self._stage_at = fly.end_um
-            status = ddg.wait_end_of_burst(n * self._period_s / speedup
-                                           + FRAME_TIMEOUT_MARGIN_S)
-        finally:
-            stage.disable_distance_trigger(axis)
-            stage.set_speed(self.scan.stage.speed_um_s)
-        if status.aborted:
-            self.handle._check()
-        return self._collect(bench, n, status)
+            step = fly.trigger_spacing_um
+            stage.set_digital_output(axis, 1, 1)
+            half = stage.configure_distance_trigger(axis, step / 2, output=1,
+                                                    count=2 * line.n_spots)
+            if abs(2 * half - step) > 1e-6 * step:
+                stage.disable_distance_trigger(axis)
+                raise ValueError(
+                    f"{self.scan.source}: region.step_um = {step:g} µm is not an even number "
+                    f"of stage microsteps; a stage-distance trigger toggles every half step "
+                    f"({half:g} µm possible)")
+        else:
+            k = 0 if axis == "x" else 1
+            run_up = abs(float((line.x_um, line.y_um)[k][0]) - fly.start_um[k])
+            stage.set_digital_output(axis, 1, 0)
+            stage.configure_distance_trigger(axis, max(run_up, 1e-3), output=1, count=1)
 
-    def _fly_stage_distance(self, bench: Bench, line: LinePlan, axis: str, speedup: float
-                            ) -> _SpotShots:
+    def _stage_distance_pass(self, bench: Bench, line: LinePlan, speedup: float
+                             ) -> BurstStatus:
         """A pass whose shots the stage spaces: every rising edge of the stage's output 1 fires
         one DDG delay cycle (external rising-edge triggering, burst mode off; the single-shot
-        external mode would need a re-arm per shot).
-
-        The stage toggles its output every half step, starting high, so its rising edges fall
-        one step apart from the pass start (one step before the first spot): on every spot,
-        whatever the speed. The output is set high while the DDG still ignores its input, so
-        that edge fires nothing.
-        """
+        external mode would need a re-arm per shot)."""
         fly = line.fly
         assert fly is not None
         stage, ddg = bench.stage, bench.delay_generator
         n = line.n_spots
-        step = fly.trigger_spacing_um
-        stage.set_digital_output(axis, 1, 1)
-        half = stage.configure_distance_trigger(axis, step / 2, output=1, count=2 * n)
-        if abs(2 * half - step) > 1e-6 * step:
-            stage.disable_distance_trigger(axis)
-            raise ValueError(
-                f"{self.scan.source}: region.step_um = {step:g} µm is not an even number of "
-                f"stage microsteps; a stage-distance trigger toggles every half step "
-                f"({half:g} µm possible)")
         for system in SYSTEMS:
             bench.spectrometers[system].arm(n, "hardware")
         self._ddg_mode(ddg, "SINGLE_SHOT", None)
         ddg.read_status()  # clear stale latched bits: what follows belongs to this pass
         self._ddg_mode(ddg, "EXTERNAL_RISING", None)
-        stage.set_speed(fly.speed_um_s)
+        self._set_speed(stage, fly.speed_um_s)
         try:
             self._stage_at = None
-            stage.move_absolute(*fly.end_um)
+            stage.move_absolute(*_moving(fly.start_um, fly.end_um))
             self._wait_stage(stage, fly.duration_s / speedup)
             self._stage_at = fly.end_um
         finally:
             self._ddg_mode(ddg, "SINGLE_SHOT", None)
-            stage.disable_distance_trigger(axis)
-            stage.set_speed(self.scan.stage.speed_um_s)
+            stage.disable_distance_trigger(self._fly_axis)
         seen = StatusFlag(int(ddg.read_status()))
         self.handle._check()
-        status = BurstStatus(end_of_burst=True,
-                             triggers_ignored=StatusFlag.RATE in seen,
-                             inhibited=StatusFlag.INHIBIT in seen, flags=int(seen))
-        return self._collect(bench, n, status, step / fly.speed_um_s)
+        return BurstStatus(end_of_burst=True, triggers_ignored=StatusFlag.RATE in seen,
+                           inhibited=StatusFlag.INHIBIT in seen, flags=int(seen))
 
     def _ddg_mode(self, ddg: Any, source: str, burst: tuple[int, float] | None) -> None:
         """Set the DDG's trigger source and burst (count, period; None = burst mode off),
@@ -479,15 +533,26 @@ class Engine:
         out[line.storage_index] = shot_id
         return out
 
+    def _reposition_speed(self, stage: Any, target: tuple[float, float], fly_speed: float
+                          ) -> None:
+        """Before a move to a pass's start: keep the fly speed when the move is short (a snake's
+        turn), else the stage speed. The pass itself sets the fly speed."""
+        if self._stage_speed == fly_speed and self._stage_at is not None:
+            travel = max(abs(target[0] - self._stage_at[0]), abs(target[1] - self._stage_at[1]))
+            if travel / fly_speed - travel / self.scan.stage.speed_um_s <= REPOSITION_SLACK_S:
+                return
+        self._set_speed(stage, self.scan.stage.speed_um_s)
+
     def _move(self, bench: Bench, x: float, y: float, speedup: float, *,
               measure: bool = True) -> tuple[float, float]:
         """Move and wait; returns the measured position (``measure=False``: the target)."""
         stage = bench.stage
         # where the last completed move ended, else ask (one round trip saved per move)
         here = self._stage_at if self._stage_at is not None else stage.position()
-        travel_s = max(abs(x - here[0]), abs(y - here[1])) / self.scan.stage.speed_um_s
+        speed = self._stage_speed or self.scan.stage.speed_um_s
+        travel_s = max(abs(x - here[0]), abs(y - here[1])) / speed
         self._stage_at = None  # unknown until this move has completed
-        stage.move_absolute(x, y)
+        stage.move_absolute(*_moving(here, (x, y)))
         self._wait_stage(stage, travel_s / speedup)
         reached = stage.position() if measure else (x, y)
         self._stage_at = reached

@@ -71,29 +71,45 @@ class _Export:
         self._fake = fake
 
     def __call__(self, *args: Any) -> Any:
+        # a frame loop makes two calls per frame: kept lean (no per-argument try blocks)
         fake = self._fake
         if fake.on_call is not None:
             fake.on_call(self.__name__)
-        if self.argtypes is None:
+        argtypes = self.argtypes
+        if argtypes is None:
             if fake.strict:
                 raise AttributeError(f"{self.__name__} called without declared argtypes")
         else:
-            if len(args) != len(self.argtypes):
+            if len(args) != len(argtypes):
                 raise TypeError(
-                    f"{self.__name__} takes {len(self.argtypes)} arguments ({len(args)} given)"
+                    f"{self.__name__} takes {len(argtypes)} arguments ({len(args)} given)"
                 )
-            for i, (argtype, arg) in enumerate(zip(self.argtypes, args, strict=True)):
-                try:
+            try:
+                for argtype, arg in zip(argtypes, args, strict=True):
                     argtype.from_param(arg)
-                except TypeError as exc:
-                    raise ctypes.ArgumentError(f"argument {i + 1}: {exc}") from exc
+            except TypeError as exc:
+                i = next(i for i, (t, a) in enumerate(zip(argtypes, args, strict=True))
+                         if not _accepts(t, a))
+                raise ctypes.ArgumentError(f"argument {i + 1}: {exc}") from exc
         with fake._lock:
             fake.calls.append(self.__name__)
-            code = ERR_COMMUNICATION if fake.disconnected else fake._take_failure(self.__name__)
-            result = code if code is not None else self._impl(*args)
+            if fake.disconnected:
+                result = ERR_COMMUNICATION
+            elif fake._failures and (code := fake._take_failure(self.__name__)) is not None:
+                result = code
+            else:
+                result = self._impl(*args)
         if self.restype is ctypes.c_bool:
             return bool(result)
         return int(result)
+
+
+def _accepts(argtype: Any, arg: Any) -> bool:
+    try:
+        argtype.from_param(arg)
+    except TypeError:
+        return False
+    return True
 
 
 @dataclass

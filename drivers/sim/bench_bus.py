@@ -5,12 +5,14 @@ shots to the physics and both AvaSpec fakes, a per-shot ground-truth log and per
   every emulator of a simulated bench (driver timeouts stay in real seconds).
 * `TriggerBus`: subscribed to `DG645Emulator.on_shot`. For each shot it records at once the
   stage position at the shot's clock time (from the stage emulator's motion, in µm) and applies
-  the shot's device faults; spectra are resolved lazily, in order, with one vectorised
-  `BenchPhysics.shoot` call for all pending shots, when a spectrometer is polled and the burst
-  has ended, ``batch_size`` shots are pending or the oldest waited ``max_latency_s`` (real), and
-  always before a spectrometer is (re-)armed or stopped. Each fake then gets one ``trigger``
-  per shot with its own system's spectrum, its time label = its own device clock at the shot
-  (the shared clock plus the fake's offset).
+  the shot's device faults; spectra are resolved in batches, in order, with one vectorised
+  `BenchPhysics.shoot` call for the pending shots, once the burst has ended, ``batch_size``
+  shots are pending or the oldest waited ``max_latency_s`` (real). The bus's physics thread
+  resolves each batch as soon as it is due, as the instruments work while the host reads
+  frames and talks to the other devices; a poll waits for a batch in progress, and arming or
+  stopping a spectrometer first resolves every pending shot. Each fake then gets one
+  ``trigger`` per shot with its own system's spectrum, its time label = its own device clock
+  at the shot (the shared clock plus the fake's offset).
 * Wiring: the laser fires on output ``laser_output`` (AB) and the spectrometers trigger on
   ``trigger_output`` (CD); the stage's digital output 1 drives the DDG's external trigger
   input (rising edge), so a stage distance trigger can start or pace a fly scan. A shot
@@ -242,7 +244,9 @@ class TriggerBus:
         self._stage_position = stage_position or (lambda t: (0.0, 0.0))
         self.batch_size = int(batch_size)
         self.max_latency_s = float(max_latency_s)
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # shot records, pending list, label index
+        self._shots_arrived = threading.Condition(self._lock)
+        self._resolving = threading.Lock()  # one batch at a time, delivered in shot order
         self._pending: list[ShotRecord] = []
         self._log: list[ShotRecord] = []
         self._by_label: dict[tuple[str, int], int] = {}
@@ -253,6 +257,9 @@ class TriggerBus:
         self._unsubscribe = ddg.on_shot(self._on_shot)
         for tap in self.taps.values():
             tap.fake.on_call = self._on_fake_call
+        self._worker = threading.Thread(target=self._resolve_when_due, daemon=True,
+                                        name="sim-bench-physics")
+        self._worker.start()
 
     # --- public -------------------------------------------------------------------------
 
@@ -289,6 +296,12 @@ class TriggerBus:
         self._resolve(force=True)
 
     @property
+    def pending_shots(self) -> int:
+        """Shots fired whose spectra are not computed yet (without resolving them)."""
+        with self._lock:
+            return len(self._pending)
+
+    @property
     def shot_log(self) -> list[ShotRecord]:
         """Every shot so far, oldest first (resolved first)."""
         self.flush()
@@ -312,7 +325,10 @@ class TriggerBus:
             if self._closed:
                 return
             self._closed = True
+            self._shots_arrived.notify_all()
         self._unsubscribe()
+        if self._worker is not threading.current_thread():
+            self._worker.join(5.0)
         for tap in self.taps.values():
             if tap.fake.on_call == self._on_fake_call:
                 tap.fake.on_call = None
@@ -336,6 +352,7 @@ class TriggerBus:
                     self._device_fault(fault)
             self._pending.append(record)
             self._log.append(record)
+            self._shots_arrived.notify()
 
     def _device_fault(self, fault: ShotFault) -> None:
         emulator = self.ddg if fault.target == DDG else self.stage
@@ -369,11 +386,40 @@ class TriggerBus:
             due = self.ddg.next_event_time()
             if due is not None and due <= self.ddg.now():
                 self.ddg.update()  # outside our lock: the DDG hands its shots to _on_shot
-        with self._lock:
-            if not self._pending or not (force or self._due()):
-                return
-            batch, self._pending = self._pending, []
+        self._resolve_pending(force=force)
+
+    def _resolve_pending(self, *, force: bool) -> None:
+        # waits for a batch the physics thread is resolving: its frames come first
+        with self._resolving:
+            with self._lock:
+                if self._closed or not self._pending or not (force or self._due()):
+                    return
+                if force:
+                    batch, self._pending = self._pending, []
+                else:
+                    batch = self._pending[: self.batch_size]
+                    del self._pending[: self.batch_size]
             self._deliver(batch)
+
+    def _resolve_when_due(self) -> None:
+        """The physics thread: resolve each batch as soon as it is due."""
+        while True:
+            with self._lock:
+                while not self._closed:
+                    if self._pending:
+                        if self._due():
+                            break
+                        waited = time.monotonic() - self._pending[0].received_at
+                        self._shots_arrived.wait(max(self.max_latency_s - waited, 1e-3))
+                    else:
+                        self._shots_arrived.wait()
+                if self._closed:
+                    return
+            try:
+                self._resolve_pending(force=False)
+            except Exception:  # the next poll resolves (and reports) it again
+                log.exception("simulated bench: resolving shots failed")
+                time.sleep(self.max_latency_s)
 
     def _deliver(self, batch: list[ShotRecord]) -> None:
         fired = [r for r in batch if r.laser_fired and r.triggered]
@@ -407,9 +453,10 @@ class TriggerBus:
                 fake = tap.fake
                 if fake.trigger(spectrum, label_s):
                     ticks = (fake.start_ticks + round(label_s / TICK_S)) % _WRAP
-                    record.frames[tap.role] = ticks * TICK_S
-                    record.copies[tap.role] = copies
-                    self._by_label[(tap.role, ticks)] = record.number
+                    with self._lock:
+                        record.frames[tap.role] = ticks * TICK_S
+                        record.copies[tap.role] = copies
+                        self._by_label[(tap.role, ticks)] = record.number
 
     def _apply_spectrometer_faults(self, tap: SpectrometerTap,
                                    faults: tuple[ShotFault, ...]) -> int:

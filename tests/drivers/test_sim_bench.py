@@ -108,6 +108,22 @@ def test_burst_gives_paired_frames_with_the_physics_spectra(bench: Bench) -> Non
         bench.simulation.physics.mineral_names[m] for m in reference.truth.mineral]
 
 
+def test_the_physics_thread_resolves_a_finished_burst_without_a_poll(bench: Bench) -> None:
+    """The instruments work while the host talks to other devices: once a burst has ended,
+    its spectra are computed without any spectrometer call, and a later poll gets them."""
+    sim = bench.simulation
+    first = sim.next_shot_number
+    _fire(bench, 20)
+    deadline = time.monotonic() + 5.0
+    while sim.bus.pending_shots and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sim.bus.pending_shots == 0
+    log = [r for r in sim.shot_log if r.number >= first]
+    assert len(log) == 20 and all(r.resolved for r in log)
+    for role in ("primary", "secondary"):
+        assert _shots(bench, role, _read(bench, role)) == list(range(first, first + 20))
+
+
 def test_stage_moved_between_bursts_changes_the_sampled_spot(bench: Bench) -> None:
     sim = bench.simulation
     first = sim.next_shot_number

@@ -354,8 +354,60 @@ def test_fly_scan_shots_land_on_their_spots(tmp_path: Path) -> None:
             # shot 25 of the scan is line 1 (reversed), its 6th shot: column 20 - 1 - 5
             assert not m.read_line(1).secondary.valid[14]
         assert bench.emulators["delay_generator"].outputs_inhibited
+        # the scan ends with the stage at its own speed again, not the fly speed
+        assert bench.stage.speed() == pytest.approx(50000.0, rel=1e-3)
     assert (pairs, spots) == (59, 60)
     assert result.invalid_secondary == 1 and result.invalid_primary == 0
+
+
+def test_an_error_setting_up_the_next_pass_keeps_the_pass_just_shot(tmp_path: Path) -> None:
+    """The next pass is set up while this pass's frames are read out: a stage error there
+    ends the scan only after this line is paired and written."""
+    bench_path = bench_profile(tmp_path)
+    out = tmp_path / "fly.h5"
+    scan = parse_scan(fly_scan_text(bench_path, out), source="fly.toml")
+    with open_bench(bench_path) as bench:
+        configure = bench.stage.configure_distance_trigger
+        calls = []
+
+        def failing_second(*args, **kwargs):  # the set-up of line 1, during line 0's read-out
+            calls.append(args)
+            if len(calls) == 2:
+                raise InstrumentError("trigger rejected", device="stage")
+            return configure(*args, **kwargs)
+
+        bench.stage.configure_distance_trigger = failing_second
+        with pytest.raises(InstrumentError, match="trigger rejected"):
+            acquire(scan, bench=bench)
+        assert check_pairs(out, bench.simulation.bus) == (20, 60)  # line 0: 20 pairs
+    with MapReader(out) as m:
+        assert m.status == "interrupted" and "trigger rejected" in m.status_reason
+        assert m.lines_done.tolist() == [True, False, False]
+        assert m.read_line(0).primary.valid.all() and m.read_line(0).secondary.valid.all()
+
+
+@pytest.mark.parametrize(("order", "speed_commands"),
+                         [("snake-horizontal", 3), ("plain-horizontal", 7)])
+def test_fly_turns_keep_the_fly_speed_unless_that_costs_time(
+        tmp_path: Path, order: str, speed_commands: int) -> None:
+    """A snake's turn to the next pass (one step) is short: made at the fly speed it costs
+    less than two speed commands would, so the speed is set once for all passes (plus the
+    stage speed at the start and the end). A plain raster's return runs the whole line (1 mm
+    and the run-ups: 22 ms longer at the fly speed than at the stage speed, more than
+    REPOSITION_SLACK_S): at the stage speed, set before every return."""
+    bench_path = bench_profile(tmp_path)
+    out = tmp_path / "fly.h5"
+    text = fly_scan_text(bench_path, out, nx=40).replace(
+        "[region]\n", f'[region]\norder = "{order}"\n')
+    scan = parse_scan(text, source="fly.toml")
+    with open_bench(bench_path) as bench:
+        speeds: list[float] = []
+        set_speed = bench.stage.set_speed
+        bench.stage.set_speed = lambda v: (speeds.append(v), set_speed(v))[1]
+        result = acquire(scan, bench=bench)
+        assert bench.stage.speed() == pytest.approx(50000.0, rel=1e-3)
+    assert result.status == "complete" and result.invalid_primary == 0
+    assert len(speeds) == speed_commands, speeds
 
 
 def vertical(text: str, order: str = "snake-vertical") -> str:
