@@ -22,20 +22,12 @@ import textwrap
 import time
 from pathlib import Path
 
+from plumelink.drivers.bench import write_simulated_profile
 from plumelink.pipeline.engine import acquire
 from plumelink.pipeline.scan import parse_scan
 
-ROOT = Path(__file__).resolve().parents[1]
 STEP_UM = 25.0
 RATE_HZ = 1000.0
-
-
-def _bench_profile(folder: Path, speedup: float) -> Path:
-    text = (ROOT / "resources/benches/simulated.toml").read_text()
-    text = text.replace("speedup = 20.0", f"speedup = {speedup}")
-    path = folder / "bench.toml"
-    path.write_text(text)
-    return path
 
 
 def _scan(folder: Path, lines: int, nx: int, speedup: float, trigger: str = "ddg-clock",
@@ -43,7 +35,7 @@ def _scan(folder: Path, lines: int, nx: int, speedup: float, trigger: str = "ddg
     text = textwrap.dedent(f"""\
         sample = "benchmark"
         operator = "bench_acquisition"
-        bench = "{_bench_profile(folder, speedup)}"
+        bench = "{write_simulated_profile(folder, speedup)}"
         output = "{folder / 'fly.h5'}"
         [region]
         origin_um = [1000.0, 1000.0]

@@ -164,10 +164,10 @@ def scan_fps(app, window, work: Path, ny: int = 20, nx: int = 200) -> dict[str, 
     with the laser at 1 kHz runs (resources/scans/fly_large.toml, shrunk), Live tab shown."""
     from PySide6.QtCore import QTimer
 
+    from plumelink.drivers.bench import write_simulated_profile
+
     # the simulated bench in real time: shots at the laser's 1 kHz of wall-clock time
-    bench = work / "simulated_real_time.toml"
-    bench.write_text(re.sub(r"(?m)^speedup = .*$", "speedup = 1.0", (
-        ROOT / "resources/benches/simulated.toml").read_text(encoding="utf-8")))
+    bench = write_simulated_profile(work, 1.0)
     window.session.connect(str(bench))
     _run_until(app, lambda: window.session.status()["state"] != "connecting", 60)
     # the shipped fly scan (laser at 1 kHz on the DDG clock), shrunk to ny x nx spots

@@ -37,6 +37,7 @@ import contextlib
 import itertools
 import logging
 import math
+import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -249,6 +250,21 @@ def available_profiles() -> list[str]:
     """Names of the shipped profiles."""
     folder = resources.files("plumelink.resources").joinpath("benches")
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def write_simulated_profile(folder: str | Path, speedup: float,
+                            name: str = "simulated") -> Path:
+    """Write the shipped simulated profile ``name`` with another ``speedup`` (simulated
+    seconds per real second) to ``folder/bench.toml``, for tests, benchmarks and demos that
+    need simulated time faster or slower than the shipped one."""
+    text, source = _read(name)
+    changed, n = re.subn(r"(?m)^speedup\s*=.*$", f"speedup = {float(speedup)!r}", text)
+    if n != 1:
+        raise ProfileError(f"{source}: expected one 'speedup = ...' line, found {n}")
+    path = Path(folder) / "bench.toml"
+    path.write_text(changed, encoding="utf-8")
+    BenchProfile.load(path)  # the changed profile must still be valid
+    return path
 
 
 def _read(name_or_path: str | Path) -> tuple[str, str]:

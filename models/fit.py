@@ -9,6 +9,7 @@ checkpoints after every epoch (`checkpoint.Checkpointer`) from which `fit` resum
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -47,6 +48,9 @@ class FitConfig:
     min_lr_fraction: float = 0.01
     lr_decay_patience: int = 5
     lr_decay_factor: float = 0.3
+    # stochastic weight averaging: the weights are averaged over the epochs (equal weights,
+    # after each epoch) and the average is what is validated, kept and returned
+    average: bool = False
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -227,7 +231,15 @@ def fit(
     (weights, Adam moments, best weights, history, torch and numpy RNG states) is saved, and
     a checkpoint of this stage found at the start is resumed: the result is that of an
     uninterrupted run. The checkpoint is saved before on_epoch is called.
+
+    config.average: the weights are averaged over the epochs (Izmailov et al. 2018, SWA; a
+    flatter optimum generalises better); the average is validated for early stopping and the
+    best average is returned. Mid-stage checkpoints do not hold the average: not with
+    ``checkpoint`` (a short averaging stage is redone whole on resume).
     """
+    if config.average and checkpoint is not None and stage:
+        raise ValueError("fit: weight averaging has no mid-stage checkpoints; pass "
+                         "checkpoint=None (the stage is redone on resume)")
     device = torch.device(device or "cpu")
     info = distributed.current()
     model.to(device)
@@ -265,6 +277,7 @@ def fit(
     if config.max_batches is not None:
         per_epoch = min(per_epoch, config.max_batches)
     total_steps = max(1, per_epoch * config.epochs)
+    averaged = copy.deepcopy(model).eval() if config.average else None
     for epoch in range(first_epoch, config.epochs):
         if stop:
             break
@@ -284,14 +297,20 @@ def fit(
             total += float(loss.detach()) * len(batch[0])
             count += len(batch[0])
         total, count = distributed.all_reduce_sum([total, float(count)], info, device)
-        val_loss = evaluate(model, loss_fn, val, config.batch_size * 8, step, device=device)
+        if averaged is not None:
+            with torch.no_grad():
+                k = epoch - first_epoch  # epochs already in the average
+                for a, w in zip(averaged.parameters(), model.parameters(), strict=True):
+                    a.mul_(k / (k + 1)).add_(w.detach(), alpha=1 / (k + 1))
+        validated = averaged if averaged is not None else model
+        val_loss = evaluate(validated, loss_fn, val, config.batch_size * 8, step, device=device)
         history.train_loss.append(total / max(count, 1))
         history.val_loss.append(val_loss)
         history.learning_rate.append(_get_lr(optimiser))
         diverged = not (math.isfinite(val_loss) and math.isfinite(history.train_loss[-1]))
         if not diverged and val_loss < best:
             best, history.best_epoch = val_loss, epoch
-            best_state = _clone_state(model)
+            best_state = _clone_state(validated)
         stop = diverged or epoch - history.best_epoch >= config.patience
         if (config.schedule == "plateau" and not stop
                 and epoch - max(history.best_epoch, last_decay) >= config.lr_decay_patience):

@@ -6,17 +6,12 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from plumelink.drivers.bench import write_simulated_profile
 
 
 def simulated_bench_profile(folder: Path, speedup: float = 100.0) -> Path:
     """The shipped simulated profile with simulated time ``speedup`` x faster than real."""
-    data = (ROOT / "resources/benches/simulated.toml").read_text()
-    data = data.replace("speedup = 20.0", f"speedup = {speedup}")
-    assert f"speedup = {speedup}" in data
-    path = folder / "bench.toml"
-    path.write_text(data)
-    return path
+    return write_simulated_profile(folder, speedup)
 
 
 def step_scan_text(bench: Path, out: Path, *, ny: int, nx: int,

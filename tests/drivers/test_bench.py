@@ -233,3 +233,14 @@ def test_pi_stage_profile_opens_its_emulator(no_leaks: None) -> None:
         emulator = _enable_and_check(bench)
     assert emulator.outputs_inhibited
     assert not bench.stage._port.is_open  # type: ignore[attr-defined]
+
+
+def test_write_simulated_profile_changes_only_the_speedup(tmp_path: Path) -> None:
+    path = bench_module.write_simulated_profile(tmp_path, 250.0)
+    shipped = BenchProfile.load("simulated")
+    changed = BenchProfile.load(path)
+    assert changed.simulation.speedup == 250.0
+    assert changed.devices() == shipped.devices() and changed.laser == shipped.laser
+    assert changed.simulation.batch_size == shipped.simulation.batch_size
+    with pytest.raises(ProfileError, match="speedup"):
+        bench_module.write_simulated_profile(tmp_path, -1.0)

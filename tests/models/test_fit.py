@@ -144,3 +144,27 @@ def test_constant_schedule_keeps_the_rate_and_unknown_schedules_are_refused() ->
     assert history.learning_rate == [1e-3] * 3
     with pytest.raises(ValueError, match="schedule"):
         FitConfig(schedule="step")
+
+
+def test_weight_averaging_returns_the_mean_of_the_epoch_weights_up_to_the_best() -> None:
+    x = _spectra(128, 4)
+    y = x[:, ::-1].copy()
+    model = OneStepMLP(64, 64, hidden=(16,), latent=8, decoder_hidden=(16,))
+    snapshots: list[list[torch.Tensor]] = []
+    config = FitConfig(epochs=6, batch_size=16, learning_rate=1e-3, seed=0, patience=6,
+                       average=True)
+    history = fit(model, mse_loss, ArraySource(x[:96], y[:96]), ArraySource(x[96:], y[96:]),
+                  config, on_epoch=lambda *_: snapshots.append(
+                      [p.detach().clone() for p in model.parameters()]))
+    k = history.best_epoch + 1
+    assert len(snapshots) == 6
+    for i, p in enumerate(model.parameters()):
+        mean = torch.stack([s[i] for s in snapshots[:k]]).mean(0)
+        torch.testing.assert_close(p.detach(), mean, rtol=1e-5, atol=1e-6)
+    # what is validated is the average: the returned weights score the best validation loss
+    with torch.no_grad():
+        got = float(((model(torch.from_numpy(x[96:])) - torch.from_numpy(y[96:])) ** 2).mean())
+    assert got == pytest.approx(history.val_loss[history.best_epoch], rel=1e-5)
+    with pytest.raises(ValueError, match="checkpoint"):
+        fit(model, mse_loss, ArraySource(x, y), ArraySource(x, y), config,
+            checkpoint=object(), stage="average")  # type: ignore[arg-type]

@@ -46,7 +46,9 @@ def test_package_is_written_and_loads_with_everything(trained, maps) -> None:
     rses = m["metrics"]["validation_rse"]
     assert set(rses) == {"vae_mlp", "one_step_mlp", "pls", "knn", "pds", "mean"}
     assert all(np.isfinite(v) and v > 0 for v in rses.values())
-    assert set(m["histories"]) == {"vae", "latent_mlp", "fine_tune", "one_step_mlp"}
+    assert set(m["histories"]) == {"vae", "latent_mlp", "fine_tune", "fine_tune_average",
+                                   "one_step_mlp", "one_step_average"}
+    assert len(m["histories"]["fine_tune_average"]["val_loss"]) <= FAST.epochs
     assert len(m["histories"]["vae"]["train_loss"]) == FAST.epochs
     fp = m["fingerprint"]
     assert fp["train"]["file"] == "train.h5" and fp["val"]["file"] == "val.h5"
@@ -114,7 +116,8 @@ def test_fine_tuning_writes_a_system_decoder_and_leaves_the_vae_as_trained(train
 def test_progress_reports_every_stage_in_order(trained) -> None:
     _, calls = trained
     stages = list(dict.fromkeys(c[0] for c in calls))
-    assert stages == ["vae", "latent_mlp", "fine_tune", "one_step_mlp", "baselines"]
+    assert stages == ["vae", "latent_mlp", "fine_tune", "fine_tune_average", "one_step_mlp",
+                      "one_step_average", "baselines"]
     vae = [c for c in calls if c[0] == "vae"]
     assert [c[1] for c in vae] == [1, 2, 3, 4] and all(c[2] == 4 for c in vae)
     assert all(np.isfinite(c[3]) and np.isfinite(c[4]) for c in vae)
@@ -188,9 +191,14 @@ def test_options_are_checked_and_capped() -> None:
         TrainOptions(drift_shift_px=2.0)
     with pytest.raises(ValueError, match="linear_rank"):
         TrainOptions(linear_rank=-1)
+    with pytest.raises(ValueError, match="average_epochs"):
+        TrainOptions(average_epochs=-1)
+    with pytest.raises(ValueError, match="average_learning_rate"):
+        TrainOptions(average_learning_rate=0.0)
+    assert TrainOptions(average_epochs=60).capped(3).average_epochs == 3
     paper = TrainOptions.paper()
     assert (paper.learning_rate, paper.epochs, paper.scaler_mode, paper.scaler_spread,
-            paper.fine_tune, paper.schedule, paper.linear_rank) == (
-        1e-4, 50, "per-map", "channel", False, "constant", 0)
+            paper.fine_tune, paper.schedule, paper.linear_rank, paper.average_epochs) == (
+        1e-4, 50, "per-map", "channel", False, "constant", 0, 0)
     assert TrainOptions.paper(epochs=7).epochs == 7
     assert TrainOptions(fine_tune_epochs=2).capped(5).fine_tune_epochs == 2
