@@ -199,12 +199,12 @@ class PIStage(SerialDevice):
                                 device=self.name, command="#7")
         return data == b"\xb1\n"
 
-    def wait_until_idle(self, timeout_s: float) -> None:
-        """Block until neither axis moves (polling ``#5`` every ``poll_interval_s``), then read
-        ``ERR?``: a motion error raises `GCSError`; a stop (code 10) is only logged. Raises
-        `InstrumentTimeout` after ``timeout_s``."""
+    def wait_until_idle(self, timeout_s: float, *, axes: Sequence[str] = AXES) -> None:
+        """Block until none of ``axes`` moves (polling ``#5`` every ``poll_interval_s``), then
+        read ``ERR?``: a motion error raises `GCSError`; a stop (code 10) is only logged.
+        Raises `InstrumentTimeout` after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        while any(self.moving().values()):
+        while any(moving for axis, moving in self.moving().items() if axis in axes):
             self._sleep_until(deadline, "still moving", timeout_s, "#5")
         code = self._error_code()
         if code == STOPPED:

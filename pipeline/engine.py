@@ -155,7 +155,13 @@ def _speedup(bench: Bench) -> float:
 def _moving(here: tuple[float, float], target: tuple[float, float]
             ) -> tuple[float | None, float | None]:
     """A move's targets with None for an axis already there (one command fewer per axis)."""
-    return tuple(None if t == h else t for h, t in zip(here, target, strict=True))  # type: ignore[return-value]
+    x, y = (None if t == h else t for h, t in zip(here, target, strict=True))
+    return x, y
+
+
+def _axes(targets: tuple[float | None, float | None]) -> tuple[str, ...]:
+    """The axes a move commands (the others need no polling)."""
+    return tuple(a for a, t in zip(("x", "y"), targets, strict=True) if t is not None)
 
 
 class Engine:
@@ -413,7 +419,8 @@ class Engine:
             try:
                 self._stage_at = None
                 stage.move_absolute(*_moving(fly.start_um, fly.end_um))
-                self._wait_stage(stage, fly.duration_s / speedup)
+                self._wait_stage(stage, fly.duration_s / speedup,
+                                 axes=_axes(_moving(fly.start_um, fly.end_um)))
                 self._stage_at = fly.end_um
                 status = ddg.wait_end_of_burst(n * self._period_s / speedup
                                                + FRAME_TIMEOUT_MARGIN_S)
@@ -486,7 +493,8 @@ class Engine:
         try:
             self._stage_at = None
             stage.move_absolute(*_moving(fly.start_um, fly.end_um))
-            self._wait_stage(stage, fly.duration_s / speedup)
+            self._wait_stage(stage, fly.duration_s / speedup,
+                             axes=_axes(_moving(fly.start_um, fly.end_um)))
             self._stage_at = fly.end_um
         finally:
             self._ddg_mode(ddg, "SINGLE_SHOT", None)
@@ -551,18 +559,20 @@ class Engine:
         here = self._stage_at if self._stage_at is not None else stage.position()
         speed = self._stage_speed or self.scan.stage.speed_um_s
         travel_s = max(abs(x - here[0]), abs(y - here[1])) / speed
-        self._stage_at = None  # unknown until this move has completed
-        stage.move_absolute(*_moving(here, (x, y)))
-        self._wait_stage(stage, travel_s / speedup)
+        targets = _moving(here, (x, y))
+        if _axes(targets):
+            self._stage_at = None  # unknown until this move has completed
+            stage.move_absolute(*targets)
+            self._wait_stage(stage, travel_s / speedup, axes=_axes(targets))
         reached = stage.position() if measure else (x, y)
         self._stage_at = reached
         return reached
 
-    def _wait_stage(self, stage: Any, expected_s: float, timeout_s: float | None = None
-                    ) -> None:
-        """Wait for a move planned to take ``expected_s`` (real; ``timeout_s`` in all, by
-        default the plan plus a margin): sleep through most of it first, so the stage is
-        polled near the end instead of all along, and end at once on an abort (the stage is
+    def _wait_stage(self, stage: Any, expected_s: float, timeout_s: float | None = None,
+                    axes: tuple[str, ...] = ("x", "y")) -> None:
+        """Wait for a move of ``axes`` planned to take ``expected_s`` (real; ``timeout_s`` in
+        all, by default the plan plus a margin): sleep through most of it first, so the stage
+        is polled near the end instead of all along, and end at once on an abort (the stage is
         stopped; the abort itself already disabled the DDG)."""
         started = time.monotonic()
         timeout = expected_s + STAGE_TIMEOUT_MARGIN_S if timeout_s is None else timeout_s
@@ -571,7 +581,7 @@ class Engine:
         while True:
             remaining = started + timeout - time.monotonic()
             try:
-                stage.wait_until_idle(max(min(remaining, ABORT_CHECK_S), 1e-3))
+                stage.wait_until_idle(max(min(remaining, ABORT_CHECK_S), 1e-3), axes=axes)
                 return
             except InstrumentTimeout:
                 if self.handle.aborted:

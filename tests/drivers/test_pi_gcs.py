@@ -164,6 +164,19 @@ def test_satisfies_stage_protocol(pty: tuple[PIEmulator, PIStage]) -> None:
     assert isinstance(pty[1], Stage)
 
 
+def test_wait_until_idle_can_wait_for_some_axes_only(pty: tuple[PIEmulator, PIStage]) -> None:
+    """A fly pass moves one axis: waiting for it alone does not wait for the other."""
+    _, stage = pty
+    stage.home()
+    stage.set_speed(20_000.0)
+    stage.move_absolute(100.0, 10_000.0)  # x: 5 ms, y: 0.5 s
+    stage.wait_until_idle(2.0, axes=("x",))
+    moving = stage.moving()
+    assert not moving["x"] and moving["y"]
+    stage.wait_until_idle(2.0)
+    assert stage.position() == pytest.approx((100.0, 10_000.0), abs=1e-3)
+
+
 def test_home_move_wait_reaches_target_over_pty(pty: tuple[PIEmulator, PIStage]) -> None:
     emulator, stage = pty
     assert stage.position() == (12500.0, 12500.0)
