@@ -415,13 +415,8 @@ class Engine:
             for system in SYSTEMS:
                 bench.spectrometers[system].arm(n, "hardware")
             ddg.fire()  # arms the single-shot external trigger
-            self._set_speed(stage, fly.speed_um_s)
             try:
-                self._stage_at = None
-                stage.move_absolute(*_moving(fly.start_um, fly.end_um))
-                self._wait_stage(stage, fly.duration_s / speedup,
-                                 axes=_axes(_moving(fly.start_um, fly.end_um)))
-                self._stage_at = fly.end_um
+                self._pass_move(stage, line, speedup)
                 status = ddg.wait_end_of_burst(n * self._period_s / speedup
                                                + FRAME_TIMEOUT_MARGIN_S)
             finally:
@@ -475,6 +470,17 @@ class Engine:
             stage.set_digital_output(axis, 1, 0)
             stage.configure_distance_trigger(axis, max(run_up, 1e-3), output=1, count=1)
 
+    def _pass_move(self, stage: Any, line: LinePlan, speedup: float) -> None:
+        """The pass itself: from its start to its end at the fly speed (one axis moves)."""
+        fly = line.fly
+        assert fly is not None
+        self._set_speed(stage, fly.speed_um_s)
+        self._stage_at = None
+        targets = _moving(fly.start_um, fly.end_um)
+        stage.move_absolute(*targets)
+        self._wait_stage(stage, fly.duration_s / speedup, axes=_axes(targets))
+        self._stage_at = fly.end_um
+
     def _stage_distance_pass(self, bench: Bench, line: LinePlan, speedup: float
                              ) -> BurstStatus:
         """A pass whose shots the stage spaces: every rising edge of the stage's output 1 fires
@@ -489,13 +495,8 @@ class Engine:
         self._ddg_mode(ddg, "SINGLE_SHOT", None)
         ddg.read_status()  # clear stale latched bits: what follows belongs to this pass
         self._ddg_mode(ddg, "EXTERNAL_RISING", None)
-        self._set_speed(stage, fly.speed_um_s)
         try:
-            self._stage_at = None
-            stage.move_absolute(*_moving(fly.start_um, fly.end_um))
-            self._wait_stage(stage, fly.duration_s / speedup,
-                             axes=_axes(_moving(fly.start_um, fly.end_um)))
-            self._stage_at = fly.end_um
+            self._pass_move(stage, line, speedup)
         finally:
             self._ddg_mode(ddg, "SINGLE_SHOT", None)
             stage.disable_distance_trigger(self._fly_axis)
