@@ -265,6 +265,8 @@ def fit(
         first_epoch, stop = int(record["epoch"]) + 1, bool(record["stop"])
         last_decay = int(record.get("last_decay", -1))
         log.info("%s: resuming after epoch %d", stage, first_epoch)
+    # the average is copied before any DDP wrapping (no reducer hooks on its parameters)
+    averaged = copy.deepcopy(model).eval() if config.average else None
     net: nn.Module = model
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -277,7 +279,6 @@ def fit(
     if config.max_batches is not None:
         per_epoch = min(per_epoch, config.max_batches)
     total_steps = max(1, per_epoch * config.epochs)
-    averaged = copy.deepcopy(model).eval() if config.average else None
     for epoch in range(first_epoch, config.epochs):
         if stop:
             break
