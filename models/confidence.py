@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from plumelink.models.networks import VAE, LatentMLP, SystemDecoder
+from plumelink.models.networks import VAE, ComposedTransfer, LatentMLP, SystemDecoder
 
 METHODS = ("consistency", "prior", "posterior_var", "mahalanobis")
 DEFAULT_METHOD = "consistency"
@@ -78,18 +78,12 @@ def transfer_with_distances(
 
     decoder: the system's fine-tuned decoder (`ModelPackage.decoders`), with its linear path
     if it has one; None: the VAE's."""
-    mlp.eval()
-    vae.eval()
-    decode = vae.decode if decoder is None else decoder.eval()
+    composed = ComposedTransfer(mlp, vae, decoder).eval()
     x = np.ascontiguousarray(secondary_scaled, dtype=np.float32)
     zs, xs, dist = [], [], {m: [] for m in METHODS if m != "mahalanobis" or stats is not None}
     scale = float(np.sqrt(vae.latent))
     for start in range(0, len(x), batch_size):
-        block = torch.from_numpy(x[start : start + batch_size])
-        z = mlp(block)
-        decoded = decode(z)
-        if decoder is not None and decoder.path is not None:
-            decoded = decoded + decoder.path(block)
+        z, decoded = composed.latent_and_output(torch.from_numpy(x[start : start + batch_size]))
         mean2, log_var2 = vae.encode(decoded)
         zs.append(z.numpy())
         xs.append(decoded.numpy())

@@ -9,7 +9,6 @@ checkpoints after every epoch (`checkpoint.Checkpointer`) from which `fit` resum
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from . import distributed
 from .checkpoint import (
@@ -266,7 +266,7 @@ def fit(
         last_decay = int(record.get("last_decay", -1))
         log.info("%s: resuming after epoch %d", stage, first_epoch)
     # the average is copied before any DDP wrapping (no reducer hooks on its parameters)
-    averaged = copy.deepcopy(model).eval() if config.average else None
+    averaged = AveragedModel(model) if config.average else None
     net: nn.Module = model
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -299,11 +299,8 @@ def fit(
             count += len(batch[0])
         total, count = distributed.all_reduce_sum([total, float(count)], info, device)
         if averaged is not None:
-            with torch.no_grad():
-                k = epoch - first_epoch  # epochs already in the average
-                for a, w in zip(averaged.parameters(), model.parameters(), strict=True):
-                    a.mul_(k / (k + 1)).add_(w.detach(), alpha=1 / (k + 1))
-        validated = averaged if averaged is not None else model
+            averaged.update_parameters(model)  # equal weights over the epochs so far
+        validated = averaged.module if averaged is not None else model
         val_loss = evaluate(validated, loss_fn, val, config.batch_size * 8, step, device=device)
         history.train_loss.append(total / max(count, 1))
         history.val_loss.append(val_loss)

@@ -174,9 +174,14 @@ class ComposedTransfer(nn.Module):
     def path(self) -> LinearPath | None:
         return self.decoder.path if self.decoder is not None else None
 
+    def latent_and_output(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The MLP's latent and the transferred spectrum (decoder, plus the path if any)."""
+        z = self.mlp(x)
+        y = self.decode(z)
+        return z, (y if self.path is None else y + self.path(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.decode(self.mlp(x))
-        return y if self.path is None else y + self.path(x)
+        return self.latent_and_output(x)[1]
 
 
 class OneStepMLP(nn.Module):

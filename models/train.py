@@ -40,13 +40,14 @@ Generators for every random choice, torch deterministic algorithms during traini
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -435,6 +436,20 @@ def _stage(ck: Checkpointer, name: str, modules: dict[str, nn.Module],
     return record
 
 
+@contextlib.contextmanager
+def _frozen(module: nn.Module) -> Iterator[None]:
+    """The module's trainable parameters frozen for the block (the shared VAE while a system's
+    MLP and decoder copy are tuned end to end), trainable again after it."""
+    frozen = [p for p in module.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
 def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, threads: int,
            report: _Reporter, device: torch.device, info: distributed.DistInfo,
            resume: bool) -> None:
@@ -538,22 +553,34 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
                    on_epoch=report.epochs(stage, epochs), device=device, checkpoint=ck,
                    stage=stage)
 
-    def run_average(model: nn.Module, train_src: BatchSource, stage: str, offset: int,
-                    before: float) -> dict[str, Any]:
-        """Weight averaging (SWA) from the trained weights; reverted when not better."""
-        state = copy.deepcopy(model.state_dict())
-        n_avg = min(options.average_epochs, options.epochs)
-        config = replace(_config(options, n_avg, options.average_learning_rate, offset),
-                         schedule="constant", average=True)
-        h = fit(model, mse_loss, train_src, ArraySource(s_va, p_va), config,
-                on_epoch=report.epochs(stage, n_avg), device=device)
-        after = val_rse(predict(model, s_va, device=device))
-        kept = after < before
-        if not kept:
-            log.info("%s did not improve the validation RSE (%.5g -> %.5g); keeping the "
-                     "weights before it", stage, before, after)
-            model.load_state_dict(state)
-        return {"history": h.as_dict(), "after": after, "kept": kept}
+    def average(model: nn.Module, key: str, stage: str, offset: int, score: str,
+                metric: str) -> None:
+        """Weight averaging (SWA) stage from the trained weights of ``model`` (checkpointed
+        as ``key``); reverted when not better on validation, ``scores[score]`` updated."""
+        before = scores[score]
+
+        def run() -> dict[str, Any]:
+            state = copy.deepcopy(model.state_dict())
+            n_avg = min(options.average_epochs, options.epochs)
+            config = replace(_config(options, n_avg, options.average_learning_rate, offset),
+                             schedule="constant", average=True)
+            h = fit(model, mse_loss, drifted(source("secondary", "primary")),
+                    ArraySource(s_va, p_va), config, on_epoch=report.epochs(stage, n_avg),
+                    device=device)
+            after = val_rse(predict(model, s_va, device=device))
+            kept = after < before
+            if not kept:
+                log.info("%s did not improve the validation RSE (%.5g -> %.5g); keeping the "
+                         "weights before it", stage, before, after)
+                model.load_state_dict(state)
+            return {"history": h.as_dict(), "after": after, "kept": kept}
+
+        record = _stage(ck, stage, {key: model}, run, device)
+        histories[stage] = record["history"]
+        metrics[metric] = record["after"]
+        if record["kept"]:
+            scores[score] = record["after"]
+        model.eval()
 
     # -- VAE on primary spectra
     vae_src = source("primary")
@@ -606,16 +633,10 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
 
         def run_ft() -> dict[str, Any]:
             state = copy.deepcopy(mlp.state_dict())
-            frozen = [p for p in vae.parameters() if p.requires_grad]
-            for p in frozen:
-                p.requires_grad_(False)
-            try:
+            with _frozen(vae):
                 h = run_fit(tuned, mse_loss, drifted(source("secondary", "primary")),
                             ArraySource(s_va, p_va), "fine_tune", n_ft,
                             options.fine_tune_learning_rate, 2)
-            finally:
-                for p in frozen:
-                    p.requires_grad_(True)
             after = val_rse(predict(tuned, s_va, device=device))
             kept = after < before
             if not kept:
@@ -633,22 +654,9 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
             decoder = tuned.decoder
             composed = tuned
             if options.average_epochs:
-                frozen = [p for p in vae.parameters() if p.requires_grad]
-                for p in frozen:
-                    p.requires_grad_(False)
-                try:
-                    record = _stage(ck, "fine_tune_average", {"composed": tuned},
-                                    lambda: run_average(tuned, drifted(source("secondary",
-                                                                              "primary")),
-                                                        "fine_tune_average", 4,
-                                                        scores["vae_mlp"]), device)
-                finally:
-                    for p in frozen:
-                        p.requires_grad_(True)
-                histories["fine_tune_average"] = record["history"]
-                metrics["vae_mlp_after_average"] = record["after"]
-                if record["kept"]:
-                    scores["vae_mlp"] = record["after"]
+                with _frozen(vae):
+                    average(tuned, "composed", "fine_tune_average", 4, "vae_mlp",
+                            "vae_mlp_after_average")
     composed.eval()
 
     # -- mean spectrum: always scored (the floor to beat), saved only with the baselines
@@ -674,15 +682,8 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
         one_step.eval()
         scores["one_step_mlp"] = val_rse(predict(one_step, s_va, device=device))
         if options.average_epochs:
-            record = _stage(ck, "one_step_average", {"one_step": one_step},
-                            lambda: run_average(net, drifted(source("secondary", "primary")),
-                                                "one_step_average", 5,
-                                                scores["one_step_mlp"]), device)
-            histories["one_step_average"] = record["history"]
-            metrics["one_step_mlp_after_average"] = record["after"]
-            if record["kept"]:
-                scores["one_step_mlp"] = record["after"]
-            one_step.eval()
+            average(one_step, "one_step", "one_step_average", 5, "one_step_mlp",
+                    "one_step_mlp_after_average")
 
     digest = weights_digest({"vae": vae, "mlp": mlp, "one_step": one_step})
     log.info("rank %d of %d: weights sha256 %s", rank, world, digest)

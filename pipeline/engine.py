@@ -159,6 +159,11 @@ def _moving(here: tuple[float, float], target: tuple[float, float]
     return x, y
 
 
+def _travel_um(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """The longer axis's travel between two positions (both axes move at the same speed)."""
+    return max(abs(b[0] - a[0]), abs(b[1] - a[1]))
+
+
 def _axes(targets: tuple[float | None, float | None]) -> tuple[str, ...]:
     """The axes a move commands (the others need no polling)."""
     return tuple(a for a, t in zip(("x", "y"), targets, strict=True) if t is not None)
@@ -547,7 +552,7 @@ class Engine:
         """Before a move to a pass's start: keep the fly speed when the move is short (a snake's
         turn), else the stage speed. The pass itself sets the fly speed."""
         if self._stage_speed == fly_speed and self._stage_at is not None:
-            travel = max(abs(target[0] - self._stage_at[0]), abs(target[1] - self._stage_at[1]))
+            travel = _travel_um(self._stage_at, target)
             if travel / fly_speed - travel / self.scan.stage.speed_um_s <= REPOSITION_SLACK_S:
                 return
         self._set_speed(stage, self.scan.stage.speed_um_s)
@@ -559,12 +564,12 @@ class Engine:
         # where the last completed move ended, else ask (one round trip saved per move)
         here = self._stage_at if self._stage_at is not None else stage.position()
         speed = self._stage_speed or self.scan.stage.speed_um_s
-        travel_s = max(abs(x - here[0]), abs(y - here[1])) / speed
+        travel_s = _travel_um(here, (x, y)) / speed
         targets = _moving(here, (x, y))
-        if _axes(targets):
+        if axes := _axes(targets):
             self._stage_at = None  # unknown until this move has completed
             stage.move_absolute(*targets)
-            self._wait_stage(stage, travel_s / speedup, axes=_axes(targets))
+            self._wait_stage(stage, travel_s / speedup, axes=axes)
         reached = stage.position() if measure else (x, y)
         self._stage_at = reached
         return reached

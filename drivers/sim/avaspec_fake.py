@@ -84,12 +84,11 @@ class _Export:
                 raise TypeError(
                     f"{self.__name__} takes {len(argtypes)} arguments ({len(args)} given)"
                 )
+            i = 0
             try:
-                for argtype, arg in zip(argtypes, args, strict=True):
+                for i, (argtype, arg) in enumerate(zip(argtypes, args, strict=True)):  # noqa: B007
                     argtype.from_param(arg)
-            except TypeError as exc:
-                i = next(i for i, (t, a) in enumerate(zip(argtypes, args, strict=True))
-                         if not _accepts(t, a))
+            except TypeError as exc:  # i: the argument that failed
                 raise ctypes.ArgumentError(f"argument {i + 1}: {exc}") from exc
         with fake._lock:
             fake.calls.append(self.__name__)
@@ -102,14 +101,6 @@ class _Export:
         if self.restype is ctypes.c_bool:
             return bool(result)
         return int(result)
-
-
-def _accepts(argtype: Any, arg: Any) -> bool:
-    try:
-        argtype.from_param(arg)
-    except TypeError:
-        return False
-    return True
 
 
 @dataclass
