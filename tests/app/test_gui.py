@@ -1,6 +1,7 @@
 """The GUI on the simulated bench (pytest-qt, offscreen): scans fill the live maps, a loaded
-model transfers line by line, STOP and closing leave a safe, readable file, and the event
-loop never blocks while a scan, the live transfer and a training run share the machine."""
+model transfers line by line, STOP and closing leave a safe, readable file, and a scan, the
+live transfer and a training run share the machine (the event loop's 100 ms bound is a timed
+figure: opt-in, -m benchmark)."""
 
 from __future__ import annotations
 
@@ -286,9 +287,39 @@ def test_close_during_scan_asks_then_stops_safely(qtbot, window, bench_profile, 
         assert reader.status == "interrupted" and reader.n_lines_done >= 1
 
 
-def test_event_loop_never_blocks_during_scan_transfer_and_training(
-        qtbot, window, bench_profile, tmp_path, tiny_gui_model):
-    w = window
+class Watchdog:
+    """A 10 ms Qt timer that records the wall time and the GUI thread's own CPU time between
+    its ticks: a blocked event loop shows as a long gap."""
+
+    def __init__(self, window: MainWindow) -> None:
+        self.gaps: list[float] = []  # wall time between ticks
+        self.busy: list[float] = []  # CPU time the GUI thread itself used between them
+        self.steady: list[bool] = []  # after the first transferred line was painted
+        self._window = window
+        self._last = (time.perf_counter(), time.thread_time())
+        self._timer = QTimer()
+        self._timer.setInterval(10)
+        self._timer.timeout.connect(self._tick)
+
+    def _tick(self) -> None:
+        now, cpu = time.perf_counter(), time.thread_time()
+        self.gaps.append(now - self._last[0])
+        self.busy.append(cpu - self._last[1])
+        self.steady.append(self._window.live_panel._transfer_painted > 0)
+        self._last = (now, cpu)
+
+    def start(self) -> None:
+        self._last = (time.perf_counter(), time.thread_time())
+        self._timer.start()
+
+    def stop(self) -> None:
+        self._timer.stop()
+
+
+def scan_transfer_and_train(qtbot, w: MainWindow, bench_profile: Path, tmp_path: Path,
+                            tiny_gui_model) -> Watchdog:
+    """A 30-line scan with the live transfer while a training run goes on, all from the GUI;
+    returns the watchdog that ticked through it."""
     maps, model = tiny_gui_model
     connect(qtbot, w, bench_profile)
     load_model(qtbot, w, model)
@@ -300,54 +331,63 @@ def test_event_loop_never_blocks_during_scan_transfer_and_training(
     tp.fine_tune.setChecked(False)
     tp.baselines.setChecked(False)
     w.tabs.setCurrentWidget(w.live_panel)
-
     gc.collect()  # the garbage of earlier tests' windows is not this scan's to collect
-    gaps: list[float] = []  # wall time between watchdog ticks
-    busy: list[float] = []  # CPU time the GUI thread itself used between them
-    steady: list[bool] = []  # after the first transferred line was painted
-    last = [time.perf_counter(), time.thread_time()]
-
-    def tick() -> None:
-        now, cpu = time.perf_counter(), time.thread_time()
-        gaps.append(now - last[0])
-        busy.append(cpu - last[1])
-        steady.append(w.live_panel._transfer_painted > 0)
-        last[:] = [now, cpu]
-
-    watchdog = QTimer()
-    watchdog.setInterval(10)
-    watchdog.timeout.connect(tick)
-    load_before = os.getloadavg()[0]
+    watchdog = Watchdog(w)
     watchdog.start()
     qtbot.mouseClick(tp.start_button, Qt.MouseButton.LeftButton)
     start_scan(qtbot, w, scan_text(bench_profile, tmp_path / "scan.h5", ny=30, nx=10))
     assert not tp.run.done  # both run at once
     qtbot.waitUntil(lambda: w.controller.finished and tp.run.done, timeout=120000)
     watchdog.stop()
-    load = max(load_before, os.getloadavg()[0])
+    return watchdog
+
+
+def test_scan_transfer_and_training_run_at_once(qtbot, window, bench_profile, tmp_path,
+                                                tiny_gui_model):
+    """The three share the machine and each finishes; the event loop keeps ticking. Its
+    100 ms bound is timed, so it is checked by the opt-in benchmark below."""
+    w = window
+    watchdog = scan_transfer_and_train(qtbot, w, bench_profile, tmp_path, tiny_gui_model)
+    tp = w.train_panel
     assert tp.run.error == "", tp.run.error
     assert (tmp_path / "model" / "manifest.json").exists()
     assert w.model.snapshot().transferred_lines == 30
+    with MapReader(tmp_path / "scan.h5") as reader:
+        assert reader.status == "complete" and reader.n_lines_done == 30
+    # ticks after the first transferred paint: the loop ran on while lines were transferred
+    assert sum(watchdog.steady) >= 10
+    qtbot.waitUntil(lambda: "done: model package" in tp.status.text(), timeout=2000)
+    assert len(tp.curves) >= 1
+
+
+@pytest.mark.benchmark
+def test_event_loop_never_blocks_during_scan_transfer_and_training(
+        qtbot, window, bench_profile, tmp_path, tiny_gui_model):
+    """The GUI issue's bound: no event-loop gap over 100 ms (opt-in: -m benchmark)."""
+    load_before = os.getloadavg()[0]
+    watchdog = scan_transfer_and_train(qtbot, window, bench_profile, tmp_path, tiny_gui_model)
+    load = max(load_before, os.getloadavg()[0])
+    gaps, busy, steady = watchdog.gaps, watchdog.busy, watchdog.steady
     assert len(gaps) > 50 and any(steady)
     # gaps[0] spans the test's own clicks (both start actions), not the event loop.
-    # The GUI thread's own work between two ticks: always under 100 ms.
-    assert max(busy[1:]) < 0.100, f"the GUI thread worked {max(busy[1:]) * 1e3:.0f} ms at once"
     worst = max(gaps[1:])
     over = sum(g > 0.100 for g in gaps[1:])
     top = sorted(range(1, len(gaps)), key=lambda i: -gaps[i])[:3]
     text = (f"event loop: longest gap {worst * 1e3:.0f} ms, {over} of {len(gaps) - 1} gaps "
-            f"over 100 ms, load average {load:.1f} on {os.cpu_count()} cores; longest (tick, "
-            f"gap ms, GUI-thread CPU ms, after the first transferred paint): "
+            f"over 100 ms, GUI thread's longest work {max(busy[1:]) * 1e3:.0f} ms, load "
+            f"average {load:.1f} on {os.cpu_count()} cores; longest (tick, gap ms, GUI-thread "
+            f"CPU ms, after the first transferred paint): "
             + ", ".join(f"({i}, {gaps[i] * 1e3:.0f}, {busy[i] * 1e3:.0f}, {steady[i]})"
                         for i in top))
+    print(text)
+    # The GUI thread's own work between two ticks: always under 100 ms.
+    assert max(busy[1:]) < 0.100, text
     if load < (os.cpu_count() or 1):
         assert worst < 0.100, text  # the issue's bound, where the machine has CPU to spare
     else:  # other programs hold the cores: a gap also counts their time slices
         warnings.warn(f"machine overloaded, 100 ms bound checked on 99 % of gaps: {text}",
                       stacklevel=1)
         assert np.percentile(gaps[1:], 99) < 0.100, text
-    qtbot.waitUntil(lambda: "done: model package" in tp.status.text(), timeout=2000)
-    assert len(tp.curves) >= 1
 
 
 def test_training_stops_on_request(qtbot, window, tmp_path, tiny_gui_model):
