@@ -177,3 +177,24 @@ def test_cli_join(joined, maps, tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
         parser.parse_args(["join", "--model", str(folder), "--system", "x", "--train", "t",
                            "--val", "v", "--epochs", "0"])
+
+
+def test_join_trains_with_the_packages_recorded_input_noise(joined, maps, tmp_path) -> None:
+    """The joined MLP gets the same input noise as the package's own networks had: the same
+    recorded setting gives the same weights, another one other weights."""
+    recorded = load_package(joined[0]).manifest["metrics"]["options"]["input_noise"]
+    assert recorded == FAST.input_noise > 0
+
+    def joined_mlp(name: str, noise: float) -> dict:
+        folder = shutil.copytree(joined[0], tmp_path / name)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest["metrics"]["options"]["input_noise"] = noise
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        join_secondary(folder, "broadband_ccd", maps["broadband_ccd", "train"],
+                       maps["broadband_ccd", "val"], epochs=2, seed=0, replace=True)
+        return load_package(folder).latent_mlps["broadband_ccd"].state_dict()
+
+    a, b, quiet = (joined_mlp("a", recorded), joined_mlp("b", recorded),
+                   joined_mlp("quiet", 0.0))
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    assert not all(np.array_equal(a[k].numpy(), quiet[k].numpy()) for k in a)
