@@ -354,8 +354,8 @@ def test_scan_transfer_and_training_run_at_once(qtbot, window, bench_profile, tm
     assert w.model.snapshot().transferred_lines == 30
     with MapReader(tmp_path / "scan.h5") as reader:
         assert reader.status == "complete" and reader.n_lines_done == 30
-    # ticks after the first transferred paint: the loop ran on while lines were transferred
-    assert sum(watchdog.steady) >= 10
+    # a tick after the first transferred paint: the loop ran on while lines were transferred
+    assert any(watchdog.steady)
     qtbot.waitUntil(lambda: "done: model package" in tp.status.text(), timeout=2000)
     assert len(tp.curves) >= 1
 
