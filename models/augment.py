@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from plumelink.models.fit import BatchSource, MappedSource
+
 
 @dataclass(frozen=True)
 class DriftConfig:
@@ -123,6 +125,10 @@ class SpectralDrift:
         x = x_scaled * self.scale + self.mean
         return ((self.counts(x) - self.mean) / self.scale).to(x_scaled.dtype)
 
+    @property
+    def active(self) -> bool:
+        return self.config.active
+
     def first(self, batch: tuple) -> tuple:
         """A batch (inputs, targets...) with the inputs drifted (for `fit.MappedSource`)."""
         return (self(batch[0]), *batch[1:])
@@ -142,8 +148,13 @@ class InputNoise:
 
     def __init__(self, sd: float):
         if not (isinstance(sd, (int, float)) and np.isfinite(sd) and sd >= 0):
-            raise ValueError(f"the input noise must be a number >= 0, got {sd!r}")
+            raise ValueError(f"input_noise (the input noise's standard deviation) must be a "
+                             f"number >= 0 (0: none), got {sd!r}")
         self.sd = float(sd)
+
+    @property
+    def active(self) -> bool:
+        return self.sd > 0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.sd * torch.randn_like(x) if self.sd else x
@@ -153,4 +164,21 @@ class InputNoise:
         return (self(batch[0]), *batch[1:])
 
 
-__all__ = ["DriftConfig", "InputNoise", "SpectralDrift", "legendre_basis", "shift_pixels"]
+def augmented(source: BatchSource, device: torch.device | str,
+              *augmentations: SpectralDrift | InputNoise) -> BatchSource:
+    """The training source with each active augmentation applied in turn to the inputs of
+    every batch (on `device`); the source itself when none is active."""
+    active = [a for a in augmentations if a.active]
+    if not active:
+        return source
+
+    def apply(batch: tuple) -> tuple:
+        for augmentation in active:
+            batch = augmentation.first(batch)
+        return batch
+
+    return MappedSource(source, apply, device)
+
+
+__all__ = ["DriftConfig", "InputNoise", "SpectralDrift", "augmented", "legendre_basis",
+           "shift_pixels"]

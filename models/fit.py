@@ -9,6 +9,7 @@ checkpoints after every epoch (`checkpoint.Checkpointer`) from which `fit` resum
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -177,6 +178,23 @@ def mse_loss(model: nn.Module, batch: tuple, step: int) -> tuple[torch.Tensor, t
     x, y = batch
     err = (model(x) - y).pow(2).mean()
     return err, err
+
+
+def kept_if_better(restore: nn.Module, before: float, train: Callable[[], FitHistory],
+                   score: Callable[[], float], what: str) -> tuple[FitHistory, float, bool]:
+    """A training stage that must earn its place (fine-tuning, weight averaging): run
+    ``train``, then ``score`` the result (validation RSE, lower is better); when it is not
+    below ``before``, ``restore`` gets its weights from before the stage back. Returns the
+    stage's history, the score after it and whether the stage was kept."""
+    state = copy.deepcopy(restore.state_dict())
+    history = train()
+    after = score()
+    kept = after < before
+    if not kept:
+        log.info("%s did not improve the validation RSE (%.5g -> %.5g); keeping the weights "
+                 "before it", what, before, after)
+        restore.load_state_dict(state)
+    return history, after, kept
 
 
 def make_adam(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Adam:

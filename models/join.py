@@ -28,7 +28,6 @@ Deterministic for a seed on one device.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import os
@@ -39,9 +38,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from plumelink.models.augment import InputNoise
+from plumelink.models.augment import InputNoise, augmented
 from plumelink.models.baselines import MeanPredictor
-from plumelink.models.fit import ArraySource, FitConfig, MappedSource, fit, mse_loss, predict
+from plumelink.models.fit import (
+    ArraySource,
+    BatchSource,
+    FitConfig,
+    fit,
+    kept_if_better,
+    mse_loss,
+    predict,
+)
 from plumelink.models.metrics import rse
 from plumelink.models.networks import ComposedTransfer, LatentMLP, SystemDecoder
 from plumelink.models.package import (
@@ -224,8 +231,8 @@ def _join(package: ModelPackage, train: PairedSpectra, val: PairedSpectra, epoch
 
     noise = InputNoise(float(opts["input_noise"]))  # as the package's own networks had
 
-    def noisy(src: ArraySource) -> ArraySource | MappedSource:
-        return MappedSource(src, noise.first) if noise.sd else src
+    def noisy(src: ArraySource) -> BatchSource:
+        return augmented(src, "cpu", noise)
 
     history = fit(mlp, mse_loss, noisy(ArraySource(s_tr, z_tr)), ArraySource(s_va, z_va),
                   config(epochs, float(opts["learning_rate"]), 1),
@@ -240,18 +247,16 @@ def _join(package: ModelPackage, train: PairedSpectra, val: PairedSpectra, epoch
         n_ft = min(int(opts["fine_tune_epochs"]), epochs)
         tuned = ComposedTransfer(mlp, vae, SystemDecoder.from_vae(
             vae, s_tr.shape[1], int(opts["linear_rank"])))
-        state = copy.deepcopy(mlp.state_dict())
-        h = fit(tuned, mse_loss, noisy(ArraySource(s_tr, p_tr)), ArraySource(s_va, p_va),
-                config(n_ft, float(opts["fine_tune_learning_rate"]), 2),
-                on_epoch=reporter("fine_tune", n_ft))
+        h, after, kept = kept_if_better(
+            mlp, before,
+            lambda: fit(tuned, mse_loss, noisy(ArraySource(s_tr, p_tr)),
+                        ArraySource(s_va, p_va),
+                        config(n_ft, float(opts["fine_tune_learning_rate"]), 2),
+                        on_epoch=reporter("fine_tune", n_ft)),
+            lambda: val_rse(predict(tuned.eval(), s_va)), "fine-tuning")
         histories["fine_tune"] = h.as_dict()
-        after = val_rse(predict(tuned.eval(), s_va))
-        if after < before:
+        if kept:
             decoder, scores["vae_mlp"] = tuned.decoder, after
-        else:
-            log.info("fine-tuning did not improve the validation RSE (%.5g -> %.5g)",
-                     before, after)
-            mlp.load_state_dict(state)
     mlp.eval()
 
     mean = MeanPredictor().fit(s_tr, p_tr)

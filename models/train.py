@@ -41,7 +41,6 @@ Generators for every random choice, torch deterministic algorithms during traini
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import logging
 import math
@@ -56,7 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from plumelink.models import distributed
+from plumelink.models import augment, distributed
 from plumelink.models.augment import DriftConfig, InputNoise, SpectralDrift
 from plumelink.models.baselines import KNNModel, MeanPredictor, PDSModel, PLSModel, select
 from plumelink.models.checkpoint import Checkpointer
@@ -68,6 +67,7 @@ from plumelink.models.fit import (
     FitHistory,
     MappedSource,
     fit,
+    kept_if_better,
     mse_loss,
     predict,
     vae_loss,
@@ -207,16 +207,18 @@ class TrainOptions:
                              f"{self.schedule!r}")
         SpectralScaler(self.scaler_mode, self.scaler_spread)  # type: ignore[arg-type]
         self.drift  # noqa: B018  (validates the drift magnitudes)
-        if not (isinstance(self.input_noise, (int, float)) and math.isfinite(self.input_noise)
-                and self.input_noise >= 0):
-            raise ValueError(f"TrainOptions.input_noise must be a number >= 0 (0: none), got "
-                             f"{self.input_noise!r}")
+        self.noise  # noqa: B018  (validates the input noise)
 
     @property
     def drift(self) -> DriftConfig:
         """The augmentation of the secondary training spectra (`augment.DriftConfig`)."""
         return DriftConfig(gain=self.drift_gain, shift_px=self.drift_shift_px,
                            response=self.drift_response)
+
+    @property
+    def noise(self) -> InputNoise:
+        """The noise added to the secondary training spectra (`augment.InputNoise`)."""
+        return InputNoise(self.input_noise)
 
     def capped(self, epochs: int) -> TrainOptions:
         """These options with every network's epochs at most `epochs` (the CLI's --epochs)."""
@@ -536,17 +538,12 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
 
     drift = SpectralDrift(options.drift, s_scaler.mean, s_scaler.scale)
 
-    noise = InputNoise(options.input_noise)
-
-    def augment(batch: tuple) -> tuple:
-        return noise.first(drift.first(batch))  # either is the identity when off
+    noise = options.noise
 
     def augmented(src: BatchSource) -> BatchSource:
         """Training batches (secondary, target) with a drift drawn for every secondary and
         noise added to it (each where its options ask for it)."""
-        if not (options.drift.active or noise.sd):
-            return src
-        return MappedSource(src, augment, device)
+        return augment.augmented(src, device, drift, noise)
 
     def val_rse(scaled_pred: np.ndarray) -> float:
         return rse(truth, p_val_scaler.inverse_transform(scaled_pred))
@@ -576,19 +573,15 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
         before = scores[score]
 
         def run() -> dict[str, Any]:
-            state = copy.deepcopy(model.state_dict())
             n_avg = min(options.average_epochs, options.epochs)
             config = replace(_config(options, n_avg, options.average_learning_rate, offset),
                              schedule="constant", average=True)
-            h = fit(model, mse_loss, augmented(source("secondary", "primary")),
-                    ArraySource(s_va, p_va), config, on_epoch=report.epochs(stage, n_avg),
-                    device=device)
-            after = val_rse(predict(model, s_va, device=device))
-            kept = after < before
-            if not kept:
-                log.info("%s did not improve the validation RSE (%.5g -> %.5g); keeping the "
-                         "weights before it", stage, before, after)
-                model.load_state_dict(state)
+            h, after, kept = kept_if_better(
+                model, before,
+                lambda: fit(model, mse_loss, augmented(source("secondary", "primary")),
+                            ArraySource(s_va, p_va), config,
+                            on_epoch=report.epochs(stage, n_avg), device=device),
+                lambda: val_rse(predict(model, s_va, device=device)), stage)
             return {"history": h.as_dict(), "after": after, "kept": kept}
 
         record = _stage(ck, stage, {key: model}, run, device)
@@ -647,18 +640,16 @@ def _train(train_path: Path, val_path: Path, out: Path, options: TrainOptions, t
         tuned = ComposedTransfer(
             mlp, vae, SystemDecoder.from_vae(vae, n_px2, options.linear_rank).to(device))
 
-        def run_ft() -> dict[str, Any]:
-            state = copy.deepcopy(mlp.state_dict())
+        def tune() -> FitHistory:
             with _frozen(vae):
-                h = run_fit(tuned, mse_loss, augmented(source("secondary", "primary")),
-                            ArraySource(s_va, p_va), "fine_tune", n_ft,
-                            options.fine_tune_learning_rate, 2)
-            after = val_rse(predict(tuned, s_va, device=device))
-            kept = after < before
-            if not kept:
-                log.info("fine-tuning did not improve the validation RSE (%.5g -> %.5g); "
-                         "keeping the weights before it", before, after)
-                mlp.load_state_dict(state)
+                return run_fit(tuned, mse_loss, augmented(source("secondary", "primary")),
+                               ArraySource(s_va, p_va), "fine_tune", n_ft,
+                               options.fine_tune_learning_rate, 2)
+
+        def run_ft() -> dict[str, Any]:  # the MLP as before when not kept (decoder unused)
+            h, after, kept = kept_if_better(
+                mlp, before, tune, lambda: val_rse(predict(tuned, s_va, device=device)),
+                "fine-tuning")
             return {"history": h.as_dict(), "after": after, "kept": kept}
 
         record = _stage(ck, "fine_tune", {"composed": tuned}, run_ft, device)

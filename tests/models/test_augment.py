@@ -11,9 +11,11 @@ from plumelink.models.augment import (
     DriftConfig,
     InputNoise,
     SpectralDrift,
+    augmented,
     legendre_basis,
     shift_pixels,
 )
+from plumelink.models.fit import ArraySource
 
 N_PX = 400
 
@@ -162,3 +164,16 @@ def test_input_noise_has_the_stated_spread_on_the_inputs_only() -> None:
 def test_input_noise_refuses_a_bad_spread(bad) -> None:
     with pytest.raises(ValueError, match="input noise"):
         InputNoise(bad)
+
+
+def test_augmented_source_applies_the_active_augmentations_to_the_inputs_only() -> None:
+    x, y = _spectra(64).numpy(), np.ones((64, 5), np.float32)
+    source = ArraySource(x, y)
+    off = (_drift(DriftConfig()), InputNoise(0.0))
+    assert augmented(source, "cpu", *off) is source  # nothing active: the source itself
+    torch.manual_seed(0)
+    noisy = augmented(source, "cpu", *off[:1], InputNoise(0.5))
+    (inputs, targets), = list(noisy.batches(64, None))
+    assert torch.equal(targets, torch.from_numpy(y))
+    added = (inputs - torch.from_numpy(x)).double()
+    assert 0.4 < float(added.std()) < 0.6 and noisy.n_samples == 64

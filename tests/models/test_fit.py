@@ -11,9 +11,11 @@ import torch
 from plumelink.models.fit import (
     ArraySource,
     FitConfig,
+    FitHistory,
     cosine_lr,
     cyclic_kl_weight,
     fit,
+    kept_if_better,
     mse_loss,
     predict,
     vae_loss,
@@ -168,3 +170,20 @@ def test_weight_averaging_returns_the_mean_of_the_epoch_weights_up_to_the_best()
     with pytest.raises(ValueError, match="checkpoint"):
         fit(model, mse_loss, ArraySource(x, y), ArraySource(x, y), config,
             checkpoint=object(), stage="average")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("after, kept", [(0.5, True), (1.0, False), (2.0, False)])
+def test_a_stage_that_does_not_improve_gives_the_weights_back(after, kept) -> None:
+    net = torch.nn.Linear(3, 2)
+    before_weights = {k: v.clone() for k, v in net.state_dict().items()}
+    history = FitHistory(val_loss=[after])
+
+    def train() -> FitHistory:
+        with torch.no_grad():
+            net.weight.add_(1.0)  # the stage changes the weights
+        return history
+
+    got = kept_if_better(net, 1.0, train, lambda: after, "a stage")
+    assert got == (history, after, kept)
+    same = all(torch.equal(net.state_dict()[k], v) for k, v in before_weights.items())
+    assert same == (not kept)
