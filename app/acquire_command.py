@@ -12,7 +12,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-COMPRESSIONS = ["lz4", "zstd", "gzip", "none"]
+from plumelink.app.arguments import add_compression, compression_arg
 
 
 def _acquire(args: argparse.Namespace) -> int:
@@ -46,8 +46,7 @@ def _acquire(args: argparse.Namespace) -> int:
 
         try:
             result = acquire(scan, out=out, resume=args.resume, on_line=on_line,
-                             handle=handle, compression=None if args.compression == "none"
-                             else args.compression)
+                             handle=handle, compression=compression_arg(args.compression))
         except MapFileError as exc:  # e.g. --resume of a complete or foreign file
             print(f"plumelink acquire: error: {exc}", file=sys.stderr)
             return 2
@@ -76,6 +75,6 @@ def register(sub: Any) -> None:
                      help="continue an interrupted map into the same file")
     acq.add_argument("--dry-run", action="store_true",
                      help="print the plan (positions, shots, duration) without any hardware")
-    acq.add_argument("--compression", choices=COMPRESSIONS, default="lz4")
+    add_compression(acq)
     acq.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     acq.set_defaults(func=_acquire)

@@ -5,6 +5,23 @@ from __future__ import annotations
 import argparse
 import math
 
+from plumelink.pipeline.map_writer import COMPRESSIONS, DEFAULT_COMPRESSION
+
+# --compression of every command that writes a map; "none" stores the spectra uncompressed
+COMPRESSION_CHOICES = [name or "none" for name in COMPRESSIONS]
+
+
+def add_compression(parser: argparse.ArgumentParser) -> None:
+    """The --compression option (one default for every map-writing command)."""
+    parser.add_argument("--compression", choices=COMPRESSION_CHOICES,
+                        default=DEFAULT_COMPRESSION,
+                        help=f"filter of the stored spectra (default {DEFAULT_COMPRESSION})")
+
+
+def compression_arg(value: str) -> str | None:
+    """The map writer's name of a --compression value (None: uncompressed)."""
+    return None if value == "none" else value
+
 
 def _int_at_least(text: str, low: int) -> int:
     try:

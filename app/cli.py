@@ -12,13 +12,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from plumelink.app.arguments import non_negative_float, non_negative_int, positive_int
-from plumelink.pipeline.map_writer import COMPRESSIONS
+from plumelink.app.arguments import (
+    add_compression,
+    compression_arg,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+)
 
 log = logging.getLogger("plumelink")
 
 # the store's lossless filters; "none" stands for no filter on the command line
-COMPRESSION_CHOICES = [name or "none" for name in COMPRESSIONS]
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -32,7 +36,7 @@ def _simulate(args: argparse.Namespace) -> int:
             args.out,
             seed=args.seed,
             truth=args.truth,
-            compression=None if args.compression == "none" else args.compression,
+            compression=compression_arg(args.compression),
             secondary=args.secondary,
             progress=lambda done, _total: bar.update(done - bar.n),
         )
@@ -71,7 +75,7 @@ def _import_npy(args: argparse.Namespace) -> int:
             args.directory,
             args.out,
             dims=dims,
-            compression=None if args.compression == "none" else args.compression,
+            compression=compression_arg(args.compression),
             progress=lambda done, _total: bar.update(done - bar.n),
             step=args.step,
         )
@@ -149,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0, help="sample, instrument and noise seed")
     sim.add_argument("--truth", action="store_true",
                      help="store ground truth (mineral, composition) per spot")
-    sim.add_argument("--compression", choices=COMPRESSION_CHOICES, default="lz4")
+    add_compression(sim)
     sim.add_argument("--secondary", default="secondary", metavar="PROFILE",
                      help="instrument profile that plays the secondary system (e.g. "
                      "broadband_ccd, a third system to join an existing model)")
@@ -172,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("--step", type=float, default=1.0,
                      help="assumed spot spacing for the setpoints (the files hold none)")
-    imp.add_argument("--compression", choices=COMPRESSION_CHOICES, default="lz4")
+    add_compression(imp)
     imp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     imp.set_defaults(func=_import_npy)
 

@@ -11,11 +11,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from plumelink.app.arguments import positive_int
+from plumelink.app.arguments import add_compression, compression_arg, positive_int
 from plumelink.pipeline.map_layout import MapFileError
-from plumelink.pipeline.map_writer import COMPRESSIONS
-
-COMPRESSION_CHOICES = [name or "none" for name in COMPRESSIONS]
 
 
 def _transfer(args: argparse.Namespace) -> int:
@@ -40,7 +37,7 @@ def _transfer(args: argparse.Namespace) -> int:
             out = transfer_map(
                 args.input, args.out, transfer,
                 block_spots=args.block_spots,
-                compression=None if args.compression == "none" else args.compression,
+                compression=compression_arg(args.compression),
                 overwrite=args.overwrite, progress=progress,
             )
     except MapFileError as exc:  # not a map, damaged, busy: the CLI reports ValueErrors
@@ -69,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="secondary system of the package (default: its only one)")
     p.add_argument("--block-spots", type=positive_int, default=4096, metavar="N",
                    help="spectra transferred at a time (memory bound; default 4096)")
-    p.add_argument("--compression", choices=COMPRESSION_CHOICES, default="lz4")
+    add_compression(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.h5")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_transfer)

@@ -34,7 +34,7 @@ from plumelink.drivers.protocols import BurstStatus, Frames
 from . import map_layout as L
 from .line_events import LineBroadcaster, LineEvent, ScanProgress, Subscription
 from .line_sink import FinishedLine, LineSink
-from .map_writer import MapWriter
+from .map_writer import DEFAULT_COMPRESSION, MapWriter
 from .pairing import REASONS, SHOT_AMBIGUOUS, Pairer, SystemPairing
 from .plan import LinePlan, RasterPlan, make_plan
 from .raster_line import RasterLine, SystemLine
@@ -174,7 +174,7 @@ class Engine:
 
     def __init__(self, scan: ScanConfig, *, out: str | Path | None = None, resume: bool = False,
                  handle: ScanHandle | None = None, broadcaster: LineBroadcaster | None = None,
-                 compression: str | None = "lz4", home: bool = True) -> None:
+                 compression: str | None = DEFAULT_COMPRESSION, home: bool = True) -> None:
         missing = [s for s in SYSTEMS if s not in scan.spectrometers]
         if missing:
             raise ValueError(f"{scan.source}: the scan has no [spectrometers.{missing[0]}] "
@@ -700,7 +700,7 @@ class Engine:
 def acquire(scan: ScanConfig, *, out: str | Path | None = None, resume: bool = False,
             on_line: Callable[[LineEvent], object] | None = None,
             handle: ScanHandle | None = None, bench: Bench | None = None,
-            compression: str | None = "lz4") -> AcquisitionResult:
+            compression: str | None = DEFAULT_COMPRESSION) -> AcquisitionResult:
     """Run ``scan`` to the end in this thread and return how it ended.
 
     ``on_line(event)`` is called on a thread of its own after each line is on disk (a slow
@@ -737,7 +737,8 @@ class RunningScan:
 
 def start_acquisition(scan: ScanConfig, *, out: str | Path | None = None,
                       resume: bool = False, bench: Bench | None = None,
-                      handle: ScanHandle | None = None, compression: str | None = "lz4",
+                      handle: ScanHandle | None = None,
+                      compression: str | None = DEFAULT_COMPRESSION,
                       queue_size: int = 64) -> RunningScan:
     """Start ``scan`` on a worker thread (for the GUI); iterate ``.events`` for line events."""
     engine = Engine(scan, out=out, resume=resume, handle=handle, compression=compression)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .map_writer import MapWriter
+from .map_writer import DEFAULT_COMPRESSION, MapWriter
 from .raster_line import RasterLine, SystemLine
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def import_npy(
     directory: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     dims: Mapping[str, tuple[int, int]] = PAPER_DIMS,
-    compression: str | None = "lz4",
+    compression: str | None = DEFAULT_COMPRESSION,
     progress: ProgressCallback | None = None,
     *,
     step: float = 1.0,

@@ -35,6 +35,8 @@ from .raster_line import RasterLine
 log = logging.getLogger(__name__)
 
 COMPRESSIONS = ("lz4", "zstd", "gzip", None)
+# the one default of every map writer (acquire, simulate, import, transfer)
+DEFAULT_COMPRESSION = "lz4"
 SPECTRA_DTYPES = ("uint16", "float32")
 
 
@@ -284,7 +286,7 @@ class MapWriter:
         scan_config_toml: str = "",
         raster_order: str = "snake-horizontal",
         settings: Mapping[str, Any] | None = None,
-        compression: str | None = "lz4",
+        compression: str | None = DEFAULT_COMPRESSION,
         truth_elements: Sequence[str] | None = None,
         mineral_names: Sequence[str] | None = None,
         software_version: str = "",

@@ -24,7 +24,7 @@ import numpy as np
 from plumelink.drivers.sim.physics import BenchPhysics, ShotBlock
 from plumelink.drivers.sim.sample import REGION_ORIGINS_UM, SPOT_DIAMETER_UM
 
-from .map_writer import MapWriter
+from .map_writer import DEFAULT_COMPRESSION, MapWriter
 from .raster import RasterGrid
 from .raster_line import LineTruth, RasterLine, SystemLine
 
@@ -165,7 +165,7 @@ def simulate_map(
     step_um: float,
     seed: int = 0,
     truth: bool = False,
-    compression: str | None = "lz4",
+    compression: str | None = DEFAULT_COMPRESSION,
     overwrite: bool = True,
     progress: ProgressCallback | None = None,
     secondary: str = DEFAULT_SECONDARY,
@@ -208,7 +208,7 @@ def simulate_dataset(
     *,
     seed: int = 0,
     truth: bool = False,
-    compression: str | None = "lz4",
+    compression: str | None = DEFAULT_COMPRESSION,
     progress: ProgressCallback | None = None,
     secondary: str = DEFAULT_SECONDARY,
 ) -> dict[str, Path]:

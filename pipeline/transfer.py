@@ -31,7 +31,7 @@ import numpy as np
 
 from . import map_layout as L
 from .map_reader import MapReader
-from .map_writer import MapWriter
+from .map_writer import DEFAULT_COMPRESSION, MapWriter
 from .raster_line import LineTruth, RasterLine, SystemLine
 
 TRANSFER_GROUP = f"{L.ENTRY}/transfer"
@@ -68,7 +68,7 @@ def transfer_map(
     transfer: BlockTransfer,
     *,
     block_spots: int = 4096,
-    compression: str | None = "lz4",
+    compression: str | None = DEFAULT_COMPRESSION,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
 ) -> Path:
