@@ -255,7 +255,7 @@ class ScanController:
 
     @staticmethod
     def _events(running: RunningScan) -> Iterator[ScanEvent]:
-        """The scan's line events until its end mark, or until its engine thread has ended
+        """The scan's events until its end mark, or until its engine thread has ended
         without one (then what is queued): never a wait without an end."""
         events = running.events
         while not events.closed:

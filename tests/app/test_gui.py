@@ -392,7 +392,7 @@ def test_scan_transfer_and_training_run_at_once(qtbot, window, bench_profile, tm
 @pytest.mark.benchmark
 def test_event_loop_never_blocks_during_scan_transfer_and_training(
         qtbot, window, bench_profile, tmp_path, tiny_gui_model):
-    """The GUI issue's bound: no event-loop gap over 100 ms (opt-in: -m benchmark)."""
+    """The GUI's bound: no event-loop gap over 100 ms (opt-in: -m benchmark)."""
     load_before = os.getloadavg()[0]
     watchdog = scan_transfer_and_train(qtbot, window, bench_profile, tmp_path, tiny_gui_model)
     load = max(load_before, os.getloadavg()[0])
@@ -412,7 +412,7 @@ def test_event_loop_never_blocks_during_scan_transfer_and_training(
     # The GUI thread's own work between two ticks: always under 100 ms.
     assert max(busy[1:]) < 0.100, text
     if load < (os.cpu_count() or 1):
-        assert worst < 0.100, text  # the issue's bound, where the machine has CPU to spare
+        assert worst < 0.100, text  # the bound, where the machine has CPU to spare
     else:  # other programs hold the cores: a gap also counts their time slices
         warnings.warn(f"machine overloaded, 100 ms bound checked on 99 % of gaps: {text}",
                       stacklevel=1)
