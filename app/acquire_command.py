@@ -17,6 +17,7 @@ from plumelink.app.arguments import add_compression, compression_arg
 
 def _acquire(args: argparse.Namespace) -> int:
     from plumelink.pipeline.engine import ScanHandle, acquire
+    from plumelink.pipeline.line_events import LineEvent
     from plumelink.pipeline.map_layout import MapFileError
     from plumelink.pipeline.plan import dry_run, format_plan, make_plan
     from plumelink.pipeline.scan import load_scan
@@ -37,7 +38,7 @@ def _acquire(args: argparse.Namespace) -> int:
     with tqdm(total=make_plan(scan).n_lines, unit="line", desc=f"acquire {Path(args.scan).name}",
               disable=args.quiet, file=sys.stderr) as bar:
 
-        def on_line(event: Any) -> None:
+        def on_line(event: LineEvent) -> None:
             p = event.progress
             eta = "" if p.eta_s is None else f"{p.eta_s:,.0f}s"
             bar.set_postfix_str(f"{p.shots_per_s:,.0f} shots/s, invalid {p.invalid_primary}/"

@@ -36,13 +36,13 @@ from typing import Any
 
 import numpy as np
 
-from plumelink.drivers.errors import (
+from .errors import (
     InstrumentError,
     InstrumentTimeout,
     ProtocolError,
     SettingOutOfRange,
 )
-from plumelink.drivers.protocols import Frames
+from .protocols import Frames
 
 log = logging.getLogger(__name__)
 

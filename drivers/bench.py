@@ -10,11 +10,12 @@ A profile is a TOML file (shipped ones live in ``plumelink/resources/benches/``)
     [spectrometers.secondary]
     [simulation]                  # optional: seed, day, run, speedup, batch_size, max_latency_s
 
-Every device table has ``driver`` and ``resource``; its other keys are driver options checked
-against the driver's declared options (`DRIVERS`). The resource ``"sim"`` starts that driver's
-emulator in-process behind its real transport (DG645: localhost TCP through pyvisa-py; Zaber
-and PI: ``zabersim://`` / ``pigcssim://`` pyserial URLs; AvaSpec: the fake ``libavs`` object),
-so the real driver code runs; ``sim_*`` options configure only the emulator.
+Every table is declared once below (pydantic: types, ranges, unknown keys refused). A device
+table has ``driver`` and ``resource``; its other keys are that driver's options, declared with
+their types in the driver's options table (`DRIVERS`). The resource ``"sim"`` starts that
+driver's emulator in-process behind its real transport (DG645: localhost TCP through
+pyvisa-py; Zaber and PI: ``zabersim://`` / ``pigcssim://`` pyserial URLs; AvaSpec: the fake
+``libavs`` object), so the real driver code runs; ``sim_*`` options configure only the emulator.
 
 When devices are simulated, `open_bench` wires their emulators through one simulated clock and
 trigger bus (`plumelink.drivers.sim.bench_bus`): each DG645 shot takes the stage position at
@@ -24,6 +25,7 @@ profile whose axis the driver's start..stop pixels read exactly; ``sim_clock_off
 unit's device clock at simulated time 0). ``speedup`` is simulated seconds per real second
 (driver timeouts stay real). ``bench.simulation`` gives the clock, the bus, the physics, the
 per-shot ground-truth log and fault injection; it is None on real hardware.
+``bench.time_scale`` is simulated seconds per real second (1 on hardware).
 
 `open_bench` is a context manager. Safety (DESIGN.md): the DG645 outputs are disabled as soon
 as it is open, and whenever the block is left (normal end, exception, KeyboardInterrupt), or
@@ -36,23 +38,45 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import math
 import re
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from plumelink.drivers.protocols import DelayGenerator, Spectrometer, Stage
+from pydantic import BaseModel, ConfigDict
+from pydantic.dataclasses import dataclass as validated
+
+from .config import (
+    STRICT_KEYS,
+    Count,
+    Flag,
+    Integer,
+    Number,
+    Pair,
+    Positive,
+    Problem,
+    String,
+    Table,
+    Text,
+    ValidationError,
+    checked,
+    is_table,
+    keys_of,
+    problems,
+    table_at,
+)
+from .protocols import DelayGenerator, Spectrometer, Stage
+
+if TYPE_CHECKING:
+    from .sim.bench_bus import Simulation
 
 log = logging.getLogger(__name__)
 
 SIM = "sim"
 KINDS = ("delay_generator", "stage", "spectrometer")
-_TABLES = {"delay_generator", "stage", "spectrometers", "laser", "simulation"}
-_TOP_KEYS = {"name", "description"}
 _sim_ids = itertools.count(1)
 
 
@@ -60,47 +84,10 @@ class ProfileError(ValueError):
     """A bench profile is missing, unreadable or invalid; the message names table and field."""
 
 
-# ---------------------------------------------------------------------------- option types
-def _is_real(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_str(value: object) -> bool:
-    return isinstance(value, str)
-
-
-def _is_bool(value: object) -> bool:
-    return isinstance(value, bool)
-
-
-def _is_pair(value: object) -> bool:
-    return isinstance(value, list) and len(value) == 2 and all(_is_real(v) for v in value)
-
-
-def _is_microstep(value: object) -> bool:
-    if isinstance(value, Mapping):
-        return set(value) == {"x", "y"} and all(_is_real(v) and v > 0 for v in value.values())
-    return _is_real(value) and value > 0  # type: ignore[operator]
-
-
-_TYPES: dict[Callable[[object], bool], str] = {
-    _is_real: "a number",
-    _is_int: "an integer",
-    _is_str: "a string",
-    _is_bool: "true or false",
-    _is_pair: "a list of two numbers",
-    _is_microstep: "a positive number or a table {x = ..., y = ...}",
-}
-
-
 # ---------------------------------------------------------------------------- profile
 @dataclass(frozen=True)
 class DeviceSpec:
-    """One device of a profile: driver name, resource and the driver's options."""
+    """One device of a profile: driver name, resource and the driver's options (as written)."""
 
     table: str  # where it came from, e.g. "spectrometers.primary" (for messages)
     driver: str
@@ -112,13 +99,13 @@ class DeviceSpec:
         return self.resource == SIM
 
 
-@dataclass(frozen=True)
+@validated(frozen=True, config=STRICT_KEYS)
 class LaserSpec:
-    wavelength_nm: float
-    rate_hz: float
+    wavelength_nm: Positive
+    rate_hz: Positive
 
 
-@dataclass(frozen=True)
+@validated(frozen=True, config=STRICT_KEYS)
 class SimulationSpec:
     """The optional ``[simulation]`` table, used only for devices with resource "sim".
 
@@ -126,56 +113,52 @@ class SimulationSpec:
     ``max_latency_s`` (real s) bound how many shots the bus holds before running the physics
     in one vectorised call."""
 
-    seed: int = 0
-    day: int = 0
-    run: int = 0
-    speedup: float = 1.0
-    batch_size: int = 500
-    max_latency_s: float = 0.05
+    seed: Count(0) = 0
+    day: Count(0) = 0
+    run: Count(0) = 0
+    speedup: Positive = 1.0
+    batch_size: Count(1) = 500
+    max_latency_s: Positive = 0.05
 
 
-_SIMULATION_KEYS: dict[str, tuple[Callable[[object], bool], str]] = {
-    "seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),  # type: ignore[operator]
-    "day": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),  # type: ignore[operator]
-    "run": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),  # type: ignore[operator]
-    "speedup": (lambda v: _is_real(v) and v > 0, "a positive number"),  # type: ignore[operator]
-    "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),  # type: ignore[operator]
-    "max_latency_s": (lambda v: _is_real(v) and v > 0,  # type: ignore[operator]
-                      "a positive number"),
-}
+class _DeviceTable(BaseModel):
+    """A device table: ``driver`` and ``resource``; its other keys are the driver's options,
+    checked by the driver's own options table (`_device`)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    driver: Text
+    resource: Text
 
 
-def _simulation(data: Mapping[str, Any], source: str) -> SimulationSpec:
-    if "simulation" not in data:
-        return SimulationSpec()
-    table = _table(data, "simulation", source)
-    _check_keys(table, set(_SIMULATION_KEYS), "simulation", source)
-    for key, value in table.items():
-        check, what = _SIMULATION_KEYS[key]
-        if not check(value):
-            raise ProfileError(f"{source}: [simulation] {key} must be {what}, got {value!r}")
-    return SimulationSpec(**{k: float(v) if k in ("speedup", "max_latency_s") else v
-                             for k, v in table.items()})
+class _ProfileFile(Table):
+    name: String | None = None  # default: the file's stem
+    description: String = ""
+    laser: LaserSpec
+    delay_generator: _DeviceTable
+    stage: _DeviceTable
+    spectrometers: dict[str, _DeviceTable]
+    simulation: SimulationSpec = SimulationSpec()
 
 
-def _check_sim_profile(spec: DeviceSpec, source: str) -> None:
-    """``sim_profile`` must name a physics profile whose pixels fit on the fake's sensor."""
-    name = spec.options.get("sim_profile")
-    if name is None:
-        return
-    shipped = resources.files("plumelink.resources").joinpath("profiles", f"{name}.toml")
-    if not shipped.is_file():
-        raise ProfileError(f"{source}: [{spec.table}] sim_profile {name!r} is not a shipped "
-                           "instrument profile (resources/profiles)")
-    if "sim_wavelength_nm" in spec.options:
-        raise ProfileError(f"{source}: [{spec.table}] give sim_profile or sim_wavelength_nm, "
-                           "not both")
-    n_pixels = tomllib.loads(shipped.read_text(encoding="utf-8"))["n_pixels"]
-    sensor = spec.options.get("sim_num_pixels", 4096)
-    start = spec.options.get("start_pixel", 0)
-    if start < 0 or start + n_pixels > sensor:
-        raise ProfileError(f"{source}: [{spec.table}] profile {name!r} has {n_pixels} px, "
-                           f"which from start_pixel {start} do not fit on a {sensor}-px sensor")
+def _describe(problem: Problem, every: list[Problem]) -> str:
+    """A problem of the profile in its own words: "[table] key must be ...", "missing table
+    [laser]", "unknown top-level keys [...]"."""
+    *parent, key = problem.loc
+    label = ".".join(parent)
+    if problem.kind == "unknown":
+        keys = sorted(p.loc[-1] for p in every
+                      if p.kind == "unknown" and p.loc[:-1] == problem.loc[:-1])
+        if parent:
+            allowed = keys_of(table_at(_ProfileFile, problem.loc[:-1]))  # type: ignore[arg-type]
+            return f"[{label}] has unknown keys {keys}; allowed: {allowed}"
+        tables = sorted(k for k in keys_of(_ProfileFile) if is_table(_ProfileFile, (k,)))
+        return f"unknown top-level keys {keys}; expected tables {tables}"
+    table = is_table(_ProfileFile, problem.loc)
+    if problem.kind == "missing":
+        return f"missing table [{problem.dotted}]" if table else f"[{label}] is missing {key}"
+    if table:
+        return f"[{problem.dotted}] {problem.text}"
+    return f"[{label}] {key} {problem.text}" if parent else f"{key} {problem.text}"
 
 
 @dataclass(frozen=True)
@@ -212,38 +195,73 @@ class BenchProfile:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> BenchProfile:
         """Validate an already parsed profile; errors name ``source``, table and field."""
-        unknown = set(data) - _TABLES - _TOP_KEYS
-        if unknown:
-            raise ProfileError(f"{source}: unknown top-level keys {sorted(unknown)}; "
-                               f"expected tables {sorted(_TABLES)}")
-        name = data.get("name", Path(source).stem)
-        description = data.get("description", "")
-        for key, value in (("name", name), ("description", description)):
-            if not isinstance(value, str):
-                raise ProfileError(f"{source}: {key} must be a string, got {value!r}")
-        ddg = _device(data, "delay_generator", "delay_generator", source)
-        stage = _device(data, "stage", "stage", source)
-        spectra = _table(data, "spectrometers", source)
-        if not spectra:
+        try:
+            doc = _ProfileFile.model_validate(data)
+        except ValidationError as exc:
+            every = problems(exc)
+            raise ProfileError(f"{source}: {_describe(every[0], every)}") from None
+        if not doc.spectrometers:
             raise ProfileError(f"{source}: [spectrometers] must name at least one "
                                "spectrometer, e.g. [spectrometers.primary]")
-        spectrometers = {role: _device(spectra, role, "spectrometer", source,
-                                       table=f"spectrometers.{role}") for role in spectra}
-        laser = _table(data, "laser", source)
-        _check_keys(laser, {"wavelength_nm", "rate_hz"}, "laser", source)
-        for key in ("wavelength_nm", "rate_hz"):
-            if key not in laser:
-                raise ProfileError(f"{source}: [laser] is missing {key}")
-            if not (_is_real(laser[key]) and laser[key] > 0):
-                raise ProfileError(f"{source}: [laser] {key} must be a positive number, "
-                                   f"got {laser[key]!r}")
+        ddg = _device(doc.delay_generator, "delay_generator", "delay_generator", source)
+        stage = _device(doc.stage, "stage", "stage", source)
+        spectrometers = {role: _device(table, "spectrometer", f"spectrometers.{role}", source)
+                         for role, table in doc.spectrometers.items()}
         for spec in spectrometers.values():
             if spec.simulated:
                 _check_sim_profile(spec, source)
-        return cls(name=name, description=description, delay_generator=ddg, stage=stage,
-                   spectrometers=spectrometers, source=source,
-                   simulation=_simulation(data, source),
-                   laser=LaserSpec(float(laser["wavelength_nm"]), float(laser["rate_hz"])))
+        return cls(name=doc.name if doc.name is not None else Path(source).stem,
+                   description=doc.description, delay_generator=ddg, stage=stage,
+                   spectrometers=spectrometers, laser=doc.laser, source=source,
+                   simulation=doc.simulation)
+
+
+def _device(entry: _DeviceTable, kind: str, label: str, source: str) -> DeviceSpec:
+    """A device table: a known driver of the right kind, and the options that driver
+    declares, each of its type."""
+    driver, resource = entry.driver, entry.resource
+    if driver not in DRIVERS:
+        raise ProfileError(f"{source}: [{label}] driver {driver!r} is unknown; "
+                           f"known drivers: {sorted(DRIVERS)}")
+    factory = DRIVERS[driver]
+    if factory.kind != kind:
+        fitting = sorted(n for n, f in DRIVERS.items() if f.kind == kind)
+        raise ProfileError(f"{source}: [{label}] driver {driver!r} is a {factory.kind} "
+                           f"driver, not a {kind} driver; use one of {fitting}")
+    options = dict(entry.model_extra or {})
+    try:
+        factory.options.model_validate(options)
+    except ValidationError as exc:
+        every = problems(exc)
+        unknown = sorted(p.dotted for p in every if p.kind == "unknown")
+        if unknown:
+            raise ProfileError(f"{source}: [{label}] has unknown keys {unknown}; allowed: "
+                               f"{keys_of(factory.options)}") from None
+        raise ProfileError(f"{source}: [{label}] {every[0].dotted} {every[0].text}") from None
+    if resource == SIM and factory.start_sim is None:
+        raise ProfileError(f"{source}: [{label}] driver {driver!r} has no emulator for "
+                           f"resource = {SIM!r}")
+    return DeviceSpec(label, driver, resource, options)
+
+
+def _check_sim_profile(spec: DeviceSpec, source: str) -> None:
+    """``sim_profile`` must name a physics profile whose pixels fit on the fake's sensor."""
+    name = spec.options.get("sim_profile")
+    if name is None:
+        return
+    shipped = resources.files("plumelink.resources").joinpath("profiles", f"{name}.toml")
+    if not shipped.is_file():
+        raise ProfileError(f"{source}: [{spec.table}] sim_profile {name!r} is not a shipped "
+                           "instrument profile (resources/profiles)")
+    if "sim_wavelength_nm" in spec.options:
+        raise ProfileError(f"{source}: [{spec.table}] give sim_profile or sim_wavelength_nm, "
+                           "not both")
+    n_pixels = tomllib.loads(shipped.read_text(encoding="utf-8"))["n_pixels"]
+    sensor = spec.options.get("sim_num_pixels", 4096)
+    start = spec.options.get("start_pixel", 0)
+    if start < 0 or start + n_pixels > sensor:
+        raise ProfileError(f"{source}: [{spec.table}] profile {name!r} has {n_pixels} px, "
+                           f"which from start_pixel {start} do not fit on a {sensor}-px sensor")
 
 
 def available_profiles() -> list[str]:
@@ -281,55 +299,6 @@ def _read(name_or_path: str | Path) -> tuple[str, str]:
     return shipped.read_text(encoding="utf-8"), f"{name_or_path}.toml"
 
 
-def _table(data: Mapping[str, Any], key: str, source: str, where: str = "") -> dict[str, Any]:
-    label = where or key
-    if key not in data:
-        raise ProfileError(f"{source}: missing table [{label}]")
-    value = data[key]
-    if not isinstance(value, Mapping):
-        raise ProfileError(f"{source}: [{label}] must be a table, got {value!r}")
-    return dict(value)
-
-
-def _check_keys(table: Mapping[str, Any], allowed: set[str], label: str, source: str) -> None:
-    unknown = set(table) - allowed
-    if unknown:
-        raise ProfileError(f"{source}: [{label}] has unknown keys {sorted(unknown)}; "
-                           f"allowed: {sorted(allowed)}")
-
-
-def _device(data: Mapping[str, Any], key: str, kind: str, source: str, *,
-            table: str = "") -> DeviceSpec:
-    label = table or key
-    entry = _table(data, key, source, label)
-    for required in ("driver", "resource"):
-        if required not in entry:
-            raise ProfileError(f"{source}: [{label}] is missing {required}")
-        if not isinstance(entry[required], str) or not entry[required]:
-            raise ProfileError(f"{source}: [{label}] {required} must be a non-empty string, "
-                               f"got {entry[required]!r}")
-    driver = entry.pop("driver")
-    resource = entry.pop("resource")
-    if driver not in DRIVERS:
-        raise ProfileError(f"{source}: [{label}] driver {driver!r} is unknown; "
-                           f"known drivers: {sorted(DRIVERS)}")
-    factory = DRIVERS[driver]
-    if factory.kind != kind:
-        fitting = sorted(n for n, f in DRIVERS.items() if f.kind == kind)
-        raise ProfileError(f"{source}: [{label}] driver {driver!r} is a {factory.kind} "
-                           f"driver, not a {kind} driver; use one of {fitting}")
-    _check_keys(entry, set(factory.options), label, source)
-    for option, value in entry.items():
-        check = factory.options[option]
-        if not check(value):
-            raise ProfileError(f"{source}: [{label}] {option} must be {_TYPES[check]}, "
-                               f"got {value!r}")
-    if resource == SIM and factory.start_sim is None:
-        raise ProfileError(f"{source}: [{label}] driver {driver!r} has no emulator for "
-                           f"resource = {SIM!r}")
-    return DeviceSpec(label, driver, resource, entry)
-
-
 # ---------------------------------------------------------------------------- drivers
 @dataclass(frozen=True)
 class DriverFactory:
@@ -338,7 +307,7 @@ class DriverFactory:
     ``stack`` and returns (resource for ``open``, emulator, extra kwargs)."""
 
     kind: str
-    options: dict[str, Callable[[object], bool]]
+    options: type[Table]  # the driver options a profile may give, each with its type
     open: Callable[[str, dict[str, Any]], Any]
     snapshot: Callable[[Any], dict[str, Any]]
     start_sim: Callable[[DeviceSpec, contextlib.ExitStack, Any],
@@ -359,14 +328,14 @@ def _driver_options(spec: DeviceSpec) -> dict[str, Any]:
 
 # --- DG645
 def _open_dg645(resource: str, options: dict[str, Any]) -> Any:
-    from plumelink.drivers.dg645 import DG645
+    from .dg645 import DG645
 
     return DG645(resource, **options)
 
 
 def _sim_dg645(spec: DeviceSpec, stack: contextlib.ExitStack,
                sim: Any) -> tuple[str, Any, dict[str, Any]]:
-    from plumelink.drivers.sim.dg645_emulator import DG645Emulator, DG645TcpServer
+    from .sim.dg645_emulator import DG645Emulator, DG645TcpServer
 
     server = DG645TcpServer(DG645Emulator(clock=sim.clock))
     stack.callback(_logged, "DG645 emulator server", server.close)
@@ -375,7 +344,7 @@ def _sim_dg645(spec: DeviceSpec, stack: contextlib.ExitStack,
 
 
 def _snapshot_dg645(ddg: Any) -> dict[str, Any]:
-    from plumelink.drivers.dg645 import CHANNELS, OUTPUTS
+    from .dg645 import CHANNELS, OUTPUTS
 
     delays = {}
     for channel in CHANNELS[2:]:
@@ -394,14 +363,14 @@ def _snapshot_dg645(ddg: Any) -> dict[str, Any]:
 
 # --- stages
 def _open_zaber(resource: str, options: dict[str, Any]) -> Any:
-    from plumelink.drivers.zaber import ZaberStage
+    from .zaber import ZaberStage
 
     return ZaberStage(resource, **options)
 
 
 def _sim_zaber(spec: DeviceSpec, stack: contextlib.ExitStack,
                sim: Any) -> tuple[str, Any, dict[str, Any]]:
-    from plumelink.drivers.sim import zaber_emulator
+    from .sim import zaber_emulator
 
     emulator = zaber_emulator.ZaberEmulator(clock=sim.clock)
     step = spec.options.get("microstep_um", 0.1)
@@ -422,14 +391,14 @@ def _sim_serial_stage(
 
 
 def _open_pi(resource: str, options: dict[str, Any]) -> Any:
-    from plumelink.drivers.pi_gcs import PIStage
+    from .pi_gcs import PIStage
 
     return PIStage(resource, **options)
 
 
 def _sim_pi(spec: DeviceSpec, stack: contextlib.ExitStack,
             sim: Any) -> tuple[str, Any, dict[str, Any]]:
-    from plumelink.drivers.sim import pi_gcs_emulator
+    from .sim import pi_gcs_emulator
 
     emulator = pi_gcs_emulator.PIEmulator(clock=sim.clock)
     sim.attach_pi(emulator, {"x": "1", "y": "2"})
@@ -448,7 +417,7 @@ def _snapshot_stage(stage: Any) -> dict[str, Any]:
 
 # --- AvaSpec
 def _open_avaspec(resource: str, options: dict[str, Any]) -> Any:
-    from plumelink.drivers.avantes import AvaSpec
+    from .avantes import AvaSpec
 
     serial = None if resource in ("usb", SIM) else resource
     return AvaSpec(serial, **options)
@@ -458,9 +427,9 @@ def _sim_avaspec(spec: DeviceSpec, stack: contextlib.ExitStack,
                  sim: Any) -> tuple[str, Any, dict[str, Any]]:
     import numpy as np
 
-    from plumelink.drivers.sim.avaspec_fake import AvaSpecFake
-    from plumelink.drivers.sim.bench_bus import SpectrometerTap
-    from plumelink.drivers.sim.spectrograph import InstrumentProfile
+    from .sim.avaspec_fake import AvaSpecFake
+    from .sim.bench_bus import SpectrometerTap
+    from .sim.spectrograph import InstrumentProfile
 
     options = spec.options
     kwargs: dict[str, Any] = {"num_pixels": options.get("sim_num_pixels", 4096)}
@@ -494,10 +463,9 @@ def _snapshot_avaspec(spec: Any) -> dict[str, Any]:
             "averages": spec.averages}
 
 
-
 # --- Ocean Insight (python-seabreeze, optional extra "ocean")
 def _open_ocean(resource: str, options: dict[str, Any]) -> Any:
-    from plumelink.drivers.ocean import OceanSpectrometer
+    from .ocean import OceanSpectrometer
 
     serial = None if resource in ("usb", SIM) else resource
     return OceanSpectrometer(serial, **options)
@@ -507,7 +475,7 @@ def _sim_ocean(spec: DeviceSpec, stack: contextlib.ExitStack,
                sim: Any) -> tuple[str, Any, dict[str, Any]]:
     """A fake of ``seabreeze.spectrometers``; not on the AvaSpec trigger bus (trigger it with
     ``bench.emulators["spectrometers.<role>"].devices[0].trigger()``)."""
-    from plumelink.drivers.sim.seabreeze_fake import FakeSeaBreezeDevice, SeaBreezeFake
+    from .sim.seabreeze_fake import FakeSeaBreezeDevice, SeaBreezeFake
 
     options = spec.options
     kwargs: dict[str, Any] = {}
@@ -527,32 +495,69 @@ def _snapshot_ocean(spec: Any) -> dict[str, Any]:
             "integration_time_s": spec.integration_time_s, "delay_s": spec.delay_s,
             "averages": spec.averages, "trigger_modes": dict(spec.trigger_modes)}
 
+# --- the options each driver takes (the driver's own default applies to one left out)
+def _is_microstep(value: object) -> bool:
+    def positive(v: object) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < float("inf")
+
+    if isinstance(value, Mapping):
+        return set(value) == {"x", "y"} and all(map(positive, value.values()))
+    return positive(value)
+
+
+class _Dg645Options(Table):
+    timeout_s: Number | None = None
+    visa_library: String | None = None
+
+
+class _StageOptions(Table):
+    timeout_s: Number | None = None
+    baudrate: Integer | None = None
+    poll_interval_s: Number | None = None
+    name: String | None = None
+
+
+class _ZaberOptions(_StageOptions):
+    microstep_um: Annotated[object, checked(  # µm per device unit, or one per axis
+        "microstep", _is_microstep, "must be a positive number or a table {x = ..., y = ...}")
+    ] = None
+    checksum: Flag | None = None
+    x_device: Integer | None = None
+    y_device: Integer | None = None
+
+
+class _SpectrometerOptions(Table):
+    timeout_s: Number | None = None
+    sim_serial: String | None = None
+    sim_wavelength_nm: Pair | None = None
+
+
+class _AvaSpecOptions(_SpectrometerOptions):
+    library_path: String | None = None
+    start_pixel: Integer | None = None
+    stop_pixel: Integer | None = None
+    sim_num_pixels: Integer | None = None
+    sim_profile: String | None = None
+    sim_clock_offset_s: Number | None = None
+
+
+class _OceanOptions(_SpectrometerOptions):
+    backend: String | None = None
+    hardware_trigger_mode: Integer | None = None
+    software_trigger_mode: Integer | None = None
+    sim_model: String | None = None
+
+
 #: Driver factories by the name used in profiles (``driver = "..."``).
 DRIVERS: dict[str, DriverFactory] = {
-    "dg645": DriverFactory(
-        "delay_generator", {"timeout_s": _is_real, "visa_library": _is_str},
-        _open_dg645, _snapshot_dg645, _sim_dg645),
-    "zaber": DriverFactory(
-        "stage", {"microstep_um": _is_microstep, "timeout_s": _is_real, "baudrate": _is_int,
-                  "checksum": _is_bool, "x_device": _is_int, "y_device": _is_int,
-                  "poll_interval_s": _is_real, "name": _is_str},
-        _open_zaber, _snapshot_stage, _sim_zaber),
-    "pi_gcs": DriverFactory(
-        "stage", {"timeout_s": _is_real, "baudrate": _is_int, "poll_interval_s": _is_real,
-                  "name": _is_str},
-        _open_pi, _snapshot_stage, _sim_pi),
-    "avaspec": DriverFactory(
-        "spectrometer", {"library_path": _is_str, "start_pixel": _is_int, "stop_pixel": _is_int,
-                         "timeout_s": _is_real, "sim_num_pixels": _is_int,
-                         "sim_wavelength_nm": _is_pair, "sim_serial": _is_str,
-                         "sim_profile": _is_str, "sim_clock_offset_s": _is_real},
-        _open_avaspec, _snapshot_avaspec, _sim_avaspec),
-    "ocean": DriverFactory(
-        "spectrometer", {"backend": _is_str, "hardware_trigger_mode": _is_int,
-                         "software_trigger_mode": _is_int, "timeout_s": _is_real,
-                         "sim_model": _is_str, "sim_serial": _is_str,
-                         "sim_wavelength_nm": _is_pair},
-        _open_ocean, _snapshot_ocean, _sim_ocean),
+    "dg645": DriverFactory("delay_generator", _Dg645Options, _open_dg645, _snapshot_dg645,
+                           _sim_dg645),
+    "zaber": DriverFactory("stage", _ZaberOptions, _open_zaber, _snapshot_stage, _sim_zaber),
+    "pi_gcs": DriverFactory("stage", _StageOptions, _open_pi, _snapshot_stage, _sim_pi),
+    "avaspec": DriverFactory("spectrometer", _AvaSpecOptions, _open_avaspec, _snapshot_avaspec,
+                             _sim_avaspec),
+    "ocean": DriverFactory("spectrometer", _OceanOptions, _open_ocean, _snapshot_ocean,
+                           _sim_ocean),
 }
 
 
@@ -569,7 +574,13 @@ class Bench:
     stage: Stage
     spectrometers: dict[str, Spectrometer]
     emulators: dict[str, Any] = field(default_factory=dict)
-    simulation: Any = None
+    simulation: Simulation | None = None
+
+    @property
+    def time_scale(self) -> float:
+        """Simulated seconds per real second: a planned duration divided by it is the real
+        time to wait (1 on hardware; the simulated clock's speed-up on the simulated bench)."""
+        return 1.0 if self.simulation is None else self.simulation.clock.speedup
 
     def settings_snapshot(self) -> dict[str, Any]:
         """Every device's driver, resource, identity and settings, for the map file."""
@@ -635,7 +646,7 @@ def open_bench(profile: BenchProfile | str | Path) -> Iterator[Bench]:
     failures: list[BaseException] = []
     simulation: Any = None
     if profile.simulated:
-        from plumelink.drivers.sim.bench_bus import Simulation, SimulationSettings
+        from .sim.bench_bus import Simulation, SimulationSettings
 
         simulation = Simulation(SimulationSettings(**asdict(profile.simulation)))
     with contextlib.ExitStack() as sims:

@@ -454,6 +454,11 @@ class DG645:
         """Read (and thereby clear) the latched INSR status bits."""
         return StatusFlag(int(self._query_value(STATUS)))
 
+    def read_burst_status(self) -> BurstStatus:
+        """`read_status` as a `BurstStatus` (the `LatchedStatus` capability): what the engine
+        needs to know of the bits, without knowing the DG645's."""
+        return self._burst_status(self.read_status(), aborted=False)
+
     def fire(self) -> None:
         """Fire one software trigger (``*TRG``); needs trigger source SINGLE_SHOT.
 

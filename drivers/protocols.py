@@ -1,7 +1,10 @@
 """Device contracts as ``typing.Protocol``: any class with these methods is such a device.
 
 Real drivers and emulators need no common base class; the engine depends only on these
-contracts: DelayGenerator, Stage and Spectrometer.
+contracts. The three device kinds (DelayGenerator, Stage, Spectrometer) are what every bench
+has; the capabilities below them are what only some devices can do, and what a fly scan needs:
+the engine asks ``isinstance(device, Capability)`` (all are runtime-checkable) and names what
+is missing with `missing_methods`.
 """
 
 from __future__ import annotations
@@ -139,3 +142,51 @@ class Spectrometer(Protocol):
     def disarm(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------- capabilities
+@runtime_checkable
+class ExternalTrigger(Protocol):
+    """A delay generator whose trigger source can be chosen. Sources (DG645 names):
+    "SINGLE_SHOT" (`fire` starts one burst), "EXTERNAL_RISING" (every rising edge at the
+    trigger input starts a delay cycle), "SINGLE_SHOT_EXTERNAL_RISING" (`fire` arms, the next
+    rising edge starts one burst)."""
+
+    def set_trigger_source(self, source: str) -> None: ...
+
+
+@runtime_checkable
+class BurstMode(Protocol):
+    """A delay generator whose burst mode can be switched off (one delay cycle per trigger)."""
+
+    def set_burst_mode(self, enabled: bool) -> None: ...
+
+
+@runtime_checkable
+class LatchedStatus(Protocol):
+    """A delay generator that latches what happened (ignored triggers, inhibit) until read.
+    ``read_burst_status`` reads and clears it, in the device-independent `BurstStatus`."""
+
+    def read_burst_status(self) -> BurstStatus: ...
+
+
+@runtime_checkable
+class DistanceTrigger(Protocol):
+    """A stage that toggles a digital output every ``distance_um`` of travel of one axis
+    (``count`` toggles, None = until disabled; returns the distance set, a whole number of
+    the device's steps), wired to the delay generator's trigger input on a fly-scan bench."""
+
+    def configure_distance_trigger(self, axis: str, distance_um: float, output: int = 1, *,
+                                   count: int | None = None) -> float: ...
+
+    def disable_distance_trigger(self, axis: str) -> None: ...
+
+    def set_digital_output(self, axis: str, output: int, level: int) -> None: ...
+
+
+def missing_methods(device: object, capability: type) -> list[str]:
+    """The methods of ``capability`` that ``device`` lacks, sorted (for the message of a
+    failed ``isinstance(device, capability)``)."""
+    wanted = [name for name, member in vars(capability).items()
+              if callable(member) and not name.startswith("_")]
+    return sorted(name for name in wanted if getattr(device, name, None) is None)

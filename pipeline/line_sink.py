@@ -5,8 +5,8 @@ acquisition of line k+1 instead of delaying it. The hand-over queue holds one li
 most two finished lines (one being written, one waiting) are not yet on disk: the same
 exposure to a crash as the line still in flight, and a resume re-acquires them.
 
-Order is kept: a line is flushed before its event is published, and lines reach the file in
-the order the engine finished them. A write error stops the sink; the engine learns of it on
+Order is kept: a line is flushed before its `LineEvent` is published, and lines reach the
+file in the order the engine finished them. A write error stops the sink; the engine learns of it on
 its next `put` (or at `close`) and ends the scan as interrupted, with the lines written
 before the error intact.
 """
@@ -17,9 +17,8 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
+from .line_events import LineEvent
 from .raster_line import RasterLine
 
 log = logging.getLogger(__name__)
@@ -27,24 +26,15 @@ log = logging.getLogger(__name__)
 _END = object()
 
 
-@dataclass(frozen=True)
-class FinishedLine:
-    """A raster line the engine has finished, with what its event needs besides the data."""
-
-    line: RasterLine
-    reasons: dict[str, list[str]]
-    context: Any = None  # passed back to ``publish`` (counters at the time the line ended)
-
-
 class LineWriteError(RuntimeError):
     """The writer thread could not write a line; ``__cause__`` holds the original error."""
 
 
 class LineSink:
-    """Write lines on a thread of its own: ``append(line)`` then ``publish(finished)``."""
+    """Write lines on a thread of its own: ``append(event.line)`` then ``publish(event)``."""
 
     def __init__(self, append: Callable[[RasterLine], None],
-                 publish: Callable[[FinishedLine], None], *, depth: int = 1) -> None:
+                 publish: Callable[[LineEvent], None], *, depth: int = 1) -> None:
         self._append = append
         self._publish = publish
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
@@ -55,12 +45,12 @@ class LineSink:
                                         daemon=True)
         self._thread.start()
 
-    def put(self, finished: FinishedLine) -> None:
+    def put(self, event: LineEvent) -> None:
         """Hand a finished line over (waits while the previous one is still queued)."""
         self.raise_error()
         while True:
             try:
-                self._queue.put(finished, timeout=0.2)
+                self._queue.put(event, timeout=0.2)
                 return
             except queue.Full:
                 self.raise_error()
@@ -114,4 +104,4 @@ class LineSink:
                 log.exception("publishing raster line %d failed", item.line.index)
 
 
-__all__ = ["FinishedLine", "LineSink", "LineWriteError"]
+__all__ = ["LineSink", "LineWriteError"]

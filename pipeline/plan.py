@@ -3,6 +3,8 @@
 A plan is what the acquisition engine executes and what a person reads before pressing start
 (STYLE.md: a scan is a plan that can be printed and dry-run). `make_plan` needs no hardware;
 `dry_run` also checks the bench profile (a file, no device is opened); `format_plan` prints it.
+The plan names the line procedure that shoots its lines (`PROCEDURES`: step-and-shoot, fly on
+the DDG clock, fly on the stage's distance trigger); the engine runs the procedure of that name.
 
 A raster line is what the stage shoots in one go: for horizontal orders a row at fixed y (spots
 along x), for vertical orders a column at fixed x (spots along y). A plan has (n_lines, n_spots)
@@ -31,6 +33,26 @@ from .raster import line_axis, shot_order
 from .scan import ScanConfig, ScanError, load_scan
 
 MODE_NAMES = {"step": "step-and-shoot", "fly": "fly scan"}
+
+STEP_AND_SHOOT = "step-and-shoot"
+FLY_DDG_CLOCK = "fly-ddg-clock"
+FLY_STAGE_DISTANCE = "fly-stage-distance"
+#: the line procedures a plan can choose, with what each does per raster line
+PROCEDURES = {
+    STEP_AND_SHOOT: "per spot: move, settle, one DDG burst of shots_per_spot shots",
+    FLY_DDG_CLOCK: "one pass at constant speed; the stage's distance trigger starts a DDG "
+                   "burst at the first spot, the DDG clock spaces the shots",
+    FLY_STAGE_DISTANCE: "one pass at constant speed; each step of the stage's distance trigger "
+                        "fires one DDG shot",
+}
+
+
+def procedure_for(scan: ScanConfig) -> str:
+    """The line procedure that shoots ``scan``'s lines (a key of `PROCEDURES`)."""
+    if scan.mode != "fly":
+        return STEP_AND_SHOOT
+    assert scan.fly is not None  # validated: mode "fly" always has fly settings
+    return FLY_STAGE_DISTANCE if scan.fly.trigger == "stage-distance" else FLY_DDG_CLOCK
 
 
 @dataclass(frozen=True)
@@ -98,6 +120,7 @@ class RasterPlan:
     scan: ScanConfig
     order: str
     mode: str
+    procedure: str  # the line procedure that shoots the lines (a key of `PROCEDURES`)
     line_axis: str  # "y": a line is a row at fixed y; "x": a column at fixed x
     x_um: np.ndarray
     y_um: np.ndarray
@@ -199,8 +222,9 @@ def make_plan(scan: ScanConfig) -> RasterPlan:
                               shots_per_spot=scan.shots_per_spot, first_spot=i * along.size,
                               duration_s=duration, fly=fly))
     estimate = Estimate(move, settle_total, shoot, scan.line_overhead_s * len(lines))
-    return RasterPlan(scan=scan, order=scan.order, mode=scan.mode, line_axis=axis, x_um=x_um,
-                      y_um=y_um, lines=tuple(lines), rate_hz=scan.rate_hz,
+    return RasterPlan(scan=scan, order=scan.order, mode=scan.mode,
+                      procedure=procedure_for(scan), line_axis=axis, x_um=x_um, y_um=y_um,
+                      lines=tuple(lines), rate_hz=scan.rate_hz,
                       shots_per_spot=scan.shots_per_spot, estimate=estimate)
 
 
@@ -261,6 +285,7 @@ def format_plan(plan: RasterPlan, *, cwd: str | Path | None = None, n_positions:
     else:
         out.append(f"  mode      step-and-shoot, {plan.shots_per_spot} shot(s)/spot, stage "
                    f"{scan.stage.speed_um_s:g} µm/s, settle {scan.stage.settle_s:g} s")
+    out.append(f"  procedure {plan.procedure}: {PROCEDURES[plan.procedure]}")
     out += [
         f"  shots     {plan.total_shots} ({plan.total_spots} spots x {plan.shots_per_spot})",
         f"  duration  ~{plan.duration_s:.1f} s ({_hms(plan.duration_s)}): moves "
@@ -323,5 +348,6 @@ def dry_run(scan: ScanConfig | str | Path, *, cwd: str | Path | None = None) -> 
     return DryRun(plan, profile, output, tuple(warnings), text)
 
 
-__all__ = ["DryRun", "Estimate", "FlyPass", "LinePlan", "RasterPlan", "dry_run", "format_plan",
-           "make_plan"]
+__all__ = ["FLY_DDG_CLOCK", "FLY_STAGE_DISTANCE", "PROCEDURES", "STEP_AND_SHOOT", "DryRun",
+           "Estimate", "FlyPass", "LinePlan", "RasterPlan", "dry_run", "format_plan", "make_plan",
+           "procedure_for"]

@@ -49,24 +49,48 @@ its bench profile can travel together; ``output`` resolves against the current w
 directory when the scan is run (`ScanConfig.output_path`), so a shipped example run from the
 repository root writes under ``out/``.
 
-Every error is a `ScanError` naming the source and the dotted field, e.g.
+Validation: each table is declared once below (pydantic: types, ranges, defaults, unknown keys
+refused); the rules that relate several fields (whole steps, one laser period, the fly speed)
+follow in `_config`. Every error is a `ScanError` naming the source and the dotted field, e.g.
 ``scan.toml: region.step_um must be > 0, got -5``.
 """
 
 from __future__ import annotations
 
-import math
 import tomllib
-from collections.abc import Callable, Mapping
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic.dataclasses import dataclass as validated
+
+from plumelink.drivers.config import (
+    STRICT_KEYS,
+    Count,
+    Flag,
+    NonNegative,
+    Pair,
+    Positive,
+    PositivePair,
+    Problem,
+    Table,
+    Text,
+    ValidationError,
+    Within,
+    checked,
+    keys_of,
+    problems,
+    table_at,
+)
 
 from .raster import ALL_ORDERS, DEFAULT_ORDER
 
-MODES = ("step", "fly")
-TRIGGERS = ("ddg-clock", "stage-distance")
+Mode = Literal["step", "fly"]
+Trigger = Literal["ddg-clock", "stage-distance"]
+MODES: tuple[str, ...] = typing.get_args(Mode)
+TRIGGERS: tuple[str, ...] = typing.get_args(Trigger)
 OUTPUT_SUFFIXES = (".h5", ".hdf5", ".nxs")
 MAX_LASER_RATE_HZ = 10_000.0  # the fastest any plumelink bench fires (DDG burst and laser)
 MIN_INTEGRATION_S = 2e-6  # AvaSpec limits (drivers/avantes.py)
@@ -80,29 +104,19 @@ DEFAULT_STAGE_SPEED_UM_S = 10_000.0
 DEFAULT_SETTLE_S = 0.02
 DEFAULT_LINE_OVERHEAD_S = 0.05
 
-_TOP = {"sample", "operator", "bench", "output", "reshoot_invalid", "region", "acquisition",
-        "fly", "laser", "stage", "ddg", "spectrometers"}
-_REGION = {"origin_um", "size_um", "step_um", "order"}
-_ACQUISITION = {"mode", "shots_per_spot", "line_overhead_s"}
-_FLY = {"trigger", "speed_um_s", "run_up_um"}
-_LASER = {"rate_hz"}
-_STAGE = {"speed_um_s", "settle_s"}
-_DDG = {"laser_delay_s", "spectrometer_delay_s", "gate_s"}
-_SPECTROMETER = {"integration_time_s", "delay_s", "averages"}
-
 
 class ScanError(ValueError):
     """A scan file is unreadable or invalid; the message names the source and dotted field."""
 
 
 # ---------------------------------------------------------------------------- config
-@dataclass(frozen=True)
+@validated(frozen=True, config=STRICT_KEYS)
 class Region:
     """The spots origin + (i * step, j * step), i < nx, j < ny; positions in µm."""
 
-    origin_um: tuple[float, float]
-    size_um: tuple[float, float]
-    step_um: float
+    origin_um: Pair
+    size_um: PositivePair  # (width, height): a whole number of steps each (`_config`)
+    step_um: Positive
 
     @property
     def nx(self) -> int:
@@ -113,36 +127,36 @@ class Region:
         return round(self.size_um[1] / self.step_um)
 
 
-@dataclass(frozen=True)
+@validated(frozen=True, config=STRICT_KEYS)
 class FlySettings:
     """Fly scan: constant speed along each line, one shot per spot.
 
     ``speed_um_s`` is the effective speed (derived as step * rate when the file leaves it out).
     """
 
-    trigger: str
-    speed_um_s: float
-    run_up_um: float = 0.0
+    trigger: Trigger
+    speed_um_s: Positive
+    run_up_um: NonNegative = 0.0
 
 
-@dataclass(frozen=True)
+@validated(frozen=True, config=STRICT_KEYS)
 class StageSettings:
-    speed_um_s: float = DEFAULT_STAGE_SPEED_UM_S
-    settle_s: float = DEFAULT_SETTLE_S
+    speed_um_s: Positive = DEFAULT_STAGE_SPEED_UM_S  # moves between spots / lines; max fly speed
+    settle_s: NonNegative = DEFAULT_SETTLE_S  # wait after each move (step mode, line starts)
 
 
-@dataclass(frozen=True)
+@validated(frozen=True, config=STRICT_KEYS)
 class DdgSettings:
-    laser_delay_s: float
-    spectrometer_delay_s: float
-    gate_s: float
+    laser_delay_s: NonNegative  # T0 -> laser Q-switch trigger
+    spectrometer_delay_s: NonNegative  # laser shot -> spectrometer trigger
+    gate_s: Positive  # spectrometer trigger pulse width
 
 
-@dataclass(frozen=True)
+@validated(frozen=True, config=STRICT_KEYS)
 class SpectrometerSettings:
-    integration_time_s: float
-    delay_s: float = 0.0
-    averages: int = 1
+    integration_time_s: Within(MIN_INTEGRATION_S, MAX_INTEGRATION_S, "s")
+    delay_s: NonNegative = 0.0  # the spectrometer's own trigger delay
+    averages: Count(1, MAX_AVERAGES) = 1
 
 
 @dataclass(frozen=True)
@@ -180,6 +194,64 @@ class ScanConfig:
         return (Path(cwd) if cwd is not None else Path.cwd()) / self.output
 
 
+# ---------------------------------------------------------------------------- the file
+@validated(frozen=True, config=STRICT_KEYS)
+class _RegionTable(Region):
+    order: Literal[ALL_ORDERS] = DEFAULT_ORDER  # type: ignore[valid-type]
+
+
+class _AcquisitionTable(Table):
+    mode: Mode = "step"
+    shots_per_spot: Count(1, MAX_FRAMES_PER_LINE) = 1  # must be 1 in fly mode
+    line_overhead_s: NonNegative = DEFAULT_LINE_OVERHEAD_S  # arm, read, store (estimate)
+
+
+class _FlyTable(Table):
+    trigger: Trigger = "ddg-clock"
+    speed_um_s: Positive | None = None  # ddg-clock: must be step_um * rate_hz (the default)
+    run_up_um: NonNegative = 0.0
+
+
+class _LaserTable(Table):
+    rate_hz: Positive | None = None  # default: the bench profile's rate
+
+
+class _ScanFile(Table):
+    sample: Text
+    operator: Text
+    bench: Text
+    output: typing.Annotated[Text, checked(
+        "hdf5", lambda p: Path(p).suffix.lower() in OUTPUT_SUFFIXES,
+        f"must name an HDF5 file ending in {', '.join(OUTPUT_SUFFIXES)}")]
+    reshoot_invalid: Flag = False
+    region: _RegionTable
+    acquisition: _AcquisitionTable = _AcquisitionTable()
+    fly: _FlyTable | None = None  # only when acquisition.mode = "fly"
+    laser: _LaserTable = _LaserTable()
+    stage: StageSettings = StageSettings()
+    ddg: DdgSettings
+    spectrometers: dict[str, SpectrometerSettings]
+
+
+_HINTS = {"spectrometers": "add a [spectrometers.primary] table (one per system)"}
+
+
+def _describe(problem: Problem) -> str:
+    """One problem as "<dotted field> <what is wrong>"."""
+    name = problem.dotted
+    if problem.kind == "missing":
+        hint = _HINTS.get(name) or (f"add a [{name}] table"
+                                    if table_at(_ScanFile, problem.loc) else "")
+        return f"{name} is missing" + (f": {hint}" if hint else "")
+    if problem.kind == "unknown":
+        parent = problem.loc[:-1]
+        where = f"[{'.'.join(parent)}]" if parent else "the top level"
+        table = table_at(_ScanFile, parent)
+        allowed = ", ".join(keys_of(table)) if table is not None else ""
+        return f"{name} is not a known key; allowed in {where}: {allowed}"
+    return f"{name} {problem.text}"
+
+
 # ---------------------------------------------------------------------------- loading
 def load_scan(path: str | Path, *, check_bench: bool = True) -> ScanConfig:
     """Read and validate a scan file (see the module docstring)."""
@@ -203,7 +275,12 @@ def parse_scan(text: str, *, source: str = "<string>", base_dir: str | Path | No
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScanError(f"{source}: not valid TOML: {exc}") from exc
-    return _Parser(source, base_dir).parse(data, text, check_bench)
+    try:
+        document = _ScanFile.model_validate(data)
+    except ValidationError as exc:
+        raise ScanError(f"{source}: {_describe(problems(exc)[0])}") from None
+    return _config(document, text, source, Path(base_dir) if base_dir is not None else None,
+                   check_bench)
 
 
 def example_scans() -> dict[str, Path]:
@@ -213,276 +290,127 @@ def example_scans() -> dict[str, Path]:
             if p.name.endswith(".toml")}
 
 
-# ---------------------------------------------------------------------------- validation
-def _is_real(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+# ---------------------------------------------------------------------------- relations
+def _config(doc: _ScanFile, text: str, source: str, base_dir: Path | None,
+            check_bench: bool) -> ScanConfig:
+    """The rules between fields, then the `ScanConfig`."""
+    def error(name: str, message: str) -> ScanError:
+        return ScanError(f"{source}: {name} {message}")
+
+    bench = _bench_path(doc.bench, base_dir)
+    reg, acq = doc.region, doc.acquisition
+    region = Region(reg.origin_um, reg.size_um, reg.step_um)
+    step, shots = region.step_um, acq.shots_per_spot
+    for axis, extent in zip("xy", region.size_um, strict=True):
+        steps = extent / step
+        if steps < 0.5 or abs(steps - round(steps)) > 1e-6 * max(1.0, steps):
+            raise error("region.size_um", f"must be a whole number (>= 1) of steps of "
+                        f"region.step_um = {step:g} along {axis}, got {extent:g} "
+                        f"({steps:g} steps)")
+        if round(steps) > MAX_SPOTS_PER_AXIS:
+            raise error("region.size_um", f"gives {round(steps)} spots along {axis}; at most "
+                        f"{MAX_SPOTS_PER_AXIS} per axis")
+    profile = _load_bench(bench, error) if check_bench else None
+    if doc.laser.rate_hz is not None:
+        rate, from_bench = doc.laser.rate_hz, False
+    elif profile is not None:
+        rate, from_bench = profile.laser.rate_hz, True
+    else:
+        raise error("laser.rate_hz", "is missing (required when the bench profile is not "
+                    "loaded)")
+    if rate > MAX_LASER_RATE_HZ:
+        what = "laser.rate_hz" if not from_bench else "bench laser rate_hz"
+        raise error("laser.rate_hz", f"must be <= {MAX_LASER_RATE_HZ:g} Hz (the fastest a "
+                    f"bench fires), got {rate:g} ({what})")
+    period = 1.0 / rate
+    ddg = doc.ddg
+    total = ddg.laser_delay_s + ddg.spectrometer_delay_s + ddg.gate_s
+    if total >= period:
+        raise error("ddg.gate_s", "is too long: laser_delay_s + spectrometer_delay_s + gate_s "
+                    f"= {total:g} s must fit in one laser period (1 / {rate:g} Hz = "
+                    f"{period:g} s)")
+    spectrometers = doc.spectrometers
+    if not spectrometers:
+        raise error("spectrometers", "must hold one table per system, e.g. "
+                    "[spectrometers.primary], got {}")
+    if profile is not None:
+        unknown = [role for role in spectrometers if role not in profile.spectrometers]
+        if unknown:
+            raise error(f"spectrometers.{unknown[0]}", "is not a known key; allowed in "
+                        f"[spectrometers]: {', '.join(sorted(profile.spectrometers))}")
+    for role, spec in spectrometers.items():
+        if spec.integration_time_s + spec.delay_s >= period:
+            raise error(f"spectrometers.{role}.integration_time_s", f"+ delay_s = "
+                        f"{spec.integration_time_s + spec.delay_s:g} s must be shorter than "
+                        f"one laser period (1 / {rate:g} Hz = {period:g} s)")
+    fly = None
+    if acq.mode == "fly":
+        fly = _fly(doc.fly or _FlyTable(), region, rate, doc.stage, error)
+        if shots != 1:
+            raise error("acquisition.shots_per_spot",
+                        f"must be 1 in fly mode (one shot per spot), got {shots}")
+        for role, spec in spectrometers.items():
+            if spec.averages != 1:
+                raise error(f"spectrometers.{role}.averages",
+                            f"must be 1 in fly mode, got {spec.averages}")
+    elif doc.fly is not None:
+        raise error("fly", f"is only allowed with acquisition.mode = 'fly', but mode is "
+                    f"{acq.mode!r}")
+    else:
+        for role, spec in spectrometers.items():
+            if shots % spec.averages:
+                raise error(f"spectrometers.{role}.averages",
+                            f"({spec.averages}) must divide acquisition.shots_per_spot "
+                            f"({shots}): each frame averages whole shots of one spot")
+    line_spots = region.nx if reg.order.endswith("horizontal") else region.ny
+    if line_spots * shots > MAX_FRAMES_PER_LINE:
+        raise error("acquisition.shots_per_spot",
+                    f"gives {line_spots * shots} shots per raster line ({line_spots} spots x "
+                    f"{shots}); at most {MAX_FRAMES_PER_LINE} frames per line")
+    return ScanConfig(
+        sample=doc.sample, operator=doc.operator, bench=bench, output=Path(doc.output),
+        region=region, order=reg.order, mode=acq.mode, shots_per_spot=shots, rate_hz=rate,
+        rate_from_bench=from_bench, ddg=ddg, spectrometers=dict(spectrometers),
+        stage=doc.stage, fly=fly, line_overhead_s=acq.line_overhead_s,
+        reshoot_invalid=doc.reshoot_invalid, text=text, source=source)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _bench_path(value: str, base_dir: Path | None) -> str:
+    """A bench given as a path (a .toml or a folder in it) resolves against ``base_dir``."""
+    path = Path(value)
+    if path.suffix == ".toml" or len(path.parts) > 1:
+        if not path.is_absolute():
+            path = (base_dir if base_dir is not None else Path.cwd()) / path
+        return str(path)
+    return value
 
 
-class _Parser:
-    def __init__(self, source: str, base_dir: str | Path | None) -> None:
-        self.source = source
-        self.base_dir = Path(base_dir) if base_dir is not None else None
+def _load_bench(bench: str, error: Any) -> Any:
+    from plumelink.drivers.bench import BenchProfile, ProfileError
 
-    def error(self, name: str, message: str) -> ScanError:
-        return ScanError(f"{self.source}: {name} {message}")
+    try:
+        return BenchProfile.load(bench)
+    except ProfileError as exc:
+        raise error("bench", f"{bench!r} cannot be loaded: {exc}") from exc
 
-    # --- tables and keys
-    def table(self, data: Mapping[str, Any], key: str, allowed: set[str], *,
-              required: bool = True, prefix: str = "") -> dict[str, Any]:
-        name = prefix + key
-        if key not in data:
-            if required:
-                raise self.error(name, f"is missing: add a [{name}] table")
-            return {}
-        value = data[key]
-        if not isinstance(value, Mapping):
-            raise self.error(name, f"must be a table [{name}], got {value!r}")
-        self.keys(value, allowed, name + ".")
-        return dict(value)
 
-    def keys(self, table: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
-        for key in table:
-            if key not in allowed:
-                where = f"[{prefix[:-1]}]" if prefix else "the top level"
-                raise self.error(f"{prefix}{key}", f"is not a known key; allowed in {where}: "
-                                 f"{', '.join(sorted(allowed))}")
-
-    def get(self, table: Mapping[str, Any], key: str, prefix: str, check: Callable[..., Any],
-            default: Any = ...) -> Any:
-        if key not in table:
-            if default is ...:
-                raise self.error(prefix + key, "is missing")
-            return default
-        return check(prefix + key, table[key])
-
-    # --- value checks
-    def string(self, name: str, value: object) -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise self.error(name, f"must be a non-empty string, got {value!r}")
-        return value
-
-    def boolean(self, name: str, value: object) -> bool:
-        if not isinstance(value, bool):
-            raise self.error(name, f"must be true or false, got {value!r}")
-        return value
-
-    def choice(self, options: tuple[str, ...]) -> Callable[[str, object], str]:
-        def check(name: str, value: object) -> str:
-            if value not in options:
-                raise self.error(name, f"must be one of {', '.join(map(repr, options))}, "
-                                 f"got {value!r}")
-            return str(value)
-        return check
-
-    def number(self, name: str, value: object, *, minimum: float = -math.inf,
-               strict: bool = False) -> float:
-        if not _is_real(value):
-            raise self.error(name, f"must be a number, got {value!r}")
-        if strict and not value > minimum:  # type: ignore[operator]
-            raise self.error(name, f"must be > {minimum:g}, got {value!r}")
-        if not strict and not value >= minimum:  # type: ignore[operator]
-            raise self.error(name, f"must be >= {minimum:g}, got {value!r}")
-        return float(value)  # type: ignore[arg-type]
-
-    def positive(self, name: str, value: object) -> float:
-        return self.number(name, value, minimum=0.0, strict=True)
-
-    def non_negative(self, name: str, value: object) -> float:
-        return self.number(name, value, minimum=0.0)
-
-    def integer(self, name: str, value: object, lo: int, hi: int) -> int:
-        if not _is_int(value):
-            raise self.error(name, f"must be an integer, got {value!r}")
-        if not lo <= value <= hi:  # type: ignore[operator]
-            raise self.error(name, f"must be in {lo}..{hi}, got {value!r}")
-        return int(value)  # type: ignore[arg-type]
-
-    def pair(self, name: str, value: object, *, positive: bool = False) -> tuple[float, float]:
-        if not (isinstance(value, list) and len(value) == 2 and all(map(_is_real, value))):
-            raise self.error(name, f"must be a list of two numbers [x, y], got {value!r}")
-        if positive and not all(v > 0 for v in value):
-            raise self.error(name, f"must have both values > 0, got {value!r}")
-        return float(value[0]), float(value[1])
-
-    # --- the file
-    def parse(self, data: Mapping[str, Any], text: str, check_bench: bool) -> ScanConfig:
-        self.keys(data, _TOP, "")
-        sample = self.get(data, "sample", "", self.string)
-        operator = self.get(data, "operator", "", self.string)
-        bench = self.bench(self.get(data, "bench", "", self.string))
-        output = self.output(self.get(data, "output", "", self.string))
-        reshoot = self.get(data, "reshoot_invalid", "", self.boolean, False)
-        region, order = self.region(data)
-        acq = self.table(data, "acquisition", _ACQUISITION, required=False)
-        mode = self.get(acq, "mode", "acquisition.", self.choice(MODES), "step")
-        shots = self.get(acq, "shots_per_spot", "acquisition.",
-                         lambda n, v: self.integer(n, v, 1, MAX_FRAMES_PER_LINE), 1)
-        overhead = self.get(acq, "line_overhead_s", "acquisition.", self.non_negative,
-                            DEFAULT_LINE_OVERHEAD_S)
-        st = self.table(data, "stage", _STAGE, required=False)
-        stage = StageSettings(
-            self.get(st, "speed_um_s", "stage.", self.positive, DEFAULT_STAGE_SPEED_UM_S),
-            self.get(st, "settle_s", "stage.", self.non_negative, DEFAULT_SETTLE_S))
-        profile = self.load_bench(bench) if check_bench else None
-        rate, from_bench = self.rate(data, profile)
-        ddg = self.ddg(data, rate)
-        spectrometers = self.spectrometers(data, rate, profile)
-        fly = None
-        if mode == "fly":
-            fly = self.fly(data, region, rate, stage)
-            if shots != 1:
-                raise self.error("acquisition.shots_per_spot",
-                                 f"must be 1 in fly mode (one shot per spot), got {shots}")
-            for role, spec in spectrometers.items():
-                if spec.averages != 1:
-                    raise self.error(f"spectrometers.{role}.averages",
-                                     f"must be 1 in fly mode, got {spec.averages}")
-        elif "fly" in data:
-            raise self.error("fly", "is only allowed with acquisition.mode = 'fly', "
-                             f"but mode is {mode!r}")
-        else:
-            for role, spec in spectrometers.items():
-                if shots % spec.averages:
-                    raise self.error(f"spectrometers.{role}.averages",
-                                     f"({spec.averages}) must divide acquisition.shots_per_spot "
-                                     f"({shots}): each frame averages whole shots of one spot")
-        line_spots = region.nx if order.endswith("horizontal") else region.ny
-        if line_spots * shots > MAX_FRAMES_PER_LINE:
-            raise self.error("acquisition.shots_per_spot",
-                             f"gives {line_spots * shots} shots per raster line ({line_spots} "
-                             f"spots x {shots}); at most {MAX_FRAMES_PER_LINE} frames per line")
-        return ScanConfig(
-            sample=sample, operator=operator, bench=bench, output=output, region=region,
-            order=order, mode=mode, shots_per_spot=shots, rate_hz=rate,
-            rate_from_bench=from_bench, ddg=ddg, spectrometers=spectrometers, stage=stage,
-            fly=fly, line_overhead_s=overhead, reshoot_invalid=reshoot, text=text,
-            source=self.source)
-
-    def bench(self, value: str) -> str:
-        path = Path(value)
-        if path.suffix == ".toml" or len(path.parts) > 1:
-            if not path.is_absolute():
-                path = (self.base_dir if self.base_dir is not None else Path.cwd()) / path
-            return str(path)
-        return value
-
-    def load_bench(self, bench: str) -> Any:
-        from plumelink.drivers.bench import BenchProfile, ProfileError
-
-        try:
-            return BenchProfile.load(bench)
-        except ProfileError as exc:
-            raise self.error("bench", f"{bench!r} cannot be loaded: {exc}") from exc
-
-    def output(self, value: str) -> Path:
-        path = Path(value)
-        if path.suffix.lower() not in OUTPUT_SUFFIXES:
-            raise self.error("output", f"must name an HDF5 file ending in "
-                             f"{', '.join(OUTPUT_SUFFIXES)}, got {value!r}")
-        return path
-
-    def region(self, data: Mapping[str, Any]) -> tuple[Region, str]:
-        reg = self.table(data, "region", _REGION)
-        p = "region."
-        origin = self.get(reg, "origin_um", p, self.pair)
-        size = self.get(reg, "size_um", p, lambda n, v: self.pair(n, v, positive=True))
-        step = self.get(reg, "step_um", p, self.positive)
-        for axis, extent in zip("xy", size, strict=True):
-            steps = extent / step
-            if steps < 0.5 or abs(steps - round(steps)) > 1e-6 * max(1.0, steps):
-                raise self.error(p + "size_um", f"must be a whole number (>= 1) of steps of "
-                                 f"region.step_um = {step:g} along {axis}, got {extent:g} "
-                                 f"({steps:g} steps)")
-            if round(steps) > MAX_SPOTS_PER_AXIS:
-                raise self.error(p + "size_um", f"gives {round(steps)} spots along {axis}; at "
-                                 f"most {MAX_SPOTS_PER_AXIS} per axis")
-        order = self.get(reg, "order", p, self.choice(ALL_ORDERS), DEFAULT_ORDER)
-        return Region(origin, size, step), order
-
-    def rate(self, data: Mapping[str, Any], profile: Any) -> tuple[float, bool]:
-        laser = self.table(data, "laser", _LASER, required=False)
-        if "rate_hz" in laser:
-            rate = self.positive("laser.rate_hz", laser["rate_hz"])
-            from_bench = False
-        elif profile is not None:
-            rate = profile.laser.rate_hz
-            from_bench = True
-        else:
-            raise self.error("laser.rate_hz", "is missing (required when the bench profile "
-                             "is not loaded)")
-        if rate > MAX_LASER_RATE_HZ:
-            what = "laser.rate_hz" if not from_bench else "bench laser rate_hz"
-            raise self.error("laser.rate_hz", f"must be <= {MAX_LASER_RATE_HZ:g} Hz (the "
-                             f"fastest a bench fires), got {rate:g} ({what})")
-        return rate, from_bench
-
-    def ddg(self, data: Mapping[str, Any], rate: float) -> DdgSettings:
-        t = self.table(data, "ddg", _DDG)
-        p = "ddg."
-        ddg = DdgSettings(self.get(t, "laser_delay_s", p, self.non_negative),
-                          self.get(t, "spectrometer_delay_s", p, self.non_negative),
-                          self.get(t, "gate_s", p, self.positive))
-        total = ddg.laser_delay_s + ddg.spectrometer_delay_s + ddg.gate_s
-        if total >= 1.0 / rate:
-            raise self.error(p + "gate_s", "is too long: laser_delay_s + spectrometer_delay_s "
-                             f"+ gate_s = {total:g} s must fit in one laser period "
-                             f"(1 / {rate:g} Hz = {1.0 / rate:g} s)")
-        return ddg
-
-    def spectrometers(self, data: Mapping[str, Any], rate: float,
-                      profile: Any) -> dict[str, SpectrometerSettings]:
-        if "spectrometers" not in data:
-            raise self.error("spectrometers", "is missing: add a [spectrometers.primary] table "
-                             "(one per system)")
-        table = data["spectrometers"]
-        if not isinstance(table, Mapping) or not table:
-            raise self.error("spectrometers", "must hold one table per system, e.g. "
-                             f"[spectrometers.primary], got {table!r}")
-        if profile is not None:
-            self.keys(table, set(profile.spectrometers), "spectrometers.")
-        out = {}
-        for role in table:
-            p = f"spectrometers.{role}."
-            t = self.table(table, role, _SPECTROMETER, prefix="spectrometers.")
-            integration = self.get(t, "integration_time_s", p, self.positive)
-            if not MIN_INTEGRATION_S <= integration <= MAX_INTEGRATION_S:
-                raise self.error(p + "integration_time_s", f"must be in {MIN_INTEGRATION_S:g}"
-                                 f"..{MAX_INTEGRATION_S:g} s, got {integration:g}")
-            delay = self.get(t, "delay_s", p, self.non_negative, 0.0)
-            if integration + delay >= 1.0 / rate:
-                raise self.error(p + "integration_time_s", f"+ delay_s = {integration + delay:g}"
-                                 f" s must be shorter than one laser period (1 / {rate:g} Hz = "
-                                 f"{1.0 / rate:g} s)")
-            averages = self.get(t, "averages", p,
-                                lambda n, v: self.integer(n, v, 1, MAX_AVERAGES), 1)
-            out[role] = SpectrometerSettings(integration, delay, averages)
-        return out
-
-    def fly(self, data: Mapping[str, Any], region: Region, rate: float,
-            stage: StageSettings) -> FlySettings:
-        t = self.table(data, "fly", _FLY, required=False)
-        p = "fly."
-        trigger = self.get(t, "trigger", p, self.choice(TRIGGERS), "ddg-clock")
-        run_up = self.get(t, "run_up_um", p, self.non_negative, 0.0)
-        step = region.step_um
-        nominal = step * rate
-        speed = self.get(t, "speed_um_s", p, self.positive, nominal)
-        if trigger == "ddg-clock" and abs(speed - nominal) > SPEED_TOLERANCE * nominal:
-            raise self.error(p + "speed_um_s", f"{speed:g} µm/s at laser.rate_hz {rate:g} spaces "
-                             f"shots {speed / rate:g} µm apart, not region.step_um = {step:g}: "
-                             f"set it to {nominal:g} or leave it out")
-        if trigger == "stage-distance" and speed > nominal * (1 + SPEED_TOLERANCE):
-            raise self.error(p + "speed_um_s", f"{speed:g} µm/s with a trigger every "
-                             f"{step:g} µm asks for {speed / step:g} shots/s, above "
-                             f"laser.rate_hz {rate:g}: at most {nominal:g} µm/s")
-        if speed > stage.speed_um_s:
-            raise self.error(p + "speed_um_s", f"{speed:g} µm/s exceeds stage.speed_um_s "
-                             f"{stage.speed_um_s:g} (the fastest the stage is allowed to move)")
-        return FlySettings(trigger, speed, run_up)
+def _fly(table: _FlyTable, region: Region, rate: float, stage: StageSettings,
+         error: Any) -> FlySettings:
+    step = region.step_um
+    nominal = step * rate
+    speed = table.speed_um_s if table.speed_um_s is not None else nominal
+    if table.trigger == "ddg-clock" and abs(speed - nominal) > SPEED_TOLERANCE * nominal:
+        raise error("fly.speed_um_s", f"{speed:g} µm/s at laser.rate_hz {rate:g} spaces shots "
+                    f"{speed / rate:g} µm apart, not region.step_um = {step:g}: set it to "
+                    f"{nominal:g} or leave it out")
+    if table.trigger == "stage-distance" and speed > nominal * (1 + SPEED_TOLERANCE):
+        raise error("fly.speed_um_s", f"{speed:g} µm/s with a trigger every {step:g} µm asks "
+                    f"for {speed / step:g} shots/s, above laser.rate_hz {rate:g}: at most "
+                    f"{nominal:g} µm/s")
+    if speed > stage.speed_um_s:
+        raise error("fly.speed_um_s", f"{speed:g} µm/s exceeds stage.speed_um_s "
+                    f"{stage.speed_um_s:g} (the fastest the stage is allowed to move)")
+    return FlySettings(table.trigger, speed, table.run_up_um)
 
 
 __all__ = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,6 +97,12 @@ class LiveModel:
             self._changes = {k: self._version for k in CHANGE_KINDS}
 
     # ------------------------------------------------------------------ writers
+    def set_wavelengths(self, wavelength: Mapping[str, np.ndarray]) -> None:
+        """The wavelength axes of the systems (nm), e.g. from a scan-started event: lines
+        added from now have their window emission and latest spectra."""
+        with self._lock:
+            self._wavelength.update({s: np.asarray(a) for s, a in wavelength.items()})
+
     def add_line(self, line: RasterLine, progress: ScanProgress | None = None,
                  line_axis: str = "y") -> None:
         """A measured raster line (row ``line.index`` for horizontal orders)."""

@@ -3,8 +3,9 @@
 - `Job`: one function on a daemon thread (training, evaluation, reading a map, a spot).
 - `BenchSession`: owns the open bench on a thread of its own (``open_bench`` is a context
   manager kept open until disconnect); device commands are posted to it through a queue.
-- `ScanController`: a scan (`start_acquisition`) plus the subscriber thread that feeds the
-  `LiveModel` and the live transfer.
+- `ScanController`: a scan (`start_acquisition`) plus the subscriber thread that feeds its
+  events to the `LiveModel` (the scan-started event: the wavelength axes; each line event: a
+  line) and the live transfer.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 
 from plumelink.drivers.bench import BenchProfile, open_bench
 from plumelink.pipeline.engine import RunningScan, ScanHandle, start_acquisition
+from plumelink.pipeline.line_events import ScanEvent, ScanStarted
 from plumelink.pipeline.map_reader import MapReader
 from plumelink.pipeline.scan import ScanConfig
 
@@ -145,9 +147,8 @@ class BenchSession:
         try:
             profile = BenchProfile.load(profile_name)
             with open_bench(profile) as bench:
-                simulation = getattr(bench, "simulation", None)
-                if simulation is not None:
-                    _ = simulation.physics  # build the simulated optics now, not at 1st shot
+                if bench.simulation is not None:
+                    _ = bench.simulation.physics  # build the simulated optics now, not at 1st shot
                 self.bench = bench
                 self._set(state="connected", devices=self._devices(bench), error="")
                 self._connected.set()
@@ -228,7 +229,7 @@ class ScanController:
         bench = self.session.bench if self.session is not None else None
         if bench is not None:
             self.session.scan_active = True
-        self._reset_model(scan, out, bench)
+        self._reset_model(scan, out)
         self.live_transfer = (LiveTransfer(self.transfer, self.model)
                               if self.transfer is not None else None)
         try:
@@ -242,23 +243,19 @@ class ScanController:
         self._subscriber.start()
         return self.running
 
-    def _reset_model(self, scan: ScanConfig, out: str | Path | None, bench: Any) -> None:
+    def _reset_model(self, scan: ScanConfig, out: str | Path | None) -> None:
+        """The empty map of the scan, shown at once; its wavelength axes come with the
+        scan-started event."""
         from plumelink.pipeline.plan import make_plan
 
         plan = make_plan(scan)
-        wavelength = {}
-        if bench is not None:
-            wavelength = {s: np.asarray(sp.wavelength_nm())
-                          for s, sp in bench.spectrometers.items()}
         path = str(out if out is not None else scan.output_path())
-        self.model.reset(plan.shape, x_um=plan.x_um, y_um=plan.y_um, wavelength=wavelength,
+        self.model.reset((plan.y_um.size, plan.x_um.size), x_um=plan.x_um, y_um=plan.y_um,
                          map_path=path)
-        self._need_axes = not wavelength
-        self._path = path
 
     @staticmethod
-    def _events(running: RunningScan):
-        """The scan's line events until its end mark, or until its engine thread has ended
+    def _events(running: RunningScan) -> Iterator[ScanEvent]:
+        """The scan's events until its end mark, or until its engine thread has ended
         without one (then what is queued): never a wait without an end."""
         events = running.events
         while not events.closed:
@@ -273,8 +270,9 @@ class ScanController:
     def _follow(self, running: RunningScan) -> None:
         try:
             for event in self._events(running):
-                if self._need_axes:  # the engine opened its own bench: axes from the file
-                    self._axes_from_file(event.map_path)
+                if isinstance(event, ScanStarted):
+                    self.model.set_wavelengths(event.wavelength_nm)
+                    continue
                 self.model.add_line(event.line, event.progress, event.line_axis)
                 if self.live_transfer is not None:
                     self.live_transfer.submit(event.line)
@@ -286,15 +284,6 @@ class ScanController:
                 self.session.scan_active = False
             if self.live_transfer is not None:
                 self.live_transfer.close()
-
-    def _axes_from_file(self, path: str) -> None:
-        try:
-            with MapReader(path, follow=True) as reader:
-                axes = {s: reader.wavelength_nm(s) for s in ("primary", "secondary")}
-            self.model._wavelength.update(axes)
-            self._need_axes = False
-        except Exception as exc:
-            log.warning("wavelength axes of %s: %s", path, exc)
 
     def set_transfer(self, transfer: Any) -> None:
         """Use ``transfer`` for live transfer: the next scan, and the running one from its

@@ -13,7 +13,7 @@ from scan_files import simulated_bench_profile, step_scan_text
 
 from plumelink.app.cli import main
 from plumelink.drivers import bench as bench_module
-from plumelink.pipeline import engine as engine_module
+from plumelink.pipeline.acquisition import runner as runner_module
 from plumelink.pipeline.engine import ScanHandle, acquire
 from plumelink.pipeline.map_reader import MapReader
 from plumelink.pipeline.scan import load_scan
@@ -44,7 +44,7 @@ def benches(monkeypatch) -> list:
             opened.append(bench)
             yield bench
 
-    monkeypatch.setattr(engine_module, "open_bench", recording)
+    monkeypatch.setattr(runner_module, "open_bench", recording)
     return opened
 
 
@@ -74,13 +74,14 @@ def test_dry_run_prints_the_plan_and_opens_no_device(tmp_path, monkeypatch, caps
     def refuse(*args, **kwargs):
         raise AssertionError("a dry run opened the bench")
 
-    monkeypatch.setattr(engine_module, "open_bench", refuse)
+    monkeypatch.setattr(runner_module, "open_bench", refuse)
     monkeypatch.setattr(bench_module, "open_bench", refuse)
     assert main(["acquire", str(scan), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert f"{NY} lines x {NX} spots" in out
     assert f"shots     {NY * NX} " in out
     assert "(500, 700)" in out  # the first position
+    assert "procedure step-and-shoot: " in out  # which line procedure would run
     assert "no device was opened" in out
     assert not (tmp_path / "map.h5").exists()
 

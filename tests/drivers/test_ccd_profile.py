@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -13,10 +15,9 @@ from plumelink.drivers.sim.tables import line_table
 LINES = line_table()
 
 
-@pytest.fixture(scope="module")
-def spectrographs() -> dict[str, Spectrograph]:
-    return {name: Spectrograph(InstrumentProfile.load(name))
-            for name in ("primary", "broadband_ccd")}
+@pytest.fixture
+def spectrographs(spectrograph: Callable[[str], Spectrograph]) -> dict[str, Spectrograph]:
+    return {name: spectrograph(name) for name in ("primary", "broadband_ccd")}
 
 
 def _line(label: str) -> int:

@@ -136,11 +136,15 @@ def test_stop_sends_byte_24_and_clears_code_10(scripted: tuple[ScriptedPeer, PIS
     assert bytes(peer.received).endswith(b"\x18ERR?\n")
 
 
-def test_home_polls_frf(scripted: tuple[ScriptedPeer, PIStage]) -> None:
+def test_home_polls_frf_until_every_axis_is_referenced(
+        scripted: tuple[ScriptedPeer, PIStage]) -> None:
+    """One axis referenced is not enough: home polls FRF? again until both are."""
     peer, stage = scripted
     peer.extend([(b"FRF 1 2", b""), (b"ERR?", b"0\n"),
                  (b"FRF? 1 2", b"1=0 \n2=1\n"), (b"FRF? 1 2", b"1=1 \n2=1\n")])
     stage.home()
+    assert peer.remaining == []  # the second poll was sent and answered
+    assert bytes(peer.received).count(b"FRF? 1 2") == 2
 
 
 def test_no_reply_is_timeout(scripted: tuple[ScriptedPeer, PIStage]) -> None:

@@ -340,8 +340,9 @@ def test_simulation_table_is_validated() -> None:
     assert BenchProfile.load("simulated").simulation.speedup == 20.0
     assert BenchProfile.load("simulated").simulated
     assert not BenchProfile.load("example_real").simulated
-    for bad, message in [({"speedup": 0}, "speedup must be a positive number"),
-                         ({"seed": -1}, "seed must be an integer >= 0"),
+    for bad, message in [({"speedup": 0}, "speedup must be > 0, got 0"),
+                         ({"seed": -1}, "seed must be >= 0, got -1"),
+                         ({"seed": 1.5}, "seed must be an integer, got 1.5"),
                          ({"warp": 9}, "unknown keys")]:
         data = _profile_data()
         data["simulation"] = bad

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from scipy.ndimage import minimum_filter1d, uniform_filter1d
@@ -15,9 +17,9 @@ from plumelink.drivers.sim.tables import element_table, line_table
 LINES = line_table()
 
 
-@pytest.fixture(scope="module")
-def spectrographs() -> dict[str, Spectrograph]:
-    return {name: Spectrograph(InstrumentProfile.load(name)) for name in ("primary", "secondary")}
+@pytest.fixture
+def spectrographs(spectrograph: Callable[[str], Spectrograph]) -> dict[str, Spectrograph]:
+    return {name: spectrograph(name) for name in ("primary", "secondary")}
 
 
 def _line(label_prefix: str) -> int:

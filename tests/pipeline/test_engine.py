@@ -26,19 +26,14 @@ ROOT = Path(__file__).resolve().parents[2]
 NY, NX = 3, 6
 
 
-def bench_profile(tmp_path: Path, speedup: float = 100.0) -> Path:
-    """The shipped simulated bench, run faster."""
-    return simulated_bench_profile(tmp_path, speedup)
-
-
 def scan_text(bench: Path, out: Path, *, ny: int = NY, nx: int = NX, reshoot: bool = False,
               shots: int = 1) -> str:
     return step_scan_text(bench, out, ny=ny, nx=nx, reshoot=reshoot, shots=shots)
 
 
 @pytest.fixture
-def setup(tmp_path: Path):
-    bench = bench_profile(tmp_path)
+def setup(tmp_path: Path, sim_profile: Path):
+    bench = sim_profile
     out = tmp_path / "map.h5"
 
     def make(**kwargs):
@@ -106,6 +101,31 @@ def test_clean_scan_pairs_every_spot_at_its_position(setup) -> None:
     assert [e.line.index for e in events] == list(range(NY))
     assert events[-1].progress.lines_done == NY
     assert events[-1].progress.shots_done == NY * NX
+
+
+def test_the_scan_starts_with_its_axes_and_procedure(setup) -> None:
+    """Before its first line a scan publishes what a view needs: the grid, both wavelength
+    axes (those the map file records) and the procedure the plan chose."""
+    from plumelink.pipeline.engine import start_acquisition
+    from plumelink.pipeline.line_events import LineEvent, ScanStarted
+
+    make, bench_path, out = setup
+    with open_bench(bench_path) as bench:
+        running = start_acquisition(make(), bench=bench)
+        events = list(running.events)
+        running.wait()
+    assert isinstance(events[0], ScanStarted)
+    assert all(isinstance(e, LineEvent) for e in events[1:]) and len(events) == 1 + NY
+    first = events[0]
+    assert (first.procedure, first.order, first.line_axis) == (
+        "step-and-shoot", "snake-horizontal", "y")
+    assert first.shape == (NY, NX) and first.map_path == str(out)
+    assert (first.lines_total, first.lines_done, first.shots_total) == (NY, 0, NY * NX)
+    with MapReader(out) as m:
+        for system in ("primary", "secondary"):
+            np.testing.assert_array_equal(first.wavelength_nm[system], m.wavelength_nm(system))
+        np.testing.assert_array_equal(first.x_um, m.x_um)
+        assert m.settings["acquisition"]["procedure"] == "step-and-shoot"
 
 
 @pytest.mark.parametrize("fault,invalid", [
@@ -237,8 +257,8 @@ acquire(load_scan(sys.argv[1]), on_line=on_line)
 """
 
 
-def test_killed_scan_resumes_into_the_same_file(tmp_path: Path) -> None:
-    bench = bench_profile(tmp_path)
+def test_killed_scan_resumes_into_the_same_file(tmp_path: Path, sim_profile: Path) -> None:
+    bench = sim_profile
     ny = 5
     killed, whole = tmp_path / "killed.h5", tmp_path / "whole.h5"
     for name, out in (("killed", killed), ("whole", whole)):
@@ -270,10 +290,10 @@ def test_killed_scan_resumes_into_the_same_file(tmp_path: Path) -> None:
             assert a.read_line(iy).primary.valid.all()
 
 
-def test_killed_vertical_scan_resumes_its_columns(tmp_path: Path) -> None:
+def test_killed_vertical_scan_resumes_its_columns(tmp_path: Path, sim_profile: Path) -> None:
     import h5py
 
-    bench = bench_profile(tmp_path)
+    bench = sim_profile
     ny, nx = 3, 5
     killed, whole = tmp_path / "killed.h5", tmp_path / "whole.h5"
     for name, out in (("killed", killed), ("whole", whole)):
@@ -331,10 +351,10 @@ def fly_scan_text(bench: Path, out: Path, *, ny: int = 3, nx: int = 20) -> str:
         """)
 
 
-def test_fly_scan_shots_land_on_their_spots(tmp_path: Path) -> None:
+def test_fly_scan_shots_land_on_their_spots(tmp_path: Path, sim_profile: Path) -> None:
     """The stage's distance trigger starts the DDG burst at the first spot; the DDG clock at
     1 kHz and the fly speed put every shot one step further, in both snake directions."""
-    bench_path = bench_profile(tmp_path)
+    bench_path = sim_profile
     out = tmp_path / "fly.h5"
     scan = parse_scan(fly_scan_text(bench_path, out), source="fly.toml")
     with open_bench(bench_path) as bench:
@@ -345,6 +365,7 @@ def test_fly_scan_shots_land_on_their_spots(tmp_path: Path) -> None:
         pairs, spots = check_pairs(out, sim.bus)
         with MapReader(out) as m:
             assert m.settings["acquisition"]["mode"] == "fly"
+            assert m.settings["acquisition"]["procedure"] == "fly-ddg-clock"
             for iy in range(3):
                 line = m.read_line(iy)
                 for ix in np.flatnonzero(line.primary.valid):
@@ -360,10 +381,11 @@ def test_fly_scan_shots_land_on_their_spots(tmp_path: Path) -> None:
     assert result.invalid_secondary == 1 and result.invalid_primary == 0
 
 
-def test_an_error_setting_up_the_next_pass_keeps_the_pass_just_shot(tmp_path: Path) -> None:
+def test_an_error_setting_up_the_next_pass_keeps_the_pass_just_shot(tmp_path: Path,
+                                                                    sim_profile: Path) -> None:
     """The next pass is set up while this pass's frames are read out: a stage error there
     ends the scan only after this line is paired and written."""
-    bench_path = bench_profile(tmp_path)
+    bench_path = sim_profile
     out = tmp_path / "fly.h5"
     scan = parse_scan(fly_scan_text(bench_path, out), source="fly.toml")
     with open_bench(bench_path) as bench:
@@ -389,13 +411,13 @@ def test_an_error_setting_up_the_next_pass_keeps_the_pass_just_shot(tmp_path: Pa
 @pytest.mark.parametrize(("order", "speed_commands"),
                          [("snake-horizontal", 3), ("plain-horizontal", 7)])
 def test_fly_turns_keep_the_fly_speed_unless_that_costs_time(
-        tmp_path: Path, order: str, speed_commands: int) -> None:
+        tmp_path: Path, sim_profile: Path, order: str, speed_commands: int) -> None:
     """A snake's turn to the next pass (one step) is short: made at the fly speed it costs
     less than two speed commands would, so the speed is set once for all passes (plus the
     stage speed at the start and the end). A plain raster's return runs the whole line (1 mm
     and the run-ups: 22 ms longer at the fly speed than at the stage speed, more than
     REPOSITION_SLACK_S): at the stage speed, set before every return."""
-    bench_path = bench_profile(tmp_path)
+    bench_path = sim_profile
     out = tmp_path / "fly.h5"
     text = fly_scan_text(bench_path, out, nx=40).replace(
         "[region]\n", f'[region]\norder = "{order}"\n')
@@ -473,12 +495,17 @@ def test_vertical_map_resumes_from_its_first_unfinished_column(setup) -> None:
             before = np.array([m.read_line(iy).primary.spectra for iy in range(ny)])
         with pytest.raises(ValueError, match="of columns but the scan plans 3 x 4 of rows"):
             acquire(make(ny=ny, nx=nx), bench=bench, resume=True)  # a horizontal scan
-        events = []
-        second = acquire(scan, bench=bench, resume=True, on_line=events.append)
+        events, starts = [], []
+        second = acquire(scan, bench=bench, resume=True, on_line=events.append,
+                         on_start=starts.append)
         assert second.lines_written == nx - columns.sum()
         deadline = time.monotonic() + 5
         while len(events) < second.lines_written and time.monotonic() < deadline:
             time.sleep(0.01)
+        # the start of a resumed map says what it already holds and what this run shoots
+        assert len(starts) == 1 and starts[0].line_axis == "x"
+        assert starts[0].lines_done == columns.sum()
+        assert starts[0].shots_total == (nx - columns.sum()) * ny
         # progress counts the whole map's lines but this run's shots (for shots/s and ETA)
         last = events[-1].progress
         assert (last.lines_done, last.lines_total) == (nx, nx)
@@ -491,8 +518,8 @@ def test_vertical_map_resumes_from_its_first_unfinished_column(setup) -> None:
     np.testing.assert_array_equal(after[:, columns], before[:, columns])
 
 
-def test_vertical_fly_scan_shots_land_on_their_spots(tmp_path: Path) -> None:
-    bench_path = bench_profile(tmp_path)
+def test_vertical_fly_scan_shots_land_on_their_spots(tmp_path: Path, sim_profile: Path) -> None:
+    bench_path = sim_profile
     out = tmp_path / "fly.h5"
     scan = parse_scan(vertical(fly_scan_text(bench_path, out, ny=10, nx=2)), source="fly")
     with open_bench(bench_path) as bench:
@@ -515,10 +542,11 @@ def stage_distance(text: str) -> str:
 
 
 @pytest.mark.parametrize("order", ["snake-horizontal", "plain-vertical"])
-def test_stage_distance_fly_scan_fires_one_shot_per_step(tmp_path: Path, order) -> None:
+def test_stage_distance_fly_scan_fires_one_shot_per_step(tmp_path: Path, sim_profile: Path,
+                                                         order) -> None:
     """Every rising edge of the stage's distance trigger fires one DDG shot: shots land on the
     spots by distance, a missed frame is flagged on its own spot, nothing shifts."""
-    bench_path = bench_profile(tmp_path)
+    bench_path = sim_profile
     out = tmp_path / "fly.h5"
     ny, nx = (3, 12) if order.endswith("horizontal") else (12, 3)
     text = vertical(stage_distance(fly_scan_text(bench_path, out, ny=ny, nx=nx)), order)
@@ -548,10 +576,11 @@ def test_stage_distance_fly_scan_fires_one_shot_per_step(tmp_path: Path, order) 
     assert result.invalid_primary == 1 and result.invalid_secondary == 0
 
 
-def test_stage_distance_needs_a_stage_with_a_distance_trigger(tmp_path: Path) -> None:
+def test_stage_distance_needs_a_stage_with_a_distance_trigger(tmp_path: Path,
+                                                              sim_profile: Path) -> None:
     from plumelink.drivers.bench import Bench
 
-    bench_path = bench_profile(tmp_path)
+    bench_path = sim_profile
     out = tmp_path / "fly.h5"
     scan = parse_scan(stage_distance(fly_scan_text(bench_path, out)), source="fly.toml")
 
@@ -600,24 +629,24 @@ def test_a_failed_line_write_ends_the_scan_interrupted_with_earlier_lines_kept(
 def test_abort_during_homing_or_a_long_move_ends_the_scan_at_once(tmp_path: Path, home) -> None:
     # real time: homing, then a first move of 50 mm at 10 mm/s (5 s); the abort after 0.3 s
     # falls in homing (home=True) or in the move (home=False); the abort stops the stage
-    from plumelink.pipeline.engine import Engine, ScanAborted
+    from plumelink.pipeline.engine import Runner, ScanAborted
 
-    bench_path = bench_profile(tmp_path, speedup=1.0)
+    bench_path = simulated_bench_profile(tmp_path, speedup=1.0)
     out = tmp_path / "far.h5"
     scan = parse_scan(step_scan_text(bench_path, out, ny=1, nx=2,
                                      origin_um=(50000.0, 50000.0)), source="far.toml")
     handle = ScanHandle()
-    engine = Engine(scan, handle=handle, home=home)
+    runner = Runner(scan, handle=handle, home=home)
     with open_bench(bench_path) as bench:
         if not home:
             bench.stage.home()  # referenced beforehand: the scan starts with the long move
         threading.Timer(0.3, handle.abort, args=("stop pressed",)).start()
         started = time.monotonic()
         with pytest.raises(ScanAborted):
-            engine.run(bench)
+            runner.run(bench)
         took = time.monotonic() - started
         assert bench.emulators["delay_generator"].outputs_inhibited
-    result = engine._result
+    result = runner.result
     assert result.status == "interrupted" and result.reason == "stop pressed"
     assert took < 2.0, f"the scan took {took:.1f} s to end after the abort"
     with MapReader(out) as m:

@@ -159,6 +159,19 @@ def test_format_plan_shows_the_key_numbers(tmp_path: Path) -> None:
     assert "ddg-clock every 25 µm" in fly_text
 
 
+@pytest.mark.parametrize(("mode", "trigger", "procedure"), [
+    ("step", None, "step-and-shoot"),
+    ("fly", "ddg-clock", "fly-ddg-clock"),
+    ("fly", "stage-distance", "fly-stage-distance"),
+])
+def test_the_plan_chooses_the_line_procedure_and_says_so(mode: str, trigger: str | None,
+                                                         procedure: str) -> None:
+    fly = FlySettings(trigger, 100.0) if trigger is not None else None
+    plan = make_plan(scan_of(3, 2, mode=mode, fly=fly, speed=200.0))
+    assert plan.procedure == procedure
+    assert f"  procedure {procedure}: " in format_plan(plan)
+
+
 def test_dry_run_checks_the_bench_and_opens_no_device(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from plumelink.drivers import bench
@@ -177,6 +190,7 @@ def test_dry_run_checks_the_bench_and_opens_no_device(tmp_path: Path,
     assert any("already exists" in w for w in report.warnings)
     assert any("differs from the bench profile" in w for w in report.warnings)
     assert "warning:" in report.text and "200 lines x 200 spots" in report.text
+    assert "procedure fly-ddg-clock" in report.text
 
 
 def test_dry_run_refuses_an_unknown_bench_or_spectrometer() -> None:

@@ -1,4 +1,5 @@
-"""Pairing by device timestamps: certain matches only, never a shifted frame."""
+"""Pairing by device timestamps: certain matches only, never a shifted frame; and what a
+spot keeps of its paired shots."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plumelink.drivers.protocols import Frames
-from plumelink.pipeline.pairing import (
+from plumelink.pipeline.shot_pairing import (
     SHOT_AMBIGUOUS,
     SHOT_DUPLICATE,
     SHOT_MISSING,
     SHOT_OK,
+    BurstPairing,
     Pairer,
     assign,
+    reduce_pass,
+    reduce_spot,
 )
 
 PERIOD = 0.02
@@ -167,3 +171,52 @@ def test_two_equal_groups_of_frames_are_not_guessed_between():
     f = Frames(np.zeros((2, 4), np.uint16), np.array([1.0, 5.0]), np.arange(2))
     p = assign(f, 1, PERIOD, None)
     assert not p.self_anchored and not p.valid.any()
+
+
+# ---------------------------------------------------------------------------- shots -> spots
+def burst_of(primary_shots: list[int], secondary_shots: list[int], n_shots: int
+             ) -> BurstPairing:
+    frames = {"primary": frames_for(primary_shots, 5.0), "secondary": frames_for(secondary_shots,
+                                                                                 -3.0)}
+    pairer = Pairer()
+    pairer.pair({s: frames_for(list(range(n_shots)), o, burst_start=50.0)
+                 for s, o in (("primary", 5.0), ("secondary", -3.0))}, n_shots, PERIOD)
+    return BurstPairing(pairer.pair(frames, n_shots, PERIOD), frames)
+
+
+def test_a_spot_is_the_mean_of_the_shots_both_systems_saw():
+    burst = burst_of([0, 1, 2, 3], [0, 2, 3], 4)  # the secondary missed shot 1
+    spot = reduce_spot(burst)
+    for system in ("primary", "secondary"):
+        result = spot[system]
+        assert result.reason == "" and result.frame == 0
+        # counts encode the shot number: the mean of shots 0, 2 and 3, rounded
+        assert result.spectrum is not None and result.spectrum[0] == round((0 + 2 + 3) / 3)
+        assert result.spectrum.dtype == np.uint16
+    assert burst.spot_valid() == {"primary": True, "secondary": True}
+    assert burst.why() == "secondary: missing"
+
+
+def test_a_spot_one_system_missed_entirely_stays_valid_for_the_other_alone():
+    burst = burst_of([0, 1], [], 2)
+    spot = reduce_spot(burst)
+    assert spot["primary"].spectrum is not None and spot["primary"].spectrum[0] == round(0.5)
+    assert spot["secondary"].spectrum is None and spot["secondary"].reason == "missing"
+
+
+def test_a_fly_pass_keeps_the_shot_one_system_missed_on_the_other():
+    burst = burst_of([0, 1, 2, 3, 4], [0, 1, 3, 4], 5)  # the secondary missed shot 2
+    passed = reduce_pass(burst)
+    np.testing.assert_array_equal(passed["primary"].kept, [True] * 5)
+    np.testing.assert_array_equal(passed["secondary"].kept, [True, True, False, True, True])
+    assert passed["primary"].reasons == []
+    assert passed["secondary"].reasons == [(2, "missing")]
+    kept = passed["secondary"].frame_of_shot[passed["secondary"].kept]
+    np.testing.assert_array_equal(burst.frames["secondary"].counts[kept, 0], [0, 1, 3, 4])
+
+
+def test_an_inhibited_burst_is_distrusted_on_every_system():
+    burst = burst_of([0, 1, 2], [0, 1, 2], 3).distrusted()
+    for p in burst.pairing.values():
+        assert (p.reason == SHOT_AMBIGUOUS).all() and (p.frame_of_shot == -1).all()
+    assert {r.reason for r in reduce_spot(burst).values()} == {"ambiguous"}

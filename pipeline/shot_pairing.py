@@ -11,11 +11,19 @@ If neither is possible the frames of that system cannot be matched with certaint
 shot of the burst is flagged for it; nothing is ever shifted to fill a gap.
 
 Per shot and system the result is one frame index or -1, with a reason code (`SHOT_*`).
+
+From shots to spots: a burst's pairing (`BurstPairing`) becomes what the map keeps of the
+spot. Step-and-shoot (`reduce_spot`, several shots per spot): the mean of the shots valid on
+both systems; a system whose frames are all missing leaves the other system's shots valid on
+their own (the spot is then unpaired). A fly pass (`reduce_pass`, one shot per spot): a system
+keeps its frame of a shot when the other systems all have theirs or all lack theirs (with two
+systems each keeps its own frames; a shot one of them missed is unpaired). Every spot a system
+loses carries its reason ("spot 12: missing").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -188,13 +196,113 @@ class Pairer:
         return None
 
 
+# ---------------------------------------------------------------------------- shots -> spots
+@dataclass(frozen=True)
+class BurstPairing:
+    """One burst's frames of every system, paired by shot."""
+
+    pairing: dict[str, SystemPairing]
+    frames: dict[str, Frames]
+
+    def distrusted(self) -> BurstPairing:
+        """Every shot ambiguous on every system: shots may have been blocked at the laser (the
+        DDG reported an inhibit), so no frame can be trusted either way."""
+        return BurstPairing({s: replace(p, frame_of_shot=np.full_like(p.frame_of_shot, -1),
+                                        reason=np.full_like(p.reason, SHOT_AMBIGUOUS))
+                             for s, p in self.pairing.items()}, self.frames)
+
+    def paired(self) -> np.ndarray:
+        """Indices of the shots valid on every system."""
+        return np.flatnonzero(np.logical_and.reduce([p.valid for p in self.pairing.values()]))
+
+    def spot_valid(self) -> dict[str, bool]:
+        """A spot is valid for a system when it has a shot valid on both systems, or when it
+        has shots and the other system has none (that spot is then unpaired anyway)."""
+        both = self.paired()
+        out = {}
+        for system, pairing in self.pairing.items():
+            others = [p for s, p in self.pairing.items() if s != system]
+            other_has = any(p.valid.any() for p in others)
+            out[system] = both.size > 0 or (pairing.valid.any() and not other_has)
+        return out
+
+    def why(self) -> str:
+        """What went wrong with the burst, per system ("ok" when nothing)."""
+        parts = []
+        for system, p in self.pairing.items():
+            bad = [REASONS[int(r)] for r in p.reason if r]
+            if bad:
+                parts.append(f"{system}: {', '.join(sorted(set(bad)))}")
+        return "; ".join(parts) or "ok"
+
+
+@dataclass(frozen=True)
+class SpotResult:
+    """What one system keeps of a step-and-shoot spot: its spectrum (raw counts; the rounded
+    mean of the shots used), the index of the first frame used among the burst's frames and
+    that frame's device time; or, for an invalid spot, why (spectrum None, frame -1)."""
+
+    spectrum: np.ndarray | None
+    frame: int = -1
+    timestamp_s: float = float("nan")
+    reason: str = ""
+
+
+def reduce_spot(burst: BurstPairing) -> dict[str, SpotResult]:
+    """The spot of a burst of ``shots_per_spot`` shots, per system (see the module doc)."""
+    both = burst.paired()
+    ok = burst.spot_valid()
+    out = {}
+    for system, p in burst.pairing.items():
+        if not ok[system]:
+            bad = sorted({REASONS[int(r)] for r in p.reason if r} or {"unpaired"})
+            out[system] = SpotResult(None, reason=", ".join(bad))
+            continue
+        f = burst.frames[system]
+        frames_used = p.frame_of_shot[both if both.size else np.flatnonzero(p.valid)]
+        counts = f.counts[frames_used]
+        spectrum = (counts[0] if counts.shape[0] == 1 else
+                    np.rint(counts.mean(axis=0)).astype(np.uint16))
+        first = int(frames_used[0])
+        out[system] = SpotResult(spectrum, first, float(f.timestamps_s[first]))
+    return out
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """What one system keeps of a fly pass, per shot (= spot) in shot order: ``kept`` and,
+    where kept, ``frame_of_shot`` (index among the pass's frames); ``reasons`` the shots lost,
+    as (shot, why)."""
+
+    kept: np.ndarray
+    frame_of_shot: np.ndarray
+    reasons: list[tuple[int, str]]
+
+
+def reduce_pass(burst: BurstPairing) -> dict[str, PassResult]:
+    """The spots of a fly pass, one shot each, per system (see the module doc)."""
+    out = {}
+    for system, p in burst.pairing.items():
+        other = [q.valid for s, q in burst.pairing.items() if s != system]
+        kept = p.valid & (np.logical_and.reduce(other) | ~np.logical_or.reduce(other))
+        lost = [(int(j), REASONS[int(p.reason[j])] if p.reason[j] else "unpaired")
+                for j in np.flatnonzero(~kept)]
+        out[system] = PassResult(kept, p.frame_of_shot, lost)
+    return out
+
+
 __all__ = [
     "REASONS",
     "SHOT_AMBIGUOUS",
     "SHOT_DUPLICATE",
     "SHOT_MISSING",
     "SHOT_OK",
+    "BurstPairing",
     "Pairer",
+    "PassResult",
+    "SpotResult",
     "SystemPairing",
     "assign",
+    "reduce_pass",
+    "reduce_spot",
 ]

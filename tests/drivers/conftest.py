@@ -1,0 +1,36 @@
+"""Fixtures shared by the driver tests: simulated spectrographs (built once per session) and
+the check that a test leaves no emulator thread running."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from plumelink.drivers.sim.spectrograph import InstrumentProfile, Spectrograph
+
+
+@pytest.fixture(scope="session")
+def spectrograph() -> Callable[[str], Spectrograph]:
+    """``spectrograph(name)``: the simulated spectrograph of a shipped instrument profile."""
+    built: dict[str, Spectrograph] = {}
+
+    def get(name: str) -> Spectrograph:
+        if name not in built:
+            built[name] = Spectrograph(InstrumentProfile.load(name))
+        return built[name]
+
+    return get
+
+
+def _emulator_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if "emulator" in t.name}
+
+
+@pytest.fixture
+def no_leaks() -> Iterator[None]:
+    """Fails a test that leaves an emulator thread behind (a bench not closed)."""
+    before = _emulator_threads()
+    yield
+    assert _emulator_threads() - before == set()
