@@ -209,7 +209,7 @@ class ScanController:
         self.session = session
         self.running: RunningScan | None = None
         self.live_transfer: LiveTransfer | None = None
-        self.transfer: Any = None  # a BlockTransfer (PackageTransfer) or None
+        self.transfer: Any = None  # the loaded model (a PackageTransfer) or None
         self.error = ""
         self._subscriber: threading.Thread | None = None
 
