@@ -143,6 +143,8 @@ class PackageLineTransfer(LineTransfer):
 
     folds = True
 
+    model: PackageTransfer
+
     def __init__(self, model: PackageTransfer, block_spots: int = 4096) -> None:
         super().__init__(model, block_spots)
         self._scalers: dict[int, tuple[SpectralScaler, np.ndarray, np.ndarray]] = {}

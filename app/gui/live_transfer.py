@@ -11,7 +11,7 @@ import collections
 import logging
 import queue
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,7 +20,11 @@ from plumelink.pipeline.raster_line import RasterLine
 
 from .live_model import LiveModel
 
+if TYPE_CHECKING:
+    from plumelink.models.evaluate import PackageTransfer
+
 log = logging.getLogger(__name__)
+
 
 class LiveTransfer:
     """A worker thread transferring the raster lines of one map as they arrive.
@@ -30,7 +34,8 @@ class LiveTransfer:
     is done (the benchmark's reference design).
     """
 
-    def __init__(self, transfer: Any, model: LiveModel, *, two_steps: bool = True) -> None:
+    def __init__(self, transfer: PackageTransfer, model: LiveModel, *,
+                 two_steps: bool = True) -> None:
         self.transfer = transfer
         self.model = model
         self.error: str = ""
