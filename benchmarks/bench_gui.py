@@ -91,7 +91,7 @@ def transfer_latency(app, window, maps: dict[str, Path], model: Path, nx: int = 
     """Lines of ``nx`` spots arrive every ``period_s`` (a 1 kHz scan of 500-spot lines);
     latency = arrival in the GUI process -> the transferred map repainted with that line.
 
-    ``reference``: the earlier design, measured the same way for comparison: each line
+    ``reference``: the reference design, measured the same way for comparison: each line
     transferred whole (emissivity and confidence together), the map repainted by the paint
     timer only.
     """
@@ -107,8 +107,7 @@ def transfer_latency(app, window, maps: dict[str, Path], model: Path, nx: int = 
                        wavelength=axes)
     window.live_panel.reset_latency()
     window.live_panel.prompt_repaint = not reference
-    live = LiveTransfer(window.controller.transfer, window.model)
-    live.steps.split = live.steps.split and not reference
+    live = LiveTransfer(window.controller.transfer, window.model, two_steps=not reference)
 
     def feed() -> None:  # what the scan's subscriber thread does
         for line in lines:
@@ -136,17 +135,16 @@ def transfer_compute(maps: dict[str, Path], model: Path, nx: int = 500,
                      n_lines: int = 6) -> dict[str, float]:
     """The computation alone, no GUI (median ms per ``nx``-spot line): the whole transfer
     (emissivity and confidence) and its first step (what the transferred map waits for)."""
-    from plumelink.app.gui.live_transfer import LineSteps, load_transfer, transfer_line
+    from plumelink.models.line_transfer import load_package_transfer
 
-    transfer = load_transfer(model)
-    steps = LineSteps(transfer)
+    steps = load_package_transfer(model).line_transfer()
     lines = wide_lines(maps["test"], nx, n_lines)
     whole, first, second = [], [], []
     for line in lines:
         t0 = time.perf_counter()
-        transfer_line(transfer, line)
+        steps(line)
         t1 = time.perf_counter()
-        _, confidence = steps.spectra(line)
+        _, confidence = steps.in_two_steps(line)
         t2 = time.perf_counter()
         confidence()
         t3 = time.perf_counter()

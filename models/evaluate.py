@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -53,6 +53,9 @@ from plumelink.pipeline.emissivity import total_emissivity
 from plumelink.pipeline.map_reader import MapReader
 from plumelink.pipeline.pairs import PairedSpectra, iter_pair_blocks, preprocess_pairs
 from plumelink.pipeline.preprocess import SpectralScaler, correct_baseline
+
+if TYPE_CHECKING:
+    from plumelink.models.line_transfer import LineTransfer
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +200,12 @@ class PackageTransfer:
     def __call__(self, secondary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         primary, out = self.models.transfer(correct_baseline(secondary))
         return primary, C.confidence_from_distance(out.distances[self.confidence_method])
+
+    def line_transfer(self) -> LineTransfer:
+        """This model raster line by raster line, for one map (the live view's transfer)."""
+        from plumelink.models.line_transfer import line_transfer_for
+
+        return line_transfer_for(self)
 
 
 # -- evaluation ------------------------------------------------------------------------------

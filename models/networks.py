@@ -7,7 +7,7 @@ system only needs its own latent MLP (the shared latent space).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import pairwise
 
 import torch
@@ -182,6 +182,25 @@ class ComposedTransfer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.latent_and_output(x)[1]
+
+    def split_output_layer(self) -> tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                                          nn.Linear]:
+        """The output as (features, last): ``output = last(features(mlp(x), x))`` with
+        ``last`` one Linear, so that a caller can fold it with later linear steps. features(z,
+        x) are the decoder's last hidden layer, with the linear path's rank-r projection of x
+        appended when the decoder has a path (``last`` then joins both output factors)."""
+        decoder = self.decoder.net if self.decoder is not None else self.vae.decoder
+        if not isinstance(decoder[-1], nn.Linear):
+            raise TypeError("the decoder does not end in a linear layer")
+        hidden_layers, last = decoder[:-1], decoder[-1]
+        path = self.path
+        if path is None:
+            return (lambda z, x: hidden_layers(z)), last
+        joined = nn.Linear(last.in_features + path.rank, last.out_features)
+        with torch.no_grad():
+            joined.weight.copy_(torch.cat([last.weight, path.up.weight], dim=1))
+            joined.bias.copy_(last.bias)
+        return (lambda z, x: torch.cat([hidden_layers(z), path.down(x)], dim=1)), joined
 
 
 class OneStepMLP(nn.Module):

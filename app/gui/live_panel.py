@@ -26,9 +26,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from plumelink.models.line_transfer import load_package_transfer
+
 from .lines import strong_lines
 from .live_model import INVALID, LiveModel, Snapshot
-from .live_transfer import load_transfer
 from .map_view import MapView
 from .workers import Job, ScanController, read_spot
 
@@ -177,7 +178,7 @@ class LivePanel(QWidget):
         self.model_dir = str(model_dir)
         self.settings.setValue("live/model", self.model_dir)
         self.model_label.setText(f"loading {model_dir}…")
-        self._model_job = Job(load_transfer, model_dir, name="plumelink-load-model")
+        self._model_job = Job(load_package_transfer, model_dir, name="plumelink-load-model")
 
     def inspect(self, iy: int, ix: int) -> None:
         path = self.model.snapshot().map_path

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from plumelink.pipeline.scan import ScanConfig
 
 from .live_model import LiveModel
 from .live_transfer import LiveTransfer
+
+if TYPE_CHECKING:
+    from plumelink.models.evaluate import PackageTransfer
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +212,7 @@ class ScanController:
         self.session = session
         self.running: RunningScan | None = None
         self.live_transfer: LiveTransfer | None = None
-        self.transfer: Any = None  # a BlockTransfer (PackageTransfer) or None
+        self.transfer: PackageTransfer | None = None  # the loaded model
         self.error = ""
         self._subscriber: threading.Thread | None = None
 
@@ -285,7 +288,7 @@ class ScanController:
             if self.live_transfer is not None:
                 self.live_transfer.close()
 
-    def set_transfer(self, transfer: Any) -> None:
+    def set_transfer(self, transfer: PackageTransfer | None) -> None:
         """Use ``transfer`` for live transfer: the next scan, and the running one from its
         next line on."""
         self.transfer = transfer
@@ -340,7 +343,8 @@ def load_map(path: str | Path, model: LiveModel, stop: threading.Event | None = 
                 "lines": reader.n_lines_done, "shape": reader.shape}
 
 
-def read_spot(path: str | Path, iy: int, ix: int, transfer: Any = None) -> dict[str, Any]:
+def read_spot(path: str | Path, iy: int, ix: int,
+              transfer: PackageTransfer | None = None) -> dict[str, Any]:
     """Primary, secondary (and transferred) spectrum of one spot, read from the map file."""
     with MapReader(path, follow=True) as reader:
         if not reader.lines_done[iy]:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("pytestqt")
 
@@ -26,15 +25,12 @@ from scan_files import simulated_bench_profile, step_scan_text
 from plumelink.app import gui_command
 from plumelink.app.gui.lines import strong_lines
 from plumelink.app.gui.live_model import LiveModel, window_emission
-from plumelink.app.gui.live_transfer import LineSteps, transfer_line
 from plumelink.app.gui.main_window import MainWindow
 from plumelink.app.gui.settings import ENV, open_settings
 from plumelink.app.gui.training import TrainRun
 from plumelink.models.evaluate import PackageTransfer
-from plumelink.models.networks import SystemDecoder
 from plumelink.models.package import load_package
 from plumelink.models.train import TrainOptions, train_transfer
-from plumelink.pipeline.emissivity import total_emissivity
 from plumelink.pipeline.map_reader import MapReader
 from plumelink.pipeline.simulate import simulate_dataset
 
@@ -113,52 +109,6 @@ def test_window_emission_and_strong_lines():
     assert any(label.startswith(("Si", "Al", "Ca", "Fe", "Mg", "Na", "Li")) for _, label in labels)
 
 
-def test_transfer_line_matches_the_block_transfer(tiny_gui_model):
-    maps, model = tiny_gui_model
-    transfer = PackageTransfer(load_package(model))
-    with MapReader(maps["test"]) as reader:
-        line = reader.read_line(0)
-    out = transfer_line(transfer, line)
-    valid = line.secondary.valid
-    p, c = transfer(line.secondary.spectra[valid].astype(np.float32))
-    np.testing.assert_allclose(out.spectra[valid], p, rtol=1e-5)
-    np.testing.assert_allclose(out.confidence[valid], c, rtol=1e-5)
-    np.testing.assert_allclose(out.emissivity, total_emissivity(out.spectra, valid), rtol=1e-5)
-
-
-@pytest.mark.parametrize("linear_path", [False, True])
-def test_line_steps_give_the_transfer_in_two_steps(tiny_gui_model, linear_path):
-    maps, model = tiny_gui_model
-    package = load_package(model)
-    if linear_path:  # a fine-tuned decoder with a (non-zero) linear path from the secondary
-        system = package.systems[0]
-        n_in = package.latent_mlps[system].n_pixels
-        decoder = SystemDecoder.from_vae(package.vae, n_in, 4)
-        with torch.no_grad():
-            decoder.path.up.weight.normal_(0.0, 0.05)
-        package.decoders[system] = decoder
-    transfer = PackageTransfer(package)
-    with MapReader(maps["test"]) as reader:
-        line = reader.read_line(1)
-    line.secondary.valid[3] = False
-    steps = LineSteps(transfer)
-    assert steps.split
-    first, confidence = steps.spectra(line)
-    assert np.isnan(first.confidence).all()  # the map does not wait for it
-    whole = transfer_line(transfer, line)
-    # the emissivity from the folded output layer equals that of the decoded spectra
-    valid = line.secondary.valid
-    np.testing.assert_allclose(first.emissivity[valid], whole.emissivity[valid], rtol=1e-4,
-                               atol=1e-4 * np.abs(whole.emissivity[valid]).max())
-    last = np.flatnonzero(valid)[-1]
-    np.testing.assert_allclose(first.last_spectrum, whole.spectra[last], rtol=1e-5, atol=1e-3)
-    np.testing.assert_allclose(confidence(), whole.confidence, rtol=1e-5)
-    assert np.isnan(first.emissivity[3]) and np.isnan(confidence()[3])
-    if linear_path:  # the path is in both computations, not left out of both
-        plain = transfer_line(PackageTransfer(load_package(model)), line)
-        assert not np.allclose(plain.emissivity[valid], whole.emissivity[valid], rtol=1e-3)
-
-
 def test_live_model_grows_with_nan_for_missing_lines(tiny_gui_model):
     maps, _ = tiny_gui_model
     model = LiveModel()
@@ -171,6 +121,32 @@ def test_live_model_grows_with_nan_for_missing_lines(tiny_gui_model):
     assert np.isnan(snap.emissivity["primary"][0]).all()
     assert np.isfinite(snap.emissivity["primary"][2]).any()
     assert set(snap.latest) == {"primary", "secondary"}
+
+
+@pytest.mark.parametrize("two_steps", [True, False])
+def test_live_transfer_fills_the_transferred_and_confidence_maps(tiny_gui_model, two_steps):
+    from plumelink.app.gui.live_transfer import LiveTransfer
+
+    maps, model_dir = tiny_gui_model
+    transfer = PackageTransfer(load_package(model_dir))
+    model = LiveModel()
+    with MapReader(maps["test"]) as reader:
+        model.reset(reader.shape, x_um=reader.x_um, y_um=reader.y_um)
+        lines = [reader.read_line(iy) for iy in range(3)]
+    live = LiveTransfer(transfer, model, two_steps=two_steps)
+    for line in lines:
+        live.submit(line)
+    live.close(60.0)
+    assert live.error == ""
+    snap = model.snapshot()
+    whole = transfer.line_transfer()
+    for line in lines:
+        expected = whole(line)
+        valid = line.secondary.valid
+        np.testing.assert_allclose(snap.transferred[line.index][valid],
+                                   expected.emissivity[valid], rtol=1e-4)
+        np.testing.assert_allclose(snap.confidence[line.index], expected.confidence, rtol=1e-5)
+    assert np.isnan(snap.transferred[3:]).all() and snap.transferred_lines == 3
 
 
 # ---------------------------------------------------------------------------- scans
@@ -265,10 +241,10 @@ def test_loaded_model_transfers_line_by_line(qtbot, window, bench_profile, tmp_p
     # every line reaches the painted transferred map
     qtbot.waitUntil(lambda: len(w.live_panel.transfer_latencies_s) == 6, timeout=2000)
     snap = w.model.snapshot()
-    transfer = PackageTransfer(load_package(model))
+    lines = PackageTransfer(load_package(model)).line_transfer()
     with MapReader(out) as reader:
         for iy in range(6):
-            expected = transfer_line(transfer, reader.read_line(iy)).emissivity
+            expected = lines(reader.read_line(iy)).emissivity
             np.testing.assert_allclose(snap.transferred[iy], expected, rtol=1e-4)
     # click a spot: primary, secondary and transferred spectra
     w.live_panel.inspect(1, 2)
