@@ -381,6 +381,60 @@ def test_fly_scan_shots_land_on_their_spots(tmp_path: Path, sim_profile: Path) -
     assert result.invalid_secondary == 1 and result.invalid_primary == 0
 
 
+# shot k of a 3 x 20 fly scan: line k // 20; odd lines run backwards (column 19 - k % 20)
+@pytest.mark.parametrize("faults,lost", [
+    ({25: ShotFault.duplicate("primary")}, {}),
+    ({20: ShotFault.missed("secondary"), 25: ShotFault.duplicate("primary")},
+     {"secondary": [(1, 19)]}),
+    ({5: ShotFault.duplicate("primary"), 19: ShotFault.duplicate("secondary")}, {}),
+    ({25: ShotFault.garbage("primary")}, {"primary": [(1, 14)]}),
+    ({1: ShotFault.garbage("secondary"), 59: ShotFault.garbage("primary")},
+     {"secondary": [(0, 1)], "primary": [(2, 19)]}),
+], ids=["duplicate", "duplicate-and-missed-first", "duplicates-first-pass", "corrupt",
+        "corrupt-early-and-last"])
+def test_fly_duplicates_and_corrupt_frames_lose_only_their_own_shots(
+        tmp_path: Path, sim_profile: Path, faults, lost) -> None:
+    """A frame sent twice costs nothing; a corrupt frame costs its own shot on its own system
+    (flagged "corrupt frame"), and the scan goes on."""
+    out = tmp_path / "fly.h5"
+    scan = parse_scan(fly_scan_text(sim_profile, out), source="fly.toml")
+    reasons: list[dict[str, list[str]]] = []
+    with open_bench(sim_profile) as bench:
+        sim = bench.simulation
+        n0 = sim.next_shot_number
+        sim.inject({n0 + k: fault for k, fault in faults.items()})
+        result = acquire(scan, bench=bench, on_line=lambda e: reasons.append(e.reasons))
+        pairs, spots = check_pairs(out, sim.bus)
+    assert result.status == "complete"
+    with MapReader(out) as m:
+        for system in ("primary", "secondary"):
+            invalid = [(iy, int(ix)) for iy in range(3)
+                       for ix in np.flatnonzero(~getattr(m.read_line(iy), system).valid)]
+            assert invalid == lost.get(system, []), system
+    corrupt = [why for r in reasons for system in r for why in r[system]]
+    if any(f.kind.value == "garbage" for f in faults.values()):
+        assert corrupt and all(why.endswith("corrupt frame") for why in corrupt)
+    assert pairs == spots - sum(len(v) for v in lost.values())
+
+
+def test_a_device_clock_that_wraps_mid_scan_is_followed(tmp_path: Path,
+                                                        sim_profile: Path) -> None:
+    """The primary's u32 time label wraps during the scan's second pass: no spot is lost and
+    the stored device times go on past the wrap."""
+    out = tmp_path / "fly.h5"
+    scan = parse_scan(fly_scan_text(sim_profile, out, ny=4), source="fly.toml")
+    with open_bench(sim_profile) as bench:
+        sim = bench.simulation
+        sim.inject({sim.next_shot_number: ShotFault.clock_wrap("primary", after_s=0.03)})
+        result = acquire(scan, bench=bench)
+        pairs, spots = check_pairs(out, sim.bus)
+        wrap_s = (1 << 32) * 1e-5
+    assert result.status == "complete" and (pairs, spots) == (80, 80)
+    with MapReader(out) as m:
+        first, last = m.read_line(0).primary.timestamp_s, m.read_line(3).primary.timestamp_s
+    assert np.nanmin(first) < wrap_s < np.nanmin(last)
+
+
 def test_an_error_setting_up_the_next_pass_keeps_the_pass_just_shot(tmp_path: Path,
                                                                     sim_profile: Path) -> None:
     """The next pass is set up while this pass's frames are read out: a stage error there
