@@ -19,6 +19,7 @@ from plumelink.app.arguments import (
     non_negative_int,
     positive_int,
 )
+from plumelink.pipeline.map_layout import MapFileError
 
 log = logging.getLogger("plumelink")
 
@@ -254,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, MapFileError) as exc:  # bad input: said in words, no traceback
         print(f"plumelink {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

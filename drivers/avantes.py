@@ -189,14 +189,32 @@ def declare_signatures(library: Any) -> None:
         function.restype = restype
 
 
-def unwrap_ticks(raw: int, previous_raw: int | None, wraps: int) -> tuple[float, int]:
-    """Convert one u32 10-µs time label to seconds, counting wrap-arounds (every ~11.9 h).
+class DeviceClock:
+    """The unit's u32 10-µs time label as seconds on one continuous clock (wraps every
+    ~11.9 h), kept for the whole connection: a wrap between two arms must not send the clock
+    back, or the pairing's learnt clock offsets would all be wrong from then on.
 
-    Returns (seconds, wraps); a label smaller than the previous one means the counter wrapped.
+    A label more than half the counter's range below the latest one means the counter
+    wrapped; one more than half above it is a late frame from before the last wrap.
     """
-    if previous_raw is not None and raw < previous_raw:
-        wraps += 1
-    return (raw + wraps * TIMESTAMP_WRAP) * TIMESTAMP_TICK_S, wraps
+
+    def __init__(self) -> None:
+        self.latest_raw: int | None = None
+        self.wraps = 0
+
+    def seconds(self, raw: int) -> float:
+        wraps = self.wraps
+        if self.latest_raw is not None:
+            step = raw - self.latest_raw
+            if step < -(TIMESTAMP_WRAP // 2):
+                self.wraps = wraps = wraps + 1
+            elif step > TIMESTAMP_WRAP // 2 and wraps:
+                return (raw + (wraps - 1) * TIMESTAMP_WRAP) * TIMESTAMP_TICK_S
+            if step < -(TIMESTAMP_WRAP // 2) or step > 0:
+                self.latest_raw = raw
+        else:
+            self.latest_raw = raw
+        return (raw + wraps * TIMESTAMP_WRAP) * TIMESTAMP_TICK_S
 
 
 def frame_gaps(
@@ -264,8 +282,11 @@ class AvaSpec:
         # one block per arm, filled row by row (rounded to counts as each frame arrives)
         self._counts = np.zeros((0, 0), np.uint16)
         self._stamps = np.zeros(0, np.float64)
-        self._last_raw: int | None = None
-        self._wraps = 0
+        self._clock = DeviceClock()
+        self.bad_frames = 0  # frames of the last arm the library returned as invalid data
+        self.duplicates_dropped = 0  # exact copies of a frame, dropped (since the last arm)
+        self._last_label: int | None = None  # raw time label of the last frame kept
+        self._corrupt_unread = 0  # bad frames not yet reported by read_frames
         try:
             self._connect(serial)
             n = self.num_pixels
@@ -389,33 +410,47 @@ class AvaSpec:
         self._counts = np.empty((n_frames, self.n_active), np.uint16)
         self._stamps = np.empty(n_frames, np.float64)
         self._received = self._returned = 0
-        self._last_raw = None
-        self._wraps = 0
+        self.bad_frames = self.duplicates_dropped = self._corrupt_unread = 0
+        self._last_label = None
         self._stop.clear()
         self._armed = n_frames
         self._call("AVS_Measure", self._handle, None, n_frames)
         self._measuring = True
 
     def _drain(self) -> None:
-        """Fetch every frame the library has ready, without waiting."""
+        """Fetch every frame the library has ready, without waiting.
+
+        An exact copy of the frame just read (same time label, same counts) is dropped, so a
+        frame sent twice never takes the place of the burst's last real frame. A frame the
+        library returns as invalid data (AVS code -8) is that shot's loss, counted in
+        ``bad_frames``, not the scan's: the shot then has no frame on this unit."""
         stamp = c_uint32(0)
         data = (c_double * self.num_pixels)()  # full size: safe whatever the library fills
         view = np.ctypeslib.as_array(data)[: self.n_active]
         while (
             self._measuring
-            and self._received < self._armed
+            and self._received + self.bad_frames < self._armed
             and self._call("AVS_PollScan", self._handle) == 1
         ):
-            self._call("AVS_GetScopeData", self._handle, ctypes.byref(stamp), data)
+            try:
+                self._call("AVS_GetScopeData", self._handle, ctypes.byref(stamp), data)
+            except ProtocolError as exc:
+                self.bad_frames += 1
+                self._corrupt_unread += 1
+                log.warning("%s: frame %d dropped: %s", self.device, self._received, exc)
+                continue
             # rounded to counts in the library's own buffer, while it is in cache
             np.rint(view, out=view)
             if view.min() < 0 or view.max() > 65535:  # cheaper than clipping every frame
                 np.clip(view, 0, 65535, out=view)
             k = self._received
+            raw = int(stamp.value)
+            if k > 0 and raw == self._last_label and np.array_equal(self._counts[k - 1], view):
+                self.duplicates_dropped += 1
+                continue
             self._counts[k] = view
-            t, self._wraps = unwrap_ticks(int(stamp.value), self._last_raw, self._wraps)
-            self._last_raw = int(stamp.value)
-            self._stamps[k] = t
+            self._stamps[k] = self._clock.seconds(raw)
+            self._last_label = raw
             self._received = k + 1
 
     def wait_frames(self, timeout_s: float | None = None) -> int:
@@ -426,7 +461,7 @@ class AvaSpec:
         deadline = time.monotonic() + timeout
         while True:
             self._drain()
-            if self._received >= self._armed:
+            if self._received + self.bad_frames >= self._armed:
                 return self._received - self._returned
             if self._stop.is_set():
                 raise InstrumentError(
@@ -447,11 +482,13 @@ class AvaSpec:
         self._drain()
         first, stop = self._returned, self._received
         self._returned = stop
+        corrupt, self._corrupt_unread = self._corrupt_unread, 0
         # views of this arm's block: the next arm fills a new one
         return Frames(
             self._counts[first:stop],
             self._stamps[first:stop],
             np.arange(first, stop, dtype=np.int64),
+            corrupt,
         )
 
     def disarm(self) -> None:

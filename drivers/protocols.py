@@ -104,11 +104,14 @@ class Frames:
     ``timestamps_s`` is the device's own clock in seconds (unwrapped, monotonic within one
     arm); ``counters`` numbers the frames received since ``arm`` (0, 1, ...), counted by the
     driver, so a missing frame shows only as a timestamp gap, never as a counter gap.
+    ``corrupt`` counts the frames the device returned as invalid data since the last read:
+    their shots are unknown and show as missing.
     """
 
     counts: np.ndarray
     timestamps_s: np.ndarray
     counters: np.ndarray
+    corrupt: int = 0
 
     def __len__(self) -> int:
         return int(self.counts.shape[0])

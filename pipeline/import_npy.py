@@ -167,6 +167,24 @@ def _lines(
         )
 
 
+def _check_counts(spectra: Mapping[str, Mapping[str, np.ndarray]], block: int = 4096) -> None:
+    """Integer inputs must be raw counts (0..65535): checked on every file before the first
+    map is written, block by block (the files may be memory-mapped and large)."""
+    for split, systems in spectra.items():
+        if _store_dtype(*systems.values()) == "float32":
+            continue
+        for name, array in systems.items():
+            for start in range(0, array.shape[0], block):
+                rows = np.asarray(array[start : start + block])
+                if rows.size and (rows.min() < 0 or rows.max() > _UINT16_MAX):
+                    bad = np.flatnonzero((rows < 0).any(axis=1) | (rows > _UINT16_MAX).any(axis=1))
+                    raise ValueError(
+                        f"{_FOREIGN[name]}_{split}.npy, row {start + int(bad[0])}: counts range "
+                        f"from {rows.min()} to {rows.max()}, outside 0..{_UINT16_MAX}; the map "
+                        "store keeps integer spectra as raw uint16 counts and plumelink does "
+                        "not rescale them; nothing was written")
+
+
 def _store_dtype(*arrays: np.ndarray) -> str:
     """uint16 for integer data (raw counts), float32 as soon as either system is float."""
     return "float32" if any(a.dtype.kind == "f" for a in arrays) else "uint16"
@@ -196,6 +214,7 @@ def import_npy(
         raise ValueError(f"step must be a positive number, got {step}")
     dims = _check_dims(dims)
     axes, spectra = _open_inputs(directory, dims)
+    _check_counts(spectra)
     out.mkdir(parents=True, exist_ok=True)
     total = sum(ny * nx for ny, nx in dims.values())
     done = 0
@@ -235,8 +254,9 @@ def import_npy(
                     done += nx
                     if progress is not None:
                         progress(done, total)
-        except BaseException:
-            path.unlink(missing_ok=True)
+        except BaseException:  # no complete-looking part of an import is left behind
+            for written in (path, *paths.values()):
+                written.unlink(missing_ok=True)
             raise
         log.info("imported %s: %d x %d spots -> %s", split, ny, nx, path)
         paths[split] = path

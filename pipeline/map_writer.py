@@ -397,9 +397,11 @@ class MapWriter:
                 done = entry[L.COLUMNS_DONE][()].astype(bool)
                 if done.all():  # killed between the last column's flag and the rows' flags
                     entry["lines_done"][:] = 1
-            if done.all():
+            status = bytes(entry["status"][()]).rstrip(b"\0").decode("ascii", "replace")
+            if done.all() and status == L.STATUS_COMPLETE:
                 raise L.MapFileError(
-                    f"cannot resume {L.describe(path)}: all {done.size} lines are written"
+                    f"cannot resume {L.describe(path)}: it is complete, all {done.size} lines "
+                    f"are written"
                 )
             entry = file[L.ENTRY]
             entry["status"][()] = np.bytes_(_fixed_bytes(L.STATUS_RUNNING, L.STATUS_LEN))
@@ -436,6 +438,16 @@ class MapWriter:
     def vertical(self) -> bool:
         """True for a map whose raster lines are columns (vertical orders, `append_column`)."""
         return self._columns_done is not None
+
+    def next_ids(self) -> tuple[int, dict[str, int]]:
+        """One past the largest shot id and each system's largest frame id in the map (0 for
+        an empty one): where a resumed scan's ids go on, so ids stay unique within a map."""
+        def after(dataset: h5py.Dataset) -> int:
+            ids = dataset[()]
+            return int(ids.max()) + 1 if ids.size and ids.max() >= 0 else 0
+
+        h = self._h
+        return after(h.shot_id), {s: after(h.systems[s].frame_id) for s in L.SYSTEMS}
 
     @property
     def raster_lines_done(self) -> np.ndarray:

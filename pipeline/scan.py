@@ -260,6 +260,9 @@ def load_scan(path: str | Path, *, check_bench: bool = True) -> ScanConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScanError(f"cannot read scan file {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ScanError(f"{path}: not a scan file: it is not UTF-8 text (byte {exc.start} is "
+                        f"0x{exc.object[exc.start]:02x}); a scan is a TOML text file") from None
     return parse_scan(text, source=str(path), base_dir=path.parent, check_bench=check_bench)
 
 

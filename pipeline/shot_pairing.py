@@ -33,9 +33,10 @@ SHOT_OK = 0
 SHOT_MISSING = 1  # no frame arrived for this shot
 SHOT_DUPLICATE = 2  # two different frames claim the shot
 SHOT_AMBIGUOUS = 3  # frames arrived but their shots cannot be known with certainty
+SHOT_CORRUPT = 4  # missing, and the device returned as many corrupt frames in the burst
 
 REASONS = {SHOT_OK: "ok", SHOT_MISSING: "missing", SHOT_DUPLICATE: "duplicate",
-           SHOT_AMBIGUOUS: "ambiguous"}
+           SHOT_AMBIGUOUS: "ambiguous", SHOT_CORRUPT: "corrupt frame"}
 
 TOLERANCE = 0.25  # of a period: how far a timestamp may sit from its shot's slot
 
@@ -128,6 +129,20 @@ def assign(frames: Frames, n_shots: int, period_s: float, anchor_s: float | None
                          int(t.size) - assigned)
 
 
+def _complete(p: SystemPairing) -> bool:
+    """Every shot has its own frame and no frame is left over."""
+    return p.self_anchored and bool(p.valid.all()) and p.discarded == 0
+
+
+def _corrupt(p: SystemPairing, corrupt: int) -> SystemPairing:
+    """Missing shots say "corrupt frame" when the device returned at least as many corrupt
+    frames in the burst (which of the missing shots they were is unknown)."""
+    missing = p.reason == SHOT_MISSING
+    if corrupt <= 0 or not 0 < missing.sum() <= corrupt:
+        return p
+    return replace(p, reason=np.where(missing, np.uint8(SHOT_CORRUPT), p.reason))
+
+
 def _ambiguous(frames: Frames, n_shots: int) -> SystemPairing:
     reason = np.full(n_shots, SHOT_AMBIGUOUS if len(frames) else SHOT_MISSING, dtype=np.uint8)
     return SystemPairing(np.full(n_shots, -1, dtype=np.int64), reason, None, False, len(frames))
@@ -141,6 +156,8 @@ class Pairer:
     systems: tuple[str, ...] = ("primary", "secondary")
     offsets_s: dict[str, float] = field(default_factory=dict)
     max_offset_jump: float = TOLERANCE  # periods; a larger change is logged by the caller
+    clock_jumps: int = 0  # times the offsets were learnt again after a clock jump
+    _new_offsets: dict[str, float] | None = field(default=None, repr=False)
 
     def pair(self, frames: dict[str, Frames], n_shots: int, period_s: float
              ) -> dict[str, SystemPairing]:
@@ -155,10 +172,17 @@ class Pairer:
         first = self.systems[0]
         own = {s: assign(frames[s], n_shots, period_s, None) for s in self.systems}
         if self._conflict(own, period_s):
-            # Self-anchored systems disagree with the clock offsets learnt so far: one of them
-            # anchored on a stray frame (e.g. a late frame of an earlier burst) and nothing
-            # says which, so no frame of this burst is trusted.
-            return {s: _ambiguous(frames[s], n_shots) for s in self.systems}
+            # Self-anchored systems disagree with the clock offsets learnt so far: either one
+            # of them anchored on a stray frame (a late frame of an earlier burst) or a device
+            # clock jumped (a unit restarted). Nothing in this burst says which, so none of
+            # its frames is trusted; a jump is accepted, and the offsets learnt again, when
+            # the next burst, whole on every system, shows the same new offsets.
+            if not self._jump_confirmed(own, period_s):
+                return {s: _ambiguous(frames[s], n_shots) for s in self.systems}
+            self.offsets_s.clear()
+            self.clock_jumps += 1
+        else:
+            self._new_offsets = None
         # learn clock offsets from systems that anchored themselves
         if own[first].self_anchored:
             for s in self.systems[1:]:
@@ -175,7 +199,18 @@ class Pairer:
                 out[s] = own[s]
                 continue
             out[s] = assign(frames[s], n_shots, period_s, reference + offset)
-        return out
+        return {s: _corrupt(p, frames[s].corrupt) for s, p in out.items()}
+
+    def _jump_confirmed(self, own: dict[str, SystemPairing], period_s: float) -> bool:
+        if not all(_complete(own[s]) for s in self.systems):
+            self._new_offsets = None
+            return False
+        first = self.systems[0]
+        offsets = {s: own[s].anchor_s - own[first].anchor_s  # type: ignore[operator]
+                   for s in self.systems[1:]}
+        seen, self._new_offsets = self._new_offsets, offsets
+        return seen is not None and all(abs(offsets[s] - seen[s]) <= TOLERANCE * period_s
+                                        for s in offsets)
 
     def _conflict(self, own: dict[str, SystemPairing], period_s: float) -> bool:
         first = self.systems[0]
@@ -294,6 +329,7 @@ def reduce_pass(burst: BurstPairing) -> dict[str, PassResult]:
 __all__ = [
     "REASONS",
     "SHOT_AMBIGUOUS",
+    "SHOT_CORRUPT",
     "SHOT_DUPLICATE",
     "SHOT_MISSING",
     "SHOT_OK",

@@ -108,6 +108,7 @@ class _Frame:
     ticks: int
     data: np.ndarray
     ready_at: float = 0.0
+    invalid: bool = False  # AVS_GetScopeData returns ERR_INVALID_MEAS_DATA for it
 
 
 class AvaSpecFake:
@@ -156,6 +157,7 @@ class AvaSpecFake:
         self._lock = threading.RLock()
         self._miss = 0
         self._duplicate = False
+        self._garble = False
         self._delay_s = 0.0
         self._failures: list[tuple[str | None, int]] = []
         for name in (
@@ -174,6 +176,11 @@ class AvaSpecFake:
 
     def duplicate_next_frame(self) -> None:
         self._duplicate = True
+
+    def garble_next_frame(self) -> None:
+        """The next frame is corrupt: AVS_GetScopeData returns ERR_INVALID_MEAS_DATA for it
+        and the frame is gone (the unit itself goes on measuring)."""
+        self._garble = True
 
     def delay_next_frame(self, seconds: float) -> None:
         """The next frame becomes visible to AVS_PollScan only ``seconds`` of wall time late."""
@@ -243,9 +250,9 @@ class AvaSpecFake:
         ready = time.monotonic() + self._delay_s
         self._delay_s = 0.0
         copies = 2 if self._duplicate else 1
-        self._duplicate = False
+        invalid, self._duplicate, self._garble = self._garble, False, False
         for _ in range(copies):
-            self._queue.append(_Frame(ticks, data, ready))
+            self._queue.append(_Frame(ticks, data, ready, invalid))
         self.remaining -= 1
 
     # --- exports ---------------------------------------------------------------------------
@@ -359,6 +366,10 @@ class AvaSpecFake:
             return ERR_INVALID_MEAS_DATA
         out = _as_array(buffer, np.float64)
         frame = self._queue.popleft()
+        if frame.invalid:
+            if not self._queue and self.remaining <= 0:
+                self.measuring = False
+            return ERR_INVALID_MEAS_DATA
         out[: frame.data.shape[0]] = frame.data
         _target(stamp).value = frame.ticks
         if not self._queue and self.remaining <= 0:

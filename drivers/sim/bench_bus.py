@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from .avaspec_fake import ERR_INVALID_MEAS_DATA, TICK_S, AvaSpecFake
+from .avaspec_fake import TICK_S, AvaSpecFake
 from .dg645_emulator import DG645Emulator, Shot
 from .serial_link import Fault
 
@@ -97,19 +97,22 @@ class FaultKind(enum.Enum):
     MISSED_TRIGGER = "missed_trigger"  # spectrometer(s): no frame for this shot
     DUPLICATE_FRAME = "duplicate_frame"  # spectrometer(s): this shot's frame arrives twice
     LATE_FRAME = "late_frame"  # spectrometer(s): this frame (and the queue behind it) is late
-    GARBAGE = "garbage"  # DDG/stage: next reply is garbage; spectrometer: next call -8
+    GARBAGE = "garbage"  # DDG/stage: next reply is garbage; spectrometer: a corrupt frame
     TIMEOUT = "timeout"  # DDG/stage: next reply dropped; spectrometer: no more frames this arm
     DISCONNECT = "disconnect"  # the device's link drops (spectrometer: every call fails)
+    CLOCK_WRAP = "clock_wrap"  # spectrometer: its u32 clock is set to wrap delay_s later
 
 
-_SPECTROMETER_ONLY = {FaultKind.MISSED_TRIGGER, FaultKind.DUPLICATE_FRAME, FaultKind.LATE_FRAME}
+_SPECTROMETER_ONLY = {FaultKind.MISSED_TRIGGER, FaultKind.DUPLICATE_FRAME, FaultKind.LATE_FRAME,
+                      FaultKind.CLOCK_WRAP}
 
 
 @dataclass(frozen=True)
 class ShotFault:
     """One fault applied when a shot fires. ``target`` is a spectrometer role, ``"spectrometers"``
-    (every spectrometer), ``"delay_generator"`` or ``"stage"``; ``delay_s`` (real seconds) is
-    how late a LATE_FRAME arrives."""
+    (every spectrometer), ``"delay_generator"`` or ``"stage"``; ``delay_s`` is how late a
+    LATE_FRAME arrives (real seconds), or how long after this shot a CLOCK_WRAP's counter
+    wraps (simulated seconds of the device's clock)."""
 
     kind: FaultKind
     target: str = ALL_SPECTROMETERS
@@ -122,6 +125,8 @@ class ShotFault:
             raise ValueError(f"{self.kind.value} applies to spectrometers, not {self.target}")
         if self.kind is FaultKind.LATE_FRAME and not self.delay_s > 0:
             raise ValueError("a late frame needs delay_s > 0")
+        if self.kind is FaultKind.CLOCK_WRAP and not self.delay_s >= 0:
+            raise ValueError("a clock wrap needs delay_s >= 0")
 
     @classmethod
     def missed(cls, target: str = ALL_SPECTROMETERS) -> ShotFault:
@@ -146,6 +151,13 @@ class ShotFault:
     @classmethod
     def disconnect(cls, target: str) -> ShotFault:
         return cls(FaultKind.DISCONNECT, target)
+
+    @classmethod
+    def clock_wrap(cls, target: str, after_s: float) -> ShotFault:
+        """The unit's 32-bit time label wraps ``after_s`` of device time after this shot (the
+        clock is set there at this shot, before the pairing has learnt anything of it, when
+        injected on a scan's first shot)."""
+        return cls(FaultKind.CLOCK_WRAP, target, after_s)
 
 
 class FaultPlan:
@@ -442,7 +454,7 @@ class TriggerBus:
             if not record.triggered:
                 continue
             for tap in self.taps.values():
-                copies = (self._apply_spectrometer_faults(tap, record.faults)
+                copies = (self._apply_spectrometer_faults(tap, record)
                           if record.faults else 1)
                 row = rows.get(record.number)
                 if row is not None and tap.role in spectra:
@@ -458,12 +470,11 @@ class TriggerBus:
                         record.copies[tap.role] = copies
                         self._by_label[(tap.role, ticks)] = record.number
 
-    def _apply_spectrometer_faults(self, tap: SpectrometerTap,
-                                   faults: tuple[ShotFault, ...]) -> int:
+    def _apply_spectrometer_faults(self, tap: SpectrometerTap, record: ShotRecord) -> int:
         """Set the fake up for this shot's faults; returns how many copies its frame has."""
         fake = tap.fake
         copies = 1
-        for fault in faults:
+        for fault in record.faults:
             if fault.target not in (tap.role, ALL_SPECTROMETERS):
                 continue
             if fault.kind is FaultKind.MISSED_TRIGGER:
@@ -474,11 +485,14 @@ class TriggerBus:
             elif fault.kind is FaultKind.LATE_FRAME:
                 fake.delay_next_frame(fault.delay_s)
             elif fault.kind is FaultKind.GARBAGE:
-                fake.fail_next_call(ERR_INVALID_MEAS_DATA)
+                fake.garble_next_frame()
             elif fault.kind is FaultKind.TIMEOUT:
                 fake.stop_frames()
             elif fault.kind is FaultKind.DISCONNECT:
                 fake.disconnect()
+            elif fault.kind is FaultKind.CLOCK_WRAP:
+                wrap_s = _WRAP * TICK_S - fake.start_ticks * TICK_S
+                tap.clock_offset_s = wrap_s - fault.delay_s - record.time_s
         return copies
 
     def _dark_row(self, tap: SpectrometerTap) -> np.ndarray:

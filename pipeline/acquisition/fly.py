@@ -80,7 +80,8 @@ class FlyProcedure(LineProcedure):
         s = self.shooting
         burst = s.readout.read(line.n_spots, status, period_s)
         record = LineRecord(line, s.n_px)
-        record.put_pass(burst, reduce_pass(burst), s.readout.first_frame)
+        record.put_pass(burst, reduce_pass(burst), s.readout.first_frame,
+                        s.readout.first_shot)
         return ShotLine(record.finish(), record.reasons, deferred)
 
     def _arm_trigger(self, line: LinePlan) -> None:

@@ -22,12 +22,15 @@ class LineRecord:
         self.frame_id = {s: np.full(n, -1, np.int64) for s in SYSTEMS}
         self.timestamp_s = {s: np.full(n, np.nan) for s in SYSTEMS}
         self.x_measured_um, self.y_measured_um = np.full(n, np.nan), np.full(n, np.nan)
+        self.shot_id = np.full(n, -1, np.int64)
         self.reasons: dict[str, list[str]] = {s: [] for s in SYSTEMS}
 
     def put_spot(self, col: int, spot: dict[str, SpotResult], first_frame: dict[str, int],
-                 at_um: tuple[float, float]) -> None:
-        """A step-and-shoot spot at storage position ``col``, shot with the stage at ``at_um``."""
+                 at_um: tuple[float, float], first_shot: int) -> None:
+        """A step-and-shoot spot at storage position ``col``, shot with the stage at ``at_um``
+        by the burst whose first shot is the map's shot ``first_shot``."""
         self.x_measured_um[col], self.y_measured_um[col] = at_um
+        self.shot_id[col] = first_shot
         for system in SYSTEMS:
             result = spot[system]
             if result.spectrum is None:
@@ -39,11 +42,13 @@ class LineRecord:
             self.timestamp_s[system][col] = result.timestamp_s
 
     def put_pass(self, burst: BurstPairing, passed: dict[str, PassResult],
-                 first_frame: dict[str, int]) -> None:
-        """A fly pass, one shot per spot; positions are the trigger positions (the plan's)."""
+                 first_frame: dict[str, int], first_shot: int) -> None:
+        """A fly pass, one shot per spot, its first shot the map's shot ``first_shot``;
+        positions are the trigger positions (the plan's)."""
         line = self.line
         cols = line.storage_index
         self.x_measured_um[cols], self.y_measured_um[cols] = line.x_um, line.y_um
+        self.shot_id[cols] = first_shot + np.arange(cols.size, dtype=np.int64)
         for system in SYSTEMS:
             result, frames = passed[system], burst.frames[system]
             kept = result.frame_of_shot[result.kept]
@@ -59,13 +64,10 @@ class LineRecord:
         systems = {s: SystemLine(self.spectra[s], self.valid[s], self.frame_id[s],
                                  self.timestamp_s[s]) for s in SYSTEMS}
         order = np.argsort(line.storage_index)
-        shot_id = np.empty(line.n_spots, np.int64)
-        shot_id[line.storage_index] = (line.first_shot + line.shots_per_spot
-                                       * np.arange(line.n_spots, dtype=np.int64))
         return RasterLine(
             index=line.index, x_um=line.x_um[order].astype(np.float64),
             y_um=line.y_um[order].astype(np.float64), x_measured_um=self.x_measured_um,
-            y_measured_um=self.y_measured_um, shot_id=shot_id,
+            y_measured_um=self.y_measured_um, shot_id=self.shot_id,
             primary=systems["primary"], secondary=systems["secondary"])
 
 

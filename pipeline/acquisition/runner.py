@@ -127,18 +127,25 @@ class Runner:
         writer = self._open_writer(bench)
         tally = _Tally(time.monotonic(), self.plan.n_lines)
         stage = StageMotion(bench, self.handle, self.scan.stage.speed_um_s)
-        readout = Readout(bench.spectrometers, 1.0 / self.scan.rate_hz)
+        next_shot, next_frame = writer.next_ids() if self.resume else (0, None)
+        readout = Readout(bench.spectrometers, 1.0 / self.scan.rate_hz, next_shot=next_shot,
+                          next_frame=next_frame)
         sink: LineSink | None = None
         status, reason = L.STATUS_COMPLETE, ""
         try:
             done = writer.raster_lines_done
-            procedure = self._set_up(bench, stage, readout, done, tally)
-            # a vertical order's raster line is a column at fixed x of the (ny, nx) map
-            append = writer.append_column if self.plan.line_axis == "x" else writer.append_line
-            sink = LineSink(append, self.events.publish)
-            self._shoot(procedure, sink, done, tally, readout)
-            sink.close()
-            sink.raise_error()
+            if done.all():  # a writer that ended after its last line but before closing
+                log.info("%s: every line is written already; closing it as complete",
+                         self.path)
+            else:
+                procedure = self._set_up(bench, stage, readout, done, tally)
+                # a vertical order's raster line is a column at fixed x of the (ny, nx) map
+                append = (writer.append_column if self.plan.line_axis == "x"
+                          else writer.append_line)
+                sink = LineSink(append, self.events.publish)
+                self._shoot(procedure, sink, done, tally, readout)
+                sink.close()
+                sink.raise_error()
         except BaseException as exc:
             status = L.STATUS_INTERRUPTED
             reason = self.handle.reason if isinstance(exc, ScanAborted) else (

@@ -35,11 +35,13 @@ class StepAndShoot(LineProcedure):
             s.handle.check()
             at = self._first_at if j == 0 else self._go(line, j)
             burst = self._burst(line.shots_per_spot)
+            ids = s.readout.first_shot, dict(s.readout.first_frame)
             if s.scan.reshoot_invalid and not all(burst.spot_valid().values()):
                 log.info("line %d spot %d: re-shooting (%s)", line.index, j, burst.why())
-                burst = self._burst(line.shots_per_spot)
-            record.put_spot(int(line.storage_index[j]), reduce_spot(burst),
-                            s.readout.first_frame, at)
+                again = self._burst(line.shots_per_spot)
+                if _score(again) > _score(burst):
+                    burst, ids = again, (s.readout.first_shot, dict(s.readout.first_frame))
+            record.put_spot(int(line.storage_index[j]), reduce_spot(burst), ids[1], at, ids[0])
         return ShotLine(record.finish(), record.reasons)
 
     def _go(self, line: LinePlan, j: int) -> tuple[float, float]:
@@ -61,6 +63,12 @@ class StepAndShoot(LineProcedure):
         if status.aborted:
             s.handle.check()
         return s.readout.read(n_shots, status)
+
+
+def _score(burst: BurstPairing) -> tuple[bool, int]:
+    """How much of a spot a burst gives: a pair first, then the systems it is valid for (a
+    re-shoot replaces the first burst only when it gives more)."""
+    return burst.paired().size > 0, sum(burst.spot_valid().values())
 
 
 __all__ = ["StepAndShoot"]

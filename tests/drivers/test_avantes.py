@@ -19,9 +19,9 @@ from plumelink.drivers.avantes import (
     SIGNATURES,
     AvaSpec,
     AvsIdentityType,
+    DeviceClock,
     MeasConfigType,
     frame_gaps,
-    unwrap_ticks,
 )
 from plumelink.drivers.errors import (
     InstrumentError,
@@ -212,11 +212,30 @@ def test_timestamp_wraparound() -> None:
     assert np.all(frame_gaps(t, PERIOD) == 0)
 
 
-def test_unwrap_ticks_counts_wraps() -> None:
-    t, wraps = unwrap_ticks(5, (1 << 32) - 5, 0)
-    assert wraps == 1 and t == pytest.approx(((1 << 32) + 5) * 1e-5)
-    t, wraps = unwrap_ticks(10, 5, 1)
-    assert wraps == 1
+def test_device_clock_counts_wraps_and_places_late_frames_before_them() -> None:
+    clock = DeviceClock()
+    assert clock.seconds((1 << 32) - 5) == pytest.approx(((1 << 32) - 5) * 1e-5)
+    assert clock.seconds(5) == pytest.approx(((1 << 32) + 5) * 1e-5)
+    assert clock.wraps == 1
+    # a late frame from before the wrap: before it in time, and no second wrap
+    assert clock.seconds((1 << 32) - 2) == pytest.approx(((1 << 32) - 2) * 1e-5)
+    assert clock.seconds(10) == pytest.approx(((1 << 32) + 10) * 1e-5)
+    assert clock.seconds(8) == pytest.approx(((1 << 32) + 8) * 1e-5)  # slightly late: no wrap
+    assert clock.wraps == 1
+
+
+def test_the_clock_stays_continuous_across_arms_through_a_wrap() -> None:
+    fake = AvaSpecFake(start_ticks=(1 << 32) - 3000)  # wraps 30 ms after time 0
+    with AvaSpec(library=fake) as spec:
+        stamps = []
+        for burst in range(3):
+            spec.arm(2)
+            for i in range(2):
+                fake.trigger(time_s=(2 * burst + i) * PERIOD)
+            spec.wait_frames(1.0)
+            stamps.extend(spec.read_frames().timestamps_s)
+            spec.disarm()
+    np.testing.assert_allclose(np.diff(stamps), PERIOD, atol=1e-5)
 
 
 def test_missed_trigger_times_out_and_gap_is_flagged(fake: AvaSpecFake, spec: AvaSpec) -> None:
@@ -249,9 +268,12 @@ def test_duplicate_and_late_frames(fake: AvaSpecFake, spec: AvaSpec) -> None:
     fake.duplicate_next_frame()
     fake.trigger(time_s=PERIOD)
     fake.trigger(time_s=2 * PERIOD)
-    spec.wait_frames(1.0)
+    fake.trigger(time_s=3 * PERIOD)
+    assert spec.wait_frames(1.0) == 4  # the copy does not take the last frame's place
     frames = spec.read_frames()
-    assert list(frame_gaps(frames.timestamps_s, PERIOD)) == [0, 0, -1, 0]
+    assert list(frame_gaps(frames.timestamps_s, PERIOD)) == [0, 0, 0, 0]
+    np.testing.assert_allclose(frames.timestamps_s, np.arange(4) * PERIOD, atol=1e-5)
+    assert spec.duplicates_dropped == 1
 
     spec.arm(1)
     fake.delay_next_frame(0.15)
@@ -284,7 +306,7 @@ def test_disarm_from_other_thread_interrupts_wait(fake: AvaSpecFake, spec: AvaSp
     ("function", "code", "error", "meaning"),
     [
         ("AVS_PollScan", -6, InstrumentTimeout, "timeout"),
-        ("AVS_GetScopeData", -8, ProtocolError, "invalid measurement data"),
+        ("AVS_PollScan", -8, ProtocolError, "invalid measurement data"),
         ("AVS_PrepareMeasure", -16, InstrumentError, "communication error"),
         ("AVS_Measure", -99, InstrumentError, "unknown error"),
     ],
@@ -300,6 +322,20 @@ def test_error_codes_map_to_meanings(
     assert info.value.code == code and info.value.meaning == meaning
     assert info.value.command == function
     assert f"code {code} ({meaning})" in str(info.value)
+
+
+def test_a_corrupt_frame_is_counted_and_the_others_are_kept(fake: AvaSpecFake,
+                                                           spec: AvaSpec) -> None:
+    spec.arm(4)
+    for i in range(4):
+        if i == 2:
+            fake.garble_next_frame()
+        fake.trigger(time_s=i * PERIOD)
+    assert spec.wait_frames(1.0) == 3
+    frames = spec.read_frames()
+    assert frames.corrupt == 1 and spec.bad_frames == 1
+    np.testing.assert_allclose(frames.timestamps_s, np.array([0, 1, 3]) * PERIOD, atol=1e-5)
+    assert spec.read_frames().corrupt == 0  # reported once
 
 
 def test_fake_validation_codes_surface_through_driver(fake: AvaSpecFake, spec: AvaSpec) -> None:

@@ -167,6 +167,36 @@ def test_reshoot_replaces_a_missed_spot(setup) -> None:
     assert result.shots == NY * NX + 1
 
 
+@pytest.mark.parametrize("faults,kept_first", [
+    ({2: ShotFault.missed("secondary")}, False),  # the re-shoot gives the pair
+    ({2: ShotFault.missed("secondary"), 3: ShotFault.missed("spectrometers")}, True),
+], ids=["reshoot-better", "reshoot-worse"])
+def test_a_reshot_spot_stores_the_shot_its_spectra_come_from(setup, faults, kept_first) -> None:
+    """Every stored spectrum's frame comes from the shot the map's shot_id names, re-shoots
+    included; a re-shoot that gives less than the first burst does not replace it."""
+    make, bench_path, out = setup
+    with open_bench(bench_path) as bench:
+        sim = bench.simulation
+        n0 = sim.next_shot_number
+        sim.inject({n0 + k: f for k, f in faults.items()})
+        acquire(make(reshoot=True), bench=bench)
+        with MapReader(out) as m:
+            checked = 0
+            for iy in range(NY):
+                line = m.read_line(iy)
+                for system in ("primary", "secondary"):
+                    s = getattr(line, system)
+                    for ix in np.flatnonzero(s.valid):
+                        shot = sim.bus.shot_for(system, s.timestamp_s[ix])
+                        assert shot - n0 == line.shot_id[ix], (iy, ix, system)
+                        checked += 1
+            spot = m.read_line(0)  # spot 2 of line 0 (shot 2)
+            assert spot.shot_id[2] == (2 if kept_first else 3)
+            assert spot.primary.valid[2] and spot.secondary.valid[2] != kept_first
+            assert spot.shot_id[3] == 4  # the next spot: the shot after the re-shoot
+    assert checked == 2 * NY * NX - kept_first
+
+
 def test_several_shots_per_spot_average_only_shots_seen_by_both(setup) -> None:
     make, bench_path, out = setup
     with open_bench(bench_path) as bench:
@@ -246,6 +276,7 @@ def test_scan_without_settings_for_a_system_is_refused(setup) -> None:
 KILL_SCRIPT = """
 import os, signal, sys
 from plumelink.pipeline.engine import acquire
+from plumelink.pipeline.map_writer import MapWriter
 from plumelink.pipeline.scan import load_scan
 
 def on_line(event):
@@ -253,19 +284,23 @@ def on_line(event):
     if event.progress.lines_done == int(sys.argv[2]):
         os.kill(os.getpid(), signal.SIGKILL)
 
+if sys.argv[2] == "close":  # killed after the last line, before the file is closed
+    MapWriter.close = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
 acquire(load_scan(sys.argv[1]), on_line=on_line)
 """
 
 
-def test_killed_scan_resumes_into_the_same_file(tmp_path: Path, sim_profile: Path) -> None:
+@pytest.mark.parametrize("kill_at", ["2", "close"])
+def test_killed_scan_resumes_into_the_same_file(tmp_path: Path, sim_profile: Path,
+                                                kill_at: str) -> None:
     bench = sim_profile
     ny = 5
     killed, whole = tmp_path / "killed.h5", tmp_path / "whole.h5"
     for name, out in (("killed", killed), ("whole", whole)):
         (tmp_path / f"{name}.toml").write_text(scan_text(bench, out, ny=ny))
-    k = 2
+    k = ny if kill_at == "close" else int(kill_at)
     proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "killed.toml"),
-                           str(k)], capture_output=True, text=True, timeout=120)
+                           kill_at], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -9, proc.stderr
     with MapReader(killed) as m:
         done_at_kill = m.lines_done.copy()
@@ -288,6 +323,28 @@ def test_killed_scan_resumes_into_the_same_file(tmp_path: Path, sim_profile: Pat
             np.testing.assert_array_equal(la.x_measured_um, lb.x_measured_um)
         for iy in range(ny):
             assert a.read_line(iy).primary.valid.all()
+        # ids go on where the killed run stopped: unique in the map, as in one whole run
+        for field in ("shot_id", "primary.frame_id", "secondary.frame_id"):
+            def ids(m: MapReader, field: str = field) -> np.ndarray:
+                lines = [m.read_line(iy) for iy in range(ny)]
+                if "." in field:
+                    system, name = field.split(".")
+                    return np.array([getattr(getattr(ln, system), name) for ln in lines])
+                return np.array([getattr(ln, field) for ln in lines])
+            np.testing.assert_array_equal(ids(a), ids(b), err_msg=field)
+            assert np.unique(ids(a)).size == ids(a).size
+
+
+def test_a_complete_map_is_not_resumed(tmp_path: Path, sim_profile: Path) -> None:
+    from plumelink.pipeline.map_layout import MapFileError
+    from plumelink.pipeline.scan import load_scan
+
+    (tmp_path / "scan.toml").write_text(scan_text(sim_profile, tmp_path / "map.h5", ny=2))
+    acquire(load_scan(tmp_path / "scan.toml"))
+    before = (tmp_path / "map.h5").read_bytes()
+    with pytest.raises(MapFileError, match="it is complete"):
+        acquire(load_scan(tmp_path / "scan.toml"), resume=True)
+    assert (tmp_path / "map.h5").read_bytes() == before
 
 
 def test_killed_vertical_scan_resumes_its_columns(tmp_path: Path, sim_profile: Path) -> None:
@@ -379,6 +436,60 @@ def test_fly_scan_shots_land_on_their_spots(tmp_path: Path, sim_profile: Path) -
         assert bench.stage.speed() == pytest.approx(50000.0, rel=1e-3)
     assert (pairs, spots) == (59, 60)
     assert result.invalid_secondary == 1 and result.invalid_primary == 0
+
+
+# shot k of a 3 x 20 fly scan: line k // 20; odd lines run backwards (column 19 - k % 20)
+@pytest.mark.parametrize("faults,lost", [
+    ({25: ShotFault.duplicate("primary")}, {}),
+    ({20: ShotFault.missed("secondary"), 25: ShotFault.duplicate("primary")},
+     {"secondary": [(1, 19)]}),
+    ({5: ShotFault.duplicate("primary"), 19: ShotFault.duplicate("secondary")}, {}),
+    ({25: ShotFault.garbage("primary")}, {"primary": [(1, 14)]}),
+    ({1: ShotFault.garbage("secondary"), 59: ShotFault.garbage("primary")},
+     {"secondary": [(0, 1)], "primary": [(2, 19)]}),
+], ids=["duplicate", "duplicate-and-missed-first", "duplicates-first-pass", "corrupt",
+        "corrupt-early-and-last"])
+def test_fly_duplicates_and_corrupt_frames_lose_only_their_own_shots(
+        tmp_path: Path, sim_profile: Path, faults, lost) -> None:
+    """A frame sent twice costs nothing; a corrupt frame costs its own shot on its own system
+    (flagged "corrupt frame"), and the scan goes on."""
+    out = tmp_path / "fly.h5"
+    scan = parse_scan(fly_scan_text(sim_profile, out), source="fly.toml")
+    reasons: list[dict[str, list[str]]] = []
+    with open_bench(sim_profile) as bench:
+        sim = bench.simulation
+        n0 = sim.next_shot_number
+        sim.inject({n0 + k: fault for k, fault in faults.items()})
+        result = acquire(scan, bench=bench, on_line=lambda e: reasons.append(e.reasons))
+        pairs, spots = check_pairs(out, sim.bus)
+    assert result.status == "complete"
+    with MapReader(out) as m:
+        for system in ("primary", "secondary"):
+            invalid = [(iy, int(ix)) for iy in range(3)
+                       for ix in np.flatnonzero(~getattr(m.read_line(iy), system).valid)]
+            assert invalid == lost.get(system, []), system
+    corrupt = [why for r in reasons for system in r for why in r[system]]
+    if any(f.kind.value == "garbage" for f in faults.values()):
+        assert corrupt and all(why.endswith("corrupt frame") for why in corrupt)
+    assert pairs == spots - sum(len(v) for v in lost.values())
+
+
+def test_a_device_clock_that_wraps_mid_scan_is_followed(tmp_path: Path,
+                                                        sim_profile: Path) -> None:
+    """The primary's u32 time label wraps during the scan's second pass: no spot is lost and
+    the stored device times go on past the wrap."""
+    out = tmp_path / "fly.h5"
+    scan = parse_scan(fly_scan_text(sim_profile, out, ny=4), source="fly.toml")
+    with open_bench(sim_profile) as bench:
+        sim = bench.simulation
+        sim.inject({sim.next_shot_number: ShotFault.clock_wrap("primary", after_s=0.03)})
+        result = acquire(scan, bench=bench)
+        pairs, spots = check_pairs(out, sim.bus)
+        wrap_s = (1 << 32) * 1e-5
+    assert result.status == "complete" and (pairs, spots) == (80, 80)
+    with MapReader(out) as m:
+        first, last = m.read_line(0).primary.timestamp_s, m.read_line(3).primary.timestamp_s
+    assert np.nanmin(first) < wrap_s < np.nanmin(last)
 
 
 def test_an_error_setting_up_the_next_pass_keeps_the_pass_just_shot(tmp_path: Path,

@@ -135,6 +135,21 @@ def test_counts_out_of_uint16_range_are_refused(tmp_path: Path) -> None:
         import_npy(source, tmp_path / "maps", dims=dims)
 
 
+def test_a_bad_later_map_leaves_no_map_written(tmp_path: Path) -> None:
+    """Out-of-range counts in the second map's file are found before the first map is
+    written: no complete-looking train.h5 is left beside the refusal."""
+    dims = {"train": (4, 5), "val": (3, 6)}
+    source = write_npy_set(tmp_path / "npy", dims)
+    for name in ("s1_train", "s2_train", "s1_val", "s2_val"):
+        rows = np.load(source / f"{name}.npy").astype(np.int64)
+        if name == "s1_val":
+            rows[4, 7] = 70_000
+        np.save(source / f"{name}.npy", rows)
+    with pytest.raises(ValueError, match=r"s1_val\.npy, row 4: .*nothing was written"):
+        import_npy(source, tmp_path / "maps", dims=dims)
+    assert not list((tmp_path / "maps").glob("*.h5"))
+
+
 def test_pickled_arrays_are_never_loaded(tmp_path: Path) -> None:
     dims = {"test": (2, 3)}
     source = write_npy_set(tmp_path / "npy", dims)

@@ -167,6 +167,42 @@ def test_stale_frame_alone_conflicts_with_the_other_clock_and_is_not_trusted():
     assert out["primary"].reason[0] == SHOT_AMBIGUOUS
 
 
+def test_a_clock_jump_is_learnt_once_two_whole_bursts_agree_on_it():
+    """The secondary's clock jumps by 40 s (a unit restarted): the first burst after the jump
+    is not trusted, the next one, whole on both systems with the same new offset, is."""
+    pairer = Pairer()
+    for k in range(2):
+        out = pairer.pair({"primary": frames_for(list(range(5)), 1.0, burst_start=k),
+                           "secondary": frames_for(list(range(5)), 2.0, burst_start=k)},
+                          5, PERIOD)
+        assert out["secondary"].valid.all()
+    jumped = [pairer.pair({"primary": frames_for(list(range(5)), 1.0, burst_start=k),
+                           "secondary": frames_for(list(range(5)), 42.0, burst_start=k)},
+                          5, PERIOD) for k in range(2, 5)]
+    assert not jumped[0]["primary"].valid.any() and not jumped[0]["secondary"].valid.any()
+    for out in jumped[1:]:
+        assert out["primary"].valid.all() and out["secondary"].valid.all()
+    assert pairer.offsets_s["secondary"] == pytest.approx(41.0)
+    assert pairer.clock_jumps == 1
+    # with the new offset learnt, a burst missing its first shot on the secondary is anchored
+    # through it again
+    out = pairer.pair({"primary": frames_for(list(range(5)), 1.0, burst_start=6),
+                       "secondary": frames_for([1, 2, 3, 4], 42.0, burst_start=6)}, 5, PERIOD)
+    assert list(out["secondary"].valid) == [False, True, True, True, True]
+
+
+def test_a_burst_whole_on_one_system_only_does_not_confirm_a_jump():
+    pairer = Pairer()
+    pairer.pair({"primary": frames_for(list(range(5)), 1.0, burst_start=0),
+                 "secondary": frames_for(list(range(5)), 2.0, burst_start=0)}, 5, PERIOD)
+    for k, secondary in enumerate(([0, 1, 2, 3, 4], [0, 1, 2, 4])):
+        out = pairer.pair({"primary": frames_for(list(range(5)), 1.0, burst_start=k + 1),
+                           "secondary": frames_for(secondary, 42.0, burst_start=k + 1)},
+                          5, PERIOD)
+        assert not out["secondary"].valid.any()
+    assert pairer.clock_jumps == 0
+
+
 def test_two_equal_groups_of_frames_are_not_guessed_between():
     f = Frames(np.zeros((2, 4), np.uint16), np.array([1.0, 5.0]), np.arange(2))
     p = assign(f, 1, PERIOD, None)
