@@ -150,6 +150,11 @@ class PIStage(SerialDevice):
             self._sleep_until(deadline, f"axis {', '.join(ids)} not referenced", timeout_s,
                               "FRF?")
 
+    def referenced(self) -> dict[str, bool]:
+        """Per axis: whether it has been referenced (``FRF?``)."""
+        done = self._query_axes("FRF?", list(self._ids.values()), _INTEGER)
+        return {axis: int(done[i]) == 1 for axis, i in self._ids.items()}
+
     def move_absolute(self, x_um: float | None = None, y_um: float | None = None) -> None:
         """Start moving to the given targets (µm); an axis given None stays where it is."""
         targets = {n: v for n, v in zip(AXES, (x_um, y_um), strict=True) if v is not None}
