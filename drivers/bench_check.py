@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,16 +120,13 @@ def _open(spec: DeviceSpec, sims: contextlib.ExitStack, simulation: Any,
     return device
 
 
-def _guarded(spec: DeviceSpec, result: BenchCheck, what: str) -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def _guarded(spec: DeviceSpec, result: BenchCheck, what: str) -> Iterator[None]:
     """A failing check is a problem line, not the end of the run."""
-    @contextlib.contextmanager
-    def guard():  # type: ignore[no-untyped-def]
-        try:
-            yield
-        except (InstrumentError, OSError, ValueError) as exc:
-            result.problem(spec.table, f"{what} failed: {exc}")
-
-    return guard()
+    try:
+        yield
+    except (InstrumentError, OSError, ValueError) as exc:
+        result.problem(spec.table, f"{what} failed: {exc}")
 
 
 # ---------------------------------------------------------------------------- the checks

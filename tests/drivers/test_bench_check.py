@@ -5,12 +5,13 @@ CLI prints them and exits non-zero. The stage identity also reaches the map's sn
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from plumelink.app.cli import main
-from plumelink.drivers.bench import _read, open_bench
+from plumelink.drivers.bench import BenchProfile, _read, open_bench
 from plumelink.drivers.bench_check import check_bench
 
 
@@ -96,3 +97,14 @@ def test_stage_identity_is_in_the_settings_snapshot(no_leaks: None) -> None:
                          "firmware": "7.33", "peripheral_id": 0, "resolution": 64,
                          "microstep_um": 0.1}
     assert axes["y"]["serial"] == 12302
+
+
+def test_pi_stage_is_checked_through_pipython(no_leaks: None) -> None:
+    data = tomllib.loads(_read("simulated")[0])
+    data["stage"] = {"driver": "pi_gcs", "resource": "sim", "timeout_s": 2.0}
+    result = check_bench(BenchProfile.from_dict(data, source="pi.toml"))
+    assert result.problems == []
+    text = "\n".join(result.lines)
+    assert "[stage] pi_gcs: (c)2024 Physik Instrumente (PI) GmbH & Co. KG, C-884.4DC" in text
+    assert "axis x limits 0 .. 25000 µm" in text
+    assert "axis y not referenced" in text
