@@ -188,11 +188,21 @@ class PIStage(SerialDevice):
         self._start_up(lambda: self._connect(commands, messages))
 
     def _connect(self, commands: Any, messages: Any) -> None:
-        gcs = messages(self._gateway)
-        gcs.timeout = round(self._timeout_s * 1000)
+        self._messages = messages(self._gateway)
+        self.timeout_s = self._timeout_s
         with self._call("CSV?"):  # pipython asks the syntax version when it connects
-            self._pidevice = commands(gcs)
+            self._pidevice = commands(self._messages)
         self._initialise()
+
+    @property
+    def timeout_s(self) -> float:
+        """How long a reply may take (s); pipython's own timeout follows it."""
+        return self._timeout_s
+
+    @timeout_s.setter
+    def timeout_s(self, seconds: float) -> None:
+        self._timeout_s = float(seconds)
+        self._messages.timeout = max(1, round(self._timeout_s * 1000))
 
     # ------------------------------------------------------------------ public API
     def home(self, axes: Sequence[str] = AXES, *, wait: bool = True,

@@ -351,7 +351,7 @@ _GOOD = b"1=10.500000 \n2=-0.250000\n"
 def test_bad_replies_give_typed_errors_and_never_hang(
         scripted: tuple[ScriptedPeer, PIStage], reply: bytes) -> None:
     peer, stage = scripted
-    stage._timeout_s = 0.02
+    stage.timeout_s = 0.02
     peer.extend([(b"POS? 1 2", reply)])
     start = time.monotonic()
     try:
