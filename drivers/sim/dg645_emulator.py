@@ -130,6 +130,7 @@ _QUERY_ONLY = {"*IDN", "*TST", "*ESR", "*STB", "*CAL", "LERR", "INSR", "EMAC", "
 _SET_ONLY = {"*RST", "*CLS", "*WAI", "*TRG", "*SAV", "*RCL", "SPDL", "SPLA", "SPLO", "IFRS",
              "LCAL", "REMT", "XTRM"}
 _BOTH = {"*OPC", "DLAY", "DISP", "LINK"}
+_KNOWN = frozenset(_PARAMS) | _QUERY_ONLY | _SET_ONLY | _BOTH
 _STORED_SETTINGS = 10  # *SAV / *RCL locations 0..9, 0 = factory defaults [M]
 DEFAULT_MAC = "00:19:b3:06:00:01"  # EMAC? [I]
 
@@ -252,7 +253,7 @@ class DG645Emulator(Clocked, WireRecord):
             if match is None:
                 raise _Refused(110)  # illegal command
             mnemonic, query, rest = match.group(1).upper(), bool(match.group(2)), match.group(3)
-            if mnemonic not in _PARAMS and mnemonic not in _QUERY_ONLY | _SET_ONLY | _BOTH:
+            if mnemonic not in _KNOWN:
                 raise _Refused(111)  # undefined command
             if query and mnemonic in _SET_ONLY:
                 raise _Refused(112)  # illegal query
