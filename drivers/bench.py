@@ -322,8 +322,13 @@ def _logged(what: str, stop: Callable[..., object], *args: object) -> None:
         log.exception("bench: error while stopping %s", what)
 
 
+#: Options only `plumelink bench check` reads (what the device must report), not the driver.
+CHECK_OPTIONS = frozenset({"expected_wavelength_nm"})
+
+
 def _driver_options(spec: DeviceSpec) -> dict[str, Any]:
-    return {k: v for k, v in spec.options.items() if not k.startswith("sim_")}
+    return {k: v for k, v in spec.options.items()
+            if not k.startswith("sim_") and k not in CHECK_OPTIONS}
 
 
 # --- DG645
@@ -408,10 +413,14 @@ def _sim_pi(spec: DeviceSpec, stack: contextlib.ExitStack,
 def _snapshot_stage(stage: Any) -> dict[str, Any]:
     (xmin, xmax), (ymin, ymax) = stage.limits()
     x, y = stage.position()
-    out = {"position_um": [x, y], "limits_um": {"x": [xmin, xmax], "y": [ymin, ymax]},
-           "speed_um_s": stage.speed(), "name": stage.name}
+    out: dict[str, Any] = {"position_um": [x, y],
+                           "limits_um": {"x": [xmin, xmax], "y": [ymin, ymax]},
+                           "speed_um_s": stage.speed(), "name": stage.name}
     if getattr(stage, "idn", ""):
         out["identity"] = stage.idn
+    if callable(getattr(stage, "identify", None)):  # Zaber: ids, serial, firmware per axis
+        out["axes"] = {axis: {k: v for k, v in entry.items() if v is not None}
+                       for axis, entry in stage.identify().items()}
     return out
 
 
@@ -521,6 +530,9 @@ class _ZaberOptions(_StageOptions):
     microstep_um: Annotated[object, checked(  # µm per device unit, or one per axis
         "microstep", _is_microstep, "must be a positive number or a table {x = ..., y = ...}")
     ] = None
+    fullstep_um: Annotated[object, checked(  # µm per full motor step: checks microstep_um
+        "fullstep", _is_microstep, "must be a positive number or a table {x = ..., y = ...}")
+    ] = None
     checksum: Flag | None = None
     x_device: Integer | None = None
     y_device: Integer | None = None
@@ -528,6 +540,7 @@ class _ZaberOptions(_StageOptions):
 
 class _SpectrometerOptions(Table):
     timeout_s: Number | None = None
+    expected_wavelength_nm: Pair | None = None  # [first, last] nm, for `bench check`
     sim_serial: String | None = None
     sim_wavelength_nm: Pair | None = None
 

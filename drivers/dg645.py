@@ -216,13 +216,21 @@ OFFSET = Setting("LOFF", "output offset", float, -2.0, 2.0, "V", decimals=2)
 POLARITY = Setting("LPOL", "output polarity", int, 0, 1)
 TRIGGER_SOURCE = Setting("TSRC", "trigger source", int, 0, 6)
 TRIGGER_RATE = Setting("TRAT", "internal trigger rate", float, 100e-6, 10e6, "Hz", decimals=6)
+TRIGGER_LEVEL = Setting("TLVL", "external trigger threshold", float, -3.5, 3.5, "V", decimals=2)
+HOLDOFF = Setting("HOLD", "trigger holdoff", float, 0.0, 2000.0, "s", decimals=12, step=5)
+ADVANCED_TRIGGERING = Setting("ADVT", "advanced triggering", int, 0, 1)
+PRESCALE = Setting("PRES", "prescale factor", int, 1, 2**30 - 1)
 INHIBIT = Setting("INHB", "inhibit", int, 0, 5)
 BURST_MODE = Setting("BURM", "burst mode", int, 0, 1)
+# [V] count 1 .. 2^32-1; period 100 ns .. 2000 s - 10 ns in 10 ns steps; delay 0 .. < 2000 s in
+# 5 ps steps: the user's guide as quoted in InstrumentKit's srs/srsdg645.py
 BURST_COUNT = Setting("BURC", "burst count", int, 1, 2**32 - 1)
-# [M] upper limit: 2^32-1 steps of 10 ns.
-BURST_PERIOD = Setting("BURP", "burst period", float, 100e-9, 42.94967295, "s",
+BURST_PERIOD = Setting("BURP", "burst period", float, 100e-9, 2000.0 - 10e-9, "s",
                        decimals=12, step=10_000)
 BURST_DELAY = Setting("BURD", "burst delay", float, 0.0, 2000.0, "s", decimals=12, step=5)
+# DISP d,c: display mode 0..14 and delay channel 0..9 [V: InstrumentKit srs/srsdg645.py]
+DISPLAY_MODE = Setting("DISP", "display mode", int, 0, 14)
+DISPLAY_CHANNEL = Setting("DISP", "display channel", int, 0, len(CHANNELS) - 1)
 BURST_T0 = Setting("BURT", "burst T0 configuration", int, 0, 1)
 STATUS = Setting("INSR", "instrument status", int, 0, 255)
 ERROR_CODE = Setting("LERR", "error code", int, 0, 255)
@@ -417,6 +425,52 @@ class DG645:
 
     def get_trigger_rate(self) -> float:
         return float(self._query_value(TRIGGER_RATE))
+
+    def set_trigger_level(self, volts: float) -> None:
+        """External trigger threshold, -3.5 .. 3.5 V."""
+        self._apply([f"TLVL {TRIGGER_LEVEL.encode(TRIGGER_LEVEL.check(volts, self._device))}"])
+
+    def get_trigger_level(self) -> float:
+        return float(self._query_value(TRIGGER_LEVEL))
+
+    def set_holdoff(self, seconds: float) -> None:
+        """Shortest time between accepted triggers, 0 .. 2000 s."""
+        self._apply([f"HOLD {HOLDOFF.encode(HOLDOFF.check(seconds, self._device))}"])
+
+    def get_holdoff(self) -> float:
+        return float(self._query_value(HOLDOFF))
+
+    def set_display(self, mode: int, channel: str = "A") -> None:
+        """What the front panel shows (``DISP``): mode 0..14 (11 = a channel's delay) for a
+        delay channel."""
+        value = int(DISPLAY_MODE.check(mode, self._device))
+        index = self._index(channel, CHANNELS, "display channel")
+        self._apply([f"DISP {value},{index}"])
+
+    def get_display(self) -> tuple[int, str]:
+        """(mode, channel name) of the front panel display."""
+        def parse(reply: str) -> tuple[int, str]:
+            fields = reply.split(",")
+            if len(fields) != 2:
+                raise ProtocolError("DISP? reply is not '<mode>,<channel>'", reply=reply,
+                                    device=self._device, command="DISP?")
+            mode = int(DISPLAY_MODE.decode(fields[0], device=self._device, command="DISP?",
+                                           reply=reply))
+            channel = int(DISPLAY_CHANNEL.decode(fields[1], device=self._device,
+                                                 command="DISP?", reply=reply))
+            return mode, CHANNELS[channel]
+
+        return self._ask("DISP?", parse)
+
+    def pending_errors(self) -> list[int]:
+        """Read the error queue (``LERR?`` until 0) and return its codes, oldest first."""
+        return self._drain_errors()
+
+    def outputs_disabled(self) -> bool:
+        """Whether `disable_outputs` is in force: single-shot trigger source and all delay
+        outputs inhibited (``TSRC 5``, ``INHB 5``)."""
+        return (self.get_trigger_source() is TriggerSource.SINGLE_SHOT
+                and self._query_value(INHIBIT) == 5)
 
     def configure_burst(
         self,

@@ -1,31 +1,31 @@
-"""Driver for XY stages on a PI controller speaking GCS 2.0 (C-884, C-863, E-873 ...).
+"""Driver for XY stages on a PI controller speaking GCS 2.0 (C-884, C-863, E-873 ...), standing
+on PI's own library, pipython, through its DLL-free GCS layer (``GCSMessages`` +
+``GCSCommands``): framing, the ``ERR?`` check after every command, the answer parsing and the
+GCS 2/3 choice (``CSV?``) are pipython's, not ours to maintain.
 
 The port is any pyserial URL: ``socket://host:50000`` (the controller's TCP port), a serial
-port (``/dev/ttyUSB0``, 115200 8N1), or ``pigcssim://name`` (the emulator). ``axes`` maps the
-stage axes "x" and "y" to the controller's axis identifiers (default "1" and "2";
-``reference/instruments.md`` 4.3).
+port (``/dev/ttyUSB0``, 115200 8N1), or ``pigcssim://name`` (the emulator); `PortGateway` puts
+it under pipython (the gateway role ``PISocket``/``PISerial`` play), so no PI DLL is needed
+on either link. ``axes`` maps the stage axes "x" and "y" to the controller's axis identifiers
+(default "1" and "2").
 
-How it talks:
+Rules the driver adds on top of pipython:
 
-* a command is the mnemonic, its arguments and LF (``MOV 1 10.500000 2 3.000000``). Set
-  commands are silent, so every one is followed by ``ERR?``: a non-zero code raises
-  `GCSError` carrying the code and its meaning (`ERRORS`);
-* replies are parsed strictly: in a multi-line reply every line but the last ends with
-  space + LF, the last with a bare LF; an axis query must answer ``<axis>=<number>`` once for
-  each axis asked, in order. Anything else raises `ProtocolError` with the raw text; no reply
-  within ``timeout_s`` raises `InstrumentTimeout`, a reply cut short `ProtocolError`;
-* single-byte commands without terminator: ``#5`` (chr 5, hex bitmask of moving axes, bit
-  n-1 for axis n, so axis identifiers must be numbers for `wait_until_idle`) [M], ``#7``
-  (0xB1 ready) and ``#24`` (chr 24, stop all axes, used by `stop`);
+* every pipython failure becomes a typed error: a controller error code raises `GCSError`
+  with its code and meaning (`ERRORS`), no reply `InstrumentTimeout`, a reply cut short or
+  malformed `ProtocolError`, a lost port `InstrumentError`;
+* GCS has no message ids, so unread bytes are discarded (and logged) before each command: a
+  late answer to a command that timed out cannot be taken for the next one;
 * start-up: ``*IDN?``, ``ERR?`` (clears a stale error), ``SVO <ax> 1`` for both axes, then the
-  travel limits ``TMN?``/``TMX?``. Targets are checked against those limits *before* anything
-  is sent (`SettingOutOfRange`);
-* units: the API takes µm and µm/s; GCS works in mm and mm/s (stage default [M]).
+  travel limits ``TMN?``/``TMX?``; targets are checked against them *before* anything is sent
+  (`SettingOutOfRange`);
+* units: the API takes µm and µm/s; GCS works in mm and mm/s (stage default [M]);
+* waiting (`home`, `wait_until_idle`) sleeps ``poll_interval_s`` between polls, bounded by the
+  timeout, and one re-entrant lock serialises each exchange, so `stop` may be called from
+  another thread meanwhile.
 
-GCS has no message ids, so unread bytes are discarded (and logged) before each command: a
-late answer to a command that timed out cannot be taken for the next one. One re-entrant
-lock serialises each exchange; `wait_until_idle` and `home` sleep ``poll_interval_s`` between
-polls, bounded by their timeout, so `stop` may be called from another thread meanwhile.
+pipython is an optional dependency (PI's licence): ``pip install pipython`` (or
+``plumelink[pi]``); without it opening a PI stage raises `InstrumentError` saying so.
 """
 
 from __future__ import annotations
@@ -33,20 +33,23 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import serial
 from serial import SerialException
 
-from .errors import InstrumentError, ProtocolError, SettingOutOfRange
+from .errors import InstrumentError, InstrumentTimeout, ProtocolError, SettingOutOfRange
 from .serial_device import AXES, SerialDevice, check_axis_names
 from .serial_device import finite as _finite
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 UM_PER_MM = 1000.0
 
-#: GCS error codes and their meaning [V: reference/instruments.md 4.3].
+#: GCS error codes and their meaning [V: pipython pidevice/gcserror.py names them].
 ERRORS: dict[int, str] = {
     0: "no error",
     1: "parameter syntax error",
@@ -61,16 +64,11 @@ ERRORS: dict[int, str] = {
     1024: "motion error",
 }
 STOPPED = 10
-
-MOVING = b"\x05"  # #5
-READY = b"\x07"  # #7
-STOP_ALL = b"\x18"  # #24
-
-_MAX_REPLY = 65536
-_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-_INTEGER = re.compile(r"[+-]?\d+")
-_HEX = re.compile(r"[0-9A-Fa-f]+")
-_AXIS_ID = re.compile(r"[A-Za-z0-9_]+")
+#: Controller codes are positive; pipython's own (interface) codes negative, -7 = no reply
+#: in time [V: pidevice/gcserror.py, E_7_COM_TIMEOUT, E_1004_PI_UNEXPECTED_RESPONSE = -1004]
+_PIPYTHON_TIMEOUT = -7
+_CODEPAGE = "cp1252"  # [V] pipython's PI_CONTROLLER_CODEPAGE
+_AXIS_ID = r"[A-Za-z0-9_]+"
 
 
 def error_meaning(code: int) -> str:
@@ -81,33 +79,88 @@ class GCSError(InstrumentError):
     """The controller's error register (``ERR?``) was non-zero after a command."""
 
 
-def _mm(um: float) -> str:
-    return f"{um / UM_PER_MM:.6f}"
-
-
-def split_reply(data: bytes, *, device: str = "", command: str = "") -> list[str]:
-    """Split one complete GCS reply into its lines (framing removed); raise `ProtocolError`
-    unless every line but the last ends with space + LF and the last with a bare LF."""
-    raw = data.decode("ascii", errors="backslashreplace")
-
-    def bad(why: str) -> ProtocolError:
-        return ProtocolError(why, reply=raw, device=device, command=command)
-
+def _pipython() -> Any:
     try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError:
-        raise bad("reply is not ASCII") from None
-    if not text.endswith("\n") or text.endswith(" \n"):
-        raise bad("reply not terminated by a bare LF")
-    lines = text[:-1].split(" \n")
-    for line in lines:
-        if not line or not line.isprintable() or line != line.strip():
-            raise bad("malformed reply line")
-    return lines
+        from pipython import GCSError as PipythonError
+        from pipython.pidevice.gcscommands import GCSCommands
+        from pipython.pidevice.gcsmessages import GCSMessages
+        from pipython.pidevice.interfaces.pigateway import PIGateway
+    except ImportError as exc:
+        raise InstrumentError(
+            f"PI stages need PI's library pipython, which is not installed ({exc}); "
+            "install it with: pip install pipython", device="pi") from exc
+    return PipythonError, GCSCommands, GCSMessages, PIGateway
+
+
+def _gateway_class() -> type:
+    """`PortGateway` is built on pipython's `PIGateway` when first needed, so importing
+    this module does not need pipython."""
+    global _GATEWAY
+    if _GATEWAY is None:
+        base = _pipython()[3]
+
+        class PortGateway(base):  # type: ignore[misc, valid-type]
+            """pipython's gateway role on an open pyserial port (any URL): ``send`` writes,
+            ``read`` returns what has arrived, waiting at most one read slice for it (so
+            pipython's read loop sleeps in the port instead of spinning)."""
+
+            def __init__(self, port: serial.SerialBase, name: str) -> None:
+                self._port = port
+                self._name = name
+                self._timeout_ms = 2000
+                self.received = ""  # text received since the last send (for messages)
+
+            def __str__(self) -> str:
+                return f"PortGateway({self._port.port})"
+
+            @property
+            def timeout(self) -> int:
+                return self._timeout_ms
+
+            def settimeout(self, value: int) -> None:
+                self._timeout_ms = int(value)
+
+            @property
+            def connected(self) -> bool:
+                return bool(self._port.is_open)
+
+            @property
+            def connectionid(self) -> int:
+                return 0
+
+            def send(self, msg: str) -> None:
+                stale = self._port.read(self._port.in_waiting) if self._port.in_waiting else b""
+                if stale:
+                    log.warning("%s: unread bytes discarded before %r: %r", self._name, msg,
+                                stale)
+                self.received = ""
+                self._port.write(msg.encode(_CODEPAGE))
+
+            def read(self) -> str:
+                data = self._port.read(max(1, self._port.in_waiting))
+                text = data.decode(_CODEPAGE, errors="replace")
+                self.received += text
+                return text
+
+            def flush(self) -> None:
+                if self._port.in_waiting:
+                    self._port.read(self._port.in_waiting)
+
+            def close(self) -> None:
+                """The port belongs to the driver, which closes it."""
+
+            def unload(self) -> None:
+                """Nothing loaded."""
+
+        _GATEWAY = PortGateway
+    return _GATEWAY
+
+
+_GATEWAY: type | None = None
 
 
 class PIStage(SerialDevice):
-    """An XY stage on a PI GCS 2.0 controller. See the module docstring for its rules."""
+    """An XY stage on a PI GCS 2.0 controller, through pipython. See the module docstring."""
 
     def __init__(
         self,
@@ -122,14 +175,34 @@ class PIStage(SerialDevice):
         mapping = dict(axes) if axes is not None else {"x": "1", "y": "2"}
         check_axis_names(mapping)
         ids = [str(mapping[a]) for a in AXES]
-        if len(set(ids)) != 2 or not all(_AXIS_ID.fullmatch(i) for i in ids):
+        if len(set(ids)) != 2 or not all(re.fullmatch(_AXIS_ID, i) for i in ids):
             raise ValueError(f"bad GCS axis identifiers {ids}")
         self._ids: dict[str, str] = dict(zip(AXES, ids, strict=True))
         self._limits: dict[str, tuple[float, float]] = {}  # µm
         self.idn = ""
+        self._pidevice: Any = None
+        self._errors, commands, messages, _ = _pipython()
         self._open(url, name=name, baudrate=baudrate, timeout_s=timeout_s,
                    poll_interval_s=poll_interval_s)
-        self._start_up(self._initialise)
+        self._gateway = _gateway_class()(self._port, name)
+        self._start_up(lambda: self._connect(commands, messages))
+
+    def _connect(self, commands: Any, messages: Any) -> None:
+        self._messages = messages(self._gateway)
+        self.timeout_s = self._timeout_s
+        with self._call("CSV?"):  # pipython asks the syntax version when it connects
+            self._pidevice = commands(self._messages)
+        self._initialise()
+
+    @property
+    def timeout_s(self) -> float:
+        """How long a reply may take (s); pipython's own timeout follows it."""
+        return self._timeout_s
+
+    @timeout_s.setter
+    def timeout_s(self, seconds: float) -> None:
+        self._timeout_s = float(seconds)
+        self._messages.timeout = max(1, round(self._timeout_s * 1000))
 
     # ------------------------------------------------------------------ public API
     def home(self, axes: Sequence[str] = AXES, *, wait: bool = True,
@@ -139,23 +212,25 @@ class PIStage(SerialDevice):
         ids = [self._axis_id(a) for a in axes]
         if not ids:
             return
-        self._set("FRF " + " ".join(ids))
+        self._do("FRF", lambda d: d.FRF(ids))
         if not wait:
             return
         deadline = time.monotonic() + timeout_s
-        while True:
-            done = self._query_axes("FRF?", ids, _INTEGER)
-            if all(int(v) == 1 for v in done.values()):
-                return
+        while not all(self._do("FRF?", lambda d: d.qFRF(ids)).values()):
             self._sleep_until(deadline, f"axis {', '.join(ids)} not referenced", timeout_s,
                               "FRF?")
+
+    def referenced(self) -> dict[str, bool]:
+        """Per axis: whether it has been referenced (``FRF?``)."""
+        done = self._do("FRF?", lambda d: d.qFRF(list(self._ids.values())))
+        return {axis: bool(done[i]) for axis, i in self._ids.items()}
 
     def move_absolute(self, x_um: float | None = None, y_um: float | None = None) -> None:
         """Start moving to the given targets (µm); an axis given None stays where it is."""
         targets = {n: v for n, v in zip(AXES, (x_um, y_um), strict=True) if v is not None}
         checked = {n: self._checked_target(n, v, "MOV") for n, v in targets.items()}
         if checked:
-            self._set("MOV " + " ".join(f"{self._ids[n]} {_mm(v)}" for n, v in checked.items()))
+            self._do("MOV", lambda d: d.MOV({self._ids[n]: _mm(v) for n, v in checked.items()}))
 
     def move_relative(self, dx_um: float = 0.0, dy_um: float = 0.0) -> None:
         """Start moving by the given offsets (µm). The resulting targets are checked against
@@ -166,52 +241,40 @@ class PIStage(SerialDevice):
         here = dict(zip(AXES, self.position(), strict=True))
         for name, offset in offsets.items():
             self._checked_target(name, here[name] + offset, "MVR")
-        self._set("MVR " + " ".join(f"{self._ids[n]} {_mm(v)}" for n, v in offsets.items()))
+        self._do("MVR", lambda d: d.MVR({self._ids[n]: _mm(v) for n, v in offsets.items()}))
 
     def position(self) -> tuple[float, float]:
         """Current (x, y) position in µm (``POS?``)."""
-        values = self._query_axes("POS?", list(self._ids.values()), _NUMBER)
-        x, y = (float(values[self._ids[a]]) * UM_PER_MM for a in AXES)
+        values = self._axis_values("POS?", lambda d, ids: d.qPOS(ids))
+        x, y = (values[self._ids[a]] * UM_PER_MM for a in AXES)
         return x, y
 
     def moving(self) -> dict[str, bool]:
-        """Which axes are moving, from the ``#5`` bitmask."""
-        reply = self._exchange(MOVING, "#5")
-        if len(reply) != 1 or not _HEX.fullmatch(reply[0]):
-            raise ProtocolError("#5 reply is not a hex bitmask", reply="\n".join(reply),
-                                device=self.name, command="#5")
-        mask = int(reply[0], 16)
-        try:
-            return {a: bool(mask >> (int(i) - 1) & 1) for a, i in self._ids.items()}
-        except ValueError:
-            raise InstrumentError("#5 needs numeric axis identifiers", device=self.name,
-                                  command="#5") from None
+        """Which axes are moving (``#5``)."""
+        mask = self._do("#5", lambda d: d.IsMoving(list(self._ids.values())))
+        return {a: bool(mask[i]) for a, i in self._ids.items()}
 
     def ready(self) -> bool:
         """``#7``: True when the controller answers 0xB1 (ready), False for 0xB0."""
-        self._flush_stale("#7")
-        with self._lock:
-            self._write(READY, "#7")
-            data = self._read_reply("#7")
-        if data not in (b"\xb1\n", b"\xb0\n"):
-            raise ProtocolError("#7 reply is not 0xB1/0xB0",
-                                reply=data.decode("ascii", errors="backslashreplace"),
-                                device=self.name, command="#7")
-        return data == b"\xb1\n"
+        return bool(self._do("#7", lambda d: d.IsControllerReady()))
 
     def wait_until_idle(self, timeout_s: float, *, axes: Sequence[str] = AXES) -> None:
-        """Block until none of ``axes`` moves (polling ``#5`` every ``poll_interval_s``), then
-        read ``ERR?``: a motion error raises `GCSError`; a stop (code 10) is only logged.
-        Raises `InstrumentTimeout` after ``timeout_s``."""
+        """Block until none of ``axes`` moves (polling ``#5`` every ``poll_interval_s``); a
+        motion error raises `GCSError`; a stop (code 10) is only logged. Raises
+        `InstrumentTimeout` after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        while any(moving for axis, moving in self.moving().items() if axis in axes):
+        while True:
+            try:
+                still = any(moving for axis, moving in self.moving().items() if axis in axes)
+            except GCSError as exc:
+                if exc.code != STOPPED:
+                    raise GCSError("motion ended with an error", device=self.name,
+                                   command="#5", code=exc.code, meaning=exc.meaning) from exc
+                log.info("%s: motion was stopped by command", self.name)
+                continue
+            if not still:
+                return
             self._sleep_until(deadline, "still moving", timeout_s, "#5")
-        code = self._error_code()
-        if code == STOPPED:
-            log.info("%s: motion was stopped by command", self.name)
-        elif code:
-            raise GCSError("motion ended with an error", device=self.name, command="#5",
-                           code=code, meaning=error_meaning(code))
 
     def set_speed(self, um_per_s: float) -> None:
         """Set the velocity of both axes (``VEL``), in µm/s."""
@@ -219,20 +282,19 @@ class PIStage(SerialDevice):
         if speed is None or speed <= 0:
             raise SettingOutOfRange("speed (µm/s)", um_per_s, "> 0", device=self.name,
                                     command="VEL")
-        self._set("VEL " + " ".join(f"{i} {_mm(speed)}" for i in self._ids.values()))
+        self._do("VEL", lambda d: d.VEL({i: _mm(speed) for i in self._ids.values()}))
 
     def speed(self) -> float:
         """The lower of the two axes' velocities (``VEL?``), in µm/s."""
-        values = self._query_axes("VEL?", list(self._ids.values()), _NUMBER)
-        return min(float(v) for v in values.values()) * UM_PER_MM
+        values = self._axis_values("VEL?", lambda d, ids: d.qVEL(ids))
+        return min(values.values()) * UM_PER_MM
 
     def limits(self) -> tuple[tuple[float, float], tuple[float, float]]:
         """Read the travel limits ``TMN?``/``TMX?``: ((xmin, xmax), (ymin, ymax)) in µm."""
-        ids = list(self._ids.values())
-        low = self._query_axes("TMN?", ids, _NUMBER)
-        high = self._query_axes("TMX?", ids, _NUMBER)
+        low = self._axis_values("TMN?", lambda d, ids: d.qTMN(ids))
+        high = self._axis_values("TMX?", lambda d, ids: d.qTMX(ids))
         for axis, i in self._ids.items():
-            lo, hi = float(low[i]) * UM_PER_MM, float(high[i]) * UM_PER_MM
+            lo, hi = low[i] * UM_PER_MM, high[i] * UM_PER_MM
             if lo > hi:
                 raise ProtocolError(f"axis {axis} TMN? {lo:g} > TMX? {hi:g} µm",
                                     device=self.name, command="TMX?")
@@ -241,25 +303,26 @@ class PIStage(SerialDevice):
         return x, y
 
     def stop(self) -> None:
-        """Stop all axes at once (``#24``), then read ``ERR?`` so the expected code 10 is not
-        reported by the next command. Safe from any thread."""
-        with self._lock:
-            self._flush_stale("#24")
-            self._write(STOP_ALL, "#24")
-            code = self._error_code()
-        if code not in (0, STOPPED):
-            raise GCSError("error after stop", device=self.name, command="#24", code=code,
-                           meaning=error_meaning(code))
+        """Stop all axes at once (``#24``); the expected code 10 is read away with it. Safe
+        from any thread."""
+        self._do("#24", lambda d: d.StopAll(noraise=True))
+
+    def close(self) -> None:
+        """Release pipython's hold on the connection, then close the port (idempotent)."""
+        pidevice, self._pidevice = getattr(self, "_pidevice", None), None
+        if pidevice is not None:
+            pidevice.__exit__(None, None, None)  # unregisters its connection callback
+        super().close()
 
     # ------------------------------------------------------------------ helpers
     def _initialise(self) -> None:
         """``*IDN?``, clear a stale error, servo on for both axes, read the limits."""
-        self.idn = " ".join(self._query("*IDN?"))
-        stale = self._error_code()
+        self.idn = self._do("*IDN?", lambda d: d.qIDN()).strip()
+        stale = self._do("ERR?", lambda d: d.qERR())
         if stale:
             log.info("%s: stale error %d (%s) cleared at start-up", self.name, stale,
                      error_meaning(stale))
-        self._set("SVO " + " ".join(f"{i} 1" for i in self._ids.values()))
+        self._do("SVO", lambda d: d.SVO({i: True for i in self._ids.values()}))
         self.limits()
 
     def _axis_id(self, name: str) -> str:
@@ -272,72 +335,58 @@ class PIStage(SerialDevice):
             raise self._target_out_of_range(name, um, f"{low:g} .. {high:g} µm", command)
         return value
 
-    def _set(self, command: str) -> None:
-        """A silent set command, then ``ERR?``; a non-zero code raises `GCSError`."""
-        with self._lock:
-            self._flush_stale(command)
-            self._write(f"{command}\n".encode("ascii"), command)
-            code = self._error_code()
-        if code:
-            raise GCSError("command refused", device=self.name, command=command, code=code,
-                           meaning=error_meaning(code))
-
-    def _error_code(self) -> int:
-        lines = self._query("ERR?")
-        if len(lines) != 1 or not _INTEGER.fullmatch(lines[0]):
-            raise ProtocolError("ERR? reply is not one integer", reply="\n".join(lines),
-                                device=self.name, command="ERR?")
-        return int(lines[0])
-
-    def _query(self, command: str) -> list[str]:
-        return self._exchange(f"{command}\n".encode("ascii"), command)
-
-    def _query_axes(self, command: str, ids: list[str], value: re.Pattern[str]) -> dict[str, str]:
-        """``<command> <ids>``: exactly one ``<id>=<value>`` line per axis, in order."""
-        full = f"{command} {' '.join(ids)}"
-        lines = self._query(full)
-        out = {}
-        for line, axis in zip(lines, ids, strict=False):
-            key, sep, text = line.partition("=")
-            if not sep or key != axis or not value.fullmatch(text):
-                break
-            out[key] = text
-        if len(lines) != len(ids) or len(out) != len(ids):
-            raise ProtocolError(f"expected one '<axis>=<value>' line for each of {ids}",
-                                reply="\n".join(lines), device=self.name, command=full)
+    def _axis_values(self, command: str, query: Callable[[Any, list[str]], Mapping[str, Any]]
+                     ) -> dict[str, float]:
+        """``<command> <ids>``: one number per axis asked, else `ProtocolError`."""
+        ids = list(self._ids.values())
+        values = self._do(command, lambda d: query(d, ids))
+        try:
+            out = {i: float(values[i]) for i in ids}
+        except (KeyError, TypeError, ValueError):
+            raise ProtocolError(f"expected one number for each of axes {ids}",
+                                reply=self._gateway.received, device=self.name,
+                                command=command) from None
+        if len(values) != len(ids):
+            raise ProtocolError(f"expected one number for each of axes {ids}",
+                                reply=self._gateway.received, device=self.name,
+                                command=command)
         return out
 
-    def _exchange(self, data: bytes, command: str) -> list[str]:
-        with self._lock:
-            self._flush_stale(command)
-            self._write(data, command)
-            return split_reply(self._read_reply(command), device=self.name, command=command)
+    def _do(self, command: str, action: Callable[[Any], _T]) -> _T:
+        """One pipython call under the lock, its failures as typed errors."""
+        with self._lock, self._call(command):  # type: ignore[attr-defined]
+            if self._pidevice is None:
+                raise InstrumentError("port is closed", device=self.name, command=command)
+            return action(self._pidevice)
 
-    def _flush_stale(self, command: str) -> None:
+    @contextmanager
+    def _call(self, command: str) -> Iterator[None]:
         try:
-            stale = self._port.read(self._port.in_waiting) if self._port.in_waiting else b""
+            yield
+        except self._errors as exc:
+            code = int(exc.val) if isinstance(exc.val, int) else None
+            received = self._gateway.received
+            if code == _PIPYTHON_TIMEOUT:
+                if received:
+                    raise ProtocolError("truncated reply (no final LF before the timeout)",
+                                        reply=received, device=self.name,
+                                        command=command) from exc
+                raise InstrumentTimeout(f"no reply within {self._timeout_s:g} s",
+                                        device=self.name, command=command) from exc
+            if code is not None and code > 0:
+                raise GCSError("command refused", device=self.name, command=command,
+                               code=code, meaning=error_meaning(code)) from exc
+            raise ProtocolError(f"unexpected reply ({exc})", reply=received,
+                                device=self.name, command=command) from exc
         except (SerialException, OSError) as exc:
             raise self._link_lost(exc, command) from exc
-        if stale:
-            log.warning("%s: unread bytes discarded before %r: %r", self.name, command, stale)
+        except (ValueError, KeyError, IndexError, TypeError, UnicodeError) as exc:
+            raise ProtocolError(f"malformed reply ({exc})", reply=self._gateway.received,
+                                device=self.name, command=command) from exc
 
-    def _read_reply(self, command: str) -> bytes:
-        """Bytes up to the LF that is not preceded by a space (the end of a GCS reply)."""
-        deadline = time.monotonic() + self._timeout_s
 
-        def take(rx: bytearray) -> bytes | None:
-            end = rx.find(b"\n")
-            while end >= 0:
-                if end == 0 or rx[end - 1] != ord(" "):
-                    if end + 1 < len(rx):
-                        log.warning("%s: bytes after the reply to %r discarded: %r", self.name,
-                                    command, bytes(rx[end + 1:]))
-                    return bytes(rx[: end + 1])
-                end = rx.find(b"\n", end + 1)
-            return None
-
-        return self._read_until(bytearray(), deadline, command, take=take, max_len=_MAX_REPLY,
-                                terminator="final LF")
+def _mm(um: float) -> float:
+    return round(um / UM_PER_MM, 6)
 
 
 __all__ = [
@@ -347,5 +396,4 @@ __all__ = [
     "GCSError",
     "PIStage",
     "error_meaning",
-    "split_reply",
 ]

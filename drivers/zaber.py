@@ -23,7 +23,15 @@ How it talks:
   `limits`) *before* anything is sent (`SettingOutOfRange`), and an axis without a reference
   position (``WR``/``WH``) refuses moves with `NotReferenced` before the move is sent;
 * units: positions in µm, speeds in µm/s, times in s. ``microstep_um`` is the size of one
-  device unit (microstep) per axis; Zaber speed units are microsteps/s x 1.6384 [M].
+  device unit (microstep) per axis; Zaber speed units are microsteps/s x 1.6384 [M];
+* identity: `identify` reads each axis's device id, serial number, firmware version
+  (``get deviceid``, ``get system.serial``, ``get version`` on axis 0), peripheral id and
+  microstep resolution (``get resolution``: microsteps per full step), for the map's
+  instrument snapshot. Given ``fullstep_um`` (the travel of one full motor step, from the
+  stage's datasheet: lead screw pitch / steps per turn), the connect reads ``resolution`` and
+  the configured ``microstep_um`` must equal ``fullstep_um / resolution``; otherwise the stage
+  refuses to open (`MicrostepMismatch`, saying which value to change), because every position
+  would be off by their ratio.
 
 Moves return at once; `wait_until_idle` polls the empty status command every
 ``poll_interval_s`` (sleeping in between, bounded by the timeout). One re-entrant lock
@@ -147,6 +155,11 @@ class DeviceFault(InstrumentError):
             meaning="; ".join(f"{f}: {flag_meaning(f)}" for f in faults),
             **kwargs,
         )
+
+
+class MicrostepMismatch(InstrumentError):
+    """The configured ``microstep_um`` contradicts the device's resolution and the stage's
+    full-step size: positions would be scaled wrongly."""
 
 
 class NotReferenced(InstrumentError):
@@ -274,6 +287,7 @@ class ZaberStage(SerialDevice):
         y_device: int = 2,
         axes: Mapping[str, tuple[int, int]] | None = None,
         microstep_um: float | Mapping[str, float] = 0.1,
+        fullstep_um: float | Mapping[str, float] | None = None,
         baudrate: int = 115200,
         timeout_s: float = 2.0,
         checksum: bool = False,
@@ -281,7 +295,8 @@ class ZaberStage(SerialDevice):
         name: str = "zaber",
     ) -> None:
         """``axes`` maps "x" and "y" to (device, axis number) and overrides ``x_device`` and
-        ``y_device`` (which mean axis 1 of that device). ``url`` may be an open serial port."""
+        ``y_device`` (which mean axis 1 of that device). ``url`` may be an open serial port.
+        ``fullstep_um`` (one value or one per axis) enables the microstep check."""
         mapping = dict(axes) if axes is not None else {"x": (x_device, 1), "y": (y_device, 1)}
         check_axis_names(mapping)
         steps = (microstep_um if isinstance(microstep_um, Mapping)
@@ -293,6 +308,16 @@ class ZaberStage(SerialDevice):
             if not (1 <= device <= 99 and 1 <= number <= 9) or step is None or step <= 0:
                 raise ValueError(f"bad address or microstep for axis {axis}")
             self._axes[axis] = _Axis(axis, device, number, step)
+        self._fullstep: dict[str, float] = {}
+        if fullstep_um is not None:
+            full = (fullstep_um if isinstance(fullstep_um, Mapping)
+                    else dict.fromkeys(AXES, fullstep_um))
+            for axis in AXES:
+                value = _finite(full.get(axis))
+                if value is None or value <= 0:
+                    raise ValueError(f"bad fullstep_um for axis {axis}")
+                self._fullstep[axis] = value
+        self._identity: dict[str, dict[str, object]] = {}
         self._checksum = checksum
         self._ids = itertools.cycle(range(MAX_MESSAGE_ID + 1))
         self._rx = bytearray()
@@ -300,7 +325,62 @@ class ZaberStage(SerialDevice):
         self._limits: dict[str, tuple[int, int]] = {}
         self._open(url, name=name, baudrate=baudrate, timeout_s=timeout_s,
                    poll_interval_s=poll_interval_s)
-        self._start_up(self.limits)
+        self._start_up(self._initialise)
+
+    def _initialise(self) -> None:
+        """The microstep check (when ``fullstep_um`` is given), then the limits."""
+        for axis in self._axes.values():
+            self._check_microstep(axis)
+        self.limits()
+
+    def identify(self) -> dict[str, dict[str, object]]:
+        """Per axis: device address and axis number, device id, serial, firmware, peripheral
+        id, resolution (None where the firmware rejects the setting) and the configured
+        microstep size in µm. Read once, then remembered."""
+        if not self._identity:
+            self._identity = {a.name: self._identify(a) for a in self._axes.values()}
+        return {name: dict(entry) for name, entry in self._identity.items()}
+
+    def _identify(self, axis: _Axis) -> dict[str, object]:
+        device = (axis.device, 0)
+
+        def setting(target: _Axis | tuple[int, int], name: str) -> str | None:
+            try:
+                return self._command(target, f"get {name}").data
+            except CommandRejected as exc:  # older firmware lacks some settings
+                log.info("%s: get %s rejected (%s)", self.name, name, exc.reason)
+                return None
+
+        def number(text: str | None) -> int | None:
+            return int(text) if text is not None and _INTEGER.fullmatch(text) else None
+
+        return {"device": axis.device, "axis": axis.number,
+                "device_id": number(setting(device, "deviceid")),
+                "serial": number(setting(device, "system.serial")),
+                "firmware": setting(device, "version"),
+                "peripheral_id": number(setting(axis, "peripheralid")),
+                "resolution": number(setting(axis, "resolution")),
+                "microstep_um": axis.microstep_um}
+
+    def _check_microstep(self, axis: _Axis) -> None:
+        full = self._fullstep.get(axis.name)
+        if full is None:
+            return
+        reply = self._command(axis, "get resolution").data
+        resolution = int(reply) if _INTEGER.fullmatch(reply) else None
+        if resolution is None or resolution < 1:
+            raise MicrostepMismatch(
+                f"axis {axis.name} (device {axis.device}) does not report its resolution, "
+                "so microstep_um cannot be checked against fullstep_um; remove fullstep_um "
+                "to skip the check", device=self.name, command="get resolution")
+        expected = full / resolution
+        if abs(axis.microstep_um - expected) > 1e-6 * expected:
+            raise MicrostepMismatch(
+                f"microstep_um {axis.microstep_um:g} µm for axis {axis.name} contradicts the "
+                f"device: device {axis.device} axis {axis.number} has resolution {resolution} "
+                f"microsteps per full step, so with fullstep_um {full:g} µm one microstep is "
+                f"{expected:g} µm; set microstep_um = {expected:g} (or fix fullstep_um, or "
+                "the device's resolution setting)", device=self.name, command="get resolution")
 
     # ------------------------------------------------------------------ public API
     def home(self, axes: Sequence[str] = AXES, *, wait: bool = True,
@@ -391,6 +471,11 @@ class ZaberStage(SerialDevice):
     def warnings(self) -> set[str]:
         """Every active warning flag on either axis (see `FLAGS` for meanings)."""
         return set().union(*self.axis_warnings().values())
+
+    def referenced(self) -> dict[str, bool]:
+        """Per axis: whether it has a reference position (no ``WR``/``WH`` flag)."""
+        return {name: not flags & NOT_REFERENCED_FLAGS
+                for name, flags in self.axis_warnings().items()}
 
     def axis_warnings(self) -> dict[str, set[str]]:
         return {axis.name: self._warnings(axis) for axis in self._axes.values()}
@@ -595,6 +680,7 @@ __all__ = [
     "CommandRejected",
     "DeviceFault",
     "Info",
+    "MicrostepMismatch",
     "NotReferenced",
     "Reply",
     "ZaberStage",

@@ -53,6 +53,7 @@ OUTPUTS = ("T0", "AB", "CD", "EF", "GH")
 _INHIBITED_BY = {0: (), 1: (), 2: ("AB",), 3: ("AB", "CD"), 4: ("AB", "CD", "EF"),
                  5: ("AB", "CD", "EF", "GH")}
 _PS = 10**12  # delays are kept as integer picoseconds on a 5 ps grid
+_INTERFACE_SETTINGS = 16  # IFCF k,v: k 0..15 [M]
 _MAX_DELAY_PS = 2000 * _PS
 _ERROR_QUEUE_DEPTH = 20
 _MAX_EVENTS_PER_ADVANCE = 100_000
@@ -99,7 +100,9 @@ _PARAMS: dict[str, _Param] = {
     "INHB": _Param(int, 0, 5, 0),
     "BURM": _Param(int, 0, 1, 0),
     "BURC": _Param(int, 1, 2**32 - 1, 2),
-    "BURP": _Param(float, 100e-9, 42.94967295, 1e-6, 12, 10e-9),
+    # 100 ns .. 2000 s - 10 ns in 10 ns steps [V: the user's guide as quoted in InstrumentKit's
+    # srs/srsdg645.py, burst_period]
+    "BURP": _Param(float, 100e-9, 2000.0 - 10e-9, 1e-6, 12, 10e-9),
     "BURD": _Param(float, 0.0, 2000.0, 0.0, 12, 5e-12),
     "BURT": _Param(int, 0, 1, 0),
     "ADVT": _Param(int, 0, 1, 0),
@@ -110,11 +113,26 @@ _PARAMS: dict[str, _Param] = {
     "LOFF": _Param(float, -2.0, 2.0, 0.0, 2, 0.01, count=len(OUTPUTS)),
     "LPOL": _Param(int, 0, 1, 1, count=len(OUTPUTS)),
     "PRES": _Param(int, 1, 2**30 - 1, 1, count=len(OUTPUTS)),
+    "PHAS": _Param(int, 0, 2**30 - 2, 0, count=len(OUTPUTS)),  # [M] below PRES of that output
+    "*PSC": _Param(int, 0, 1, 1),
+    "SSDL": _Param(float, 0.0, 2000.0, 0.0, 12, 5e-12, count=len(CHANNELS)),  # delay step
+    "SSLA": _Param(float, 0.0, 4.5, 0.1, 2, 0.01, count=len(OUTPUTS)),  # amplitude step
+    "SSLO": _Param(float, 0.0, 4.0, 0.1, 2, 0.01, count=len(OUTPUTS)),  # offset step
+    "IFCF": _Param(int, 0, 2**31 - 1, 0, count=_INTERFACE_SETTINGS),
 }
+#: DISP d,c: what the front panel shows (d, 0..14) and for which channel (c, 0..9)
+#: [V: the display modes and channels of InstrumentKit's srs/srsdg645.py, display]
+DISPLAY_MODES = 15
 #: Commands that are only queries / only sets; anything else in neither table is undefined.
-_QUERY_ONLY = {"*IDN", "*TST", "*ESR", "*STB", "LERR", "INSR"}
-_SET_ONLY = {"*RST", "*CLS", "*WAI", "*TRG"}
-_BOTH = {"*OPC", "DLAY"}
+#: The command list is the manual's (chapter 4, "Command list") as remembered [M].
+_QUERY_ONLY = {"*IDN", "*TST", "*ESR", "*STB", "*CAL", "LERR", "INSR", "EMAC", "TIMB",
+               "LOCK", "UNLK"}
+_SET_ONLY = {"*RST", "*CLS", "*WAI", "*TRG", "*SAV", "*RCL", "SPDL", "SPLA", "SPLO", "IFRS",
+             "LCAL", "REMT", "XTRM"}
+_BOTH = {"*OPC", "DLAY", "DISP", "LINK"}
+_KNOWN = frozenset(_PARAMS) | _QUERY_ONLY | _SET_ONLY | _BOTH
+_STORED_SETTINGS = 10  # *SAV / *RCL locations 0..9, 0 = factory defaults [M]
+DEFAULT_MAC = "00:19:b3:06:00:01"  # EMAC? [I]
 
 _UNIT = re.compile(r"(\*[A-Za-z]{3}|[A-Za-z]{4})(\?)?(.*)", re.DOTALL)
 _INTEGER = re.compile(r"[+-]?\d+")
@@ -195,6 +213,7 @@ class DG645Emulator(Clocked, WireRecord):
         self._esr = 0
         self.ignored_triggers = 0
         self._delay_cache: _DelayCache | None = None
+        self._stored: dict[int, tuple[object, ...]] = {}
         self._reset()
 
     # ------------------------------------------------------------------ protocol
@@ -234,7 +253,7 @@ class DG645Emulator(Clocked, WireRecord):
             if match is None:
                 raise _Refused(110)  # illegal command
             mnemonic, query, rest = match.group(1).upper(), bool(match.group(2)), match.group(3)
-            if mnemonic not in _PARAMS and mnemonic not in _QUERY_ONLY | _SET_ONLY | _BOTH:
+            if mnemonic not in _KNOWN:
                 raise _Refused(111)  # undefined command
             if query and mnemonic in _SET_ONLY:
                 raise _Refused(112)  # illegal query
@@ -259,6 +278,8 @@ class DG645Emulator(Clocked, WireRecord):
         if mnemonic == "DLAY":
             channel = self._index(index_text, len(CHANNELS))
             return f"{self._links[channel]},{_format_ps(self._delays[channel])}"
+        if mnemonic == "LINK":
+            return str(self._links[self._index(index_text, len(CHANNELS))])
         if index_text:
             raise _Refused(115)  # extra parameters
         if mnemonic == "*IDN":
@@ -273,7 +294,14 @@ class DG645Emulator(Clocked, WireRecord):
             return str(value)
         if mnemonic == "*STB":
             return str(self._status_byte())
-        return "1" if mnemonic == "*OPC" else "0"  # *OPC? and *TST? (self test passed)
+        if mnemonic == "DISP":
+            return f"{self._display[0]},{self._display[1]}"
+        if mnemonic == "EMAC":
+            return DEFAULT_MAC
+        if mnemonic in ("LOCK", "UNLK"):
+            return "1"  # [M] the lock is granted / released: one interface only here
+        # *OPC? 1; *TST? and *CAL? 0 (passed); TIMB? 0 (internal time base) [M]
+        return "1" if mnemonic == "*OPC" else "0"
 
     def _index(self, text: str, count: int) -> int:
         if count == 0:
@@ -307,6 +335,39 @@ class DG645Emulator(Clocked, WireRecord):
         elif mnemonic == "*TRG":
             self._arity(args, 0)
             self._software_trigger(now)
+        elif mnemonic == "DISP":
+            self._arity(args, 2)
+            mode, channel = _parse_int(args[0]), _parse_int(args[1])
+            if not (0 <= mode < DISPLAY_MODES and 0 <= channel < len(CHANNELS)):
+                raise _Refused(10)
+            self._display = (mode, channel)
+        elif mnemonic == "LINK":
+            self._arity(args, 2)
+            channel = _parse_int(args[0])
+            if not 0 <= channel < len(CHANNELS):
+                raise _Refused(10)
+            self._set_delay(channel, _parse_int(args[1]), self._delays[channel] / _PS)
+        elif mnemonic in ("SPDL", "SPLA", "SPLO"):
+            self._arity(args, 2)
+            self._step(mnemonic, _parse_int(args[0]), _parse_int(args[1]))
+        elif mnemonic in ("*SAV", "*RCL"):
+            self._arity(args, 1)
+            slot = _parse_int(args[0])
+            if not 0 <= slot < _STORED_SETTINGS or (mnemonic == "*SAV" and slot == 0):
+                raise _Refused(10)
+            if mnemonic == "*SAV":
+                self._stored[slot] = self._snapshot()
+            elif slot == 0:
+                self._reset()
+            elif slot in self._stored:
+                self._restore(self._stored[slot])
+            else:
+                raise _Refused(14)  # recall failed: nothing stored there [I]
+        elif mnemonic in ("IFRS", "XTRM"):
+            if not args or len(args) > (1 if mnemonic == "IFRS" else 3):
+                raise _Refused(116 if not args else 115)
+            for arg in args:
+                _parse_int(arg)
         else:
             self._arity(args, 0)
             if mnemonic == "*RST":
@@ -315,7 +376,8 @@ class DG645Emulator(Clocked, WireRecord):
                 self._errors.clear()
                 self._insr = 0
                 self._esr = 0
-            # *WAI and *OPC: commands complete at once here
+            # *WAI and *OPC: commands complete at once here; LCAL and REMT (local / remote)
+            # change nothing an emulator models
 
     @staticmethod
     def _arity(args: list[str], needed: int) -> None:
@@ -340,6 +402,38 @@ class DG645Emulator(Clocked, WireRecord):
         if any(not 0 <= t <= _MAX_DELAY_PS for t in absolute):
             raise _Refused(12)
         self._links, self._delays = links, delays
+
+    def _step(self, mnemonic: str, index: int, up: int) -> None:
+        """SPDL c,u / SPLA b,u / SPLO b,u: one step (SSDL / SSLA / SSLO) up (u=1) or down
+        (u=0) [M]."""
+        if up not in (0, 1):
+            raise _Refused(10)
+        sign = 1 if up else -1
+        if mnemonic == "SPDL":
+            if not 0 <= index < len(CHANNELS):
+                raise _Refused(10)
+            step = self._values["SSDL"][index]
+            self._set_delay(index, self._links[index], self._delays[index] / _PS + sign * step)
+            return
+        target = {"SPLA": "LAMP", "SPLO": "LOFF"}[mnemonic]
+        if not 0 <= index < len(OUTPUTS):
+            raise _Refused(10)
+        param = _PARAMS[target]
+        value = self._values[target][index] + sign * self._values["SS" + mnemonic[2:]][index]
+        if not param.low - 1e-9 <= value <= param.high + 1e-9:
+            raise _Refused(10)
+        self._values[target][index] = round(value / param.resolution) * param.resolution
+
+    def _snapshot(self) -> tuple[object, ...]:
+        return ({k: list(v) for k, v in self._values.items()}, list(self._links),
+                list(self._delays), self._display)
+
+    def _restore(self, saved: tuple[object, ...]) -> None:
+        values, links, delays, display = saved
+        self._values = {k: list(v) for k, v in values.items()}  # type: ignore[attr-defined]
+        self._links, self._delays = list(links), list(delays)  # type: ignore[call-overload]
+        self._display = display  # type: ignore[assignment]
+        self._delay_cache = None
 
     @staticmethod
     def _absolute_ps(links: list[int], delays: list[int]) -> list[int] | None:
@@ -366,6 +460,7 @@ class DG645Emulator(Clocked, WireRecord):
         self._values = {name: [p.default] * max(1, p.count) for name, p in _PARAMS.items()}
         self._links = [0] * len(CHANNELS)
         self._delays = [0] * len(CHANNELS)
+        self._display = (11, 2)  # [I] the delay of channel A
         self._run: _Run | None = None
         self._busy_until = -math.inf
         self._next_internal: float | None = None

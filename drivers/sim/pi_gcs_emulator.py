@@ -16,9 +16,13 @@ moment it arrives), and uses it in `PIPtyServer`, `PITcpServer` and the in-proce
 ``pigcssim://<name>`` port (`EmulatorSerial`); `serial_link.py` itself is unchanged. Any `Peer`
 (e.g. a `ScriptedPeer` scripted with ``(b"\\x05", b"1\\n")``) can sit behind them.
 
-Choices where the manual is not at hand are marked [I] (our inference): an erroneous command is
-ignored as a whole; a query naming an unknown axis sets error 15 and answers nothing; ``ERR?``
-reports the first error since the last read, then clears it; ``#7`` answers 0xB1 + LF.
+It answers what pipython's DLL-free stack (``PISocket`` + ``GCSMessages`` + ``GCSCommands``) and
+``pitools.startup`` ask a GCS 2.0 controller: ``CSV?`` (asked on every connect to choose GCS 2
+or 3), ``SAI?``/``SAI? ALL``, ``HLP?`` (from which pipython learns which commands exist),
+``CST?``, ``TRS?``, ``LIM?`` besides the motion commands. Sources of each fact are in
+``docs/protocol_notes.md``; choices where the manual is not at hand are marked [I] (our
+inference): an erroneous command is ignored as a whole; a query naming an unknown axis sets
+error 15 and answers nothing; ``#7`` answers 0xB1 + LF.
 """
 
 from __future__ import annotations
@@ -69,6 +73,22 @@ MOVING = b"\x05"  # #5: hex bitmask of moving axes
 READY = b"\x07"  # #7: 0xB1 ready, 0xB0 not
 STOP_ALL = b"\x18"  # #24: stop all axes, no reply
 SINGLE_BYTE = frozenset(MOVING + READY + STOP_ALL)
+SYNTAX_VERSION = "2.0"  # CSV?: pipython takes <= 2.0 for GCS 2 (gcs30commands_helpers.py)
+#: HLP? descriptions [I] (the wording is ours; pipython reads only the first word of a line)
+HELP: dict[str, str] = {
+    "*IDN?": "Get Device Identification", "CSV?": "Get Current Syntax Version",
+    "CST?": "Get Assignment Of Stages To Axes", "ERR?": "Get Error Number",
+    "FRF": "Fast Reference Move To Reference Switch", "FRF?": "Get Referencing Result",
+    "HLP?": "Get List Of Available Commands", "HLT": "Halt Motion Smoothly",
+    "LIM?": "Indicate Limit Switches", "MOV": "Set Target Position",
+    "MVR": "Set Target Relative To Current Position", "ONT?": "Get On Target State",
+    "POS?": "Get Real Position", "SAI?": "Get List Of Current Axis Identifiers",
+    "STP": "Stop All Axes", "SVO": "Set Servo Mode", "SVO?": "Get Servo Mode",
+    "TMN?": "Get Minimum Commandable Position", "TMX?": "Get Maximum Commandable Position",
+    "TRS?": "Indicate Reference Switch", "VEL": "Set Closed-Loop Velocity",
+    "VEL?": "Get Closed-Loop Velocity", "#5": "Request Motion Status",
+    "#7": "Request Controller Ready Status", "#24": "Stop All Axes",
+}
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _GARBAGE = b"\xfe\x80=garbage?\n"
 _MAX_WAIT_S = 0.5
@@ -93,6 +113,7 @@ class PIAxisConfig:
     reference_mm: float = 0.0  # where FRF leaves the axis
     servo: bool = False
     referenced: bool = False
+    stage: str = "L-511.20SD00"  # CST? [I] a PI linear stage with a reference switch
 
 
 @dataclass
@@ -107,6 +128,7 @@ class _Axis(MovingAxis[_Motion]):
         self.velocity, self.max_velocity = config.velocity, config.max_velocity
         self.reference = config.reference_mm
         self.servo, self.referenced = config.servo, config.referenced
+        self.stage = config.stage
         self.motion: _Motion | None = None
 
 
@@ -145,6 +167,12 @@ class PIEmulator(Clocked, LineRecord):
             "SVO?": lambda args, now: self._per_axis(args, lambda a: str(int(a.servo))),
             "FRF?": lambda args, now: self._per_axis(args, lambda a: str(int(a.referenced))),
             "ONT?": lambda args, now: self._per_axis(args, lambda a: str(int(a.motion is None))),
+            "CST?": lambda args, now: self._per_axis(args, lambda a: a.stage),
+            "TRS?": lambda args, now: self._per_axis(args, lambda a: "1"),  # reference switch
+            "LIM?": lambda args, now: self._per_axis(args, lambda a: "1"),  # limit switches
+            "CSV?": lambda args, now: self._single(args, SYNTAX_VERSION),
+            "SAI?": self._sai,
+            "HLP?": self._hlp,
         }
         self._sets: dict[str, Callable[[list[str], float], None]] = {
             "SVO": self._svo, "FRF": self._frf, "MOV": self._mov, "MVR": self._mvr,
@@ -195,8 +223,8 @@ class PIEmulator(Clocked, LineRecord):
             return b""
 
     def _set_error(self, code: int) -> None:
-        if self._error == 0:  # [I] the first error stays until ERR? reads it
-            self._error = code
+        """The error register holds the last error only; ``ERR?`` reads and clears it."""
+        self._error = code
 
     @staticmethod
     def _lines(lines: list[str]) -> bytes:
@@ -213,6 +241,22 @@ class PIEmulator(Clocked, LineRecord):
             raise _GcsError(1)
         code, self._error = self._error, 0
         return self._lines([str(code)])
+
+    def _sai(self, args: list[str], now: float) -> bytes:
+        """``SAI?`` the configured axes, ``SAI? ALL`` every axis (here the same), one a line."""
+        if [a.upper() for a in args] not in ([], ["ALL"]):
+            raise _GcsError(1)
+        return self._lines(list(self._axes))
+
+    def _hlp(self, args: list[str], now: float) -> bytes:
+        """``HLP?``: a heading, one line per command, a closing line. pipython drops the first
+        and last line and takes the first word of the others as the command list."""
+        if args:
+            raise _GcsError(1)
+        commands = [*sorted(self._queries), *sorted(self._sets), "#5", "#7", "#24"]
+        return self._lines(["The following commands are valid:",
+                            *(f"{c} {HELP.get(c, '')}".rstrip() for c in commands),
+                            "end of help"])
 
     def _named(self, names: list[str]) -> list[str]:
         for name in names:

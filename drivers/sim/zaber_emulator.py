@@ -7,7 +7,10 @@ each: ``handle(line) -> [reply lines]`` answers ``/<device> <axis> [<id>] <comma
 motion on an injectable clock (BUSY until the move time has elapsed, the position interpolated),
 travel limits, homing (``WR`` until homed), the warning flags, message ids, optional LRC
 checksums, ``!`` alerts (``set comm.alert 1``) and distance triggers that toggle a digital
-output and record where each firing happened (`TriggerEvent`), for fly scans.
+output and record where each firing happened (`TriggerEvent`), for fly scans. It answers the
+identity settings zaber-motion reads when it identifies a device (``system.serial``,
+``deviceid``, ``version.build``, per axis ``resolution`` and ``peripheralid``), so the vendor's
+library drives it unchanged; sources in ``docs/protocol_notes.md``.
 
 Reachable three ways through the shared transport `serial_link`, all serving any `Peer` (this
 emulator or a `ScriptedPeer`):
@@ -56,6 +59,9 @@ from .serial_link import (
 log = logging.getLogger(__name__)
 
 TRIGGERS_PER_DEVICE = 6  # [M] X-MCB2 has six
+DEVICE_ID = 30222  # ``get deviceid`` [I] not checked against Zaber's device database
+SERIAL_BASE = 12300  # ``get system.serial`` = SERIAL_BASE + address [I]
+VERSION_BUILD = 18000  # ``get version.build`` [I]
 DIGITAL_OUTPUTS = 4
 _PRIORITY = {flag: rank for rank, flag in enumerate(FLAGS)}
 _STICKY = frozenset({"WR", "WH"})  # cleared by homing, not by "warnings clear" [M]
@@ -93,6 +99,8 @@ class AxisConfig:
     position: int = 500_000  # where the carriage really is at power-up
     home_position: int = 0  # position after homing
     referenced: bool = False  # False: WR set until homed
+    resolution: int = 64  # microsteps per full step (``get resolution``) [M]
+    peripheralid: int = 0  # 0: an integrated stage, no separate peripheral [M]
 
 
 @dataclass(frozen=True)
@@ -132,6 +140,8 @@ class _Axis(MovingAxis[_Motion]):
         self.maxspeed = config.maxspeed
         self.accel = 2000
         self.home_position = config.home_position
+        self.resolution = config.resolution
+        self.peripheralid = config.peripheralid
         self.position = float(config.position)
         self.flags: set[str] = set() if config.referenced else {"WR"}
         self.motion: _Motion | None = None
@@ -172,6 +182,7 @@ class _Trigger:
 class _Device:
     def __init__(self, address: int, axes: Sequence[AxisConfig]) -> None:
         self.address = address
+        self.serial = SERIAL_BASE + address
         self.axes = [_Axis(c) for c in axes]
         self.triggers = {n: _Trigger() for n in range(1, TRIGGERS_PER_DEVICE + 1)}
         self.outputs = [0] * DIGITAL_OUTPUTS
@@ -216,6 +227,8 @@ class ZaberEmulator(Clocked, LineRecord):
         *,
         clock: Callable[[], float] = time.monotonic,
         version: str = "7.33",
+        device_id: int = DEVICE_ID,
+        version_build: int = VERSION_BUILD,
         reply_checksums: bool = False,
         history: int = 100_000,
     ) -> None:
@@ -224,6 +237,8 @@ class ZaberEmulator(Clocked, LineRecord):
         self._devices = {a: _Device(a, axes) for a, axes in sorted(devices.items())}
         self._clock = clock
         self.version = version
+        self.device_id = device_id
+        self.version_build = version_build
         self.reply_checksums = reply_checksums
         self._lock = threading.RLock()
         self._faults = FaultQueue(garbage=_GARBAGE)
@@ -372,7 +387,8 @@ class ZaberEmulator(Clocked, LineRecord):
             ax.halt(now)
         return "0"
 
-    _AXIS_SETTINGS = ("pos", "encoder.pos", "maxspeed", "accel", "limit.min", "limit.max")
+    _AXIS_SETTINGS = ("pos", "encoder.pos", "maxspeed", "accel", "limit.min", "limit.max",
+                      "resolution", "peripheralid")
 
     def _get(self, device: _Device, axis: int, args: list[str], now: float) -> str:
         if len(args) != 1:
@@ -380,8 +396,13 @@ class ZaberEmulator(Clocked, LineRecord):
         name = args[0]
         if name in self._AXIS_SETTINGS:
             return " ".join(str(self._axis_setting(ax, name, now)) for ax in device.chosen(axis))
+        # What zaber-motion's detect_devices asks of each device (seen in its traffic): the
+        # comm.* and get.settings.max limits are left BADCOMMAND, as on firmware that lacks
+        # them, so the library keeps one packet and one setting per command [I].
         device_settings = {"comm.alert": int(device.alerts), "version": self.version,
-                           "system.axiscount": len(device.axes), "deviceid": 30222}
+                           "version.build": self.version_build,
+                           "system.axiscount": len(device.axes), "deviceid": self.device_id,
+                           "system.serial": device.serial, "device.hw.modified": 0}
         if name not in device_settings:
             raise _Rejected("BADCOMMAND")
         if axis:
