@@ -232,12 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
         evaluate_command,
         gui_command,
         join_command,
+        repack_command,
         transfer_command,
         tune_command,
     )
 
     for command in (acquire_command, transfer_command, evaluate_command, join_command,
-                    gui_command, tune_command):
+                    gui_command, tune_command, repack_command):
         command.register(sub)
     return parser
 
