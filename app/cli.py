@@ -230,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     from plumelink.app import (
         acquire_command,
         evaluate_command,
+        export_command,
         gui_command,
         join_command,
         repack_command,
@@ -238,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     for command in (acquire_command, transfer_command, evaluate_command, join_command,
-                    gui_command, tune_command, repack_command):
+                    gui_command, tune_command, repack_command, export_command):
         command.register(sub)
     return parser
 

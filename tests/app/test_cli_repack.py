@@ -8,37 +8,14 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from _small_map import NX, NY, make_line, small_map
 
 from plumelink.app.cli import main
 from plumelink.pipeline.map_reader import MapReader
-from plumelink.pipeline.map_writer import MapWriter
-from plumelink.pipeline.raster_line import RasterLine, SystemLine
-
-NY, NX, N_PX = 3, 5, 16
-
-
-def make_line(iy: int) -> RasterLine:
-    rng = np.random.default_rng(iy)
-    x = 10.0 * np.arange(NX)
-
-    def system() -> SystemLine:
-        return SystemLine(spectra=rng.poisson(300, (NX, N_PX)).astype(np.uint16),
-                          valid=np.ones(NX, bool), frame_id=np.arange(NX),
-                          timestamp_s=np.zeros(NX))
-
-    return RasterLine(index=iy, x_um=x, y_um=np.full(NX, 10.0 * iy), x_measured_um=x,
-                      y_measured_um=np.full(NX, 10.0 * iy), shot_id=iy * NX + np.arange(NX),
-                      primary=system(), secondary=system())
 
 
 def _lz4_map(path: Path) -> Path:
-    with MapWriter.create(path, ny=NY, nx=NX, primary_wavelength_nm=np.linspace(250, 400, N_PX),
-                          secondary_wavelength_nm=np.linspace(260, 370, N_PX),
-                          x_um=10.0 * np.arange(NX), y_um=10.0 * np.arange(NY),
-                          compression="lz4") as writer:
-        for iy in (0, 1):
-            writer.append_line(make_line(iy))
-    return path
+    return small_map(path, "lz4")
 
 
 def test_repack_command_converts_and_says_what_readers_need(tmp_path: Path) -> None:
