@@ -232,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         evaluate_command,
         export_command,
         gui_command,
+        import_firefly_command,
         join_command,
         repack_command,
         transfer_command,
@@ -239,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     for command in (acquire_command, transfer_command, evaluate_command, join_command,
-                    gui_command, tune_command, repack_command, export_command):
+                    gui_command, tune_command, repack_command, export_command,
+                    import_firefly_command):
         command.register(sub)
     return parser
 
