@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from plumelink.pipeline.map_writer import COMPRESSIONS, DEFAULT_COMPRESSION
+from plumelink.pipeline.map_filters import COMPRESSIONS, DEFAULT_COMPRESSION
 
 # --compression of every command that writes a map; "none" stores the spectra uncompressed
 COMPRESSION_CHOICES = [name or "none" for name in COMPRESSIONS]
@@ -15,7 +15,9 @@ def add_compression(parser: argparse.ArgumentParser) -> None:
     """The --compression option (one default for every map-writing command)."""
     parser.add_argument("--compression", choices=COMPRESSION_CHOICES,
                         default=DEFAULT_COMPRESSION,
-                        help=f"filter of the stored spectra (default {DEFAULT_COMPRESSION})")
+                        help=f"filter of the stored spectra (default {DEFAULT_COMPRESSION}: "
+                        "deflate + shuffle, read by every HDF5 without plugins; lz4 and zstd "
+                        "are faster but every reader then needs hdf5plugin)")
 
 
 def compression_arg(value: str) -> str | None:

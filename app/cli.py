@@ -232,14 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
         acquire_command,
         bench_command,
         evaluate_command,
+        export_command,
         gui_command,
+        import_firefly_command,
         join_command,
+        repack_command,
         transfer_command,
         tune_command,
     )
 
     for command in (acquire_command, transfer_command, evaluate_command, join_command,
-                    gui_command, tune_command, bench_command):
+                    gui_command, tune_command, bench_command, repack_command,
+                    export_command, import_firefly_command):
         command.register(sub)
     return parser
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from plumelink.drivers.bench import write_simulated_profile
 from plumelink.pipeline.engine import acquire
+from plumelink.pipeline.map_filters import DEFAULT_COMPRESSION
 from plumelink.pipeline.scan import parse_scan
 
 STEP_UM = 25.0
@@ -107,11 +108,11 @@ def main() -> None:
             here = folder / f"round{i}"
             here.mkdir()
             # the reference brackets the engine run: a shared machine's speed drifts
-            before = bench_generation_and_write(args.lines, args.nx, here, "lz4")
+            before = bench_generation_and_write(args.lines, args.nx, here, DEFAULT_COMPRESSION)
             engine = bench_engine(args.lines, args.nx, args.speedup, here, args.trigger,
                                   args.order)
             (here / "gen.h5").unlink()
-            after = bench_generation_and_write(args.lines, args.nx, here, "lz4")
+            after = bench_generation_and_write(args.lines, args.nx, here, DEFAULT_COMPRESSION)
             reference = 2.0 / (1.0 / before + 1.0 / after)  # mean time per pair
             rounds.append({
                 "engine_pairs_per_s": round(engine["pairs_per_s"], 1),

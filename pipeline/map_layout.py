@@ -28,6 +28,15 @@ def system_path(system: str) -> str:
     return f"{ENTRY}/{system}"
 
 
+SPECTRA = "spectra"
+
+
+def cube_path(system: str) -> str:
+    """Path of a system's NXdata: its spectra as a cube on the y, x and wavelength axes."""
+    system_path(system)
+    return f"{ENTRY}/{system}_{SPECTRA}"
+
+
 # NeXus base classes of the groups.
 NX_ROOT = "NXroot"
 NX_ENTRY = "NXentry"
@@ -92,6 +101,10 @@ class CorruptMapError(MapFileError):
 
 class MapBusyError(MapFileError):
     """Another program holds the file locked for writing (not in SWMR mode)."""
+
+
+class MissingFilterError(MapFileError):
+    """The spectra are compressed with a filter (an HDF5 plugin) this process lacks."""
 
 
 class MapShapeError(MapFileError, ValueError):

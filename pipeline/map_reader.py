@@ -19,10 +19,10 @@ from types import TracebackType
 from typing import Any
 
 import h5py
-import hdf5plugin  # noqa: F401  (registers the compression filters the writer may use)
 import numpy as np
 
 from . import map_layout as L
+from .map_filters import missing_filter_message, missing_filters
 from .raster_line import LineTruth, RasterLine, SystemLine
 
 log = logging.getLogger(__name__)
@@ -109,11 +109,19 @@ def _open_swmr(path: Path, plain_error: OSError | None) -> h5py.File:
 
 
 @contextmanager
-def _reading(path: Path, what: str) -> Iterator[None]:
-    """Turn a low-level read failure (missing chunk of a damaged file) into a clear error."""
+def _reading(path: Path, what: str, *datasets: h5py.Dataset) -> Iterator[None]:
+    """Turn a low-level read failure into a clear error: a filter plugin this process lacks
+    (named), or a missing chunk of a damaged file."""
     try:
         yield
     except OSError as exc:
+        for dataset in datasets:
+            missing = missing_filters(dataset)
+            if missing:
+                raise L.MissingFilterError(
+                    f"map file {L.describe(path)}: {what} cannot be read: "
+                    + missing_filter_message(dataset, missing)
+                ) from exc
         raise L.CorruptMapError(
             f"map file {L.describe(path)}: {what} cannot be read; the file may be truncated "
             f"or damaged ({exc})"
@@ -142,6 +150,19 @@ def _check_format(file: h5py.File, path: Path) -> None:
         raise L.FormatVersionError(
             f"map file {L.describe(path)} has an unknown map format version {version}"
         )
+
+
+def open_map_file(path: str | os.PathLike[str]) -> h5py.File:
+    """The HDF5 file of a map, read-only (as an SWMR reader when a writer left its mark),
+    its format checked: for tools that copy or convert whole files."""
+    path = Path(path)
+    file, _ = _open(path, follow=False)
+    try:
+        _check_format(file, path)
+    except BaseException:
+        file.close()
+        raise
+    return file
 
 
 class _OpenMap:
@@ -182,6 +203,8 @@ class _OpenMap:
         if self.truth is not None:
             growing += [f"{L.TRUTH}/mineral", f"{L.TRUTH}/composition"]
         self.datasets = {name: f[name] for name in growing}
+        for system in L.SYSTEMS:  # registers hdf5plugin's filters only for maps that need them
+            missing_filters(self.datasets[f"{L.system_path(system)}/{L.SPECTRA}"])
         self.x = f[f"{L.RASTER}/x"][()]
         self.y = f[f"{L.RASTER}/y"][()]
         self.wavelength = {
@@ -362,7 +385,8 @@ class MapReader:
                 f"line index {iy} is outside map file {L.describe(self._path)}, "
                 f"which has rows 0..{ny - 1}"
             )
-        with _reading(self._path, f"line {iy}"):
+        spectra = [self._ds(L.system_path(n), L.SPECTRA) for n in L.SYSTEMS]
+        with _reading(self._path, f"line {iy}", *spectra):
             return self._read_line(iy, nx)
 
     def _read_line(self, iy: int, nx: int) -> RasterLine:
@@ -410,7 +434,7 @@ class MapReader:
         nx = self.shape[1]
         lines_per_read = max(1, block_spots // nx)
         for start, stop in _runs(self.lines_done, lines_per_read):
-            with _reading(self._path, f"{name} spectra of lines {start}..{stop - 1}"):
+            with _reading(self._path, f"{name} spectra of lines {start}..{stop - 1}", spectra):
                 block = spectra[start:stop].reshape(-1, spectra.shape[2])
                 keep = valid[start:stop].ravel() if valid_only else None
             index = np.arange(start * nx, stop * nx, dtype=np.int64)

@@ -10,6 +10,10 @@ Maps of a vertical raster order (a raster line is a column at fixed x) keep the 
 layout, so every reader reads them the same way; `append_column` writes one column and flags it
 in /map/columns_done, and the row flags follow once every column is there. Their spectra are
 chunked one spot per chunk (each compressed chunk is then written once, never regrown).
+
+Spectra are deflated by default (readable by every HDF5, see map_filters): the chunks of a
+line are compressed on worker threads while the line's small datasets are written, then
+handed to HDF5 whole with direct chunk writes, so compression does not slow the writer down.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
@@ -25,34 +30,28 @@ from types import TracebackType
 from typing import Any
 
 import h5py
-import hdf5plugin
 import numpy as np
 
 from . import map_layout as L
+from .map_filters import (
+    COMPRESSIONS,
+    DEFAULT_COMPRESSION,
+    SpectraFilter,
+    missing_filter_message,
+    missing_filters,
+    spectra_filter,
+)
 from .raster import VERTICAL_ORDERS
 from .raster_line import RasterLine
 
 log = logging.getLogger(__name__)
 
-COMPRESSIONS = ("lz4", "zstd", "gzip", None)
-# the one default of every map writer (acquire, simulate, import, transfer)
-DEFAULT_COMPRESSION = "lz4"
+__all__ = ["COMPRESSIONS", "DEFAULT_COMPRESSION", "MapWriter", "repair_swmr_mark",
+           "write_settings"]
+
 SPECTRA_DTYPES = ("uint16", "float32")
-
-
-def _compression(name: str | None) -> dict[str, Any]:
-    """h5py keyword arguments of a lossless filter for the spectra."""
-    if name is None:
-        return {}
-    if name == "lz4":
-        return dict(
-            hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.BITSHUFFLE)
-        )
-    if name == "zstd":
-        return dict(hdf5plugin.Zstd(clevel=1))
-    if name == "gzip":
-        return {"compression": "gzip", "compression_opts": 4, "shuffle": True}
-    raise ValueError(f"unknown compression {name!r}; expected one of {COMPRESSIONS}")
+_ENCODERS = max(2, min(4, os.cpu_count() or 1))
+"""Worker threads that compress chunks: one per system's line at least."""
 
 
 def _fixed_bytes(text: str, length: int) -> bytes:
@@ -265,6 +264,14 @@ class MapWriter:
         self._y = self._h.y[()]
         self._n_px = {name: h.spectra.shape[2] for name, h in self._h.systems.items()}
         self._spectra_dtype = self._h.systems["primary"].spectra.dtype
+        self._filter = _stored_filter(self._h.systems["primary"].spectra)
+        missing = missing_filters(self._h.systems["primary"].spectra)
+        if missing:
+            raise L.MissingFilterError(
+                f"cannot write map file {L.describe(path)}: "
+                + missing_filter_message(self._h.systems["primary"].spectra, missing))
+        self._encoders = (ThreadPoolExecutor(_ENCODERS, thread_name_prefix="plumelink-deflate")
+                          if self._filter.direct else None)
         self._done = self._h.lines_done[()].astype(bool)
         columns = self._h.columns_done
         self._columns_done = None if columns is None else columns[()].astype(bool)
@@ -307,7 +314,7 @@ class MapWriter:
         }
         x = _axis(x_um, "x_um", nx)
         y = _axis(y_um, "y_um", ny)
-        filters = _compression(compression)
+        filters = spectra_filter(compression)
         if spectra_dtype not in SPECTRA_DTYPES:
             raise ValueError(
                 f"spectra_dtype must be one of {SPECTRA_DTYPES} (raw counts, or float32 for "
@@ -469,12 +476,14 @@ class MapWriter:
                 "are columns (append_column), not rows")
         self._check_fits(line)
         iy, h = line.index, self._h
+        chunks = {name: self._encode([((iy, 0, 0), system.spectra)])
+                  for name, system in (("primary", line.primary), ("secondary", line.secondary))}
         h.x_measured[iy] = line.x_measured_um
         h.y_measured[iy] = line.y_measured_um
         h.shot_id[iy] = line.shot_id
         for name, system in (("primary", line.primary), ("secondary", line.secondary)):
             d = h.systems[name]
-            d.spectra[iy] = system.spectra
+            self._store(d.spectra, chunks[name], iy, system.spectra)
             d.valid[iy] = system.valid
             d.frame_id[iy] = system.frame_id
             d.timestamp[iy] = system.timestamp_s
@@ -505,12 +514,15 @@ class MapWriter:
                 "its raster lines are rows (append_line), not columns")
         self._check_column_fits(line)
         ix, h = line.index, self._h
+        chunks = {name: self._encode([((iy, ix, 0), system.spectra[iy:iy + 1])
+                                      for iy in range(line.nx)])
+                  for name, system in (("primary", line.primary), ("secondary", line.secondary))}
         h.x_measured[:, ix] = line.x_measured_um
         h.y_measured[:, ix] = line.y_measured_um
         h.shot_id[:, ix] = line.shot_id
         for name, system in (("primary", line.primary), ("secondary", line.secondary)):
             d = h.systems[name]
-            d.spectra[:, ix] = system.spectra
+            self._store(d.spectra, chunks[name], np.s_[:, ix], system.spectra)
             d.valid[:, ix] = system.valid
             d.frame_id[:, ix] = system.frame_id
             d.timestamp[:, ix] = system.timestamp_s
@@ -546,6 +558,8 @@ class MapWriter:
             h.end_time[()] = np.bytes_(_fixed_bytes(_now(), L.TIME_LEN))
             self._flush()
         finally:
+            if self._encoders is not None:
+                self._encoders.shutdown(wait=True)
             self._file.close()
         log.info(
             "closed map %s: %s, %d of %d lines%s",
@@ -649,6 +663,25 @@ class MapWriter:
             raise L.MapFileError(
                 f"column {line.index} of {where} is already written; lines are written once")
 
+    def _encode(self, chunks: list[tuple[tuple[int, int, int], np.ndarray]]
+                ) -> list[tuple[tuple[int, int, int], Future[bytes]]] | None:
+        """Start compressing whole chunks (offset, block) on the worker threads."""
+        if self._encoders is None:
+            return None
+        return [(offset, self._encoders.submit(self._filter.encode, block))
+                for offset, block in chunks]
+
+    @staticmethod
+    def _store(dataset: h5py.Dataset,
+               chunks: list[tuple[tuple[int, int, int], Future[bytes]]] | None,
+               where: Any, spectra: np.ndarray) -> None:
+        """Write encoded chunks as they are, or let HDF5's filter pipeline encode the data."""
+        if chunks is None:
+            dataset[where] = spectra
+            return
+        for offset, encoded in chunks:
+            dataset.id.write_direct_chunk(offset, encoded.result())
+
     def _mark_done(self, iy: int) -> None:
         # The line's data are already flushed; flushing this one dataset publishes the flag
         # (to SWMR readers and the disk) without a second whole-file flush.
@@ -659,6 +692,51 @@ class MapWriter:
     def _flush(self) -> None:
         """H5Fflush writes every dataset's buffers and the metadata SWMR readers need."""
         self._file.flush()
+
+
+def add_spectra_cubes(file: h5py.File) -> None:
+    """An NXdata per system: its spectra on the y, x (µm) and wavelength (nm) axes.
+
+    Every member is a hard link to the detector's or the raster's dataset (no copy), so a
+    NeXus reader (silx, h5web, rosettasciio) shows a calibrated cube with a spectrum per spot.
+    Groups already there are left alone (repack calls this on maps older than the cubes).
+    """
+    if L.RASTER not in file:
+        return
+    raster = file[L.RASTER]
+    for system in L.SYSTEMS:
+        path = L.cube_path(system)
+        if path in file or f"{L.system_path(system)}/{L.SPECTRA}" not in file:
+            continue
+        detector = file[L.system_path(system)]
+        spectra = detector[L.SPECTRA]
+        cube = _nx(
+            file.create_group(path, track_order=True), L.NX_DATA, signal=L.SPECTRA,
+            axes=_strings(["y", "x", "wavelength"]), y_indices=np.int64(0),
+            x_indices=np.int64(1), wavelength_indices=np.int64(2),
+            title=f"{system} spectra",
+        )
+        cube[L.SPECTRA] = spectra
+        cube["y"] = raster["y"]
+        cube["x"] = raster["x"]
+        cube["wavelength"] = detector["wavelength"]
+        for dataset, name in ((spectra, f"{system} spectrum (counts)"),
+                              (detector["wavelength"], "wavelength (nm)"),
+                              (raster["x"], "x (µm)"), (raster["y"], "y (µm)")):
+            dataset.attrs.setdefault("long_name", name)
+            dataset.attrs.setdefault("target", dataset.name)  # NeXus: where the link points
+        spectra.attrs.setdefault("interpretation", "spectrum")
+
+
+def _stored_filter(spectra: h5py.Dataset) -> SpectraFilter:
+    """The filter a map's spectra were created with (a resumed map keeps its own)."""
+    plist = spectra.id.get_create_plist()
+    ids = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+    if not ids:
+        return spectra_filter(None)
+    if ids == [h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE]:
+        return spectra_filter("gzip")
+    return SpectraFilter("hdf5", direct=False)  # any other: HDF5's own pipeline encodes
 
 
 def _build_layout(
@@ -672,7 +750,7 @@ def _build_layout(
     texts: dict[str, str],
     raster_order: str,
     settings: Mapping[str, Any],
-    filters: dict[str, Any],
+    filters: SpectraFilter,
     truth_elements: Sequence[str] | None,
     mineral_names: Sequence[str] | None,
     spectra_dtype: str = "uint16",
@@ -710,9 +788,11 @@ def _build_layout(
         n_px = wavelengths[system].size
         spectra = group.create_dataset(
             "spectra", shape=(ny, nx, n_px), dtype=spectra_dtype, chunks=(1, spectra_nx, n_px),
-            fillvalue=0, **filters,
+            fillvalue=0, **filters.create_kwargs,
         )
         spectra.attrs["units"] = "counts"
+        for key, value in filters.attrs().items():
+            spectra.attrs[key] = value
         for name, (dtype, fill) in L.DETECTOR_SPOT_FIELDS.items():
             _spot_dataset(group, name, ny, nx, dtype, fill)
         group["timestamp"].attrs["units"] = "s"
@@ -737,6 +817,7 @@ def _build_layout(
         data.attrs["long_name"] = f"total emission, {system} (counts)"
     emissivity["y"] = raster["y"]  # hard links: one copy of the axes
     emissivity["x"] = raster["x"]
+    add_spectra_cubes(file)
 
     if truth_elements is not None:
         truth = _nx(file.create_group(L.TRUTH, track_order=True), L.NX_COLLECTION)
