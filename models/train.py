@@ -181,7 +181,6 @@ def _save(out: Path, config: TrainConfig, run: Stages, digest: str, threads: int
     metrics["data"] = data.record
     metrics["weights_sha256"] = digest
     metrics["options"] = options_record
-    metrics["config"] = config.tables()
     save_package(
         out,
         vae=vae.cpu(),
