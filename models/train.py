@@ -56,7 +56,8 @@ STAGES = ("vae", "latent_mlp", "fine_tune", "fine_tune_average", "one_step_mlp",
           "one_step_average", "baselines")
 CHECKPOINTS = "checkpoints"
 
-#: the configuration's former name; ``TrainOptions(epochs=2)`` takes the flat option names
+#: the same class under the name scripts, the CLI and the GUI use with flat option names
+#: (``TrainOptions(epochs=2, fine_tune=False)``)
 TrainOptions = TrainConfig
 
 
