@@ -87,16 +87,31 @@ def _import_npy(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from plumelink.models.train import TrainOptions, format_rse_table, train_transfer
+    from plumelink.models.train import (
+        ConfigError,
+        TrainConfig,
+        format_rse_table,
+        load_config,
+        train_transfer,
+    )
 
-    settings = dict(baselines=not args.no_baselines, seed=args.seed, device=args.device,
-                    stream=True if args.stream else None, max_batches=args.max_batches,
-                    threads=args.threads)
-    if args.linear_rank is not None:
-        settings["linear_rank"] = args.linear_rank
-    if args.input_noise is not None:
-        settings["input_noise"] = args.input_noise
-    options = TrainOptions.paper(**settings) if args.paper else TrainOptions(**settings)
+    flags = {"baselines": False if args.no_baselines else None, "seed": args.seed,
+             "device": args.device, "stream": True if args.stream else None,
+             "max_batches": args.max_batches, "threads": args.threads,
+             "linear_rank": args.linear_rank, "input_noise": args.input_noise}
+    settings = {k: v for k, v in flags.items() if v is not None}  # the flags given win
+    if args.config is not None and args.paper:
+        print("plumelink train: --paper and --config exclude each other (the paper's "
+              "settings are TrainConfig.paper())", file=sys.stderr)
+        return 2
+    try:
+        if args.config is not None:
+            options = load_config(args.config, **settings)
+        else:
+            options = TrainConfig.paper(**settings) if args.paper else TrainConfig(**settings)
+    except ConfigError as e:
+        print(f"plumelink train: {e}", file=sys.stderr)
+        return 2
     rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 reports
     quiet = args.quiet or rank != 0
     if args.epochs is not None:
@@ -195,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--val", type=Path, required=True, metavar="V.h5", help="validation map")
     tr.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR",
                     help="model package folder (must not hold a package yet)")
+    tr.add_argument("--config", type=Path, default=None, metavar="FILE.toml",
+                    help="training configuration: TOML tables [data], [networks], [fit], "
+                    "[fine_tune], [average], [baselines], [augment], [run] (see "
+                    "plumelink.models.training.config); the flags given here override it")
     tr.add_argument("--epochs", type=positive_int, default=None, metavar="N",
                     help="cap every network's epochs at N")
     tr.add_argument("--no-baselines", action="store_true",
@@ -214,9 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true",
                     help="continue an interrupted training from MODEL_DIR/checkpoints (same "
                     "maps and options; gives the result of an uninterrupted run)")
-    tr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                    help="where the networks train (auto: the GPU when CUDA is available)")
-    tr.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    tr.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                    help="where the networks train (default auto: the GPU when CUDA is "
+                    "available)")
+    tr.add_argument("--seed", type=int, default=None,
+                    help="seed of every random choice (default 0)")
     tr.add_argument("--threads", type=positive_int, default=None, metavar="N",
                     help="torch threads (default: every core this process may use, shared "
                     "among the ranks of torchrun)")

@@ -1,6 +1,4 @@
 """`plumelink evaluate`: score a model package on a test map, write metrics.json and a report.
-
-The lead wires it into app/cli.py with ``evaluate_command.register(sub)``.
 """
 
 from __future__ import annotations

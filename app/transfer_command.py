@@ -1,6 +1,4 @@
 """`plumelink transfer`: apply a model package to a map, streamed, into a new map file.
-
-The lead wires it into app/cli.py with ``transfer_command.register(sub)``.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
 from plumelink.pipeline.map_reader import MapReader
-from plumelink.pipeline.preprocess import correct_baseline
+from plumelink.pipeline.preprocess import DEFAULT_BASELINE, Baseline
 
 DEFAULT_K = tuple(range(2, 11))
 DEFAULT_MAX_SPECTRA = 20_000
@@ -36,9 +36,10 @@ def sample_primary(
     *,
     seed: int = 0,
     block_spots: int = 4096,
+    baseline: Baseline = DEFAULT_BASELINE,
 ) -> np.ndarray:
     """A uniform random subsample (≤ max_spectra) of the valid primary spectra of a map,
-    baseline-corrected, float32; streamed block by block."""
+    baseline-corrected (a package's `Baseline`), float32; streamed block by block."""
     rng = np.random.default_rng(seed)
     with MapReader(path) as reader:
         nx = reader.shape[1]
@@ -48,7 +49,7 @@ def sample_primary(
         for block, _ in reader.iter_blocks("primary", block_spots=block_spots):
             take = rng.random(len(block)) < p
             if take.any():
-                kept.append(correct_baseline(block[take]))
+                kept.append(baseline.correct(block[take]))
     if not kept:
         raise ValueError(f"map {path} has no valid primary spectrum to fit k-means on")
     out = np.concatenate(kept).astype(np.float32, copy=False)

@@ -51,8 +51,8 @@ from plumelink.models.package import (
 )
 from plumelink.pipeline.emissivity import total_emissivity
 from plumelink.pipeline.map_reader import MapReader
-from plumelink.pipeline.pairs import PairedSpectra, iter_pair_blocks, preprocess_pairs
-from plumelink.pipeline.preprocess import SpectralScaler, correct_baseline
+from plumelink.pipeline.paired_spectra import PairedSpectra, iter_pair_blocks, preprocess_pairs
+from plumelink.pipeline.preprocess import Baseline, Preprocessor, SpectralScaler
 
 if TYPE_CHECKING:
     from plumelink.models.line_transfer import LineTransfer
@@ -110,28 +110,32 @@ class TransferModels:
 
     package: ModelPackage
     system: str
-    primary_scaler: SpectralScaler
-    secondary_scaler: SpectralScaler
+    preprocessor: Preprocessor  # the package's, or the map's own with per-map scaling
     latent_stats: C.LatentStats | None = None
 
     @classmethod
     def from_package(cls, package: ModelPackage, system: str | None = None) -> TransferModels:
         system = pick_system(package, system)
-        return cls(package, system, package.scalers["primary"], package.scalers[system])
+        return cls(package, system, package.preprocessor(system))
 
     @property
     def per_map(self) -> bool:
-        return self.package.scalers["primary"].mode == "per-map"
+        return self.preprocessor.per_map
+
+    @property
+    def primary_scaler(self) -> SpectralScaler:
+        return self.preprocessor.primary
+
+    @property
+    def secondary_scaler(self) -> SpectralScaler:
+        return self.preprocessor.secondary
 
     def fit_map_scalers(self, secondary: Iterable[np.ndarray],
                         primary: Iterable[np.ndarray] | None = None) -> None:
         """The paper's per-map scaling: scalers fitted on this map's baseline-corrected spectra.
 
         Without primary spectra (plain transfer) the training primary scaler inverts."""
-        spread = self.secondary_scaler.spread
-        self.secondary_scaler = SpectralScaler("per-map", spread).fit(secondary)
-        if primary is not None:
-            self.primary_scaler = SpectralScaler("per-map", spread).fit(primary)
+        self.preprocessor = self.preprocessor.for_map(secondary, primary)
 
     @property
     def names(self) -> list[str]:
@@ -142,7 +146,7 @@ class TransferModels:
         return [n for n in MODELS if n in have] + sorted(have - set(MODELS))
 
     def scale_secondary(self, corrected: np.ndarray) -> np.ndarray:
-        return self.secondary_scaler.transform(corrected).astype(np.float32)
+        return self.preprocessor.secondary.transform(corrected).astype(np.float32)
 
     def predict_scaled(self, name: str, s_scaled: np.ndarray) -> np.ndarray:
         if name == "vae_mlp":
@@ -153,7 +157,7 @@ class TransferModels:
 
     def predict(self, name: str, corrected: np.ndarray) -> np.ndarray:
         """Unscaled, baseline-corrected primary spectra from baseline-corrected secondaries."""
-        return self.primary_scaler.inverse_transform(
+        return self.preprocessor.primary_spectra(
             self.predict_scaled(name, self.scale_secondary(corrected)))
 
     def transfer(self, corrected: np.ndarray) -> tuple[np.ndarray, C.TransferOutput]:
@@ -161,7 +165,7 @@ class TransferModels:
         out = C.transfer_with_distances(self.package.latent_mlps[self.system], self.package.vae,
                                         self.scale_secondary(corrected), stats=self.latent_stats,
                                         decoder=self.package.decoders.get(self.system))
-        return self.primary_scaler.inverse_transform(out.scaled), out
+        return self.preprocessor.primary_spectra(out.scaled), out
 
 
 class PackageTransfer:
@@ -183,22 +187,28 @@ class PackageTransfer:
         self.confidence_method = method
         self.confidence_definition = C.DEFINITION.replace(C.DEFAULT_METHOD, method)
 
+    @property
+    def preprocessor(self) -> Preprocessor:
+        """Baseline correction and scalers this transfer applies (per-map: after `fit_map`)."""
+        return self.models.preprocessor
+
     def check_map(self, secondary_wavelength_nm: np.ndarray) -> None:
         check_data(self.package, self.models.system,
                    secondary_wavelength_nm=secondary_wavelength_nm)
 
     def fit_map(self, secondary_blocks: Iterable[np.ndarray]) -> None:
-        self.models.fit_map_scalers(correct_baseline(b) for b in secondary_blocks)
+        self.models.fit_map_scalers(self.preprocessor.correct(b) for b in secondary_blocks)
 
     def identity(self) -> dict[str, Any]:
         ident = package_identity(self.package)
         ident["system"] = self.models.system
         ident["model"] = "vae_mlp"
         ident["output"] = "baseline-corrected primary counts (unscaled)"
+        ident["preprocessing"] = self.preprocessor.to_dict()
         return ident
 
     def __call__(self, secondary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        primary, out = self.models.transfer(correct_baseline(secondary))
+        primary, out = self.models.transfer(self.preprocessor.correct(secondary))
         return primary, C.confidence_from_distance(out.distances[self.confidence_method])
 
     def line_transfer(self) -> LineTransfer:
@@ -313,16 +323,17 @@ def evaluate_package(
 
     # -- k-means on the primary training map, k by silhouette on validation
     t0 = time.perf_counter()
-    train_sample = sample_primary(train_map, max_kmeans_spectra, seed=seed)
-    val_sample = sample_primary(val_map, max_kmeans_spectra, seed=seed + 1)
+    baseline = models.preprocessor.baseline
+    train_sample = sample_primary(train_map, max_kmeans_spectra, seed=seed, baseline=baseline)
+    val_sample = sample_primary(val_map, max_kmeans_spectra, seed=seed + 1, baseline=baseline)
     kmeans = fit_kmeans(train_sample, val_sample, tuple(k_values), seed=seed,
                         progress=step("kmeans"))
     kmeans_s = time.perf_counter() - t0
     # training latents for the Mahalanobis candidate of the confidence
     if models.per_map:
         models.fit_map_scalers(
-            (b.secondary for b in _pair_blocks(test_path, block_spots)),
-            (b.primary for b in _pair_blocks(test_path, block_spots)))
+            (b.secondary for b in _pair_blocks(test_path, block_spots, baseline)),
+            (b.primary for b in _pair_blocks(test_path, block_spots, baseline)))
     train_scaled = package.scalers["primary"].transform(train_sample)
     z_train = predict(lambda x: package.vae.encode(x)[0], train_scaled)
     if len(z_train) > package.vae.latent:
@@ -346,7 +357,7 @@ def evaluate_package(
     counts: dict[int, int] = {}
     use_truth = None
     n = 0
-    for block in _pair_blocks(test_path, block_spots):
+    for block in _pair_blocks(test_path, block_spots, baseline):
         y = block.primary
         labels_true = kmeans.labels(y)
         iy, ix = block.iy, block.ix
@@ -457,9 +468,9 @@ def evaluate_package(
     return result, maps
 
 
-def _pair_blocks(path: Path, block_spots: int) -> Iterator[PairedSpectra]:
+def _pair_blocks(path: Path, block_spots: int, baseline: Baseline) -> Iterator[PairedSpectra]:
     for block in iter_pair_blocks(path, block_spots):
-        yield preprocess_pairs(block)
+        yield preprocess_pairs(block, baseline=baseline)
 
 
 __all__ = [

@@ -208,20 +208,36 @@ def make_adam(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.A
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
 
 
-def cosine_lr(config: FitConfig, step: int, total_steps: int) -> float:
-    """Cosine decay from the learning rate to min_lr_fraction of it over total_steps."""
-    low = config.learning_rate * config.min_lr_fraction
+def cosine_factor(step: int, total_steps: int, floor: float) -> float:
+    """Cosine decay of the learning rate's factor from 1 to ``floor`` over total_steps."""
     phase = min(step / max(total_steps - 1, 1), 1.0)
-    return low + (config.learning_rate - low) * 0.5 * (1.0 + math.cos(math.pi * phase))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * phase))
 
 
-def _get_lr(optimiser: torch.optim.Optimizer) -> float:
-    return float(optimiser.param_groups[0]["lr"])
+def cosine_lr(config: FitConfig, step: int, total_steps: int) -> float:
+    """The learning rate of the "cosine" schedule at a step."""
+    return config.learning_rate * cosine_factor(step, total_steps, config.min_lr_fraction)
 
 
-def _set_lr(optimiser: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimiser.param_groups:
-        group["lr"] = lr
+Scheduler = torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+
+
+def make_scheduler(optimiser: torch.optim.Optimizer, config: FitConfig, total_steps: int
+                   ) -> Scheduler | None:
+    """torch's scheduler for ``config.schedule``: "cosine" steps after every batch (LambdaLR),
+    "plateau" after every epoch on the validation loss (ReduceLROnPlateau: x lr_decay_factor
+    after lr_decay_patience epochs without a strictly lower loss, down to min_lr_fraction x lr);
+    "constant": None."""
+    if config.schedule == "cosine":
+        floor = config.min_lr_fraction
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimiser, lambda step: cosine_factor(step, total_steps, floor))
+    if config.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimiser, mode="min", factor=config.lr_decay_factor,
+            patience=config.lr_decay_patience - 1, threshold=0.0, threshold_mode="abs",
+            min_lr=config.learning_rate * config.min_lr_fraction, eps=0.0)
+    return None
 
 
 def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -267,7 +283,12 @@ def fit(
     history = FitHistory()
     best = math.inf
     best_state = _clone_state(model)
-    step, first_epoch, stop, last_decay = 0, 0, False, -1
+    step, first_epoch, stop = 0, 0, False
+    per_epoch = train.steps_per_epoch(config.batch_size)
+    if config.max_batches is not None:
+        per_epoch = min(per_epoch, config.max_batches)
+    scheduler = make_scheduler(optimiser, config, max(1, per_epoch * config.epochs))
+    per_batch = isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR)
     resumed = checkpoint.epoch_state(stage) if checkpoint is not None and stage else None
     if resumed is not None:
         record, tensors = resumed
@@ -281,7 +302,8 @@ def fit(
         history = FitHistory(**record["history"])
         best, step = float(record["best"]), int(record["step"])
         first_epoch, stop = int(record["epoch"]) + 1, bool(record["stop"])
-        last_decay = int(record.get("last_decay", -1))
+        if scheduler is not None:
+            scheduler.load_state_dict(record["scheduler"])
         log.info("%s: resuming after epoch %d", stage, first_epoch)
     # the average is copied before any DDP wrapping (no reducer hooks on its parameters)
     averaged = AveragedModel(model) if config.average else None
@@ -293,10 +315,6 @@ def fit(
             model, device_ids=[device] if device.type == "cuda" else None,
             # the composed model's encoder takes no part in its forward pass
             find_unused_parameters=isinstance(model, ComposedTransfer))
-    per_epoch = train.steps_per_epoch(config.batch_size)
-    if config.max_batches is not None:
-        per_epoch = min(per_epoch, config.max_batches)
-    total_steps = max(1, per_epoch * config.epochs)
     for epoch in range(first_epoch, config.epochs):
         if stop:
             break
@@ -306,12 +324,12 @@ def fit(
             if config.max_batches is not None and i >= config.max_batches:
                 break
             batch = _to(batch, device)
-            if config.schedule == "cosine":
-                _set_lr(optimiser, cosine_lr(config, step, total_steps))
             loss, _ = loss_fn(net, batch, step)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
+            if per_batch:
+                scheduler.step()  # type: ignore[union-attr]
             step += 1
             total += float(loss.detach()) * len(batch[0])
             count += len(batch[0])
@@ -322,25 +340,19 @@ def fit(
         val_loss = evaluate(validated, loss_fn, val, config.batch_size * 8, step, device=device)
         history.train_loss.append(total / max(count, 1))
         history.val_loss.append(val_loss)
-        history.learning_rate.append(_get_lr(optimiser))
+        history.learning_rate.append(float(optimiser.param_groups[0]["lr"]))
         diverged = not (math.isfinite(val_loss) and math.isfinite(history.train_loss[-1]))
         if not diverged and val_loss < best:
             best, history.best_epoch = val_loss, epoch
             best_state = _clone_state(validated)
         stop = diverged or epoch - history.best_epoch >= config.patience
-        if (config.schedule == "plateau" and not stop
-                and epoch - max(history.best_epoch, last_decay) >= config.lr_decay_patience):
-            lr = max(_get_lr(optimiser) * config.lr_decay_factor,
-                     config.learning_rate * config.min_lr_fraction)
-            if lr < _get_lr(optimiser):
-                log.info("epoch %d: learning rate down to %.3g", epoch, lr)
-                _set_lr(optimiser, lr)
-            last_decay = epoch
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and not stop:
+            scheduler.step(val_loss)
         history.stopped_early = history.stopped_early or stop
         if checkpoint is not None and stage:
             checkpoint.save_epoch(stage, {
                 "epoch": epoch, "step": step, "best": best, "stop": stop,
-                "last_decay": last_decay,
+                "scheduler": None if scheduler is None else scheduler.state_dict(),
                 "history": history.as_dict(), "rng": generator_state(rng),
                 "config": asdict(config)}, model, best_state, optimiser)
         if diverged:

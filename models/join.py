@@ -28,65 +28,39 @@ Deterministic for a seed on one device.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from plumelink.models.augment import InputNoise, augmented
-from plumelink.models.baselines import MeanPredictor
-from plumelink.models.fit import (
-    ArraySource,
-    BatchSource,
-    FitConfig,
-    fit,
-    kept_if_better,
-    mse_loss,
-    predict,
-)
-from plumelink.models.metrics import rse
-from plumelink.models.networks import ComposedTransfer, LatentMLP, SystemDecoder
+from plumelink.models.fit import predict
+from plumelink.models.networks import LatentMLP, SystemDecoder
 from plumelink.models.package import (
     ModelPackage,
     PackageMismatchError,
     add_secondary,
     load_package,
 )
-from plumelink.pipeline.pairs import PairedSpectra, check_axes, load_pairs, preprocess_pairs
-from plumelink.pipeline.preprocess import SpectralScaler
+from plumelink.models.training import stages
+from plumelink.models.training.config import FLAT, TrainConfig
+from plumelink.models.training.data import (
+    TrainingData,
+    available_cores,
+    file_fingerprint,
+    load_paired,
+)
+from plumelink.models.training.stages import ProgressCallback, Reporter, Stages
+from plumelink.pipeline.paired_spectra import PairedSpectra, check_axes
+from plumelink.pipeline.preprocess import Preprocessor, SpectralScaler
 
 log = logging.getLogger(__name__)
 
-# progress(stage, epoch, n_epochs, train_loss, val_loss), like train_transfer's
-ProgressCallback = Callable[[str, int, int, float | None, float | None], None]
-
-# Used when the package's manifest does not record its training options.
-DEFAULTS: dict[str, Any] = {
-    "learning_rate": 1e-3, "batch_size": 128, "patience": 25, "weight_decay": 1e-5,
-    "mlp_hidden": (128, 512), "fine_tune_learning_rate": 3e-4, "fine_tune_epochs": 100,
-    "linear_rank": 0, "input_noise": 0.0,
-    "schedule": "plateau", "min_lr_fraction": 0.01, "lr_decay_patience": 8,
-    "lr_decay_factor": 0.3,
-}
-
-
-def _cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _load(path: Path, what: str) -> PairedSpectra:
-    pairs = preprocess_pairs(load_pairs(path))
-    if pairs.n == 0:
-        raise ValueError(f"{what} map {path} has no spot valid in both systems")
-    return pairs
+# What an option absent from an older package's record meant when that package was trained
+# (the option did not exist yet); every other absent option takes TrainConfig's default.
+ABSENT = {"linear_rank": 0, "input_noise": 0.0}
 
 
 def _check_primary(package: ModelPackage, pairs: PairedSpectra, path: Path) -> None:
@@ -99,25 +73,23 @@ def _check_primary(package: ModelPackage, pairs: PairedSpectra, path: Path) -> N
         ) from e
 
 
-def _options(package: ModelPackage) -> dict[str, Any]:
+def join_config(package: ModelPackage, epochs: int, seed: int, fine_tune: bool,
+                threads: int | None = None) -> TrainConfig:
+    """The package's recorded training options (metrics.options) for a new system: the same
+    loop, MLP architecture, linear path and input noise; ``epochs`` for the latent MLP (and
+    at most that for the fine-tuning); no drift and no weight averaging."""
     recorded = package.manifest.get("metrics", {}).get("options", {}) or {}
-    out = {k: recorded.get(k, v) for k, v in DEFAULTS.items()}
+    known = {k: v for k, v in recorded.items()
+             if k in FLAT and FLAT[k][0] in ("fit", "networks", "fine_tune", "augment", "")}
     existing = [e["latent_mlp"]["config"] for e in package.manifest["secondary"].values()]
     if existing:  # the same architecture as the systems already in the package
-        out["mlp_hidden"] = tuple(int(h) for h in existing[0]["hidden"])
-    out["mlp_hidden"] = tuple(int(h) for h in out["mlp_hidden"])
-    return out
-
-
-def _fingerprint(path: Path, pairs: PairedSpectra) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    stat = path.stat()
-    return {"file": path.name, "path": str(path.resolve()), "size": stat.st_size,
-            "mtime": stat.st_mtime, "map_shape": list(pairs.shape), "n_pairs": pairs.n,
-            "sha256": digest.hexdigest()}
+        known["mlp_hidden"] = tuple(int(h) for h in existing[0]["hidden"])
+    return TrainConfig(**{**ABSENT, **known}).replace(
+        epochs=epochs, seed=seed, fine_tune=fine_tune, latent=package.vae.latent,
+        max_batches=None, drift_gain=0.0, drift_shift_px=0.0, drift_response=0.0,
+        average_epochs=0, threads=threads, device="cpu",
+        scaler_mode=package.scalers["primary"].mode,
+        scaler_spread=package.scalers["primary"].spread)
 
 
 def join_secondary(
@@ -151,7 +123,7 @@ def join_secondary(
         raise ValueError(f"the package already has a secondary system {system_name!r} "
                          f"(replace=True to retrain it)")
     train_path, val_path = Path(train_map), Path(val_map)
-    train, val = _load(train_path, "training"), _load(val_path, "validation")
+    train, val = load_paired(train_path, "training"), load_paired(val_path, "validation")
     _check_primary(package, train, train_path)
     _check_primary(package, val, val_path)
     check_axes(val, train.primary_wavelength_nm, train.secondary_wavelength_nm)
@@ -160,123 +132,92 @@ def join_secondary(
                 axis, train.secondary_wavelength_nm, atol=1e-3):
             log.warning("the new system %r has the same wavelength axis as %r already in the "
                         "package: are these maps of the new system?", system_name, other)
+    config = join_config(package, epochs, seed, fine_tune, threads)
+    data = _join_data(package, train, val, train_path, val_path)
 
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads or _cores())
+    torch.set_num_threads(threads or available_cores())
     try:
         with torch.random.fork_rng(devices=[]):
-            metrics, mlp, s_scaler, history, mean, decoder = _join(
-                package, train, val, epochs, seed, progress, fine_tune)
+            metrics, mlp, history, mean, decoder = _join(package, config, data, progress)
     finally:
         torch.set_num_threads(previous)
 
-    fingerprint = {"train": _fingerprint(train_path, train), "val": _fingerprint(val_path, val)}
-    add_secondary(folder, system_name, mlp, train.secondary_wavelength_nm, s_scaler,
-                  baselines={"mean": mean}, fingerprint=fingerprint, metrics=metrics,
-                  history=history, replace=replace, decoder=decoder)
+    fingerprint = {"train": file_fingerprint(train_path, train.shape, train.n),
+                   "val": file_fingerprint(val_path, val.shape, val.n)}
+    add_secondary(folder, system_name, mlp, train.secondary_wavelength_nm,
+                  data.preprocessor.secondary, baselines={"mean": mean},
+                  fingerprint=fingerprint, metrics=metrics, history=history, replace=replace,
+                  decoder=decoder)
     for name, value in metrics["validation_rse"].items():
         log.info("%s validation RSE %s: %.5g", system_name, name, value)
     return metrics
 
 
-def _join(package: ModelPackage, train: PairedSpectra, val: PairedSpectra, epochs: int,
-          seed: int, progress: ProgressCallback | None, fine_tune: bool = False
-          ) -> tuple[dict[str, Any], LatentMLP, SpectralScaler, dict[str, Any], MeanPredictor,
-                     SystemDecoder | None]:
-    opts = _options(package)
-    p_scaler = package.scalers["primary"]
-    mode, spread = p_scaler.mode, p_scaler.spread
-    if mode == "per-map":  # the paper's scaling: each map by its own statistics
-        p_train_scaler = SpectralScaler(mode, spread).fit(train.primary)
-        p_val_scaler = SpectralScaler(mode, spread).fit(val.primary)
-        s_scaler = SpectralScaler(mode, spread).fit(train.secondary)
-        s_val_scaler = SpectralScaler(mode, spread).fit(val.secondary)
+def _join_data(package: ModelPackage, train: PairedSpectra, val: PairedSpectra,
+               train_path: Path, val_path: Path) -> TrainingData:
+    """The new system's pairs scaled with the package's primary scaler and a secondary
+    scaler fitted on the training map (with the paper's per-map scaling: each map's own)."""
+    pre = package.preprocessor(package.systems[0])
+    mode, spread = pre.primary.mode, pre.primary.spread
+    if pre.per_map:  # the paper's scaling: each map by its own statistics
+        train_pre = Preprocessor(SpectralScaler(mode, spread).fit(train.primary),
+                                 SpectralScaler(mode, spread).fit(train.secondary),
+                                 pre.baseline)
+        val_pre = Preprocessor(SpectralScaler(mode, spread).fit(val.primary),
+                               SpectralScaler(mode, spread).fit(val.secondary), pre.baseline)
     else:
-        p_train_scaler = p_val_scaler = p_scaler
-        s_scaler = s_val_scaler = SpectralScaler(mode, spread).fit(train.secondary)
-    p_tr = p_train_scaler.transform(train.primary).astype(np.float32)
-    p_va = p_val_scaler.transform(val.primary).astype(np.float32)
-    s_tr = s_scaler.transform(train.secondary).astype(np.float32)
-    s_va = s_val_scaler.transform(val.secondary).astype(np.float32)
+        train_pre = val_pre = Preprocessor(pre.primary,
+                                           SpectralScaler(mode, spread).fit(train.secondary),
+                                           pre.baseline)
+    return TrainingData(
+        train_path=train_path, val_path=val_path, preprocessor=train_pre,
+        val_preprocessor=val_pre,
+        p_tr=train_pre.primary.transform(train.primary).astype(np.float32),
+        s_tr=train_pre.secondary.transform(train.secondary).astype(np.float32),
+        p_va=val_pre.primary.transform(val.primary).astype(np.float32),
+        s_va=val_pre.secondary.transform(val.secondary).astype(np.float32),
+        truth=val.primary, primary_wavelength_nm=train.primary_wavelength_nm,
+        secondary_wavelength_nm=train.secondary_wavelength_nm,
+        shapes=(train.shape, val.shape), n_train=train.n, n_val=val.n,
+        record={"mode": "memory", "train_pairs": train.n, "val_pairs": val.n})
 
+
+def _join(package: ModelPackage, config: TrainConfig, data: TrainingData,
+          progress: ProgressCallback | None
+          ) -> tuple[dict[str, Any], LatentMLP, dict[str, Any], Any, SystemDecoder | None]:
+    """The latent MLP (and the fine-tuning) stages of `train_transfer` under the frozen VAE."""
     vae = package.vae.eval()
     for p in vae.parameters():
         p.requires_grad_(False)  # frozen: only the new MLP learns
-    z_tr = predict(lambda x: vae.encode(x)[0], p_tr)
-    z_va = predict(lambda x: vae.encode(x)[0], p_va)
-
-    def val_rse(scaled_pred: np.ndarray) -> float:
-        return rse(val.primary, p_val_scaler.inverse_transform(scaled_pred))
-
-    torch.manual_seed(seed + 1)
-    mlp = LatentMLP(s_tr.shape[1], opts["mlp_hidden"], vae.latent)
-
-    def reporter(stage: str, n: int) -> Callable[[int, float, float], None]:
-        def on_epoch(epoch: int, train_loss: float, val_loss: float) -> None:
-            log.info("%s epoch %d/%d: train loss %.5g, validation loss %.5g",
-                     stage, epoch + 1, n, train_loss, val_loss)
-            if progress is not None:
-                progress(stage, epoch + 1, n, train_loss, val_loss)
-
-        return on_epoch
-
-    def config(n: int, lr: float, offset: int) -> FitConfig:
-        return FitConfig(epochs=n, batch_size=int(opts["batch_size"]), learning_rate=lr,
-                         weight_decay=float(opts["weight_decay"]),
-                         patience=int(opts["patience"]), seed=seed + offset,
-                         schedule=str(opts["schedule"]),
-                         min_lr_fraction=float(opts["min_lr_fraction"]),
-                         lr_decay_patience=int(opts["lr_decay_patience"]),
-                         lr_decay_factor=float(opts["lr_decay_factor"]))
-
-    noise = InputNoise(float(opts["input_noise"]))  # as the package's own networks had
-
-    def noisy(src: ArraySource) -> BatchSource:
-        return augmented(src, "cpu", noise)
-
-    history = fit(mlp, mse_loss, noisy(ArraySource(s_tr, z_tr)), ArraySource(s_va, z_va),
-                  config(epochs, float(opts["learning_rate"]), 1),
-                  on_epoch=reporter("latent_mlp", epochs))
+    run = Stages(config, data, torch.device("cpu"), None, Reporter(progress))
+    mlp = stages.train_latent_mlp(run, vae)
+    decoder = stages.fine_tune(run, vae, mlp) if config.fine_tune.enabled else None
     mlp.eval()
-    histories = {"latent_mlp": history.as_dict()}
-    before = val_rse(predict(ComposedTransfer(mlp, vae).eval(), s_va))
-    scores = {"vae_mlp": before}
-    decoder: SystemDecoder | None = None
-    after: float | None = None
-    if fine_tune:  # MLP + a copy of the decoder; the shared VAE stays frozen
-        n_ft = min(int(opts["fine_tune_epochs"]), epochs)
-        tuned = ComposedTransfer(mlp, vae, SystemDecoder.from_vae(
-            vae, s_tr.shape[1], int(opts["linear_rank"])))
-        h, after, kept = kept_if_better(
-            mlp, before,
-            lambda: fit(tuned, mse_loss, noisy(ArraySource(s_tr, p_tr)),
-                        ArraySource(s_va, p_va),
-                        config(n_ft, float(opts["fine_tune_learning_rate"]), 2),
-                        on_epoch=reporter("fine_tune", n_ft)),
-            lambda: val_rse(predict(tuned.eval(), s_va)), "fine-tuning")
-        histories["fine_tune"] = h.as_dict()
-        if kept:
-            decoder, scores["vae_mlp"] = tuned.decoder, after
-    mlp.eval()
-
-    mean = MeanPredictor().fit(s_tr, p_tr)
-    scores["mean"] = val_rse(mean.predict(s_va))
+    mean = stages.score_mean(run)
+    z_va = predict(lambda x: vae.encode(x)[0], data.p_va)
     others = {s: v for s in package.systems if (v := _recorded_rse(package, s)) is not None}
+    options = config.flat()
     metrics: dict[str, Any] = {
-        "validation_rse": scores,
-        "vae_reconstruction_rse": val_rse(predict(lambda x: vae(x)[0], p_va)),
-        "vae_mlp_before_fine_tune": before,
-        "vae_mlp_after_fine_tune": after,
-        "latent_mse": float(np.mean((predict(mlp, s_va) - z_va) ** 2)),
+        "validation_rse": run.scores,
+        "vae_reconstruction_rse": data.val_rse(predict(lambda x: vae(x)[0], data.p_va)),
+        "vae_mlp_before_fine_tune": run.metrics["vae_mlp_before_fine_tune"],
+        "vae_mlp_after_fine_tune": run.metrics.get("vae_mlp_after_fine_tune"),
+        "latent_mse": float(np.mean((predict(mlp, data.s_va) - z_va) ** 2)),
         "other_systems_validation_rse": others,
-        "n_train_pairs": train.n,
-        "n_val_pairs": val.n,
-        "options": {"epochs": epochs, "seed": seed, "scaler_mode": mode,
-                    "scaler_spread": spread, **opts, "mlp_hidden": list(opts["mlp_hidden"])},
+        "n_train_pairs": data.n_train,
+        "n_val_pairs": data.n_val,
+        "options": {k: options[k] for k in _JOIN_OPTIONS},
         "trained": ("latent_mlp and its own fine-tuned copy of the decoder (VAE frozen)"
                     if decoder is not None else "latent_mlp only (VAE frozen, shared decoder)"),
     }
-    return metrics, mlp, s_scaler, histories, mean, decoder
+    return metrics, mlp, run.histories, mean, decoder
+
+
+_JOIN_OPTIONS = ("epochs", "seed", "scaler_mode", "scaler_spread", "learning_rate",
+                 "batch_size", "patience", "weight_decay", "mlp_hidden",
+                 "fine_tune_learning_rate", "fine_tune_epochs", "linear_rank", "input_noise",
+                 "schedule", "min_lr_fraction", "lr_decay_patience", "lr_decay_factor")
 
 
 def _recorded_rse(package: ModelPackage, system: str) -> float | None:

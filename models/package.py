@@ -42,11 +42,13 @@ import safetensors
 import safetensors.numpy
 import safetensors.torch
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from plumelink.models.baselines import KNNModel, MeanPredictor, PDSModel, PLSModel
 from plumelink.models.networks import VAE, ComposedTransfer, LatentMLP, OneStepMLP, SystemDecoder
-from plumelink.pipeline.preprocess import SpectralScaler
+from plumelink.models.training.config import problems
+from plumelink.pipeline.preprocess import Preprocessor, SpectralScaler
 
 FORMAT = "plumelink.model_package"
 FORMAT_VERSION = 1
@@ -83,6 +85,18 @@ class ModelPackage:
     @property
     def systems(self) -> list[str]:
         return sorted(self.latent_mlps)
+
+    def preprocessor(self, system: str) -> Preprocessor:
+        """Raw counts of `system` to network inputs and outputs back to primary spectra: the
+        package's baseline parameters (manifest ``preprocessing``) with the primary scaler
+        and the system's own."""
+        if system not in self.latent_mlps:
+            raise PackageMismatchError(_unknown_system(system, self.systems))
+        try:
+            return Preprocessor.from_dict(self.manifest.get("preprocessing"),
+                                          self.scalers["primary"], self.scalers[system])
+        except ValueError as e:
+            raise PackageError(f"{self.folder / MANIFEST}: {e}") from e
 
     def composed(self, system: str) -> ComposedTransfer:
         """Latent MLP of `system` followed by its fine-tuned decoder when it has one, else the
@@ -151,12 +165,10 @@ def _axis(values: Any, what: str) -> np.ndarray:
     return a
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file's bytes, hex (every file hash of plumelink.models)."""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -179,6 +191,61 @@ def _save_module(folder: Path, name: str, module: nn.Module) -> dict[str, Any]:
     return {"file": name, "config": module.config()}  # type: ignore[operator]
 
 
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Module(_Entry):
+    file: str
+    config: dict[str, Any]
+
+
+class _BaselineFile(_Entry):
+    file: str
+    kind: str
+    params: dict[str, Any] = {}
+
+
+class _Primary(_Entry):
+    wavelength_nm: list[float]
+    scaler: dict[str, Any]
+    vae: _Module
+
+
+class _Secondary(_Entry):
+    wavelength_nm: list[float]
+    scaler: dict[str, Any]
+    latent_mlp: _Module
+    one_step_mlp: _Module | None = None
+    decoder: _Module | None = None
+    baselines: dict[str, _BaselineFile] = {}
+    added: str | None = None
+    versions: dict[str, Any] | None = None
+    fingerprint: dict[str, Any] | None = None
+
+
+class _FileRecord(_Entry):
+    sha256: str
+    bytes: int
+
+
+class _Manifest(_Entry):
+    """The structure of manifest.json, checked when a package is read (unknown keys refused;
+    metrics, histories and fingerprints are free-form records)."""
+
+    format: str
+    format_version: int
+    created: str | None = None
+    versions: dict[str, Any] = {}
+    primary: _Primary
+    secondary: dict[str, _Secondary]
+    preprocessing: dict[str, Any] = {}
+    fingerprint: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+    histories: dict[str, Any] = {}
+    files: dict[str, _FileRecord] = {}
+
+
 def _read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST
     if not path.is_file():
@@ -187,11 +254,18 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PackageError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(manifest, dict):
+        raise PackageError(f"{path} is not a model package manifest (not a JSON object)")
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise PackageError(
             f"{path} is not a version-{FORMAT_VERSION} {FORMAT} manifest "
             f"(format={manifest.get('format')!r}, version={manifest.get('format_version')!r})"
         )
+    try:
+        _Manifest.model_validate(manifest)
+    except ValidationError as e:
+        found = "; ".join(f"{loc} {text}" for loc, text in problems(e)[:3])
+        raise PackageError(f"{path} is not a valid model package manifest: {found}") from None
     return manifest
 
 
@@ -200,7 +274,7 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     files: dict[str, dict[str, Any]] = {}
     for name in _referenced_files(manifest):
         path = folder / name
-        files[name] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+        files[name] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
     manifest["files"] = files
     text = json.dumps(_jsonable(manifest), indent=1, allow_nan=False)
     _atomic_write(folder / MANIFEST, lambda p: Path(p).write_text(text, encoding="utf-8"))
@@ -528,7 +602,7 @@ def _verify_file(folder: Path, manifest: dict[str, Any], name: str) -> Path:
         raise PackageError(f"{MANIFEST} refers to {name} but has no checksum for it")
     if not path.is_file():
         raise PackageError(f"weight file {name} listed in {MANIFEST} is missing from {folder}")
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if digest != record["sha256"]:
         raise PackageError(
             f"weight file {name} is corrupt or was changed after saving: sha256 {digest[:12]}… "

@@ -4,7 +4,7 @@
 map. Memory is bounded by the block and shuffle-buffer sizes, never by the map:
 
 * blocks: runs of whole raster lines, about ``block_spots`` spots each (the store chunks one
-  raster line per chunk, so every read is chunk-aligned; `pipeline.pairs.pair_line_runs`);
+  raster line per chunk, so every read is chunk-aligned; `pipeline.paired_spectra.pair_line_runs`);
 * each epoch draws one seed from the training rng; from it a permutation of the blocks
   (the same on every rank) of which rank r takes positions r, r + world_size, ...;
 * a background thread reads this rank's blocks in that order, keeps the pairs, applies the
@@ -19,10 +19,10 @@ map. Memory is bounded by the block and shuffle-buffer sizes, never by the map:
   ranks step in lockstep.
 
 Evaluation (rng None) reads every block in storage order, unshuffled and unsharded.
-Peak memory ~ (2 * shuffle_spots + (prefetch + 2) * block_spots) * (n_px1 + n_px2) * 4
-bytes (a gathering and the permuted copy being trained on; the gathering is scattered into
-the permuted copy block by block, never concatenated first), ~0.4 GB for the paper's maps
-at the defaults.
+Peak memory ~ (2 * shuffle_spots + (prefetch + 2) * block_spots) * (n_primary_px +
+n_secondary_px) * 4 bytes (a gathering and the permuted copy being trained on; the gathering
+is scattered into the permuted copy block by block, never concatenated first), ~0.4 GB for
+the paper's maps at the defaults.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ import numpy as np
 import torch
 
 from plumelink.pipeline.map_reader import MapReader
-from plumelink.pipeline.pairs import pair_counts, pair_line_runs, read_pair_run
-from plumelink.pipeline.preprocess import SpectralScaler, correct_baseline
+from plumelink.pipeline.paired_spectra import pair_counts, pair_line_runs, read_pair_run
+from plumelink.pipeline.preprocess import DEFAULT_BASELINE, Baseline, SpectralScaler
 
 FIELDS = ("primary", "secondary")
 _DONE = object()
@@ -81,7 +81,7 @@ class MapPairSource:
         prefetch: int = 2,
         rank: int = 0,
         world_size: int = 1,
-        baseline: bool = True,
+        baseline: Baseline | None = DEFAULT_BASELINE,
     ):
         if not fields or any(f not in FIELDS for f in fields):
             raise ValueError(f"fields must be a non-empty sequence of {FIELDS}, got {fields!r}")
@@ -119,8 +119,8 @@ class MapPairSource:
         out = []
         for name in self.fields:
             x = getattr(pairs, name)
-            if self.baseline:
-                x = correct_baseline(x)
+            if self.baseline is not None:
+                x = self.baseline.correct(x)
             out.append(self.scalers[name].transform(x))
         return out
 

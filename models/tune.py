@@ -42,8 +42,9 @@ from plumelink.models import distributed
 from plumelink.models.fit import ArraySource, FitConfig, fit, mse_loss, predict, vae_loss
 from plumelink.models.metrics import rse
 from plumelink.models.networks import VAE, ComposedTransfer, LatentMLP
-from plumelink.models.train import TrainOptions, _load, _map_spots, _scan
-from plumelink.pipeline.pairs import MAX_IN_MEMORY_SPOTS, check_axes
+from plumelink.models.training.config import TrainConfig
+from plumelink.models.training.data import TrainingData, map_spots
+from plumelink.pipeline.paired_spectra import MAX_IN_MEMORY_SPOTS
 from plumelink.pipeline.preprocess import SpectralScaler
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ DEFAULT_EPOCHS = {"vae": 50, "mlp": 100}  # the paper's epoch budgets (Hyperband
 # the chosen values, not the bounds): widths by powers of two from a quarter to twice the
 # paper's, latent 8-128, learning rate two decades either side of the paper's 1e-4, batch
 # 32-512. Chosen here as well: the number of KL annealing cycles (paper: 4) and the L2
-# weight decay (the paper uses L2 without a value; `TrainOptions` has 1e-5).
+# weight decay (the paper uses L2 without a value; `TrainConfig` has 1e-5).
 SEARCH_SPACES: dict[str, dict[str, dict[str, Any]]] = {
     "vae": {
         "hidden_1": {"kind": "categorical", "choices": [256, 512, 1024, 2048], "paper": 1024},
@@ -180,42 +181,23 @@ class TuningData:
 
 
 def load_tuning_data(train_map: str | os.PathLike[str], val_map: str | os.PathLike[str],
-                     options: TrainOptions | None = None, max_pairs: int = 20_000,
+                     options: TrainConfig | None = None, max_pairs: int = 20_000,
                      seed: int = 0) -> TuningData:
-    """Pairs of both maps, preprocessed and scaled as `train_transfer` does."""
-    options = options or TrainOptions()
-    mode, spread = options.scaler_mode, options.scaler_spread
+    """Pairs of both maps, preprocessed and scaled as `train_transfer` does (`TrainingData`);
+    streamed maps give subsamples of ``max_pairs`` pairs."""
+    options = options or TrainConfig()
     train_path, val_path = Path(train_map), Path(val_map)
     for what, path in (("training", train_path), ("validation", val_path)):
         if not path.is_file():
             raise FileNotFoundError(f"{what} map {path} does not exist")
-    big = max(_map_spots(train_path), _map_spots(val_path)) > MAX_IN_MEMORY_SPOTS
-    if big:
-        tr_scan = _scan(train_path, "training", max_pairs, seed + 101, options.block_spots,
-                        (mode, spread))
-        va_scan = _scan(val_path, "validation", max_pairs, seed + 102, options.block_spots,
-                        None)
-        assert tr_scan.scalers is not None
-        train, val = tr_scan.sample, va_scan.sample
-        p_scaler, s_scaler = tr_scan.scalers["primary"], tr_scan.scalers["secondary"]
-    else:
-        train, val = _load(train_path, "training"), _load(val_path, "validation")
-        p_scaler = SpectralScaler(mode, spread).fit(train.primary)  # type: ignore[arg-type]
-        s_scaler = SpectralScaler(mode, spread).fit(train.secondary)  # type: ignore[arg-type]
-    check_axes(val, train.primary_wavelength_nm, train.secondary_wavelength_nm)
-    if mode == "per-map":  # the paper's: the validation map scaled by its own statistics
-        p_val = SpectralScaler(mode, spread).fit(val.primary)  # type: ignore[arg-type]
-        s_val = SpectralScaler(mode, spread).fit(val.secondary)  # type: ignore[arg-type]
-    else:
-        p_val, s_val = p_scaler, s_scaler
-    log.info("tuning on %d training and %d validation pairs%s", train.n, val.n,
-             " (subsamples)" if big else "")
-    return TuningData(
-        p_tr=p_scaler.transform(train.primary).astype(np.float32),
-        s_tr=s_scaler.transform(train.secondary).astype(np.float32),
-        p_va=p_val.transform(val.primary).astype(np.float32),
-        s_va=s_val.transform(val.secondary).astype(np.float32),
-        truth=val.primary, p_val_scaler=p_val)
+    big = max(map_spots(train_path), map_spots(val_path)) > MAX_IN_MEMORY_SPOTS
+    data = TrainingData.load(train_path, val_path,
+                             options.replace(seed=seed, val_pairs=max_pairs, stream=big),
+                             keep_train=max_pairs)
+    log.info("tuning on %d training and %d validation pairs%s", len(data.p_tr), len(data.p_va),
+             " (subsamples)" if data.stream is not None else "")
+    return TuningData(p_tr=data.p_tr, s_tr=data.s_tr, p_va=data.p_va, s_va=data.s_va,
+                      truth=data.truth, p_val_scaler=data.val_preprocessor.primary)
 
 
 class _Pruning:
@@ -241,7 +223,7 @@ def _fit_config(params: dict[str, Any], epochs: int, seed: int) -> FitConfig:
     return FitConfig(epochs=epochs, batch_size=int(params["batch_size"]),
                      learning_rate=float(params["learning_rate"]),
                      weight_decay=float(params["weight_decay"]),
-                     patience=TrainOptions().patience, seed=seed)
+                     patience=TrainConfig().fit.patience, seed=seed)
 
 
 def train_vae(data: TuningData, params: dict[str, Any], epochs: int, seed: int = 0,

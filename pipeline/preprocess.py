@@ -373,3 +373,115 @@ class SpectralScaler:
     def __repr__(self) -> str:
         state = f"n_px={self.n_px}, n_samples={self.n_samples}" if self.fitted else "unfitted"
         return f"SpectralScaler(mode={self.mode!r}, spread={self.spread!r}, {state})"
+
+
+# -- the one owner of preprocessing ------------------------------------------------------------
+
+PREPROCESSOR_KIND = "plumelink.Preprocessor"
+PREPROCESSOR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The parameters of the baseline correction (module docstring); smooth_std None:
+    smooth_window / 6."""
+
+    min_window: int = MIN_WINDOW
+    smooth_window: int = SMOOTH_WINDOW
+    smooth_std: float | None = None
+
+    def correct(self, spectra: np.ndarray) -> np.ndarray:
+        """spectra - baseline, float32 (`correct_baseline` with these parameters)."""
+        return correct_baseline(spectra, self.min_window, self.smooth_window, self.smooth_std)
+
+    def to_dict(self) -> dict[str, Any]:
+        std = self.smooth_window / 6 if self.smooth_std is None else self.smooth_std
+        return {"min_window": self.min_window, "smooth_window": self.smooth_window,
+                "smooth_std": std}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Baseline:
+        """The parameters of a record; absent ones are the defaults (older packages)."""
+        std = d.get("smooth_std")
+        smooth = int(d.get("smooth_window", SMOOTH_WINDOW))
+        return cls(int(d.get("min_window", MIN_WINDOW)), smooth,
+                   None if std is None or math.isclose(std, smooth / 6) else float(std))
+
+
+DEFAULT_BASELINE = Baseline()
+
+
+class Preprocessor:
+    """Raw counts to network inputs and network outputs back to spectra, for one pair of
+    systems: the baseline correction of both, then the primary and the secondary scaler.
+
+    Train, join, tune, evaluate and every transfer (whole maps and the live view) use this
+    one object, which a model package saves (`to_dict`, versioned; the scalers live with
+    their systems) and rebuilds (`from_dict`)."""
+
+    def __init__(self, primary: SpectralScaler, secondary: SpectralScaler,
+                 baseline: Baseline = DEFAULT_BASELINE, *, fit: str | None = None) -> None:
+        self.primary, self.secondary, self.baseline = primary, secondary, baseline
+        self.fit = fit  # how the scalers were fitted (for the record), e.g. "in memory"
+
+    @property
+    def per_map(self) -> bool:
+        """Whether the scalers are the paper's per-map ones (fitted on each map anew)."""
+        return self.primary.mode == "per-map"
+
+    def correct(self, spectra: np.ndarray) -> np.ndarray:
+        """Baseline-corrected spectra, float32."""
+        return self.baseline.correct(spectra)
+
+    def secondary_inputs(self, raw: np.ndarray) -> np.ndarray:
+        """Raw secondary counts -> the scaled, baseline-corrected network inputs, float32."""
+        return self.secondary.transform(self.correct(raw)).astype(np.float32, copy=False)
+
+    def primary_spectra(self, scaled: np.ndarray) -> np.ndarray:
+        """Scaled network outputs -> primary spectra (baseline-corrected counts), float32."""
+        return self.primary.inverse_transform(scaled)
+
+    def for_map(self, secondary: Iterable[np.ndarray],
+                primary: Iterable[np.ndarray] | None = None) -> Preprocessor:
+        """The paper's per-map scaling: scalers fitted on this map's baseline-corrected blocks
+        (without primary spectra the training primary scaler inverts)."""
+        spread = self.secondary.spread
+        sec = SpectralScaler("per-map", spread).fit(secondary)
+        prim = (self.primary if primary is None
+                else SpectralScaler("per-map", spread).fit(primary))
+        return Preprocessor(prim, sec, self.baseline, fit="this map")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The versioned record of a package's manifest (``preprocessing``); the scalers'
+        parameters are stored with their systems."""
+        record: dict[str, Any] = {
+            "kind": PREPROCESSOR_KIND,
+            "version": PREPROCESSOR_VERSION,
+            "pairs": {"valid_only": True},
+            "baseline": {**self.baseline.to_dict(), "applied_to": ["primary", "secondary"]},
+            "scaler": {"mode": self.primary.mode, "spread": self.primary.spread,
+                       "fitted_on": "train"},
+        }
+        if self.fit is not None:
+            record["scaler"]["fit"] = self.fit
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any] | None, primary: SpectralScaler,
+                  secondary: SpectralScaler) -> Preprocessor:
+        """Rebuild from a manifest record and the two scalers. A record without a version
+        (packages written before the preprocessor had one) gives its baseline parameters, or
+        the defaults; a newer version than this code knows is a clear error."""
+        record = record or {}
+        version = record.get("version")
+        if version is not None and version != PREPROCESSOR_VERSION:
+            raise ValueError(f"preprocessing record version {version!r}: this plumelink reads "
+                             f"version {PREPROCESSOR_VERSION} (a newer plumelink wrote it?)")
+        baseline = record.get("baseline")
+        return cls(primary, secondary,
+                   Baseline.from_dict(baseline) if isinstance(baseline, dict) else Baseline(),
+                   fit=(record.get("scaler") or {}).get("fit"))
+
+    def __repr__(self) -> str:
+        return (f"Preprocessor({self.baseline}, primary={self.primary!r}, "
+                f"secondary={self.secondary!r})")

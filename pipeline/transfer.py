@@ -8,7 +8,8 @@ The output is an ordinary plumelink map (so the GUI, silx or h5web open it like 
 - /map/secondary: a copy of the input's secondary spectra (as float32), valid flags, frame ids,
   timestamps and emissivity;
 - raster, ground truth (when the input has it), the input's instrument settings, plus
-  settings["transfer_model"]: the identity of the model package that made the map;
+  settings["transfer_model"]: the identity of the model package that made the map, with the
+  record of its `Preprocessor` (baseline parameters and scalers' settings);
 - /map/transfer (NXcollection, written after the map is complete): `confidence` (ny, nx)
   float32, NaN where no spectrum was transferred, with attributes `method` and `definition`,
   and attributes `model` (package folder) and `input` (the input map).
@@ -32,6 +33,7 @@ import numpy as np
 from . import map_layout as L
 from .map_reader import MapReader
 from .map_writer import DEFAULT_COMPRESSION, MapWriter
+from .preprocess import Preprocessor
 from .raster_line import LineTruth, RasterLine, SystemLine
 
 TRANSFER_GROUP = f"{L.ENTRY}/transfer"
@@ -45,6 +47,7 @@ class BlockTransfer(Protocol):
     """What transfer_map needs from a model."""
 
     primary_wavelength_nm: np.ndarray
+    preprocessor: Preprocessor  # the baseline correction and scalers the transfer applies
     needs_map_statistics: bool  # True: call fit_map with the map's secondary blocks first
     confidence_method: str
     confidence_definition: str
@@ -59,7 +62,8 @@ class BlockTransfer(Protocol):
         """What to record in the output's settings (plain values and dicts)."""
 
     def __call__(self, secondary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw secondary counts (n, n_px2) -> (primary (n, n_px1) float32, confidence (n,))."""
+        """Raw secondary counts (n, n_secondary_px) -> (primary (n, n_primary_px) float32,
+        confidence (n,))."""
 
 
 def transfer_map(
@@ -127,12 +131,13 @@ def transfer_map(
 
 def _transfer_lines(lines: list[RasterLine], transfer: BlockTransfer,
                     block_spots: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(primary (nx, n_px1) float32 zeros where invalid, confidence (nx,) NaN where invalid)."""
+    """(primary (nx, n_primary_px) float32 zeros where invalid, confidence (nx,) NaN where
+    invalid)."""
     nx = lines[0].nx
-    n_px1 = len(transfer.primary_wavelength_nm)
+    n_primary_px = len(transfer.primary_wavelength_nm)
     valid = np.concatenate([ln.secondary.valid for ln in lines])
     spectra = np.concatenate([ln.secondary.spectra for ln in lines])[valid]
-    primary = np.zeros((valid.size, n_px1), np.float32)
+    primary = np.zeros((valid.size, n_primary_px), np.float32)
     confidence = np.full(valid.size, np.nan, np.float32)
     where = np.flatnonzero(valid)
     for i in range(0, where.size, block_spots):

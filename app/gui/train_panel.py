@@ -94,7 +94,8 @@ class TrainPanel(QWidget):
             self.out.setText(path)
 
     def options(self) -> dict:
-        """`models.train.TrainOptions` fields (built and checked in the training process)."""
+        """`models.train.TrainConfig` options by flat name (built and checked in the training
+        process)."""
         return {"epochs": self.epochs.value(), "latent": self.latent.value(),
                 "threads": self.threads.value(), "fine_tune": self.fine_tune.isChecked(),
                 "baselines": self.baselines.isChecked(), "overwrite": self.overwrite.isChecked(),

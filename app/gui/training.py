@@ -40,7 +40,7 @@ def _train_child(train_path: str, val_path: str, out_dir: str, options: dict[str
     if hasattr(os, "nice"):
         os.nice(TRAIN_NICE)
     try:
-        from plumelink.models.train import TrainOptions, train_transfer
+        from plumelink.models.train import TrainConfig, train_transfer
 
         def progress(stage: str, epoch: int, n_epochs: int, train_loss: Any,
                      val_loss: Any) -> None:
@@ -52,7 +52,7 @@ def _train_child(train_path: str, val_path: str, out_dir: str, options: dict[str
 
         if stop.is_set():
             raise TrainingStopped("training stopped by the operator")
-        path = train_transfer(train_path, val_path, out_dir, TrainOptions(**options),
+        path = train_transfer(train_path, val_path, out_dir, TrainConfig(**options),
                               progress=progress)
         messages.put(("done", str(path)))
     except TrainingStopped:
@@ -65,8 +65,9 @@ def _train_child(train_path: str, val_path: str, out_dir: str, options: dict[str
 class TrainRun:
     """One training process, its loss history (``snapshot``), stop and kill.
 
-    ``options`` are `models.train.TrainOptions` fields as a dict: the options are built (and
-    validated) in the training process, so the GUI process never imports torch for them.
+    ``options`` are `models.train.TrainConfig` options by flat name, as a dict: the config is
+    built (and validated) in the training process, so the GUI process never imports torch
+    for it.
     """
 
     def __init__(self, train_path: str | Path, val_path: str | Path, out_dir: str | Path,

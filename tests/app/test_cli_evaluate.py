@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from pathlib import Path
 
 import h5py
 import pytest
@@ -13,24 +12,8 @@ import pytest
 from plumelink.app import evaluate_command, transfer_command
 from plumelink.models.evaluate import METRIC_KEYS, MODELS
 from plumelink.models.report import FIGURES
-from plumelink.models.train import TrainOptions, train_transfer
 from plumelink.pipeline.map_reader import MapReader
-from plumelink.pipeline.simulate import simulate_dataset
 from plumelink.pipeline.transfer import read_confidence
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], Path]:
-    """Tiny maps and a 2-epoch package, shared on disk by every test file of issue 5."""
-    base = tmp_path_factory.getbasetemp() / "issue5_tiny_model"
-    maps = {name: base / "maps" / f"{name}.h5" for name in ("train", "val", "test")}
-    model = base / "model"
-    if not (model / "manifest.json").exists():
-        simulate_dataset("tiny", base / "maps", seed=0, truth=True)
-        train_transfer(maps["train"], maps["val"], model,
-                       TrainOptions(epochs=2, threads=1, fine_tune=False, pls_candidates=(8,),
-                                    knn_candidates=(3,), hash_inputs=False))
-    return maps, model
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -5,18 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from plumelink.app.cli import build_parser, main
 from plumelink.models.package import load_package
-from plumelink.pipeline.simulate import simulate_dataset
-
-
-@pytest.fixture(scope="module")
-def maps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return simulate_dataset("tiny", tmp_path_factory.mktemp("maps"), seed=1)
 
 
 def test_train_command_prints_the_table_and_where_the_package_went(maps, tmp_path) -> None:
@@ -134,8 +127,10 @@ def test_train_linear_rank_and_input_noise_reach_the_package(maps, tmp_path, cap
     assert main(["join", "--model", str(out), "--system", "second_look", "--train",
                  str(maps["train"]), "--val", str(maps["val"]), "--epochs", "3",
                  "--fine-tune", "-q"]) == 0
-    joined = load_package(out).decoders.get("second_look")
-    assert joined is None or joined.path.rank == 3
+    joined = load_package(out)
+    assert joined.manifest["metrics"]["second_look"]["trained"].startswith(
+        "latent_mlp and its own fine-tuned copy"), "fine-tuning not kept for the joined system"
+    assert joined.decoders["second_look"].path.rank == 3
     report = tmp_path / "report"
     assert main(["evaluate", "--model", str(out), "--test", str(maps["test"]),
                  "--system", "secondary", "--report", str(report)]) == 0
@@ -146,3 +141,24 @@ def test_train_linear_rank_and_input_noise_reach_the_package(maps, tmp_path, cap
         build_parser().parse_args(["train", "--train", "t", "--val", "v", "--out", "m",
                                    "--linear-rank", "-1"])
     assert "at least 0" in capsys.readouterr().err
+
+
+def test_train_config_file_sets_the_tables_and_the_flags_override_it(maps, tmp_path,
+                                                                     capsys) -> None:
+    config = tmp_path / "train.toml"
+    config.write_text("seed = 4\n[fit]\nepochs = 1\nbatch_size = 64\n[baselines]\n"
+                      "enabled = false\n[augment]\ninput_noise = 0.01\n", encoding="utf-8")
+    out = tmp_path / "model"
+    assert main(["train", "--train", str(maps["train"]), "--val", str(maps["val"]),
+                 "--out", str(out), "--config", str(config), "--input-noise", "0.03",
+                 "--threads", "1", "-q"]) == 0
+    options = load_package(out).manifest["metrics"]["options"]
+    assert (options["seed"], options["epochs"], options["batch_size"]) == (4, 1, 64)
+    assert options["baselines"] is False and options["input_noise"] == 0.03
+    capsys.readouterr()
+    config.write_text("[fit]\nepochs = 0\nbogus = 1\n", encoding="utf-8")
+    assert main(["train", "--train", str(maps["train"]), "--val", str(maps["val"]),
+                 "--out", str(tmp_path / "other"), "--config", str(config), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert str(config) in err and "epochs (fit.epochs) must be >= 1, got 0" in err
+    assert "fit.bogus is not a known key" in err

@@ -5,24 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from plumelink.app.cli import build_parser, main
 from plumelink.models.tune import in_space
-from plumelink.pipeline.simulate import simulate_dataset
 
 SPACE = {
     "hidden_1": {"kind": "categorical", "choices": [32]},
     "hidden_2": {"kind": "categorical", "choices": [16]},
     "latent": {"kind": "categorical", "choices": [4, 8]},
 }
-
-
-@pytest.fixture(scope="module")
-def maps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return simulate_dataset("tiny", tmp_path_factory.mktemp("maps"), seed=2)
 
 
 def test_the_cli_does_not_import_optuna_unless_tune_runs() -> None:

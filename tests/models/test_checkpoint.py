@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,22 +11,16 @@ import torch
 from plumelink.models.checkpoint import CheckpointMismatchError
 from plumelink.models.package import load_package
 from plumelink.models.train import CHECKPOINTS, TrainOptions, train_transfer
-from plumelink.pipeline.simulate import simulate_dataset
 
 SMALL = TrainOptions(epochs=3, batch_size=32, threads=1, vae_hidden=(64, 32), latent=8,
                      mlp_hidden=(32, 32), hash_inputs=False, patience=50,
                      pls_candidates=(8,), knn_candidates=(3,), device="cpu",
                      checkpoint_interval_s=0.0)  # every epoch: resume points are checked
-STREAM = replace(SMALL, stream=True, block_spots=32, shuffle_spots=64)
+STREAM = SMALL.replace(stream=True, block_spots=32, shuffle_spots=64)
 
 
 class Interrupt(Exception):
     pass
-
-
-@pytest.fixture(scope="module")
-def maps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return simulate_dataset("tiny", tmp_path_factory.mktemp("maps"), seed=0)
 
 
 def _train(maps, out: Path, options: TrainOptions, stop_at=None, resume=False) -> Path:
@@ -100,7 +93,7 @@ def test_resume_refuses_other_options_and_missing_checkpoints(maps, tmp_path):
     with pytest.raises(Interrupt):
         _train(maps, out, SMALL, ("vae", 1))
     with pytest.raises(CheckpointMismatchError, match="seed"):
-        _train(maps, out, replace(SMALL, seed=5), resume=True)
+        _train(maps, out, SMALL.replace(seed=5), resume=True)
     # a fresh start (no --resume) clears the old checkpoint and trains from scratch
-    _train(maps, out, replace(SMALL, epochs=1, baselines=False))
+    _train(maps, out, SMALL.replace(epochs=1, baselines=False))
     assert (out / "manifest.json").exists()

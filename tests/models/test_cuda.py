@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,6 @@ import torch
 
 from plumelink.models.package import load_package
 from plumelink.models.train import TrainOptions, train_transfer
-from plumelink.pipeline.simulate import simulate_dataset
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -23,18 +21,13 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.fixture(scope="module")
-def maps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return simulate_dataset("tiny", tmp_path_factory.mktemp("maps"), seed=0)
-
-
 def _digest(folder: Path) -> str:
     return load_package(folder).manifest["metrics"]["weights_sha256"]
 
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_gpu_training_is_deterministic_and_resumes_exactly(maps, tmp_path, stream) -> None:
-    options = replace(GPU, stream=stream, block_spots=32, shuffle_spots=64)
+    options = GPU.replace(stream=stream, block_spots=32, shuffle_spots=64)
 
     def run(name: str, stop_at=None, resume=False) -> Path:
         def progress(stage, epoch, *_):

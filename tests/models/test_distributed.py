@@ -12,12 +12,6 @@ from pathlib import Path
 import pytest
 
 from plumelink.models.package import load_package
-from plumelink.pipeline.simulate import simulate_dataset
-
-
-@pytest.fixture(scope="module")
-def maps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return simulate_dataset("tiny", tmp_path_factory.mktemp("maps"), seed=3)
 
 
 def _free_port() -> int:

@@ -1,11 +1,10 @@
-"""Evaluation of a tiny model package on the tiny simulated test map (issue 5)."""
+"""Evaluation of a tiny model package on the tiny simulated test map."""
 
 from __future__ import annotations
 
 import json
 import math
 import shutil
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -21,25 +20,9 @@ from plumelink.models.evaluate import (
 )
 from plumelink.models.metrics import label_agreement, rse
 from plumelink.models.package import PackageMismatchError, load_package
-from plumelink.models.train import TrainOptions, train_transfer
-from plumelink.pipeline.pairs import load_pairs, preprocess_pairs
-from plumelink.pipeline.simulate import simulate_dataset
+from plumelink.pipeline.paired_spectra import load_pairs, preprocess_pairs
 
 K_VALUES = (2, 3, 4)
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], Path]:
-    """Tiny maps and a 2-epoch package, shared on disk by every test file of issue 5."""
-    base = tmp_path_factory.getbasetemp() / "issue5_tiny_model"
-    maps = {name: base / "maps" / f"{name}.h5" for name in ("train", "val", "test")}
-    model = base / "model"
-    if not (model / "manifest.json").exists():
-        simulate_dataset("tiny", base / "maps", seed=0, truth=True)
-        train_transfer(maps["train"], maps["val"], model,
-                       TrainOptions(epochs=2, threads=1, fine_tune=False, pls_candidates=(8,),
-                                    knn_candidates=(3,), hash_inputs=False))
-    return maps, model
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from plumelink.models.join import join_secondary
 from plumelink.models.metrics import rse
 from plumelink.models.package import PackageMismatchError, check_data, load_package
 from plumelink.models.train import TrainOptions, train_transfer
-from plumelink.pipeline.pairs import load_pairs, preprocess_pairs
+from plumelink.pipeline.paired_spectra import load_pairs, preprocess_pairs
 from plumelink.pipeline.simulate import PRESETS, simulate_map
 
 FAST = TrainOptions(epochs=4, batch_size=32, threads=2, baselines=False, hash_inputs=False)
@@ -39,7 +39,7 @@ def _sha(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def maps(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
+def join_maps(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
     out = tmp_path_factory.mktemp("join_maps")
     preset = PRESETS["tiny"]
     paths = {}
@@ -52,14 +52,14 @@ def maps(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path
 
 
 @pytest.fixture(scope="module")
-def joined(maps, tmp_path_factory) -> tuple[Path, dict, dict[str, str], dict]:
-    folder = train_transfer(maps["secondary", "train"], maps["secondary", "val"],
+def joined(join_maps, tmp_path_factory) -> tuple[Path, dict, dict[str, str], dict]:
+    folder = train_transfer(join_maps["secondary", "train"], join_maps["secondary", "val"],
                             tmp_path_factory.mktemp("join_pkg") / "model", FAST)
     before = {p.name: _sha(p) for p in folder.glob("*.safetensors")}
     manifest_before = json.loads((folder / "manifest.json").read_text())
     calls: list[tuple] = []
-    metrics = join_secondary(folder, "broadband_ccd", maps["broadband_ccd", "train"],
-                             maps["broadband_ccd", "val"], epochs=JOIN_EPOCHS, seed=0,
+    metrics = join_secondary(folder, "broadband_ccd", join_maps["broadband_ccd", "train"],
+                             join_maps["broadband_ccd", "val"], epochs=JOIN_EPOCHS, seed=0,
                              progress=lambda *a: calls.append(a))
     assert calls and calls[0][0] == "latent_mlp" and calls[-1][2] == JOIN_EPOCHS
     return folder, metrics, before, manifest_before
@@ -80,14 +80,14 @@ def test_package_lists_both_systems_and_old_files_are_untouched(joined) -> None:
                                         "baseline-mean-broadband_ccd.safetensors"}
     entry = pkg.manifest["secondary"]["broadband_ccd"]
     assert entry["fingerprint"]["train"]["file"] == "broadband_ccd-train.h5"
-    assert entry["latent_mlp"]["config"]["hidden"] == list(FAST.mlp_hidden)
+    assert entry["latent_mlp"]["config"]["hidden"] == list(FAST.networks.mlp_hidden)
     assert pkg.manifest["metrics"]["validation_rse"] == manifest_before["metrics"]["validation_rse"]
 
 
-def test_joined_ccd_transfers_to_primary_spectra(joined, maps) -> None:
+def test_joined_ccd_transfers_to_primary_spectra(joined, join_maps) -> None:
     folder, metrics, _, _ = joined
     pkg = load_package(folder)
-    val = preprocess_pairs(load_pairs(maps["broadband_ccd", "val"]))
+    val = preprocess_pairs(load_pairs(join_maps["broadband_ccd", "val"]))
     check_data(pkg, "broadband_ccd", val.primary_wavelength_nm, val.secondary_wavelength_nm)
     x = pkg.scalers["broadband_ccd"].transform(val.secondary)
     pred = pkg.scalers["primary"].inverse_transform(predict(pkg.composed("broadband_ccd"), x))
@@ -106,13 +106,13 @@ def test_joined_ccd_transfers_to_primary_spectra(joined, maps) -> None:
     assert len(pkg.manifest["histories"]["broadband_ccd"]["latent_mlp"]["train_loss"]) >= 1
 
 
-def test_join_with_fine_tuning_gets_its_own_decoder_and_the_vae_stays(joined, maps,
+def test_join_with_fine_tuning_gets_its_own_decoder_and_the_vae_stays(joined, join_maps,
                                                                      tmp_path) -> None:
     folder = shutil.copytree(joined[0], tmp_path / "model")
     shared = {p.name: _sha(p) for p in folder.glob("*.safetensors")
               if "broadband_ccd" not in p.name}
-    metrics = join_secondary(folder, "broadband_ccd", maps["broadband_ccd", "train"],
-                             maps["broadband_ccd", "val"], epochs=JOIN_EPOCHS, seed=0,
+    metrics = join_secondary(folder, "broadband_ccd", join_maps["broadband_ccd", "train"],
+                             join_maps["broadband_ccd", "val"], epochs=JOIN_EPOCHS, seed=0,
                              replace=True, fine_tune=True)
     for name, digest in shared.items():  # the VAE and the first system, byte for byte
         assert _sha(folder / name) == digest
@@ -123,17 +123,17 @@ def test_join_with_fine_tuning_gets_its_own_decoder_and_the_vae_stays(joined, ma
     assert ("broadband_ccd" in pkg.decoders) == kept
     assert (folder / "decoder-broadband_ccd.safetensors").exists() == kept
     assert metrics["validation_rse"]["vae_mlp"] == pytest.approx(min(before, after))
-    val = preprocess_pairs(load_pairs(maps["broadband_ccd", "val"]))
+    val = preprocess_pairs(load_pairs(join_maps["broadband_ccd", "val"]))
     x = pkg.scalers["broadband_ccd"].transform(val.secondary)
     pred = pkg.scalers["primary"].inverse_transform(predict(pkg.composed("broadband_ccd"), x))
     assert rse(val.primary, pred) == pytest.approx(min(before, after), rel=1e-4)
 
 
-def test_wavelength_check_tells_the_two_secondaries_apart(joined, maps) -> None:
+def test_wavelength_check_tells_the_two_secondaries_apart(joined, join_maps) -> None:
     folder = joined[0]
     pkg = load_package(folder)
-    ccd = load_pairs(maps["broadband_ccd", "val"])
-    sec = load_pairs(maps["secondary", "val"])
+    ccd = load_pairs(join_maps["broadband_ccd", "val"])
+    sec = load_pairs(join_maps["secondary", "val"])
     with pytest.raises(PackageMismatchError, match=r"secondary \(secondary\) axis has 3872 "
                        r"pixels, this map's has 2048"):
         check_data(pkg, "secondary", ccd.primary_wavelength_nm, ccd.secondary_wavelength_nm)
@@ -143,12 +143,12 @@ def test_wavelength_check_tells_the_two_secondaries_apart(joined, maps) -> None:
     check_data(pkg, "secondary", sec.primary_wavelength_nm, sec.secondary_wavelength_nm)
 
 
-def test_join_refuses_a_taken_name_and_a_foreign_primary(joined, maps, tmp_path) -> None:
+def test_join_refuses_a_taken_name_and_a_foreign_primary(joined, join_maps, tmp_path) -> None:
     folder = joined[0]
     manifest = (folder / "manifest.json").read_bytes()
     with pytest.raises(ValueError, match="already has a secondary system 'broadband_ccd'"):
-        join_secondary(folder, "broadband_ccd", maps["broadband_ccd", "train"],
-                       maps["broadband_ccd", "val"], epochs=1)
+        join_secondary(folder, "broadband_ccd", join_maps["broadband_ccd", "train"],
+                       join_maps["broadband_ccd", "val"], epochs=1)
     spec = PRESETS["tiny"].maps[1]
     odd = simulate_map(tmp_path / "odd.h5", spec, step_um=40.0, seed=0,
                        secondary="broadband_ccd")
@@ -160,14 +160,14 @@ def test_join_refuses_a_taken_name_and_a_foreign_primary(joined, maps, tmp_path)
     assert (folder / "manifest.json").read_bytes() == manifest
 
 
-def test_cli_join(joined, maps, tmp_path, capsys) -> None:
+def test_cli_join(joined, join_maps, tmp_path, capsys) -> None:
     folder = tmp_path / "model"
     shutil.copytree(joined[0], folder)
     parser = argparse.ArgumentParser(prog="plumelink")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["join", "--model", str(folder), "--system", "ccd2",
-                              "--train", str(maps["broadband_ccd", "train"]),
-                              "--val", str(maps["broadband_ccd", "val"]), "--epochs", "2",
+                              "--train", str(join_maps["broadband_ccd", "train"]),
+                              "--val", str(join_maps["broadband_ccd", "val"]), "--epochs", "2",
                               "-q"])
     assert args.func(args) == 0
     out = capsys.readouterr().out
@@ -179,19 +179,19 @@ def test_cli_join(joined, maps, tmp_path, capsys) -> None:
                            "--val", "v", "--epochs", "0"])
 
 
-def test_join_trains_with_the_packages_recorded_input_noise(joined, maps, tmp_path) -> None:
+def test_join_trains_with_the_packages_recorded_input_noise(joined, join_maps, tmp_path) -> None:
     """The joined MLP gets the same input noise as the package's own networks had: the same
     recorded setting gives the same weights, another one other weights."""
     recorded = load_package(joined[0]).manifest["metrics"]["options"]["input_noise"]
-    assert recorded == FAST.input_noise > 0
+    assert recorded == FAST.augment.input_noise > 0
 
     def joined_mlp(name: str, noise: float) -> dict:
         folder = shutil.copytree(joined[0], tmp_path / name)
         manifest = json.loads((folder / "manifest.json").read_text())
         manifest["metrics"]["options"]["input_noise"] = noise
         (folder / "manifest.json").write_text(json.dumps(manifest))
-        join_secondary(folder, "broadband_ccd", maps["broadband_ccd", "train"],
-                       maps["broadband_ccd", "val"], epochs=2, seed=0, replace=True)
+        join_secondary(folder, "broadband_ccd", join_maps["broadband_ccd", "train"],
+                       join_maps["broadband_ccd", "val"], epochs=2, seed=0, replace=True)
         return load_package(folder).latent_mlps["broadband_ccd"].state_dict()
 
     a, b, quiet = (joined_mlp("a", recorded), joined_mlp("b", recorded),

@@ -21,6 +21,7 @@ from plumelink.models.networks import (
     SystemDecoder,
 )
 from plumelink.models.package import (
+    MANIFEST,
     ModelPackage,
     PackageError,
     PackageMismatchError,
@@ -317,3 +318,19 @@ def test_check_data_explains_mismatches(saved: tuple[Path, dict]) -> None:
     with pytest.raises(PackageMismatchError):
         pkg.composed("sysZ")
     assert issubclass(PackageMismatchError, ValueError)
+
+
+def test_the_preprocessor_of_a_system_and_a_manifest_with_an_unknown_key(
+        saved: tuple[Path, dict]) -> None:
+    folder, _ = saved
+    pkg = load_package(folder)
+    pre = pkg.preprocessor("sysA")  # a record without a version: the default baseline
+    assert pre.primary is pkg.scalers["primary"] and pre.secondary is pkg.scalers["sysA"]
+    assert pre.baseline.min_window == 100
+    with pytest.raises(PackageMismatchError, match="no secondary system 'sysB'"):
+        pkg.preprocessor("sysB")
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["secondary"]["sysA"]["scalers"] = {}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(PackageError, match=r"secondary\.sysA\.scalers is not a known key"):
+        load_package(folder)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from plumelink.models.streaming import MapPairSource
-from plumelink.pipeline.pairs import load_pairs, preprocess_pairs
+from plumelink.pipeline.paired_spectra import load_pairs, preprocess_pairs
 from plumelink.pipeline.preprocess import SpectralScaler
 from plumelink.pipeline.simulate import simulate_dataset
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,15 +15,9 @@ from plumelink.models.metrics import rse
 from plumelink.models.networks import ComposedTransfer
 from plumelink.models.package import load_package
 from plumelink.models.train import TrainOptions, format_rse_table, train_transfer
-from plumelink.pipeline.pairs import load_pairs, preprocess_pairs
-from plumelink.pipeline.simulate import simulate_dataset
+from plumelink.pipeline.paired_spectra import load_pairs, preprocess_pairs
 
 FAST = TrainOptions(epochs=4, batch_size=32, threads=2)
-
-
-@pytest.fixture(scope="module")
-def maps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return simulate_dataset("tiny", tmp_path_factory.mktemp("maps"), seed=0, truth=True)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +41,8 @@ def test_package_is_written_and_loads_with_everything(trained, maps) -> None:
     assert all(np.isfinite(v) and v > 0 for v in rses.values())
     assert set(m["histories"]) == {"vae", "latent_mlp", "fine_tune", "fine_tune_average",
                                    "one_step_mlp", "one_step_average"}
-    assert len(m["histories"]["fine_tune_average"]["val_loss"]) <= FAST.epochs
-    assert len(m["histories"]["vae"]["train_loss"]) == FAST.epochs
+    assert len(m["histories"]["fine_tune_average"]["val_loss"]) <= FAST.fit.epochs
+    assert len(m["histories"]["vae"]["train_loss"]) == FAST.fit.epochs
     fp = m["fingerprint"]
     assert fp["train"]["file"] == "train.h5" and fp["val"]["file"] == "val.h5"
     assert fp["train"]["n_pairs"] == len(load_pairs(maps["train"]))
@@ -158,7 +151,7 @@ def test_augmentation_changes_only_the_secondary_networks(maps, tmp_path, change
                             drift_gain=0.0, drift_shift_px=0.0, drift_response=0.0,
                             input_noise=0.0)
         folder = train_transfer(maps["train"], maps["val"], tmp_path / name,
-                                replace(opts, **augmentation))
+                                opts.replace(**augmentation))
         pkg = load_package(folder)
         manifest = json.loads((folder / "manifest.json").read_text())
         return (pkg.vae.state_dict(), pkg.latent_mlps["secondary"].state_dict(),
@@ -184,7 +177,7 @@ def test_options_are_checked_and_capped() -> None:
     with pytest.raises(ValueError, match="spread"):
         TrainOptions(scaler_spread="pixel")
     capped = TrainOptions().capped(3)
-    assert capped.epochs == 3 and capped.fine_tune_epochs == 3
+    assert capped.fit.epochs == 3 and capped.fine_tune.epochs == 3
     with pytest.raises(ValueError, match="schedule"):
         TrainOptions(schedule="step")
     with pytest.raises(ValueError, match="kl_max"):
@@ -202,10 +195,11 @@ def test_options_are_checked_and_capped() -> None:
     for bad in (-0.1, float("nan"), "0.1"):
         with pytest.raises(ValueError, match="input_noise"):
             TrainOptions(input_noise=bad)  # type: ignore[arg-type]
-    assert TrainOptions(average_epochs=60).capped(3).average_epochs == 3
+    assert TrainOptions(average_epochs=60).capped(3).average.epochs == 3
     paper = TrainOptions.paper()
-    assert (paper.learning_rate, paper.epochs, paper.scaler_mode, paper.scaler_spread,
-            paper.fine_tune, paper.schedule, paper.linear_rank, paper.average_epochs) == (
+    assert (paper.fit.learning_rate, paper.fit.epochs, paper.data.scaler_mode,
+            paper.data.scaler_spread, paper.fine_tune.enabled, paper.fit.schedule,
+            paper.networks.linear_rank, paper.average.epochs) == (
         1e-4, 50, "per-map", "channel", False, "constant", 0, 0)
-    assert TrainOptions.paper(epochs=7).epochs == 7
-    assert TrainOptions(fine_tune_epochs=2).capped(5).fine_tune_epochs == 2
+    assert TrainOptions.paper(epochs=7).fit.epochs == 7
+    assert TrainOptions(fine_tune_epochs=2).capped(5).fine_tune.epochs == 2

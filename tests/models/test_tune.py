@@ -6,7 +6,6 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import optuna
@@ -22,7 +21,6 @@ from plumelink.models.tune import (
     search_space,
     tune,
 )
-from plumelink.pipeline.simulate import simulate_dataset
 
 # narrow widths so that a trial takes a fraction of a second; the rest of the space is the
 # paper's (learning rate, batch size, KL ceiling and cycles, weight decay)
@@ -37,11 +35,6 @@ SMALL_MLP = {
 }
 EPOCHS = 3
 TRIALS = 9
-
-
-@pytest.fixture(scope="module")
-def maps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return simulate_dataset("tiny", tmp_path_factory.mktemp("maps"), seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 
 from plumelink.pipeline.import_npy import import_npy
 from plumelink.pipeline.map_reader import MapReader
-from plumelink.pipeline.pairs import load_pairs
+from plumelink.pipeline.paired_spectra import load_pairs
 
 DIMS = {"train": (4, 5), "val": (3, 6), "test": (2, 3)}
 N1, N2 = 64, 40  # emissivity needs at least one 32-pixel block

@@ -299,3 +299,26 @@ def test_global_spread_keeps_relative_channel_weights_and_round_trips() -> None:
     np.testing.assert_array_equal(again.transform(x), z)
     with pytest.raises(ValueError, match="spread must be one of"):
         SpectralScaler("train", spread="pixel")  # type: ignore[arg-type]
+
+
+def test_preprocessor_record_round_trips_and_reads_older_records() -> None:
+    from plumelink.pipeline.preprocess import Baseline, Preprocessor
+
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(0, 1000, size=(20, 300)).astype(np.float32)
+    scalers = [SpectralScaler("train", "global").fit(correct_baseline(raw)) for _ in range(2)]
+    pre = Preprocessor(*scalers, Baseline(min_window=80), fit="in memory")
+    record = pre.to_dict()
+    assert record["version"] == 1 and record["baseline"]["min_window"] == 80
+    back = Preprocessor.from_dict(record, *scalers)
+    assert back.baseline == pre.baseline and back.fit == "in memory"
+    np.testing.assert_array_equal(back.secondary_inputs(raw), pre.secondary_inputs(raw))
+    np.testing.assert_array_equal(
+        pre.secondary_inputs(raw),
+        scalers[1].transform(correct_baseline(raw, min_window=80)))
+    old = {"baseline": {"function": "plumelink.pipeline.preprocess.correct_baseline",
+                        "min_window": 100, "smooth_window": 50, "smooth_std": 50 / 6}}
+    assert Preprocessor.from_dict(old, *scalers).baseline == Baseline()
+    assert Preprocessor.from_dict(None, *scalers).baseline == Baseline()
+    with pytest.raises(ValueError, match="version 2"):
+        Preprocessor.from_dict({**record, "version": 2}, *scalers)

@@ -1,4 +1,4 @@
-"""Transfer of a whole map through a model package, streamed block by block (issue 5)."""
+"""Transfer of a whole map through a model package, streamed block by block."""
 
 from __future__ import annotations
 
@@ -11,27 +11,10 @@ import pytest
 
 from plumelink.models.evaluate import PackageTransfer, TransferModels, package_identity
 from plumelink.models.package import PackageMismatchError, load_package
-from plumelink.models.train import TrainOptions, train_transfer
 from plumelink.pipeline.map_layout import CorruptMapError, ForeignFileError
 from plumelink.pipeline.map_reader import MapReader
 from plumelink.pipeline.preprocess import correct_baseline
-from plumelink.pipeline.simulate import simulate_dataset
 from plumelink.pipeline.transfer import SETTINGS_KEY, read_confidence, transfer_map
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], Path]:
-    """Tiny maps and a 2-epoch package, shared on disk by every test file of issue 5."""
-    base = tmp_path_factory.getbasetemp() / "issue5_tiny_model"
-    maps = {name: base / "maps" / f"{name}.h5" for name in ("train", "val", "test")}
-    model = base / "model"
-    if not (model / "manifest.json").exists():
-        simulate_dataset("tiny", base / "maps", seed=0, truth=True)
-        train_transfer(maps["train"], maps["val"], model,
-                       TrainOptions(epochs=2, threads=1, fine_tune=False, pls_candidates=(8,),
-                                    knn_candidates=(3,), hash_inputs=False))
-    return maps, model
-
 
 INVALID_SECONDARY = [(0, 3), (2, 0), (2, 15), (7, 8)]
 INVALID_PRIMARY_ONLY = (4, 4)

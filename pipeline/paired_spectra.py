@@ -21,7 +21,7 @@ import numpy as np
 
 from . import map_layout as L
 from .map_reader import MapReader
-from .preprocess import correct_baseline
+from .preprocess import DEFAULT_BASELINE, Baseline
 from .raster_line import RasterLine
 
 MAX_IN_MEMORY_SPOTS = 50_000
@@ -36,9 +36,9 @@ class IncompleteMapError(ValueError):
 class PairedSpectra:
     """Spots of one map recorded by both systems, in storage order (flat index increasing).
 
-    primary (n, n_px1) and secondary (n, n_px2) float32 counts; index (n,) int64 flat spot
-    index iy * nx + ix of a map of shape (ny, nx); mineral (n,) int16 ground-truth label, or
-    None when the map has no ground truth.
+    primary (n, n_primary_px) and secondary (n, n_secondary_px) float32 counts; index (n,)
+    int64 flat spot index iy * nx + ix of a map of shape (ny, nx); mineral (n,) int16
+    ground-truth label, or None when the map has no ground truth.
     """
 
     primary: np.ndarray
@@ -252,14 +252,17 @@ def _take(pairs: PairedSpectra, rows: slice) -> PairedSpectra:
     )
 
 
-def preprocess_pairs(pairs: PairedSpectra, *, baseline: bool = True) -> PairedSpectra:
-    """Baseline-corrected copy of both systems' spectra (float32); unchanged when not baseline."""
-    if not baseline or pairs.n == 0:
+def preprocess_pairs(pairs: PairedSpectra, *, baseline: Baseline | bool = True
+                     ) -> PairedSpectra:
+    """Baseline-corrected copy of both systems' spectra (float32), with the given `Baseline`
+    parameters (True: the defaults); unchanged when baseline is False."""
+    if baseline is False or pairs.n == 0:
         return pairs
+    correct = (DEFAULT_BASELINE if baseline is True else baseline).correct
     return replace(
         pairs,
-        primary=correct_baseline(pairs.primary).astype(np.float32, copy=False),
-        secondary=correct_baseline(pairs.secondary).astype(np.float32, copy=False),
+        primary=correct(pairs.primary).astype(np.float32, copy=False),
+        secondary=correct(pairs.secondary).astype(np.float32, copy=False),
     )
 
 

@@ -9,7 +9,7 @@ import pytest
 from _maps import SPEC, create_map, make_line
 
 from plumelink.pipeline.map_reader import MapReader
-from plumelink.pipeline.pairs import (
+from plumelink.pipeline.paired_spectra import (
     IncompleteMapError,
     PairedSpectra,
     check_axes,
