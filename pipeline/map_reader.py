@@ -210,6 +210,29 @@ class _OpenMap:
         self.wavelength = {
             name: f[f"{L.system_path(name)}/wavelength"][()] for name in L.SYSTEMS
         }
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        """Every per-spot dataset has the raster's (ny, nx) and every spectra cube its
+        system's pixel count, checked once here instead of failing on some later line."""
+        grid = (self.y.size, self.x.size)
+        wrong = []
+        for name, dataset in self.datasets.items():
+            if name.endswith(("/status", "/status_reason", "/end_time")):
+                continue
+            if name.endswith("/lines_done"):
+                want: tuple[int, ...] = grid[:1]
+            elif name.endswith(f"/{L.SPECTRA}"):
+                system = name.split("/")[-2]
+                want = (*grid, self.wavelength[system].size)
+            else:
+                want = grid
+            if dataset.shape[: len(want)] != want:
+                wrong.append(f"{name} is {dataset.shape}, expected {want}")
+        if wrong:
+            raise L.MapShapeError(
+                f"map file {L.describe(self.path)}: datasets do not fit its {grid[0]} x "
+                f"{grid[1]} raster: {'; '.join(wrong[:3])}")
 
 
 _OPEN: dict[tuple[int, int], _OpenMap] = {}
@@ -387,7 +410,26 @@ class MapReader:
             )
         spectra = [self._ds(L.system_path(n), L.SPECTRA) for n in L.SYSTEMS]
         with _reading(self._path, f"line {iy}", *spectra):
-            return self._read_line(iy, nx)
+            line = self._read_line(iy, nx)
+        for name in L.SYSTEMS:
+            system = getattr(line, name)
+            self._check_finite(system.spectra, system.valid, name, iy * nx)
+        return line
+
+    def _check_finite(self, spectra: np.ndarray, valid: np.ndarray, system: str,
+                      first_spot: int) -> None:
+        """Float spectra flagged valid must be finite: a NaN handed out as a valid spectrum
+        would poison every mean, scaler and network trained on it."""
+        if spectra.dtype.kind != "f":
+            return
+        bad = valid & ~np.isfinite(spectra).all(axis=-1)
+        if bad.any():
+            spot = first_spot + int(np.flatnonzero(bad)[0])
+            nx = self.shape[1]
+            raise L.CorruptMapError(
+                f"map file {L.describe(self._path)}: the {system} spectrum of spot "
+                f"(line {spot // nx}, column {spot % nx}) is flagged valid but holds NaN or "
+                f"inf ({int(bad.sum())} such spots in this block); the map is damaged")
 
     def _read_line(self, iy: int, nx: int) -> RasterLine:
         systems = {
@@ -439,6 +481,7 @@ class MapReader:
                 keep = valid[start:stop].ravel() if valid_only else None
             index = np.arange(start * nx, stop * nx, dtype=np.int64)
             if keep is not None:
+                self._check_finite(block, keep, name, start * nx)
                 block, index = block[keep], index[keep]
             for i in range(0, index.size, block_spots):
                 yield (

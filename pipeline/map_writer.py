@@ -252,6 +252,27 @@ def repair_swmr_mark(path: str | os.PathLike[str]) -> None:
     log.warning("map %s: cleared the mark of a writer that did not close it (copied)", path)
 
 
+def _check_resumable(path: Path) -> None:
+    """Refuse what is not a plumelink map of this format, or is complete, before the file is
+    opened for writing (HDF5 writes a superblock into an empty file opened for writing)."""
+    if not h5py.is_hdf5(path):
+        raise L.CorruptMapError(
+            f"cannot resume {L.describe(path)}: it is not an HDF5 file (no HDF5 signature "
+            f"found); nothing was changed")
+    try:
+        file = h5py.File(path, "r")
+    except OSError:
+        try:
+            file = h5py.File(path, "r", swmr=True)  # a writer's mark: checked below
+        except OSError:
+            return  # locked or damaged: the open for writing says which
+    with file:
+        if L.FORMAT_ATTR not in file.attrs:
+            raise L.ForeignFileError(
+                f"cannot resume {L.describe(path)}: it is an HDF5 file but not a plumelink "
+                f"map; nothing was changed")
+
+
 class MapWriter:
     """Appends raster lines to one map file; create it with MapWriter.create()."""
 
@@ -375,6 +396,7 @@ class MapWriter:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"cannot resume {L.describe(path)}: no such map file")
+        _check_resumable(path)  # read-only first: nothing changes in a file that is refused
         try:
             file = h5py.File(path, "r+", libver="latest")
         except OSError as exc:

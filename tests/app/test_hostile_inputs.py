@@ -67,3 +67,16 @@ def test_acquire_refuses_a_binary_scan_file(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert rc == 2
     assert "scan.toml" in err and "not UTF-8 text" in err and "Traceback" not in err
+
+
+def test_acquire_resume_into_an_empty_file_leaves_it_empty(tmp_path: Path, capsys) -> None:
+    from scan_files import simulated_bench_profile, step_scan_text
+
+    out = _empty(tmp_path / "empty.h5")
+    scan = tmp_path / "scan.toml"
+    scan.write_text(step_scan_text(simulated_bench_profile(tmp_path), out, ny=2, nx=2))
+    rc = main(["acquire", str(scan), "--out", str(out), "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "empty.h5" in err and "not an HDF5 file" in err and "Traceback" not in err
+    assert out.read_bytes() == b""
