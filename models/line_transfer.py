@@ -155,7 +155,6 @@ class PackageLineTransfer(LineTransfer):
         import torch
 
         from plumelink.models.confidence import confidence_from_distance
-        from plumelink.pipeline.preprocess import correct_baseline
 
         models: TransferModels = self.model.models
         sec = line.secondary
@@ -166,10 +165,11 @@ class PackageLineTransfer(LineTransfer):
         confidence = np.full(valid.size, np.nan, np.float32)
         if not where.size:
             return TransferredLine(line.index, None, emissivity, confidence), lambda: confidence
-        sec_mean, sec_scale = self._float32(models.secondary_scaler)
-        prim_mean, prim_scale = self._float32(models.primary_scaler)
+        pre = models.preprocessor
+        sec_mean, sec_scale = self._float32(pre.secondary)
+        prim_mean, prim_scale = self._float32(pre.primary)
         composed, features, last, head = self._decoder(models, prim_mean, prim_scale)
-        scaled = correct_baseline(sec.spectra[where].astype(np.float32))
+        scaled = pre.correct(sec.spectra[where].astype(np.float32))
         scaled -= sec_mean
         scaled /= sec_scale
         with torch.no_grad():
@@ -203,7 +203,7 @@ class PackageLineTransfer(LineTransfer):
                  prim_scale: np.ndarray) -> tuple:
         """(composed transfer, features, output layer, `BlockMeanHead`) of the system, built
         once per system and primary scaler (the split and folding are not redone every line)."""
-        key = (id(models), models.system, id(models.primary_scaler))
+        key = (id(models), models.system, id(models.preprocessor.primary))
         if self._decoder_parts is None or self._decoder_parts[0] != key:
             composed = models.package.composed(models.system)
             features, last = composed.split_output_layer()
