@@ -3,6 +3,7 @@ changed by the refusal."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -13,12 +14,22 @@ from _maps import SPEC, create_map, make_line
 from plumelink.pipeline.map_layout import CorruptMapError, ForeignFileError, MapShapeError
 from plumelink.pipeline.map_reader import MapReader
 from plumelink.pipeline.map_writer import MapWriter
+from plumelink.pipeline.raster_line import RasterLine
+
+
+def _line(iy: int, dtype: str) -> RasterLine:
+    line = make_line(iy)
+    if dtype == "uint16":
+        return line
+    as_float = {s: replace(getattr(line, s), spectra=getattr(line, s).spectra.astype(dtype))
+                for s in ("primary", "secondary")}
+    return replace(line, **as_float)
 
 
 def _complete_map(path: Path, dtype: str = "uint16") -> Path:
     with create_map(path, spectra_dtype=dtype) as writer:
         for iy in range(SPEC.ny):
-            writer.append_line(make_line(iy))
+            writer.append_line(_line(iy, dtype))
     return path
 
 
