@@ -31,7 +31,7 @@ STEP_UM = 25.0
 RATE_HZ = 1000.0
 
 
-def _scan(folder: Path, lines: int, nx: int, speedup: float, trigger: str = "ddg-clock",
+def fly_scan(folder: Path, lines: int, nx: int, speedup: float, trigger: str = "ddg-clock",
           order: str = "snake-horizontal"):
     text = textwrap.dedent(f"""\
         sample = "benchmark"
@@ -71,9 +71,9 @@ def bench_engine(lines: int, nx: int, speedup: float, folder: Path, trigger: str
                  order: str = "snake-horizontal") -> dict:
     """``lines`` raster lines of ``nx`` spots (rows, or columns for a vertical order)."""
     if order.endswith("vertical"):
-        scan = _scan(folder, nx, lines, speedup, trigger, order)
+        scan = fly_scan(folder, nx, lines, speedup, trigger, order)
     else:
-        scan = _scan(folder, lines, nx, speedup, trigger, order)
+        scan = fly_scan(folder, lines, nx, speedup, trigger, order)
     arrivals: list[float] = []
     result = acquire(scan, on_line=lambda event: arrivals.append(time.perf_counter()))
     # sustained: from the first line on disk to the last (bench opening and the physics'

@@ -22,52 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import textwrap
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from bench_acquisition import fly_scan
 
-from plumelink.drivers.bench import open_bench, write_simulated_profile
+from plumelink.drivers.bench import open_bench
 from plumelink.drivers.sim.bench_bus import FaultKind, ShotFault
 from plumelink.pipeline.engine import acquire
 from plumelink.pipeline.map_reader import MapReader
-from plumelink.pipeline.scan import parse_scan
 
 SYSTEMS = ("primary", "secondary")
 LATE_S = 0.8  # real seconds: beyond the read-out's margin, so the frame misses its pass
-
-
-def _scan_text(bench: Path, out: Path, lines: int, nx: int) -> str:
-    return textwrap.dedent(f"""\
-        sample = "fault campaign"
-        operator = "fault_campaign"
-        bench = "{bench}"
-        output = "{out}"
-        [region]
-        origin_um = [1000.0, 1000.0]
-        size_um = [{25.0 * nx}, {25.0 * lines}]
-        step_um = 25.0
-        [acquisition]
-        mode = "fly"
-        [fly]
-        trigger = "ddg-clock"
-        speed_um_s = 25000.0
-        run_up_um = 60.0
-        [laser]
-        rate_hz = 1000.0
-        [stage]
-        speed_um_s = 50000.0
-        settle_s = 0.0
-        [ddg]
-        laser_delay_s = 180e-6
-        spectrometer_delay_s = 1e-6
-        gate_s = 10e-6
-        [spectrometers.primary]
-        integration_time_s = 0.5e-3
-        [spectrometers.secondary]
-        integration_time_s = 0.5e-3
-        """)
 
 
 def random_faults(rng: np.random.Generator, n_shots: int, nx: int, rate: float
@@ -118,9 +85,8 @@ def _intact(records: list, system: str) -> list[bool]:
 def campaign(seed: int, folder: Path, lines: int, nx: int, rate: float,
              clock_wrap: bool = True) -> dict:
     rng = np.random.default_rng(seed)
-    bench_path = write_simulated_profile(folder, 100.0)
-    out = folder / f"campaign{seed}.h5"
-    scan = parse_scan(_scan_text(bench_path, out, lines, nx), source="campaign.toml")
+    scan = fly_scan(folder, lines, nx, speedup=100.0)  # the acquisition benchmark's fly scan
+    bench_path, out = scan.bench, scan.output_path()
     faults = random_faults(rng, lines * nx, nx, rate)
     wrapped = SYSTEMS[seed % 2]
     with open_bench(bench_path) as bench:
