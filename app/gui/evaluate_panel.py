@@ -81,7 +81,7 @@ class EvaluatePanel(QWidget):
         self.which.addItems(list(MAPS))
         self.which.currentTextChanged.connect(lambda _: self._show_map())
         rl.addWidget(self.which)
-        self.map = MapView("", units="spots")
+        self.map = MapView("", units="spot")
         rl.addWidget(self.map, 1)
         self.spectra = pg.PlotWidget(title="spectra at chosen spots (true solid, "
                                      "transferred dashed)")

@@ -22,15 +22,17 @@ from PySide6.QtWidgets import (
     QLabel,
     QPushButton,
     QSplitter,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
 from plumelink.models.line_transfer import load_package_transfer
 
+from .element_tab import ElementTab
 from .lines import strong_lines
 from .live_model import INVALID, LiveModel, Snapshot
-from .map_view import MapView
+from .map_view import MapView, map_levels
 from .workers import Job, ScanController, read_spot
 
 PENS = {"primary": "#1f77b4", "secondary": "#ff7f0e", "transferred": "#2ca02c"}
@@ -141,17 +143,23 @@ class LivePanel(QWidget):
         maps = QWidget()
         grid = QGridLayout(maps)
         self.maps = {
-            "primary": MapView("primary emissivity (measured)"),
-            "secondary": MapView("secondary emissivity"),
-            "window": MapView("window map (primary)"),
-            "transferred": MapView("transferred primary emissivity"),
-            "difference": MapView("measured − transferred"),
-            "confidence": MapView("transfer confidence"),
+            "primary": MapView("primary emissivity (measured)", value_label="counts"),
+            "secondary": MapView("secondary emissivity", value_label="counts"),
+            "window": MapView("window map (primary)", value_label="counts"),
+            "transferred": MapView("transferred primary emissivity", value_label="counts"),
+            "difference": MapView("measured − transferred", value_label="counts",
+                                  colormap="CET-D1"),
+            "confidence": MapView("transfer confidence", value_label="0 … 1"),
         }
         for k, view in enumerate(self.maps.values()):
             grid.addWidget(view, k // 3, k % 3)
             view.spotClicked.connect(self.inspect)
-        split.addWidget(maps)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(maps, "Emission")
+        self.elements = ElementTab(model)
+        self.elements.spotClicked.connect(self.inspect)
+        self.tabs.addTab(self.elements, "Element maps")
+        split.addWidget(self.tabs)
         plots = QWidget()
         pl = QVBoxLayout(plots)
         self.latest = SpectraPlot("latest spectra")
@@ -211,21 +219,28 @@ class LivePanel(QWidget):
 
     # the kinds of change (`Snapshot.changes`) each view shows
     DEPENDS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "transferred": ("transferred",), "primary": ("lines",), "secondary": ("lines",),
+        "transferred": ("transferred",), "primary": ("lines", "transferred"),
+        "secondary": ("lines",),
         "window": ("lines", "window"), "difference": ("lines", "transferred"),
         "confidence": ("confidence",), "spectra": ("lines", "transferred")}
     VIEWS = tuple(DEPENDS)
+    ELEMENT = "element:"  # prefix of an element map's view (one per chosen line)
     # one view per tick: at 30 Hz each of the 7 views still repaints several times a second,
     # while two views in one tick (e.g. the spectra re-ranged with the first transferred line)
     # could keep the event loop over 100 ms on 2 cores busy with a scan, transfer and training
     VIEWS_PER_TICK = 1
 
     def _key(self, view: str, snap: Snapshot) -> tuple[int, ...]:
-        return tuple(snap.changes.get(kind, 0) for kind in self.DEPENDS[view])
+        kinds = ("elements",) if view.startswith(self.ELEMENT) else self.DEPENDS[view]
+        return tuple(snap.changes.get(kind, 0) for kind in kinds)
+
+    def views(self, snap: Snapshot) -> tuple[str, ...]:
+        """Every view of this snapshot: the fixed ones and one per element line shown."""
+        return self.VIEWS + tuple(self.ELEMENT + label for label in self.elements.views)
 
     def stale_views(self, snap: Snapshot) -> list[str]:
         """The views not yet showing ``snap`` (and a spot still being read)."""
-        stale = [v for v in self.VIEWS if self._view_key.get(v) != self._key(v, snap)]
+        stale = [v for v in self.views(snap) if self._view_key.get(v) != self._key(v, snap)]
         return stale + (["spot"] if self._spot_job is not None else [])
 
     def refresh(self, snap: Snapshot) -> None:
@@ -233,8 +248,9 @@ class LivePanel(QWidget):
         when it has new lines, then the longest unpainted), so that no tick of the event loop
         repaints everything at once."""
         self._poll_jobs()
+        self.elements.sync(snap)
         budget = self.VIEWS_PER_TICK - self._lay_out_next(snap)
-        stale = [v for v in self.VIEWS if self._view_key.get(v) != self._key(v, snap)]
+        stale = [v for v in self.views(snap) if self._view_key.get(v) != self._key(v, snap)]
         for _ in range(min(budget, len(stale))):
             if "transferred" in stale and snap.transferred_lines != self._transfer_painted:
                 view = "transferred"
@@ -263,9 +279,14 @@ class LivePanel(QWidget):
 
     def _paint(self, view: str, snap: Snapshot) -> None:
         ext = snap.extent_um
-        if view == "spectra":
+        if view.startswith(self.ELEMENT):
+            self.elements.paint(view[len(self.ELEMENT):], snap)
+        elif view == "spectra":
             self.latest.show_spectra(snap.latest)
-        elif view in ("primary", "secondary"):
+        elif view == "primary":  # on the transferred map's scale: the two are compared
+            self.maps[view].show_map(snap.emissivity[view], ext, snap.status[view] == INVALID,
+                                     levels=map_levels(snap.emissivity[view], snap.transferred))
+        elif view == "secondary":
             self.maps[view].show_map(snap.emissivity[view], ext, snap.status[view] == INVALID)
         elif view == "window":
             self.maps[view].show_map(snap.window, ext, snap.status["primary"] == INVALID)
@@ -273,7 +294,8 @@ class LivePanel(QWidget):
             bad = snap.status["secondary"] == INVALID
             if view == "transferred":
                 self._transfer_painted = snap.transferred_lines
-                self.maps[view].show_map(snap.transferred, ext, bad)
+                self.maps[view].show_map(snap.transferred, ext, bad, levels=map_levels(
+                    snap.emissivity["primary"], snap.transferred))
                 self._record_latency(snap)
             elif view == "difference":
                 self.maps[view].show_map(snap.emissivity["primary"] - snap.transferred, ext,

@@ -87,6 +87,8 @@ class LiveTransfer:
             self._failed(exc, index)
 
     def _first(self, line: RasterLine, wl: np.ndarray) -> tuple[int, ConfidenceStep]:
+        version, weights = self.model.element_weights()
+        self.lines.line_weights = weights
         if self.two_steps:
             out, confidence = self.lines.in_two_steps(line)
         else:
@@ -95,7 +97,8 @@ class LiveTransfer:
             def confidence() -> np.ndarray:
                 return out.confidence
         spectrum = (wl, out.last_spectrum) if out.last_spectrum is not None else None
-        self.model.add_transferred(out.index, out.emissivity, None, spectrum)
+        areas = (version, out.element_areas) if out.element_areas is not None else None
+        self.model.add_transferred(out.index, out.emissivity, None, spectrum, areas)
         return out.index, confidence
 
     def _failed(self, exc: Exception, index: int) -> None:
