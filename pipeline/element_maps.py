@@ -118,53 +118,80 @@ def _band(axis: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.flatnonzero((axis >= lo) & (axis <= hi))
 
 
-def line_window(line: EmissionLine, axis: np.ndarray, res: Resolution, *,
-                window_fwhm: float = DEFAULT_WINDOW_FWHM,
-                temperature_k: float = DEFAULT_TEMPERATURE_K, system: str = "primary"
-                ) -> LineWindow:
-    """The integration window and baseline of LINE on a spectrometer AXIS (nm, increasing)."""
+def _window_weights(axis: np.ndarray, w0: float, fwhm: float, window_fwhm: float,
+                    avoid_nm: list[float], what: str, system: str
+                    ) -> tuple[np.ndarray, np.ndarray, tuple[float, float],
+                               tuple[tuple[float, float], tuple[float, float]]]:
+    """(area weights, baseline-at-w0 weights, window, bands) of a window centred on w0.
+
+    Baseline b(l) = a + c (l - w0) fitted to the side bands (without pixels within one FWHM
+    of `avoid_nm`, where enough remain); area = sum over the window of (s - b) dl."""
     if not window_fwhm > 0:
         raise ElementMapError(f"the window must be a positive number of FWHMs, got {window_fwhm}")
-    w0 = line.wavelength_nm
-    fwhm = res.at(axis, w0)
     half = window_fwhm * fwhm / 2
     gap, width = BAND_GAP_FWHM * fwhm, BAND_WIDTH_FWHM * fwhm
     bands = ((w0 - half - gap - width, w0 - half - gap), (w0 + half + gap, w0 + half + gap + width))
     if w0 - half < axis[0] or w0 + half > axis[-1]:
         raise ElementMapError(
-            f"{line.label} nm lies outside the {system} axis ({axis[0]:.2f}-{axis[-1]:.2f} nm) "
+            f"{what} nm lies outside the {system} axis ({axis[0]:.2f}-{axis[-1]:.2f} nm) "
             "or too close to its edge for its window")
     window = _band(axis, w0 - half, w0 + half)
     if window.size < 2:
-        raise ElementMapError(f"the window of {line.label} ({2 * half:.3g} nm) holds "
+        raise ElementMapError(f"the window of {what} ({2 * half:.3g} nm) holds "
                               f"{window.size} pixel(s) of the {system} axis; widen it")
     band = np.concatenate([_band(axis, *bands[0]), _band(axis, *bands[1])])
-    strength = line_strengths(temperature_k)
-    target = strength[line.index]
-    strong = [c for c in candidates(w0, half + gap + width + fwhm, temperature_k)
-              if c.line.index != line.index and c.strength >= BAND_EXCLUSION_MIN_STRENGTH * target]
-    clean = np.array([i for i in band
-                      if all(abs(axis[i] - c.line.wavelength_nm) > fwhm for c in strong)], int)
+    clean = np.array([i for i in band if all(abs(axis[i] - a) > fwhm for a in avoid_nm)], int)
     if clean.size >= 2:
         band = clean
     if band.size == 0:
         raise ElementMapError(f"no pixels of the {system} axis are left for the baseline of "
-                              f"{line.label} nm")
+                              f"{what} nm")
     step = np.gradient(axis)
-    # Baseline b(l) = a + c (l - w0) fitted to the band; area = sum over window (s - b) dl.
     design_band = np.stack([np.ones(band.size), axis[band] - w0], axis=1)
     if np.ptp(axis[band]) == 0:
         design_band = design_band[:, :1]
     design_window = np.stack([np.ones(window.size), axis[window] - w0], axis=1)
     design_window = design_window[:, : design_band.shape[1]]
+    fit = np.linalg.pinv(design_band)  # (1 or 2, n_band): baseline coefficients
     weights = np.zeros(axis.size)
     weights[window] = step[window]
-    weights[band] -= (step[window] @ design_window) @ np.linalg.pinv(design_band)
+    weights[band] -= (step[window] @ design_window) @ fit
+    at_center = np.zeros(axis.size)
+    at_center[band] = fit[0]  # b(w0) = a
+    return weights, at_center, (w0 - half, w0 + half), bands
+
+
+def window_weights(wavelength_nm: float, axis: np.ndarray, res: Resolution,
+                   window_fwhm: float = DEFAULT_WINDOW_FWHM, avoid_nm: list[float] = ()
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(area weights, baseline-at-centre weights) of a window around any wavelength (a peak
+    that may be no table line), its baseline kept off the wavelengths in avoid_nm."""
+    fwhm = res.at(axis, wavelength_nm)
+    weights, at_center, _, _ = _window_weights(axis, float(wavelength_nm), fwhm, window_fwhm,
+                                               list(avoid_nm), f"{wavelength_nm:.2f}",
+                                               "spectrometer")
+    return weights, at_center
+
+
+def line_window(line: EmissionLine, axis: np.ndarray, res: Resolution, *,
+                window_fwhm: float = DEFAULT_WINDOW_FWHM,
+                temperature_k: float = DEFAULT_TEMPERATURE_K, system: str = "primary"
+                ) -> LineWindow:
+    """The integration window and baseline of LINE on a spectrometer AXIS (nm, increasing)."""
+    w0 = line.wavelength_nm
+    fwhm = res.at(axis, w0)
+    half = window_fwhm * fwhm / 2
+    reach = half + (BAND_GAP_FWHM + BAND_WIDTH_FWHM + 1.0) * fwhm
+    target = line_strengths(temperature_k)[line.index]
+    avoid = [c.line.wavelength_nm for c in candidates(w0, reach, temperature_k)
+             if c.line.index != line.index and c.strength >= BAND_EXCLUSION_MIN_STRENGTH * target]
+    weights, _, window, bands = _window_weights(axis, w0, fwhm, window_fwhm, avoid, line.label,
+                                                system)
     near = candidates(w0, half + fwhm / 2, temperature_k, exclude=(line.element,))
     interferences = tuple(
         Candidate(c.line, c.offset_nm, c.strength / target) for c in near
         if c.strength >= INTERFERENCE_MIN_STRENGTH * target)
-    return LineWindow(line, fwhm, (w0 - half, w0 + half), bands, weights, interferences)
+    return LineWindow(line, fwhm, window, bands, weights, interferences)
 
 
 def line_areas(spectra: np.ndarray, windows: list[LineWindow]) -> np.ndarray:
