@@ -145,3 +145,17 @@ def candidates(wavelength_nm: float, within_nm: float,
     out = [c for c in out if (elements is None or c.line.element in elements)
            and c.line.element not in exclude]
     return sorted(out, key=lambda c: -c.strength)
+
+
+def sticks(element: str, range_nm: tuple[float, float],
+           temperature_k: float = DEFAULT_TEMPERATURE_K) -> tuple[np.ndarray, np.ndarray]:
+    """(wavelengths, relative LTE intensities) of an element's table lines within range_nm,
+    all its stages together, the strongest in range 1: the stick spectrum a scientist lays
+    over a measured one."""
+    t = line_table()
+    mask = _species(element, None) & (t.wavelength_nm >= range_nm[0]) & (
+        t.wavelength_nm <= range_nm[1])
+    if not mask.any():
+        return np.empty(0), np.empty(0)
+    strength = line_strengths(temperature_k)[mask]
+    return t.wavelength_nm[mask], strength / strength.max()

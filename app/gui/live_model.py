@@ -58,6 +58,9 @@ class Snapshot:
     lines_done: int
     transferred_lines: int
     transfer_arrivals: dict[int, float] = field(default_factory=dict)
+    # True: `latest` holds one spot's measured spectra with the transfer's baseline removed,
+    # beside its transferred spectrum (compared in one space)
+    latest_baseline_corrected: bool = False
     # element maps of the chosen lines (label -> (ny, nx)), measured and transferred primary
     elements: dict[str, np.ndarray] = field(default_factory=dict)
     elements_transferred: dict[str, np.ndarray] = field(default_factory=dict)
@@ -98,6 +101,7 @@ class LiveModel:
             self._confidence: np.ndarray | None = None
             self._wavelength = dict(wavelength or {})
             self._latest: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+            self._latest_corrected = False
             self._progress: ScanProgress | None = None
             self._map_path = map_path
             self._lines_done = 0
@@ -187,7 +191,7 @@ class LiveModel:
                 self._emissivity[s][index] = sysline.emissivity
                 self._status[s][index] = np.where(sysline.valid, VALID, INVALID)
                 valid = np.flatnonzero(sysline.valid)
-                if valid.size and s in self._wavelength:
+                if valid.size and s in self._wavelength and not self._latest_corrected:
                     self._latest[s] = (self._wavelength[s], sysline.spectra[valid[-1]].copy())
             if window is not None:
                 self._window[index] = window
@@ -204,10 +208,13 @@ class LiveModel:
     def add_transferred(self, index: int, emissivity: np.ndarray,
                         confidence: np.ndarray | None = None,
                         spectrum: tuple[np.ndarray, np.ndarray] | None = None,
-                        element_areas: tuple[int, np.ndarray] | None = None) -> None:
+                        element_areas: tuple[int, np.ndarray] | None = None,
+                        measured: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+                        ) -> None:
         """The transferred primary emissivity (and, when known, confidence) of raster line
         ``index``; then each ``on_transferred`` callback (a prompt repaint).
-        ``element_areas`` = (version of `element_weights`, areas (nx, n_lines))."""
+        ``element_areas`` = (version of `element_weights`, areas (nx, n_lines)); ``measured``:
+        the same spot's measured spectra, baseline-corrected like the transferred one."""
         with self._lock:
             if self._transferred is None:
                 self._transferred = np.full(self._shape, np.nan, np.float32)
@@ -216,7 +223,8 @@ class LiveModel:
             if confidence is not None:
                 self._confidence[index] = confidence
             if spectrum is not None:
-                self._latest["transferred"] = spectrum
+                self._latest = {"transferred": spectrum, **(measured or {})}
+                self._latest_corrected = measured is not None
             if element_areas is not None and element_areas[0] == self._element_set:
                 for k, w in enumerate(self._windows):
                     grid = self._elements_transferred.setdefault(
@@ -263,6 +271,11 @@ class LiveModel:
     def shape(self) -> tuple[int, int]:
         return self._shape
 
+    def snapshot_axes(self) -> dict[str, np.ndarray]:
+        """The systems' wavelength axes (nm) known so far."""
+        with self._lock:
+            return dict(self._wavelength)
+
     def snapshot(self) -> Snapshot:
         with self._lock:
             return Snapshot(
@@ -276,6 +289,7 @@ class LiveModel:
                 elements={k: a.copy() for k, a in self._elements.items()},
                 elements_transferred={k: a.copy() for k, a in self._elements_transferred.items()},
                 element_windows=self._windows,
+                latest_baseline_corrected=self._latest_corrected,
                 lines_done=self._lines_done, transferred_lines=self._transferred_lines,
                 transfer_arrivals=dict(self._arrivals), changes=dict(self._changes))
 

@@ -375,4 +375,9 @@ def read_spot(path: str | Path, iy: int, ix: int,
     if transfer is not None and out["secondary"][2]:
         p, _ = transfer(out["secondary"][1][None, :])
         out["transferred"] = (np.asarray(transfer.primary_wavelength_nm), p[0])
+        # the measured spectra in the transferred one's space: baseline removed the same way
+        for s in ("primary", "secondary"):
+            wl, counts, valid = out[s]
+            out[s] = (wl, transfer.preprocessor.correct(counts[None, :])[0], valid)
+        out["baseline_corrected"] = True
     return out

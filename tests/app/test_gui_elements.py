@@ -116,3 +116,80 @@ def test_map_levels_are_shared_and_symmetric_on_request() -> None:
     assert map_levels(a, b) == (1.0, 10.0)
     assert map_levels(a - 2.0, symmetric=True) == (-2.0, 2.0)
     assert map_levels(np.full((2, 2), np.nan)) == (0.0, 1.0)
+
+
+# --- line identification ----------------------------------------------------------------------
+
+def test_line_labels_alternate_rows_so_neighbours_never_touch(qtbot) -> None:
+    from plumelink.app.gui.spectra_plot import LABELS, SpectraPlot
+
+    plot = SpectraPlot("test")
+    qtbot.addWidget(plot)
+    wl = np.linspace(245.0, 407.0, 4062)
+    plot.show_spectra({"primary": (wl, np.ones(wl.size))})
+    positions = sorted(plot.label_positions)
+    assert len(positions) == LABELS
+    min_gap = (407.0 - 245.0) / LABELS  # two labels' width apart on the same row
+    for row in {p for _, p in positions}:
+        same = [w for w, p in positions if p == row]
+        assert np.all(np.diff(same) >= min_gap * 0.999), (row, same)
+    assert len({p for _, p in positions}) == 2
+
+
+def test_sticks_and_hover_name_the_table_lines(qtbot) -> None:
+    from plumelink.app.gui.spectra_plot import SpectraPlot
+    from plumelink.drivers.sim.tables import line_table
+    from plumelink.pipeline.line_catalogue import sticks
+
+    plot = SpectraPlot("test")
+    qtbot.addWidget(plot)
+    wl = np.linspace(245.0, 407.0, 4062)
+    plot.show_spectra({"primary": (wl, np.linspace(0, 1000, wl.size))})
+    plot.set_sticks(("Ca",), 10_000)
+    x, y = plot._sticks[0].getData()
+    expected, rel = sticks("Ca", (245.0, 407.0), 10_000)
+    np.testing.assert_allclose(x[::2], expected)
+    bottom, top = plot._counts
+    np.testing.assert_allclose(y[1::2], bottom + 0.85 * (top - bottom) * rel)
+    assert "Ca II 393.37" in plot.candidates_text(393.37)
+    table = np.sort(line_table().wavelength_nm)
+    table = table[(table > 245) & (table < 407)]
+    widest = int(np.argmax(np.diff(table)))
+    assert "no table line" in plot.candidates_text((table[widest] + table[widest + 1]) / 2)
+
+
+def test_measured_spectra_are_labelled_when_baseline_corrected(qtbot) -> None:
+    from plumelink.app.gui.spectra_plot import SpectraPlot
+
+    plot = SpectraPlot("test")
+    qtbot.addWidget(plot)
+    wl = np.linspace(245.0, 407.0, 100)
+    plot.show_spectra({"primary": (wl, np.ones(100)), "transferred": (wl, np.ones(100))},
+                      baseline_corrected=True)
+    assert "primary (baseline-corrected)" in plot.legend_text()
+    plot.show_spectra({"primary": (wl, np.ones(100))})
+    assert "primary" in plot.legend_text()
+
+
+def test_peak_table_of_a_clicked_spot_and_its_csv(qtbot, window, bench_profile, tmp_path,
+                                                  tiny_gui_model):
+    w = window
+    _, model = tiny_gui_model
+    connect(qtbot, w, bench_profile)
+    load_model(qtbot, w, model)
+    out = tmp_path / "scan.h5"
+    start_scan(qtbot, w, scan_text(bench_profile, out, ny=2))
+    qtbot.waitUntil(lambda: w.controller.finished, timeout=30000)
+    panel = w.live_panel
+    panel.inspect(1, 3)
+    qtbot.waitUntil(lambda: "iy=1, ix=3" in panel.spot.plotItem.titleLabel.text, timeout=5000)
+    assert "primary (baseline-corrected)" in panel.spot.legend_text()
+    panel.show_peak_table()
+    qtbot.waitUntil(lambda: panel.peak_dialog is not None, timeout=10000)
+    dialog = panel.peak_dialog
+    assert "iy=1, ix=3" in dialog.table.what and dialog.grid.rowCount() > 3
+    first = dialog.grid.item(0, 3).text()
+    assert first and first != "no table line"
+    csv_path = tmp_path / "peaks.csv"
+    dialog.save(str(csv_path))
+    assert csv_path.read_text(encoding="utf-8").count("\n") == dialog.grid.rowCount() + 2

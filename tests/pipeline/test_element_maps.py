@@ -201,3 +201,16 @@ def test_lines_on_an_imported_firefly_map_follow_the_line(tmp_path: Path) -> Non
     values = result.maps[0].values.ravel()
     order = np.argsort(values)
     assert np.corrcoef(np.sort(amplitude), values[order])[0, 1] > 0.999
+
+
+def test_ion_lines_gain_on_atom_lines_as_the_plasma_heats() -> None:
+    from plumelink.pipeline.line_catalogue import sticks
+
+    ion = parse_line("Ca II 393.37").wavelength_nm
+    atom = parse_line("Ca I", PRIMARY).wavelength_nm
+    ratios = []
+    for t in (8_000.0, 14_000.0):
+        wl, rel = sticks("Ca", PRIMARY, t)
+        assert rel.max() == 1.0
+        ratios.append(rel[np.argmin(np.abs(wl - ion))] / rel[np.argmin(np.abs(wl - atom))])
+    assert ratios[1] > 3 * ratios[0]  # Saha: the ion stage fills as the plasma heats
