@@ -20,13 +20,24 @@ def register(subparsers) -> None:
     p.add_argument("--scan", metavar="SCAN.toml", default=None, help="scan file to load")
     p.add_argument("--model", metavar="MODEL_DIR", default=None,
                    help="transfer model package for the live transferred map")
+    p.add_argument("--check", action="store_true",
+                   help="only check that Qt can start here; name the missing system "
+                        "libraries and the apt-get line that installs them")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from plumelink.app.qt_check import check_qt
+
     if args.screenshot and "QT_QPA_PLATFORM" not in os.environ and not (
             os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    qt = check_qt()
+    if args.check or not qt.ok:  # Qt would abort with a message naming no library
+        print(f"plumelink gui: {qt.problem}" if not qt.ok
+              else f"plumelink gui: Qt can start (platform {qt.platform})",
+              file=sys.stderr if not qt.ok else sys.stdout)
+        return 0 if qt.ok else 3
     from PySide6.QtCore import QEventLoop
     from PySide6.QtWidgets import QApplication
 
