@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from plumelink.models.clusters import PHASE_FEATURES, phase_features
 from plumelink.pipeline.element_maps import LineWindow, line_areas, line_window, resolution
 from plumelink.pipeline.emissivity import total_emissivity
 from plumelink.pipeline.line_catalogue import parse_line
@@ -108,6 +109,8 @@ class LiveModel:
             self._transferred_lines = 0
             self._arrivals: dict[int, float] = {}
             self._changes = {k: self._version for k in CHANGE_KINDS}
+            # per-spot features of the measured primary spectra for the live phase map
+            self._features = np.full((ny, nx, PHASE_FEATURES), np.nan, np.float32)
             self._windows: tuple[LineWindow, ...] = ()
             self._elements: dict[str, np.ndarray] = {}
             self._elements_transferred: dict[str, np.ndarray] = {}
@@ -183,6 +186,8 @@ class LiveModel:
                   if wl is not None else None)
         windows = self._windows
         areas = line_areas(prim.spectra, list(windows)) if windows else None
+        features = phase_features(prim.spectra)
+        features[~np.asarray(prim.valid, bool)] = np.nan
         if areas is not None:
             areas[~np.asarray(prim.valid, bool)] = np.nan
         with self._lock:
@@ -195,6 +200,8 @@ class LiveModel:
                     self._latest[s] = (self._wavelength[s], sysline.spectra[valid[-1]].copy())
             if window is not None:
                 self._window[index] = window
+            if features.shape[1] == self._features.shape[2]:
+                self._features[index] = features
             if areas is not None and windows is self._windows:  # not changed meanwhile
                 for k, w in enumerate(windows):
                     self._elements[w.label][index] = areas[:, k]
@@ -270,6 +277,12 @@ class LiveModel:
     @property
     def shape(self) -> tuple[int, int]:
         return self._shape
+
+    def phase_input(self) -> tuple[int, np.ndarray]:
+        """(lines done, features (ny * nx, PHASE_FEATURES), NaN where not acquired or
+        invalid): what the live phase map clusters."""
+        with self._lock:
+            return self._lines_done, self._features.reshape(-1, PHASE_FEATURES).copy()
 
     def snapshot_axes(self) -> dict[str, np.ndarray]:
         """The systems' wavelength axes (nm) known so far."""

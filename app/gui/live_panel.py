@@ -37,6 +37,7 @@ from .lines import element_symbols
 from .live_model import INVALID, LiveModel, Snapshot
 from .map_view import MapView, map_levels
 from .peak_dialog import PeakDialog
+from .phase_tab import PhaseTab
 from .spectra_plot import SpectraPlot
 from .workers import Job, ScanController, read_spot
 
@@ -110,6 +111,9 @@ class LivePanel(QWidget):
         self.elements = ElementTab(model)
         self.elements.spotClicked.connect(self.inspect)
         self.tabs.addTab(self.elements, "Element maps")
+        self.phases = PhaseTab(model)
+        self.phases.view.spotClicked.connect(self.inspect)
+        self.tabs.addTab(self.phases, "Phases")
         split.addWidget(self.tabs)
         plots = QWidget()
         pl = QVBoxLayout(plots)
@@ -248,6 +252,8 @@ class LivePanel(QWidget):
         repaints everything at once."""
         self._poll_jobs()
         self.elements.sync(snap)
+        if self.phases.refresh(snap):
+            self.paints += 1
         budget = self.VIEWS_PER_TICK - self._lay_out_next(snap)
         stale = [v for v in self.views(snap) if self._view_key.get(v) != self._key(v, snap)]
         for _ in range(min(budget, len(stale))):

@@ -193,3 +193,36 @@ def test_peak_table_of_a_clicked_spot_and_its_csv(qtbot, window, bench_profile, 
     csv_path = tmp_path / "peaks.csv"
     dialog.save(str(csv_path))
     assert csv_path.read_text(encoding="utf-8").count("\n") == dialog.grid.rowCount() + 2
+
+
+# --- phases -----------------------------------------------------------------------------------
+
+def test_phase_map_of_a_simulated_map_finds_its_minerals(qtbot, window, tmp_path) -> None:
+    from sklearn.metrics import adjusted_rand_score
+
+    from plumelink.app.gui.phase_tab import CATEGORY_COLOURS, category_colormap
+    from plumelink.pipeline.simulate import simulate_dataset
+
+    small = simulate_dataset("small", tmp_path, seed=0, truth=True)["test"]
+    w = window
+    w.tabs.setCurrentWidget(w.live_panel)
+    w.live_panel.tabs.setCurrentWidget(w.live_panel.phases)
+    with MapReader(small) as reader:
+        axes = {s: reader.wavelength_nm(s) for s in ("primary", "secondary")}
+        w.model.reset(reader.shape, x_um=reader.x_um, y_um=reader.y_um, wavelength=axes,
+                      map_path=str(small))
+        mineral = []
+        for iy in range(reader.shape[0]):
+            line = reader.read_line(iy)
+            w.model.add_line(line)
+            mineral.append(line.truth.mineral)
+    qtbot.waitUntil(lambda: w.live_panel.phases.labels is not None
+                    and (w.live_panel.phases.labels >= 0).all(), timeout=20000)
+    labels = w.live_panel.phases.labels
+    assert set(np.unique(labels)) == set(range(4))
+    assert adjusted_rand_score(np.concatenate(mineral), labels.ravel()) > 0.4
+    # categorical colours: each label one flat colour of the table
+    cmap = category_colormap(4)
+    for k in range(4):
+        colour = cmap.map([(k + 0.5) / 4], mode="qcolor")[0]
+        assert colour.name() == CATEGORY_COLOURS[k]
