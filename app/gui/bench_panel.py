@@ -25,6 +25,7 @@ from plumelink.drivers.bench import available_profiles
 from .workers import BenchSession
 
 US_PER_S = 1e6
+MS_PER_S = 1e3
 
 
 def delay_text(seconds: float) -> str:
@@ -77,6 +78,8 @@ class BenchPanel(QWidget):
         # entered and shown in µs with ns resolution, the lab's units; sent in seconds
         for ch, ref, default in (("A", "T0", 180e-6), ("C", "A", 1e-6), ("D", "C", 10e-6)):
             box = _spin(0.0, 1e6, default * US_PER_S, 3, " µs")
+            box.setToolTip("µs after the reference channel; 0.001 µs = 1 ns (the DDG's step is "
+                           "5 ps)")
             self.delays[ch] = (box, ref)
             form.addRow(f"{ch} (from {ref})" + {"A": " laser", "C": " spectrometer trigger",
                                                  "D": " gate end"}[ch], box)
@@ -118,7 +121,7 @@ class BenchPanel(QWidget):
         pform = QFormLayout(spec)
         self.spectrometers = {}
         for name in ("primary", "secondary"):
-            it = _spin(1e-5, 10.0, 1.05e-3, 6, " s")
+            it = _spin(0.01, 10_000.0, 1.05, 3, " ms")  # the lab's unit; sent in seconds
             av = QSpinBox()
             av.setRange(1, 10000)
             row = QHBoxLayout()
@@ -161,7 +164,8 @@ class BenchPanel(QWidget):
         self.session.submit(lambda b: b.stage.move_absolute(x, y), "go to")
 
     def apply_spectrometers(self) -> None:
-        values = {n: (it.value(), av.value()) for n, (it, av) in self.spectrometers.items()}
+        values = {n: (it.value() / MS_PER_S, av.value())
+                  for n, (it, av) in self.spectrometers.items()}
 
         def apply(bench) -> None:
             for name, (it, av) in values.items():

@@ -88,10 +88,14 @@ class ElementTab(QWidget):
         if not missing or not self.isVisible():
             return
         w = missing[0]
-        others = ", ".join(c.line.label for c in w.interferences[:3])
-        note = f" (also in window: {others})" if others else ""
-        measured = MapView(f"{w.label} nm, measured{note}", value_label="counts·nm")
+        others = ", ".join(f"{c.line.label} ({c.strength:.2g}×)" for c in w.interferences[:4])
+        measured = MapView(f"{w.label} nm, measured" + (" *" if others else ""),
+                           value_label="counts·nm")
         transferred = MapView(f"{w.label} nm, transferred", value_label="counts·nm")
+        if others:
+            note = f"* {w.label}: also in its window {others}"
+            measured.setToolTip(note)
+            self.message.setText("<br>".join(filter(None, [self.message.text(), note])))
         row = labels.index(w.label)
         for c, view in enumerate((measured, transferred)):
             view.setMinimumHeight(260)

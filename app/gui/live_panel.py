@@ -121,7 +121,7 @@ class LivePanel(QWidget):
         ident.addWidget(QLabel("sticks of"))
         self.stick_elements = QLineEdit()
         self.stick_elements.setPlaceholderText("elements, e.g. Ca, Al, Si")
-        self.stick_elements.editingFinished.connect(self._apply_sticks)
+        self.stick_elements.editingFinished.connect(self.apply_sticks)
         ident.addWidget(self.stick_elements, 1)
         ident.addWidget(QLabel("at"))
         self.temperature = QSpinBox()
@@ -129,7 +129,7 @@ class LivePanel(QWidget):
         self.temperature.setSingleStep(500)
         self.temperature.setValue(int(DEFAULT_TEMPERATURE_K))
         self.temperature.setSuffix(" K")
-        self.temperature.valueChanged.connect(lambda _: self._apply_sticks())
+        self.temperature.valueChanged.connect(lambda _: self.apply_sticks())
         ident.addWidget(self.temperature)
         peaks = QPushButton("Peak table…")
         peaks.setToolTip("peaks of the clicked spot (or of the map's mean spectrum) with their "
@@ -168,7 +168,7 @@ class LivePanel(QWidget):
         self.model_label.setText(f"loading {model_dir}…")
         self._model_job = Job(load_package_transfer, model_dir, name="plumelink-load-model")
 
-    def _apply_sticks(self) -> None:
+    def apply_sticks(self) -> None:
         elements = tuple(e.strip() for e in self.stick_elements.text().replace(";", ",")
                          .split(",") if e.strip())
         unknown = [e for e in elements if e not in element_symbols()]

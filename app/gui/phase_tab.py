@@ -67,6 +67,7 @@ class PhaseTab(QWidget):
                 self.view.colorbar.setColorMap(category_colormap(k))
                 self.view.show_map(shown, snap.extent_um, snap.status["primary"] == INVALID,
                                    levels=(-0.5, k - 0.5))
+                self.view.colorbar.axis.setTicks([[(i, str(i)) for i in range(k)], []])
                 painted = True
         key = (snap.map_path, snap.shape, snap.lines_done, self.k.value())
         if (self._job is None and self.isVisible() and snap.lines_done

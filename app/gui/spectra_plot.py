@@ -31,7 +31,8 @@ class SpectraPlot(pg.PlotWidget):
         self.setLabel("bottom", "wavelength (nm)")
         self.getAxis("bottom").enableAutoSIPrefix(False)
         self.setLabel("left", "counts")
-        self.legend = self.addLegend(offset=(-10, -10))  # bottom right: clear of the labels
+        # bottom right, small: clear of the line labels at the top
+        self.legend = self.addLegend(offset=(-10, -10), labelTextSize="7pt")
         self.curves = {name: self.plot(pen=pg.mkPen(pen, width=1), name=name,
                                        autoDownsample=True, downsampleMethod="peak",
                                        clipToView=True, skipFiniteCheck=True)
@@ -99,7 +100,7 @@ class SpectraPlot(pg.PlotWidget):
         for item in self._labels:
             self.removeItem(item)
         self._labels = []
-        gap = (hi - lo) / (2 * LABELS)  # labels alternate rows, so neighbours may be closer
+        gap = (hi - lo) / LABELS  # evenly spread, and on alternate rows: never touching
         for k, (wl, label) in enumerate(strong_lines(lo, hi, n=LABELS, min_gap_nm=gap)):
             line = pg.InfiniteLine(wl, angle=90, pen=pg.mkPen("#888", style=pg.QtCore.Qt.DotLine),
                                    label=label,
@@ -137,8 +138,7 @@ class SpectraPlot(pg.PlotWidget):
                 continue
             x = np.repeat(wl, 2)
             y = np.column_stack([np.full(wl.size, bottom), bottom + 0.85 * span * rel]).ravel()
-            item = self.plot(x, y, connect="pairs", name=f"{element} (LTE, "
-                             f"{self.temperature_k:.0f} K)",
+            item = self.plot(x, y, connect="pairs",  # not in the legend: the panel says it
                              pen=pg.mkPen(STICK_COLOURS[k % len(STICK_COLOURS)], width=2))
             self._sticks.append(item)
 

@@ -128,8 +128,8 @@ def test_line_labels_alternate_rows_so_neighbours_never_touch(qtbot) -> None:
     wl = np.linspace(245.0, 407.0, 4062)
     plot.show_spectra({"primary": (wl, np.ones(wl.size))})
     positions = sorted(plot.label_positions)
-    assert len(positions) == LABELS
-    min_gap = (407.0 - 245.0) / LABELS  # two labels' width apart on the same row
+    assert LABELS - 2 <= len(positions) <= LABELS
+    min_gap = 2 * (407.0 - 245.0) / LABELS  # neighbours alternate rows
     for row in {p for _, p in positions}:
         same = [w for w, p in positions if p == row]
         assert np.all(np.diff(same) >= min_gap * 0.999), (row, same)
