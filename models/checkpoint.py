@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,8 @@ import numpy as np
 import safetensors.torch
 import torch
 from torch import nn
+
+from plumelink.models.files import atomic_write
 
 FORMAT = "plumelink.training_checkpoint"
 VERSION = 1
@@ -46,14 +47,9 @@ class CheckpointMismatchError(ValueError):
 
 
 def _atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Temp file + rename, mode after the umask (the package's writer; no fsync: a lost
+    checkpoint costs one interval of training, not data)."""
+    atomic_write(path, write, fsync=False)
 
 
 def _tensors(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

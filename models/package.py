@@ -32,7 +32,6 @@ import math
 import os
 import platform
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -48,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from plumelink.models.baselines import KNNModel, MeanPredictor, PDSModel, PLSModel
+from plumelink.models.files import atomic_write
 from plumelink.models.networks import VAE, ComposedTransfer, LatentMLP, OneStepMLP, SystemDecoder
 from plumelink.models.training.config import problems
 from plumelink.pipeline.preprocess import Preprocessor, SpectralScaler
@@ -173,23 +173,9 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call write(tmp_path), fsync it, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_module(folder: Path, name: str, module: nn.Module) -> dict[str, Any]:
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    _atomic_write(folder / name, lambda p: safetensors.torch.save_file(tensors, p))
+    atomic_write(folder / name, lambda p: safetensors.torch.save_file(tensors, p))
     return {"file": name, "config": module.config()}  # type: ignore[operator]
 
 
@@ -279,7 +265,7 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
         files[name] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
     manifest["files"] = files
     text = json.dumps(_jsonable(manifest), indent=1, allow_nan=False)
-    _atomic_write(folder / MANIFEST, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    atomic_write(folder / MANIFEST, lambda p: Path(p).write_text(text, encoding="utf-8"))
 
 
 def _referenced_files(manifest: dict[str, Any]) -> list[str]:
@@ -442,7 +428,7 @@ def _secondary_entry(folder: Path, system: str, mlp: LatentMLP, axis: np.ndarray
         kind, params = _baseline_kind_params(model)
         arrays = _baseline_arrays(kind, model)
         file = f"baseline-{name}-{system}.safetensors"
-        _atomic_write(folder / file, lambda p, a=arrays: safetensors.numpy.save_file(a, p))
+        atomic_write(folder / file, lambda p, a=arrays: safetensors.numpy.save_file(a, p))
         entry["baselines"][name] = {"file": file, "kind": kind, "params": params}
     return entry
 
