@@ -173,3 +173,20 @@ def test_a_stage_reply_lost_costs_one_retry_of_its_line(sim_profile: Path,
     assert [(e["device"], e["event"], e["line"]) for e in events] == [
         ("stage", "fault", 1), ("stage", "retry", 1)]
     assert "InstrumentTimeout" in events[0]["message"]
+
+
+def test_a_fly_pass_whose_spectrometer_dropped_is_flown_again(sim_profile: Path,
+                                                              tmp_path: Path) -> None:
+    from test_engine import fly_scan_text
+
+    bench_path = _profile(sim_profile, line_retries=1, reconnects=2, wait_s=0.01)
+    out = tmp_path / "fly.h5"
+    scan = parse_scan(fly_scan_text(bench_path, out, ny=3, nx=12), source="fly.toml")
+    with open_bench(bench_path) as bench:
+        sim = bench.simulation
+        sim.inject({sim.next_shot_number + 12 + 5: ShotFault.unplugged("secondary", 3)})
+        result = acquire(scan, bench=bench)
+        assert _pairs_true(out, sim.bus) == 3 * 12
+    assert result.status == "complete" and result.retries == 1, result
+    assert [e["event"] for e in read_device_events(out)
+            if e["event"] != "reconnect_failed"] == ["fault", "reconnect", "retry"]
