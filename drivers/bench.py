@@ -310,6 +310,9 @@ def _read(name_or_path: str | Path) -> tuple[str, str]:
             return path.read_text(encoding="utf-8"), str(path)
         except OSError as exc:
             raise ProfileError(f"cannot read bench profile {path}: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ProfileError(f"bench profile {path} is not UTF-8 text (a TOML file): "
+                               f"{exc.reason} at byte {exc.start}") from None
     shipped = resources.files("plumelink.resources").joinpath("benches", f"{name_or_path}.toml")
     if not shipped.is_file():
         raise ProfileError(f"no shipped bench profile {name_or_path!r}; "
