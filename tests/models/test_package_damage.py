@@ -97,3 +97,26 @@ def _rehash(folder: Path, name: str) -> None:
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["files"][name]["sha256"] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
     (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("how", ["truncated", "pickle", "torch_save"])
+def test_a_damaged_training_checkpoint_is_refused_by_name(tmp_path: Path, how: str) -> None:
+    from plumelink.models.checkpoint import Checkpointer
+    from plumelink.models.files import WeightFileError
+
+    folder = tmp_path / "checkpoints"
+    Checkpointer(folder, {"run": 1}, resume=False).save_stage(
+        "vae", {"vae": torch.nn.Linear(3, 2)}, {"epochs": 1})
+    path = folder / "stage-vae.safetensors"
+    marker = tmp_path / "unpickled"
+    make, words = DAMAGES[how]
+    path.write_bytes(make(path.read_bytes(), marker))
+    resumed = Checkpointer(folder, {"run": 1}, resume=True)
+    with pytest.raises(WeightFileError) as info:
+        resumed.load_stage("vae", {"vae": torch.nn.Linear(3, 2)})
+    assert isinstance(info.value, ValueError)  # the CLI's one-line refusal
+    assert str(path) in str(info.value) and words in str(info.value)
+    assert not marker.exists()
+    (folder / "state.json").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(ValueError, match=r"state\.json is not a training checkpoint"):
+        Checkpointer(folder, {"run": 1}, resume=True)
