@@ -9,6 +9,7 @@ A profile is a TOML file (shipped ones live in ``plumelink/resources/benches/``)
     [spectrometers.primary]       # driver = "avaspec" | "ocean", resource = "<serial>" | "sim"
     [spectrometers.secondary]
     [simulation]                  # optional: seed, day, run, speedup, batch_size, max_latency_s
+    [recovery]                    # optional: line_retries, reconnects, wait_s (device faults)
 
 Every table is declared once below (pydantic: types, ranges, unknown keys refused). A device
 table has ``driver`` and ``resource``; its other keys are that driver's options, declared with
@@ -54,6 +55,7 @@ from .config import (
     Count,
     Flag,
     Integer,
+    NonNegative,
     Number,
     Pair,
     Positive,
@@ -121,6 +123,20 @@ class SimulationSpec:
     max_latency_s: Positive = 0.05
 
 
+@validated(frozen=True, config=STRICT_KEYS)
+class RecoverySpec:
+    """The optional ``[recovery]`` table: how hard a scan tries when a spectrometer or the
+    stage times out or drops its link (the delay generator is never retried: the laser's
+    safety rests on it). A failed raster line is shot again at most ``line_retries`` times;
+    before each new try a device that can reconnect (`protocols.Reconnect`) gets at most
+    ``reconnects`` attempts, ``wait_s`` real seconds apart. Every try is logged in the map
+    file; when the bounds are spent the scan ends as interrupted, saying why."""
+
+    line_retries: Count(0, 100) = 3
+    reconnects: Count(1, 100) = 3
+    wait_s: NonNegative = 1.0
+
+
 class _DeviceTable(BaseModel):
     """A device table: ``driver`` and ``resource``; its other keys are the driver's options,
     checked by the driver's own options table (`_device`)."""
@@ -138,6 +154,7 @@ class _ProfileFile(Table):
     stage: _DeviceTable
     spectrometers: dict[str, _DeviceTable]
     simulation: SimulationSpec = SimulationSpec()
+    recovery: RecoverySpec = RecoverySpec()
 
 
 def _describe(problem: Problem, every: list[Problem]) -> str:
@@ -173,6 +190,7 @@ class BenchProfile:
     description: str = ""
     source: str = ""
     simulation: SimulationSpec = field(default_factory=SimulationSpec)
+    recovery: RecoverySpec = field(default_factory=RecoverySpec)
 
     @property
     def simulated(self) -> bool:
@@ -213,7 +231,7 @@ class BenchProfile:
         return cls(name=doc.name if doc.name is not None else Path(source).stem,
                    description=doc.description, delay_generator=ddg, stage=stage,
                    spectrometers=spectrometers, laser=doc.laser, source=source,
-                   simulation=doc.simulation)
+                   simulation=doc.simulation, recovery=doc.recovery)
 
 
 def _device(entry: _DeviceTable, kind: str, label: str, source: str) -> DeviceSpec:
@@ -292,6 +310,9 @@ def _read(name_or_path: str | Path) -> tuple[str, str]:
             return path.read_text(encoding="utf-8"), str(path)
         except OSError as exc:
             raise ProfileError(f"cannot read bench profile {path}: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ProfileError(f"bench profile {path} is not UTF-8 text (a TOML file): "
+                               f"{exc.reason} at byte {exc.start}") from None
     shipped = resources.files("plumelink.resources").joinpath("benches", f"{name_or_path}.toml")
     if not shipped.is_file():
         raise ProfileError(f"no shipped bench profile {name_or_path!r}; "
@@ -606,6 +627,7 @@ class Bench:
         snapshot = {
             "profile": {"name": profile.name, "source": profile.source},
             "laser": asdict(profile.laser),
+            "recovery": asdict(profile.recovery),
             "delay_generator": entry(profile.delay_generator, self.delay_generator),
             "stage": entry(profile.stage, self.stage),
             "spectrometers": {role: entry(profile.spectrometers[role], device)
@@ -700,6 +722,7 @@ __all__ = [
     "DriverFactory",
     "LaserSpec",
     "ProfileError",
+    "RecoverySpec",
     "SimulationSpec",
     "available_profiles",
     "open_bench",
