@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from ..zaber import FLAGS, SPEED_FACTOR, lrc
+from ..zaber import FLAGS, SPEED_FACTOR
 from .events import Clocked, LineRecord, ServesEmulator, Subscribers
 from .motion import ManualClock, Motion, MovingAxis
 from .serial_link import (
@@ -68,6 +68,13 @@ _STICKY = frozenset({"WR", "WH"})  # cleared by homing, not by "warnings clear" 
 _INT = re.compile(r"[+-]?\d+")
 _MAX_WAIT_S = 0.5  # longest a server sleeps without I/O or a timed event
 _GARBAGE = b"\xfe\x80@garbage?\r\n"  # a GARBAGE fault's default reply
+
+
+def lrc(text: str) -> str:
+    """Zaber ASCII checksum: two's complement of the byte sum of ``text`` (the message between
+    the leading ``/`` or ``@`` and the ``:``), as two upper-case hex digits [V: the published
+    example ``/01 tools echo:8F``; zaber-motion verifies it on every reply, see the tests]."""
+    return f"{-sum(text.encode('ascii')) & 0xFF:02X}"
 
 
 class Fault(Enum):
@@ -703,6 +710,7 @@ __all__ = [
     "ZaberEmulator",
     "ZaberPtyServer",
     "ZaberTcpServer",
+    "lrc",
     "register_peer",
     "unregister_peer",
 ]
