@@ -37,7 +37,7 @@ Moves return at once; `wait_until_idle` polls the status (one empty command per 
 status and highest warning flag) every ``poll_interval_s``, bounded by its timeout. zaber-motion
 serialises requests itself, so `stop` may be called from another thread while one waits.
 
-zaber-motion is an optional dependency (Apache 2.0): ``pip install zaber-motion`` (or
+zaber-motion is an optional dependency (MIT): ``pip install zaber-motion`` (or
 ``plumelink[zaber]``); without it opening a Zaber stage raises `InstrumentError` saying so.
 """
 
@@ -273,6 +273,10 @@ class ZaberStage(SerialDevice):
             for address in dict.fromkeys(a.device for a in self._axes.values()):
                 self._look_up(address)
         for axis in self._axes.values():
+            if axis.device not in self._database and self._configured[axis.name] is None:
+                log.warning("%s: axis %s is not in the device database and no microstep_um "
+                            "is configured: positions assume %g µm per microstep", self.name,
+                            axis.name, DEFAULT_MICROSTEP_UM)
             self._check_microstep(axis)
         self.limits()
 
