@@ -19,7 +19,11 @@ emulator or a `ScriptedPeer`):
   real pyserial;
 * `ZaberTcpServer`: a localhost socket, ``socket://127.0.0.1:<port>``;
 * the pyserial URL ``zabersim://<name>``: an in-process port without threads (name a peer with
-  `register_peer`), which suits simulated time with `ManualClock`.
+  `register_peer`), which suits simulated time with `ManualClock` in the emulator's own tests.
+
+The driver stands on zaber-motion, which opens serial ports and TCP sockets only, so the
+simulated bench serves the emulator with `ZaberTcpServer` and the driver opens
+``tcp://127.0.0.1:<port>``.
 
 Faults (`Fault`) apply to the next replies: garbage, no reply, truncated, a forced rejection
 (e.g. ``AGAIN``), a wrong message id, extra lines before the reply, disconnect; `inject_stall`
