@@ -15,7 +15,8 @@ Every table is declared once below (pydantic: types, ranges, unknown keys refuse
 table has ``driver`` and ``resource``; its other keys are that driver's options, declared with
 their types in the driver's options table (`DRIVERS`). The resource ``"sim"`` starts that
 driver's emulator in-process behind its real transport (DG645: localhost TCP through
-pyvisa-py; Zaber and PI: ``zabersim://`` / ``pigcssim://`` pyserial URLs; AvaSpec: the fake
+pyvisa-py; Zaber: localhost TCP, opened by zaber-motion; PI: a ``pigcssim://`` pyserial URL;
+AvaSpec: the fake
 ``libavs`` object), so the real driver code runs; ``sim_*`` options configure only the emulator.
 
 When devices are simulated, `open_bench` wires their emulators through one simulated clock and
@@ -403,7 +404,11 @@ def _sim_zaber(spec: DeviceSpec, stack: contextlib.ExitStack,
     steps = dict(step) if isinstance(step, Mapping) else {"x": step, "y": step}
     axes = {"x": (spec.options.get("x_device", 1), 1), "y": (spec.options.get("y_device", 2), 1)}
     sim.attach_zaber(emulator, axes, steps)
-    return _sim_serial_stage(zaber_emulator, emulator, stack)
+    # zaber-motion opens serial ports and TCP sockets, not pyserial URLs: the emulator is
+    # served on localhost; its device id is ours, not in Zaber's device database
+    server = zaber_emulator.ZaberTcpServer(emulator)
+    stack.callback(_logged, "Zaber emulator server", server.close)
+    return f"tcp://{server.host}:{server.port}", emulator, {"device_db": "offline"}
 
 
 def _sim_serial_stage(
@@ -555,6 +560,7 @@ class _ZaberOptions(_StageOptions):
         "fullstep", _is_microstep, "must be a positive number or a table {x = ..., y = ...}")
     ] = None
     checksum: Flag | None = None
+    device_db: String | None = None  # a device database file, or "offline"
     x_device: Integer | None = None
     y_device: Integer | None = None
 
