@@ -13,6 +13,7 @@ from typing import Any
 from tqdm import tqdm
 
 from plumelink.app.arguments import add_compression, compression_arg
+from plumelink.drivers.errors import InstrumentError
 
 
 def _acquire(args: argparse.Namespace) -> int:
@@ -51,11 +52,18 @@ def _acquire(args: argparse.Namespace) -> int:
         except MapFileError as exc:  # e.g. --resume of a complete or foreign file
             print(f"plumelink acquire: error: {exc}", file=sys.stderr)
             return 2
+        except InstrumentError as exc:  # a device failed (past its [recovery] retries)
+            print(f"plumelink acquire: error: {exc}; the map {out} is closed as interrupted "
+                  f"with its finished lines (resume with --resume)", file=sys.stderr)
+            return 3
     print(f"map: {result.path}")
     print(f"status: {result.status}" + (f" ({result.reason})" if result.reason else ""))
     print(f"lines written: {result.lines_written} (map has {result.lines_total}); shots: "
           f"{result.shots}; invalid spots: primary {result.invalid_primary}, secondary "
           f"{result.invalid_secondary}; {result.elapsed_s:.1f} s")
+    if result.device_faults:
+        print(f"device faults: {result.device_faults}, lines shot again: {result.retries}, "
+              f"reconnects: {result.reconnects} (logged in the map's /map/log/device_events)")
     return 0 if result.status == "complete" else 3
 
 

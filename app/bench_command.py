@@ -23,9 +23,12 @@ def register(subparsers) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from plumelink.drivers.bench import BenchProfile
     from plumelink.drivers.bench_check import check_bench
 
-    result = check_bench(args.profile)
+    # a profile that cannot be read or is invalid is bad input (one line, exit 2), not a
+    # problem of the bench: nothing was opened
+    result = check_bench(BenchProfile.load(args.profile))
     print(f"bench check: {result.profile}")
     for line in result.lines:
         print(f"  {line}")

@@ -3,7 +3,8 @@ shots/s of the whole simulated chain (DDG -> physics -> both spectrometers -> pa
 
 Measures, in one run on this machine:
   1. DG645 `identify` / `get_delay` round trips via pyvisa-py TCP socket and pyserial URL;
-  2. Zaber and PI GCS `position()` calls via pyserial URL and via a pty (real pyserial);
+  2. Zaber `position()` calls via localhost TCP and a pty (zaber-motion), PI GCS via pyserial
+     URL and a pty (real pyserial);
   3. AvaSpec fake through the real driver: frames/s and library calls/s (software trigger);
   4. 500-shot bursts at a simulated 1 kHz laser rate through `open_bench` (real drivers, the
      trigger bus, the physics, both spectrometers), frames paired by the shot log, and the
@@ -84,13 +85,16 @@ def _zaber() -> zaber_emulator.ZaberEmulator:
     return zaber_emulator.ZaberEmulator({1: [config], 2: [config]})
 
 
-def bench_zaber_url(seconds: float) -> float:
-    with _stage_url(zaber_emulator, _zaber()) as url, ZaberStage(url) as stage:
+def bench_zaber_tcp(seconds: float) -> float:
+    """zaber-motion opens TCP and serial ports only (no pyserial URLs): localhost TCP."""
+    with zaber_emulator.ZaberTcpServer(_zaber()) as server, ZaberStage(
+            f"tcp://{server.host}:{server.port}", device_db="offline") as stage:
         return rate(stage.position, seconds)
 
 
 def bench_zaber_pty(seconds: float) -> float:
-    with zaber_emulator.ZaberPtyServer(_zaber()) as server, ZaberStage(server.url) as stage:
+    with zaber_emulator.ZaberPtyServer(_zaber()) as server, ZaberStage(
+            server.url, device_db="offline") as stage:
         return rate(stage.position, seconds)
 
 
@@ -176,7 +180,7 @@ def run(seconds: float = 1.0, bursts: int = 4, speedup: float = 100.0) -> dict[s
     return {
         "dg645 pyvisa-py TCP (cmd/s)": bench_dg645_tcp(seconds),
         "dg645 pyserial URL (cmd/s)": bench_dg645_url(seconds),
-        "zaber URL (position()/s)": bench_zaber_url(seconds),
+        "zaber TCP (position()/s)": bench_zaber_tcp(seconds),
         "zaber pty (position()/s)": bench_zaber_pty(seconds),
         "pi_gcs URL (position()/s)": bench_pi_url(seconds),
         "pi_gcs pty (position()/s)": bench_pi_pty(seconds),

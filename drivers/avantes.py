@@ -497,6 +497,36 @@ class AvaSpec:
             self._measuring = False
             self._call("AVS_StopMeasure", self._handle)
 
+    def reconnect(self) -> None:
+        """Open the unit again after it stopped answering or dropped off the bus: end the
+        library session (errors ignored: the unit may be gone), then initialise, find the
+        same serial and activate it as at construction. Settings and the pixel range stay
+        (they reach the unit at the next ``arm``); the arm in progress and its frames are
+        lost. Raises InstrumentError while the unit is not back. The device clock goes on
+        (`DeviceClock`), so the pairing's learnt clock offsets stay valid."""
+        self._stop.set()
+        self._measuring = False
+        self._armed = self._received = self._returned = 0
+        self._corrupt_unread = self.bad_frames = 0
+        pixels = self.num_pixels
+        try:
+            if self._handle is not None:
+                self._call("AVS_Deactivate", self._handle)
+        except InstrumentError as exc:
+            log.info("%s: deactivating before a reconnect: %s", self.device, exc)
+        self._handle = None
+        try:
+            if self._initialised:
+                self._call("AVS_Done")
+        except InstrumentError as exc:
+            log.info("%s: closing the library before a reconnect: %s", self.device, exc)
+        self._initialised = False
+        self._connect(self.serial)
+        if self.num_pixels != pixels:
+            raise InstrumentError(f"reconnected unit has {self.num_pixels} pixels, "
+                                  f"not {pixels}", device=self.device)
+        log.info("%s: reconnected", self.device)
+
     def close(self) -> None:
         try:
             if self._handle is not None:

@@ -9,12 +9,14 @@ A profile is a TOML file (shipped ones live in ``plumelink/resources/benches/``)
     [spectrometers.primary]       # driver = "avaspec" | "ocean", resource = "<serial>" | "sim"
     [spectrometers.secondary]
     [simulation]                  # optional: seed, day, run, speedup, batch_size, max_latency_s
+    [recovery]                    # optional: line_retries, reconnects, wait_s (device faults)
 
 Every table is declared once below (pydantic: types, ranges, unknown keys refused). A device
 table has ``driver`` and ``resource``; its other keys are that driver's options, declared with
 their types in the driver's options table (`DRIVERS`). The resource ``"sim"`` starts that
 driver's emulator in-process behind its real transport (DG645: localhost TCP through
-pyvisa-py; Zaber and PI: ``zabersim://`` / ``pigcssim://`` pyserial URLs; AvaSpec: the fake
+pyvisa-py; Zaber: localhost TCP, opened by zaber-motion; PI: a ``pigcssim://`` pyserial URL;
+AvaSpec: the fake
 ``libavs`` object), so the real driver code runs; ``sim_*`` options configure only the emulator.
 
 When devices are simulated, `open_bench` wires their emulators through one simulated clock and
@@ -54,6 +56,7 @@ from .config import (
     Count,
     Flag,
     Integer,
+    NonNegative,
     Number,
     Pair,
     Positive,
@@ -121,6 +124,20 @@ class SimulationSpec:
     max_latency_s: Positive = 0.05
 
 
+@validated(frozen=True, config=STRICT_KEYS)
+class RecoverySpec:
+    """The optional ``[recovery]`` table: how hard a scan tries when a spectrometer or the
+    stage times out or drops its link (the delay generator is never retried: the laser's
+    safety rests on it). A failed raster line is shot again at most ``line_retries`` times;
+    before each new try a device that can reconnect (`protocols.Reconnect`) gets at most
+    ``reconnects`` attempts, ``wait_s`` real seconds apart. Every try is logged in the map
+    file; when the bounds are spent the scan ends as interrupted, saying why."""
+
+    line_retries: Count(0, 100) = 3
+    reconnects: Count(1, 100) = 3
+    wait_s: NonNegative = 1.0
+
+
 class _DeviceTable(BaseModel):
     """A device table: ``driver`` and ``resource``; its other keys are the driver's options,
     checked by the driver's own options table (`_device`)."""
@@ -138,6 +155,7 @@ class _ProfileFile(Table):
     stage: _DeviceTable
     spectrometers: dict[str, _DeviceTable]
     simulation: SimulationSpec = SimulationSpec()
+    recovery: RecoverySpec = RecoverySpec()
 
 
 def _describe(problem: Problem, every: list[Problem]) -> str:
@@ -173,6 +191,7 @@ class BenchProfile:
     description: str = ""
     source: str = ""
     simulation: SimulationSpec = field(default_factory=SimulationSpec)
+    recovery: RecoverySpec = field(default_factory=RecoverySpec)
 
     @property
     def simulated(self) -> bool:
@@ -213,7 +232,7 @@ class BenchProfile:
         return cls(name=doc.name if doc.name is not None else Path(source).stem,
                    description=doc.description, delay_generator=ddg, stage=stage,
                    spectrometers=spectrometers, laser=doc.laser, source=source,
-                   simulation=doc.simulation)
+                   simulation=doc.simulation, recovery=doc.recovery)
 
 
 def _device(entry: _DeviceTable, kind: str, label: str, source: str) -> DeviceSpec:
@@ -292,6 +311,9 @@ def _read(name_or_path: str | Path) -> tuple[str, str]:
             return path.read_text(encoding="utf-8"), str(path)
         except OSError as exc:
             raise ProfileError(f"cannot read bench profile {path}: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ProfileError(f"bench profile {path} is not UTF-8 text (a TOML file): "
+                               f"{exc.reason} at byte {exc.start}") from None
     shipped = resources.files("plumelink.resources").joinpath("benches", f"{name_or_path}.toml")
     if not shipped.is_file():
         raise ProfileError(f"no shipped bench profile {name_or_path!r}; "
@@ -383,7 +405,11 @@ def _sim_zaber(spec: DeviceSpec, stack: contextlib.ExitStack,
     steps = dict(step) if isinstance(step, Mapping) else {"x": step, "y": step}
     axes = {"x": (spec.options.get("x_device", 1), 1), "y": (spec.options.get("y_device", 2), 1)}
     sim.attach_zaber(emulator, axes, steps)
-    return _sim_serial_stage(zaber_emulator, emulator, stack)
+    # zaber-motion opens serial ports and TCP sockets, not pyserial URLs: the emulator is
+    # served on localhost; its device id is ours, not in Zaber's device database
+    server = zaber_emulator.ZaberTcpServer(emulator)
+    stack.callback(_logged, "Zaber emulator server", server.close)
+    return f"tcp://{server.host}:{server.port}", emulator, {"device_db": "offline"}
 
 
 def _sim_serial_stage(
@@ -535,6 +561,7 @@ class _ZaberOptions(_StageOptions):
         "fullstep", _is_microstep, "must be a positive number or a table {x = ..., y = ...}")
     ] = None
     checksum: Flag | None = None
+    device_db: String | None = None  # a device database file, or "offline"
     x_device: Integer | None = None
     y_device: Integer | None = None
 
@@ -608,6 +635,7 @@ class Bench:
         snapshot = {
             "profile": {"name": profile.name, "source": profile.source},
             "laser": asdict(profile.laser),
+            "recovery": asdict(profile.recovery),
             "delay_generator": entry(profile.delay_generator, self.delay_generator),
             "stage": entry(profile.stage, self.stage),
             "spectrometers": {role: entry(profile.spectrometers[role], device)
@@ -702,6 +730,7 @@ __all__ = [
     "DriverFactory",
     "LaserSpec",
     "ProfileError",
+    "RecoverySpec",
     "SimulationSpec",
     "available_profiles",
     "open_bench",

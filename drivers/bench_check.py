@@ -172,7 +172,9 @@ def _check_stage(spec: DeviceSpec, stage: Any, result: BenchCheck) -> None:
                             f"axis {entry['axis']}, device id {entry['device_id']}, serial "
                             f"{entry['serial']}, firmware {entry['firmware']}, peripheral id "
                             f"{entry['peripheral_id']}, resolution {entry['resolution']}, "
-                            f"microstep {entry['microstep_um']:g} µm")
+                            f"microstep {entry['microstep_um']:g} µm (from the "
+                            f"{entry.get('microstep_source', 'profile')})"
+                            + (f", product {entry['product']}" if entry.get("product") else ""))
         if "fullstep_um" in spec.options:
             result.note(spec.table, "microstep_um agrees with fullstep_um and the device's "
                                     "resolution")

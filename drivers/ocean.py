@@ -440,6 +440,26 @@ class OceanSpectrometer:
         elif self._reader is reader:
             self._reader = None
 
+    def reconnect(self) -> None:
+        """Open the unit again after it stopped answering or dropped off the bus: close the
+        old seabreeze handle (errors ignored: the unit may be gone), then find the same serial
+        and open it as at construction. Settings stay (they reach the unit at the next
+        ``arm``); the arm in progress and its frames are lost. Raises InstrumentError while
+        the unit is not back."""
+        try:
+            self.close()
+        except InstrumentError as exc:
+            log.info("%s: closing before a reconnect: %s", self.device, exc)
+        self._spec = None
+        with self._cond:
+            self._buffer.clear()
+            self._armed = self._received = 0
+            self._error = None
+        settings = (self.integration_time_s, self.delay_s, self.averages)
+        self._connect(self.serial)
+        self.integration_time_s, self.delay_s, self.averages = settings
+        log.info("%s: reconnected", self.device)
+
     def close(self) -> None:
         spec = self._spec
         if spec is None:

@@ -187,6 +187,16 @@ class DistanceTrigger(Protocol):
     def set_digital_output(self, axis: str, output: int, level: int) -> None: ...
 
 
+@runtime_checkable
+class Reconnect(Protocol):
+    """A device that can open its link again after it stopped answering or dropped off the
+    bus, with the same settings (what is in flight is lost); raises an InstrumentError while
+    the device is not back. The acquisition runner uses it within the bench's [recovery]
+    bounds."""
+
+    def reconnect(self) -> None: ...
+
+
 def missing_methods(device: object, capability: type) -> list[str]:
     """The methods of ``capability`` that ``device`` lacks, sorted (for the message of a
     failed ``isinstance(device, capability)``)."""

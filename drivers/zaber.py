@@ -1,66 +1,67 @@
-"""Driver for Zaber XY stages speaking the Zaber ASCII protocol (X-series, firmware 6 and 7).
+"""Driver for Zaber XY stages (ASCII protocol, X-series, firmware 6 and 7), standing on Zaber's
+own library, zaber-motion (``zaber_motion.ascii``): framing, message ids, LRC checksums, reply
+parsing and request timeouts are the library's, not ours to maintain.
 
 The two axes are either two single-axis devices daisy-chained on one port (device 1 = x,
 device 2 = y, the default) or two axes of one controller (``axes={"x": (1, 1), "y": (1, 2)}``).
-The port is any pyserial URL (``/dev/ttyUSB0``, ``/dev/pts/N``, ``socket://host:port``,
-``zabersim://name``), 115200 8N1 without flow control (``reference/instruments.md`` 4.1-4.2).
+The port is a serial port name (``/dev/ttyUSB0``, ``COM3``: `Connection.open_serial_port`,
+115200 baud, opened directly, not through Zaber Launcher) or ``tcp://host:port`` (also
+``socket://host:port``: `Connection.open_tcp`, e.g. a serial-to-Ethernet adapter or the
+simulated bench's emulator on localhost).
 
-How it talks:
+Rules the driver adds on top of zaber-motion:
 
-* every command carries a message id (``/<device> <axis> <id> <command>``, ids 00-99 in
-  turn); the reply with that id and address is the answer. Replies with another id are stale
-  answers to earlier commands that timed out and are skipped; ``#`` info lines are skipped;
-  ``!`` alerts are logged and skipped. An optional LRC checksum (``:XX``) is added when
-  ``checksum=True`` and verified on every reply that carries one;
-* replies are parsed strictly (``@<dd> <axis> <id> <OK|RJ> <IDLE|BUSY> <flag> <data>`` + CR LF):
-  anything else raises `ProtocolError` with the raw text, no complete reply within
-  ``timeout_s`` raises `InstrumentTimeout`, a lost link raises `InstrumentError`;
-* ``RJ`` raises `CommandRejected` carrying the reason word and its meaning; ``AGAIN`` is resent
-  up to three times first. A fault flag (``F*``) in the reply to a move, home or status poll
-  raises `DeviceFault` listing every active warning flag with its meaning (`clear_warnings`
-  clears them);
+* every library failure becomes a typed error: a rejection (``RJ``) raises `CommandRejected`
+  with the reason word and its meaning, a fault flag (``F*``) seen while waiting raises
+  `DeviceFault` listing every active warning flag with its meaning, no reply in ``timeout_s``
+  raises `InstrumentTimeout`, a malformed reply `ProtocolError`, a lost link `InstrumentError`;
 * targets are checked against ``limit.min``/``limit.max`` (read at connect, refreshed by
   `limits`) *before* anything is sent (`SettingOutOfRange`), and an axis without a reference
   position (``WR``/``WH``) refuses moves with `NotReferenced` before the move is sent;
-* units: positions in µm, speeds in µm/s, times in s. ``microstep_um`` is the size of one
-  device unit (microstep) per axis; Zaber speed units are microsteps/s x 1.6384 [M];
-* identity: `identify` reads each axis's device id, serial number, firmware version
-  (``get deviceid``, ``get system.serial``, ``get version`` on axis 0), peripheral id and
-  microstep resolution (``get resolution``: microsteps per full step), for the map's
-  instrument snapshot. Given ``fullstep_um`` (the travel of one full motor step, from the
-  stage's datasheet: lead screw pitch / steps per turn), the connect reads ``resolution`` and
-  the configured ``microstep_um`` must equal ``fullstep_um / resolution``; otherwise the stage
-  refuses to open (`MicrostepMismatch`, saying which value to change), because every position
-  would be off by their ratio.
+* units: positions in µm, speeds in µm/s. The library moves in native units (microsteps);
+  the size of one microstep comes from Zaber's device database when the device is found there
+  (`Device.identify`), otherwise from the profile's ``microstep_um`` (default 0.1 µm).
+  Speeds are microsteps/s x 1.6384 (`SPEED_FACTOR`) in native units;
+* identity: `identify` reads each axis's device id, serial number, firmware version,
+  peripheral id and microstep resolution (microsteps per full step), for the map's instrument
+  snapshot. The connect refuses a ``microstep_um`` that contradicts the device
+  (`MicrostepMismatch`, saying which value to change): when the device database knows the
+  device, its microstep size must equal ``microstep_um``; given ``fullstep_um`` (the travel of
+  one full motor step, from the stage's datasheet), ``microstep_um`` must equal
+  ``fullstep_um / resolution``. Otherwise every position would be off by their ratio;
+* ``device_db``: None keeps the library's device-database source (Zaber's web service, or what
+  the process set with `Library.set_device_db_source`); a path uses that database file;
+  ``"offline"`` skips the database (identity from the device's own settings only).
 
-Moves return at once; `wait_until_idle` polls the empty status command every
-``poll_interval_s`` (sleeping in between, bounded by the timeout). One re-entrant lock
-serialises each command/reply exchange, so `stop` may be called from another thread while
-another thread waits.
+Moves return at once; `wait_until_idle` polls the status (one empty command per axis, reply
+status and highest warning flag) every ``poll_interval_s``, bounded by its timeout. zaber-motion
+serialises requests itself, so `stop` may be called from another thread while one waits.
+
+zaber-motion is an optional dependency (MIT): ``pip install zaber-motion`` (or
+``plumelink[zaber]``); without it opening a Zaber stage raises `InstrumentError` saying so.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import numbers
-import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
-import serial
-
-from .errors import InstrumentError, ProtocolError, SettingOutOfRange
+from .errors import InstrumentError, InstrumentTimeout, ProtocolError, SettingOutOfRange
 from .serial_device import AXES, SerialDevice, check_axis_names
 from .serial_device import finite as _finite
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: maxspeed (device units) = microsteps per second x SPEED_FACTOR on Zaber stepper devices [M].
 SPEED_FACTOR = 1.6384
-MAX_MESSAGE_ID = 99
+DEFAULT_MICROSTEP_UM = 0.1
+OFFLINE = "offline"
 
 #: RJ reasons and what each means for the caller [M: protocol manual, as remembered].
 REJECTION_REASONS: dict[str, str] = {
@@ -78,7 +79,7 @@ REJECTION_REASONS: dict[str, str] = {
 }
 
 #: Warning flags, highest priority first: faults F*, warnings W*, notices N* [V: zaber-motion
-#: for FS FQ FE FD FF WR WH WL WS NI NC; M for the rest].
+#: ``ascii/warning_flags.py`` for the names; M for the meanings].
 FLAGS: dict[str, str] = {
     "FF": "critical system error; the device must be reset",
     "FD": "driver disabled: the motor driver shut down (over-temperature or over-current)",
@@ -103,24 +104,8 @@ FLAGS: dict[str, str] = {
     "NU": "setting update pending",
 }
 NOT_REFERENCED_FLAGS = frozenset({"WR", "WH"})
-
 _AGAIN_RETRIES = 3
 _AGAIN_BACKOFF_S = 0.02
-_MAX_LINE = 4096
-_INTEGER = re.compile(r"[+-]?\d+")
-_REPLY = re.compile(
-    r"@(?P<device>\d{2}) (?P<axis>\d+) (?:(?P<id>\d{1,2}) )?(?P<ok>OK|RJ) (?P<busy>IDLE|BUSY)"
-    r" (?P<flag>--|[A-Z]{2}) (?P<data>[^ ](?:.*[^ ])?)"
-)
-_ALERT = re.compile(r"!(?P<device>\d{2}) (?P<axis>\d+) (?P<busy>IDLE|BUSY) (?P<flag>--|[A-Z]{2})")
-_INFO = re.compile(r"#\d{2} \d+(?: .*)?")
-_FLAG = re.compile(r"[A-Z]{2}")
-
-
-def lrc(text: str) -> str:
-    """Zaber ASCII checksum: two's complement of the byte sum of ``text`` (the message between
-    the leading ``/`` or ``@`` and the ``:``), as two upper-case hex digits."""
-    return f"{-sum(text.encode('ascii')) & 0xFF:02X}"
 
 
 def flag_meaning(flag: str) -> str:
@@ -158,217 +143,183 @@ class DeviceFault(InstrumentError):
 
 
 class MicrostepMismatch(InstrumentError):
-    """The configured ``microstep_um`` contradicts the device's resolution and the stage's
-    full-step size: positions would be scaled wrongly."""
+    """The configured ``microstep_um`` contradicts the identified device: positions would be
+    scaled wrongly."""
 
 
 class NotReferenced(InstrumentError):
     """An axis has no reference position (``WR``/``WH``): `ZaberStage.home` it before moving."""
 
 
-@dataclass(frozen=True)
-class Reply:
-    """One parsed ``@`` reply line."""
-
-    device: int
-    axis: int
-    message_id: int | None
-    ok: bool
-    busy: bool
-    flag: str
-    data: str
-    raw: str
-
-    @property
-    def warning(self) -> str | None:
-        return None if self.flag == "--" else self.flag
-
-
-@dataclass(frozen=True)
-class Alert:
-    """One ``!`` alert line (sent unprompted when ``comm.alert`` is 1)."""
-
-    device: int
-    axis: int
-    busy: bool
-    flag: str
-    raw: str
-
-
-@dataclass(frozen=True)
-class Info:
-    """One ``#`` info line (extra text some commands send after their reply)."""
-
-    raw: str
-
-
-def parse_message(line: bytes, *, device: str = "", command: str = "") -> Reply | Alert | Info:
-    """Parse one received line, CR LF included; raise `ProtocolError` on anything malformed."""
-    raw = line.decode("ascii", errors="backslashreplace")
-
-    def bad(why: str) -> ProtocolError:
-        return ProtocolError(why, reply=raw, device=device, command=command)
-
-    if not line.endswith(b"\r\n"):
-        raise bad("reply not terminated by CR LF")
+def _library() -> Any:
+    """The zaber-motion module, imported when a stage is opened (so importing this module,
+    the emulator and the rest of plumelink does not need it)."""
     try:
-        text = line[:-2].decode("ascii")
-    except UnicodeDecodeError:
-        raise bad("reply is not ASCII") from None
-    if not text.isprintable():
-        raise bad("reply contains control characters")
-    if len(text) > 3 and text[-3] == ":":
-        text, given = text[:-3], text[-2:]
-        if lrc(text[1:]) != given:
-            raise bad(f"checksum mismatch (expected {lrc(text[1:])})")
-    if text.endswith("\\"):
-        raise bad("multi-packet replies are not supported")
-    if text.startswith("#"):
-        if not _INFO.fullmatch(text):
-            raise bad("malformed info line")
-        return Info(raw)
-    if text.startswith("!"):
-        alert = _ALERT.match(text)
-        if alert is None:
-            raise bad("malformed alert")
-        return Alert(int(alert["device"]), int(alert["axis"]), alert["busy"] == "BUSY",
-                     alert["flag"], raw)
-    match = _REPLY.fullmatch(text)
-    if match is None:
-        raise bad("malformed reply")
-    return Reply(
-        device=int(match["device"]),
-        axis=int(match["axis"]),
-        message_id=int(match["id"]) if match["id"] is not None else None,
-        ok=match["ok"] == "OK",
-        busy=match["busy"] == "BUSY",
-        flag=match["flag"],
-        data=match["data"],
-        raw=raw,
-    )
+        import zaber_motion
+        import zaber_motion.ascii
+    except ImportError as exc:
+        raise InstrumentError(
+            f"Zaber stages need Zaber's library zaber-motion, which is not installed ({exc}); "
+            "install it with: pip install zaber-motion  (or: pip install 'plumelink[zaber]')",
+            device="zaber") from exc
+    return zaber_motion
 
 
-def parse_warnings(reply: Reply, *, device: str = "", command: str = "warnings") -> set[str]:
-    """Decode the data of a ``warnings`` reply: a two-digit count followed by that many flags."""
-    words = reply.data.split(" ")
-    count = words[0]
-    if (
-        not re.fullmatch(r"\d{2}", count)
-        or int(count) != len(words) - 1
-        or not all(_FLAG.fullmatch(w) for w in words[1:])
-    ):
-        raise ProtocolError("malformed warnings list", reply=reply.raw, device=device,
-                            command=command)
-    return set(words[1:])
-
-
-@dataclass(frozen=True)
+@dataclass
 class _Axis:
     name: str
     device: int
     number: int
     microstep_um: float
+    handle: Any = None  # zaber_motion.ascii.Axis
 
     def to_native(self, um: float) -> int:
         return round(um / self.microstep_um)
 
-    def to_um(self, native: int) -> float:
+    def to_um(self, native: float) -> float:
         return native * self.microstep_um
 
 
+def _per_axis(value: float | Mapping[str, float] | None, what: str) -> dict[str, float | None]:
+    if value is None:
+        return dict.fromkeys(AXES)
+    values = value if isinstance(value, Mapping) else dict.fromkeys(AXES, value)
+    out: dict[str, float | None] = {}
+    for axis in AXES:
+        number = _finite(values.get(axis))
+        if number is None or number <= 0:
+            raise ValueError(f"bad {what} for axis {axis}")
+        out[axis] = number
+    return out
+
+
 class ZaberStage(SerialDevice):
-    """An XY stage on a Zaber ASCII port. See the module docstring for the rules it follows."""
+    """An XY stage on a Zaber ASCII port, through zaber-motion. See the module docstring."""
 
     def __init__(
         self,
-        url: str | serial.SerialBase,
+        url: str,
         *,
         x_device: int = 1,
         y_device: int = 2,
         axes: Mapping[str, tuple[int, int]] | None = None,
-        microstep_um: float | Mapping[str, float] = 0.1,
+        microstep_um: float | Mapping[str, float] | None = None,
         fullstep_um: float | Mapping[str, float] | None = None,
+        device_db: str | None = None,
         baudrate: int = 115200,
         timeout_s: float = 2.0,
-        checksum: bool = False,
+        checksum: bool = True,
         poll_interval_s: float = 0.02,
         name: str = "zaber",
     ) -> None:
         """``axes`` maps "x" and "y" to (device, axis number) and overrides ``x_device`` and
-        ``y_device`` (which mean axis 1 of that device). ``url`` may be an open serial port.
-        ``fullstep_um`` (one value or one per axis) enables the microstep check."""
+        ``y_device`` (which mean axis 1 of that device). ``microstep_um`` (one value or one
+        per axis; None: the device database's, else 0.1 µm) is checked against the device
+        database and, given ``fullstep_um``, against the device's resolution."""
         mapping = dict(axes) if axes is not None else {"x": (x_device, 1), "y": (y_device, 1)}
         check_axis_names(mapping)
-        steps = (microstep_um if isinstance(microstep_um, Mapping)
-                 else dict.fromkeys(AXES, microstep_um))
+        self._configured = _per_axis(microstep_um, "microstep_um")
+        self._fullstep = _per_axis(fullstep_um, "fullstep_um")
         self._axes: dict[str, _Axis] = {}
         for axis in AXES:
             device, number = mapping[axis]
-            step = _finite(steps.get(axis))
-            if not (1 <= device <= 99 and 1 <= number <= 9) or step is None or step <= 0:
-                raise ValueError(f"bad address or microstep for axis {axis}")
+            if not (1 <= device <= 99 and 1 <= number <= 9):
+                raise ValueError(f"bad address for axis {axis}: device {device} axis {number}")
+            step = self._configured[axis] or DEFAULT_MICROSTEP_UM
             self._axes[axis] = _Axis(axis, device, number, step)
-        self._fullstep: dict[str, float] = {}
-        if fullstep_um is not None:
-            full = (fullstep_um if isinstance(fullstep_um, Mapping)
-                    else dict.fromkeys(AXES, fullstep_um))
-            for axis in AXES:
-                value = _finite(full.get(axis))
-                if value is None or value <= 0:
-                    raise ValueError(f"bad fullstep_um for axis {axis}")
-                self._fullstep[axis] = value
+        self.name = name
+        self._timeout_s = float(timeout_s)
+        self._poll_interval_s = float(poll_interval_s)
+        self._device_db = device_db
         self._identity: dict[str, dict[str, object]] = {}
-        self._checksum = checksum
-        self._ids = itertools.cycle(range(MAX_MESSAGE_ID + 1))
-        self._rx = bytearray()
+        self._database: dict[int, str] = {}  # device address -> product name (when found)
         self._referenced: dict[str, bool | None] = dict.fromkeys(AXES)
         self._limits: dict[str, tuple[int, int]] = {}
-        self._open(url, name=name, baudrate=baudrate, timeout_s=timeout_s,
-                   poll_interval_s=poll_interval_s)
-        self._start_up(self._initialise)
+        self._zm = _library()
+        self._errors = self._error_table()
+        self._connection: Any = None
+        self._connection = self._do(f"open {url}", lambda: self._connect(url, baudrate))
+        try:
+            self._do("", lambda: self._configure(checksum))
+            self._initialise()
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ start-up
+    def _connect(self, url: str, baudrate: int) -> Any:
+        connection_type = self._zm.ascii.Connection
+        parts = urlsplit(url)
+        if parts.scheme in ("tcp", "socket"):
+            if not parts.hostname or parts.port is None:
+                raise InstrumentError(f"cannot open {url!r}: expected tcp://host:port",
+                                      device=self.name)
+            return connection_type.open_tcp(parts.hostname, parts.port)
+        if "://" in url:
+            raise InstrumentError(
+                f"cannot open {url!r}: zaber-motion opens a serial port name or "
+                "tcp://host:port (serve an emulator with ZaberTcpServer)", device=self.name)
+        return connection_type.open_serial_port(url, baud_rate=baudrate, direct=True)
+
+    def _configure(self, checksum: bool) -> None:
+        self._connection.default_request_timeout = max(1, round(self._timeout_s * 1000))
+        self._connection.checksum_enabled = bool(checksum)
+        for axis in self._axes.values():
+            axis.handle = self._connection.get_device(axis.device).get_axis(axis.number)
 
     def _initialise(self) -> None:
-        """The microstep check (when ``fullstep_um`` is given), then the limits."""
+        """Device database (unless offline), the microstep checks, then the limits."""
+        if self._device_db != OFFLINE:
+            for address in dict.fromkeys(a.device for a in self._axes.values()):
+                self._look_up(address)
         for axis in self._axes.values():
+            if axis.device not in self._database and self._configured[axis.name] is None:
+                log.warning("%s: axis %s is not in the device database and no microstep_um "
+                            "is configured: positions assume %g µm per microstep", self.name,
+                            axis.name, DEFAULT_MICROSTEP_UM)
             self._check_microstep(axis)
         self.limits()
 
-    def identify(self) -> dict[str, dict[str, object]]:
-        """Per axis: device address and axis number, device id, serial, firmware, peripheral
-        id, resolution (None where the firmware rejects the setting) and the configured
-        microstep size in µm. Read once, then remembered."""
-        if not self._identity:
-            self._identity = {a.name: self._identify(a) for a in self._axes.values()}
-        return {name: dict(entry) for name, entry in self._identity.items()}
-
-    def _identify(self, axis: _Axis) -> dict[str, object]:
-        device = (axis.device, 0)
-
-        def setting(target: _Axis | tuple[int, int], name: str) -> str | None:
-            try:
-                return self._command(target, f"get {name}").data
-            except CommandRejected as exc:  # older firmware lacks some settings
-                log.info("%s: get %s rejected (%s)", self.name, name, exc.reason)
-                return None
-
-        def number(text: str | None) -> int | None:
-            return int(text) if text is not None and _INTEGER.fullmatch(text) else None
-
-        return {"device": axis.device, "axis": axis.number,
-                "device_id": number(setting(device, "deviceid")),
-                "serial": number(setting(device, "system.serial")),
-                "firmware": setting(device, "version"),
-                "peripheral_id": number(setting(axis, "peripheralid")),
-                "resolution": number(setting(axis, "resolution")),
-                "microstep_um": axis.microstep_um}
+    def _look_up(self, address: int) -> None:
+        """Identify one device through the device database; on success its microstep size
+        (µm per native position unit) replaces the configured one, after the check."""
+        zm = self._zm
+        if self._device_db is not None:
+            zm.Library.set_device_db_source(zm.DeviceDbSourceType.FILE, self._device_db)
+        device = self._connection.get_device(address)
+        try:
+            self._do("identify", device.identify)
+        except InstrumentError as exc:
+            if not isinstance(exc.__cause__, zm.DeviceDbFailedException):
+                raise
+            log.info("%s: device %d not identified through the device database (%s); "
+                     "positions use microstep_um", self.name, address, exc.__cause__)
+            return
+        self._database[address] = device.name
+        for axis in self._axes.values():
+            if axis.device != address:
+                continue
+            step = self._do("convert units", lambda a=axis: a.handle.settings.
+                            convert_from_native_units("pos", 1.0, zm.Units.LENGTH_MICROMETRES))
+            configured = self._configured[axis.name]
+            if configured is not None and abs(configured - step) > 1e-6 * step:
+                raise MicrostepMismatch(
+                    f"microstep_um {configured:g} µm for axis {axis.name} contradicts the "
+                    f"device: Zaber's device database gives {step:g} µm per microstep for "
+                    f"device {address} ({device.name}) axis {axis.number}; set microstep_um "
+                    f"= {step:g} or remove it", device=self.name, command="identify")
+            axis.microstep_um = step
 
     def _check_microstep(self, axis: _Axis) -> None:
-        full = self._fullstep.get(axis.name)
+        full = self._fullstep[axis.name]
         if full is None:
             return
-        reply = self._command(axis, "get resolution").data
-        resolution = int(reply) if _INTEGER.fullmatch(reply) else None
-        if resolution is None or resolution < 1:
+        try:
+            resolution = round(self._do("get resolution",
+                                        lambda: axis.handle.settings.get("resolution")))
+        except CommandRejected:
+            resolution = 0
+        if resolution < 1:
             raise MicrostepMismatch(
                 f"axis {axis.name} (device {axis.device}) does not report its resolution, "
                 "so microstep_um cannot be checked against fullstep_um; remove fullstep_um "
@@ -382,13 +333,55 @@ class ZaberStage(SerialDevice):
                 f"{expected:g} µm; set microstep_um = {expected:g} (or fix fullstep_um, or "
                 "the device's resolution setting)", device=self.name, command="get resolution")
 
+    def identify(self) -> dict[str, dict[str, object]]:
+        """Per axis: device address and axis number, device id, serial, firmware, peripheral
+        id, resolution (None where the firmware rejects the setting), the microstep size in
+        µm and where it came from; the product name when the device database knows it. Read
+        once, then remembered."""
+        if not self._identity:
+            self._identity = {a.name: self._identify(a) for a in self._axes.values()}
+        return {name: dict(entry) for name, entry in self._identity.items()}
+
+    def _identify(self, axis: _Axis) -> dict[str, object]:
+        settings = axis.handle.device.settings
+
+        def number(read: Callable[[], float], what: str) -> int | None:
+            try:
+                return round(self._do(f"get {what}", read))
+            except CommandRejected as exc:  # older firmware lacks some settings
+                log.info("%s: get %s rejected (%s)", self.name, what, exc.reason)
+                return None
+
+        def text(name: str) -> str | None:
+            try:
+                return self._do(f"get {name}", lambda: settings.get_string(name))
+            except CommandRejected:
+                return None
+
+        entry: dict[str, object] = {
+            "device": axis.device, "axis": axis.number,
+            "device_id": number(lambda: settings.get("deviceid"), "deviceid"),
+            "serial": number(lambda: settings.get("system.serial"), "system.serial"),
+            "firmware": text("version"),
+            "peripheral_id": number(lambda: axis.handle.settings.get("peripheralid"),
+                                    "peripheralid"),
+            "resolution": number(lambda: axis.handle.settings.get("resolution"), "resolution"),
+            "microstep_um": axis.microstep_um,
+            "microstep_source": ("device database" if axis.device in self._database
+                                 else "profile" if self._configured[axis.name] is not None
+                                 else "default"),
+        }
+        if axis.device in self._database:
+            entry["product"] = self._database[axis.device]
+        return entry
+
     # ------------------------------------------------------------------ public API
     def home(self, axes: Sequence[str] = AXES, *, wait: bool = True,
              timeout_s: float = 120.0) -> None:
         """Home the named axes together (sets their reference position); by default wait."""
         chosen = [self._axis(a) for a in axes]
         for axis in chosen:
-            self._motion_command(axis, "home")
+            self._do("home", lambda a=axis: a.handle.home(wait_until_idle=False))
             self._referenced[axis.name] = None
         if wait:
             self.wait_until_idle(timeout_s, axes=[a.name for a in chosen])
@@ -397,26 +390,24 @@ class ZaberStage(SerialDevice):
         """Start moving to the given targets (µm); an axis given None stays where it is."""
         targets = {n: v for n, v in zip(AXES, (x_um, y_um), strict=True) if v is not None}
         natives = {n: self._checked_target(n, v, "move abs") for n, v in targets.items()}
-        self._start_moves("move abs", natives)
+        self._start_moves("move abs", natives, relative=False)
 
     def move_relative(self, dx_um: float = 0.0, dy_um: float = 0.0) -> None:
         """Start moving by the given offsets (µm). The resulting target is checked against the
         limits first, which needs one position read; nothing that moves is sent if it fails."""
         offsets = self._offsets((dx_um, dy_um), "move rel")
-        if not offsets:
-            return
         natives = {}
         for name, offset in offsets.items():
             axis = self._axes[name]
-            here = self._get_int(axis, "pos")
+            here = round(self._do("get pos", axis.handle.get_position))
             step = axis.to_native(offset)
             self._checked_target(name, axis.to_um(here) + offset, "move rel", native=here + step)
             natives[name] = step
-        self._start_moves("move rel", natives)
+        self._start_moves("move rel", natives, relative=True)
 
     def position(self) -> tuple[float, float]:
         """Current (x, y) position in µm as the device reports it."""
-        x, y = (axis.to_um(self._get_int(axis, "pos")) for axis in self._axes.values())
+        x, y = (a.to_um(self._do("get pos", a.handle.get_position)) for a in self._axes.values())
         return x, y
 
     def wait_until_idle(self, timeout_s: float, *, axes: Sequence[str] = AXES) -> None:
@@ -427,9 +418,13 @@ class ZaberStage(SerialDevice):
         while True:
             still = []
             for axis in pending:
-                reply = self._command(axis, "")
-                self._raise_on_fault(axis, reply)
-                if reply.busy:
+                reply = self._do("", lambda a=axis: a.handle.generic_command(""))
+                if reply.warning_flag in NOT_REFERENCED_FLAGS:
+                    self._referenced[axis.name] = False
+                if reply.warning_flag.startswith("F"):
+                    raise DeviceFault(axis.name, self._warnings(axis) | {reply.warning_flag},
+                                      device=self.name, command="")
+                if reply.status == "BUSY":
                     still.append(axis)
             pending = still
             if not pending:
@@ -450,17 +445,18 @@ class ZaberStage(SerialDevice):
                                         device=self.name, command="set maxspeed")
             natives[axis.name] = native
         for axis in self._axes.values():
-            self._command(axis, f"set maxspeed {natives[axis.name]}")
+            self._do("set maxspeed", lambda a=axis: a.handle.settings.set(
+                "maxspeed", natives[a.name]))
 
     def speed(self) -> float:
         """The lower of the two axes' top speeds, in µm/s (what a diagonal move can rely on)."""
-        return min(self._get_int(axis, "maxspeed") / SPEED_FACTOR * axis.microstep_um
+        return min(self._get(axis, "maxspeed") / SPEED_FACTOR * axis.microstep_um
                    for axis in self._axes.values())
 
     def limits(self) -> tuple[tuple[float, float], tuple[float, float]]:
         """Read ``limit.min``/``limit.max`` of both axes: ((xmin, xmax), (ymin, ymax)) in µm."""
         for axis in self._axes.values():
-            low, high = self._get_int(axis, "limit.min"), self._get_int(axis, "limit.max")
+            low, high = self._get(axis, "limit.min"), self._get(axis, "limit.max")
             if low > high:
                 raise ProtocolError(f"axis {axis.name} limit.min {low} > limit.max {high}",
                                     device=self.name, command="get limit.max")
@@ -483,7 +479,7 @@ class ZaberStage(SerialDevice):
     def clear_warnings(self) -> None:
         """Clear the clearable flags (faults, notices); WR/WH stay until the axis is homed."""
         for axis in self._axes.values():
-            self._command(axis, "warnings clear")
+            self._do("warnings clear", axis.handle.warnings.clear_flags)
             self._referenced[axis.name] = None
 
     def stop(self) -> None:
@@ -491,7 +487,7 @@ class ZaberStage(SerialDevice):
         errors = []
         for axis in self._axes.values():
             try:
-                self._command(axis, "stop")
+                self._do("stop", lambda a=axis: a.handle.stop(wait_until_idle=False))
             except InstrumentError as exc:
                 errors.append(exc)
         if errors:
@@ -502,17 +498,11 @@ class ZaberStage(SerialDevice):
         """Toggle digital output ``output`` of the axis's device every ``distance_um`` of travel
         (either direction), for fly scans. Returns the distance actually set (whole microsteps).
 
-        Firmware 7 trigger syntax (``trigger`` needs firmware >= 7.06; sent to axis 0) [V: public
-        user code for 7.33; check the protocol manual of the installed firmware]::
-
-            trigger <n> disable
-            trigger <n> when <axis> dist <microsteps>
-            trigger <n> action a io set do <output> t
-            trigger <n> enable [count]
-
-        The output *toggles* at each firing, so an edge-triggered input sees one edge of each
-        polarity in turn: a rising-edge-only trigger input fires every 2 x ``distance_um``.
-        ``count`` limits the number of firings (None = until disabled).
+        Through zaber-motion's `Trigger` (firmware >= 7.06): disable, ``fire_when_distance_
+        travelled``, ``on_fire`` action A ``io set do <output> t``, enable [count]. The output
+        *toggles* at each firing, so an edge-triggered input sees one edge of each polarity in
+        turn: a rising-edge-only trigger input fires every 2 x ``distance_um``. ``count``
+        limits the number of firings (None = until disabled).
         """
         ax = self._axis(axis)
         distance = _finite(distance_um)
@@ -528,15 +518,18 @@ class ZaberStage(SerialDevice):
             if not isinstance(value, numbers.Integral) or not low <= value <= high:
                 raise SettingOutOfRange(label, value, f"integers {low} .. {high}",
                                         device=self.name, command="trigger")
-        device = (ax.device, 0)
-        self._command(device, f"trigger {trigger} disable")
-        self._command(device, f"trigger {trigger} when {ax.number} dist {native}")
-        self._command(device, f"trigger {trigger} action a io set do {output} t")
-        self._command(device, f"trigger {trigger} enable" + (f" {count}" if count else ""))
+        handle = ax.handle.device.triggers.get_trigger(int(trigger))
+        self._do("trigger disable", handle.disable)
+        self._do("trigger when dist",
+                 lambda: handle.fire_when_distance_travelled(ax.number, native))
+        self._do("trigger action", lambda: handle.on_fire(
+            self._zm.ascii.TriggerAction.A, 0, f"io set do {int(output)} t"))
+        self._do("trigger enable", lambda: handle.enable(int(count or 0)))
         return ax.to_um(native)
 
     def disable_distance_trigger(self, axis: str, *, trigger: int = 1) -> None:
-        self._command((self._axis(axis).device, 0), f"trigger {int(trigger)} disable")
+        handle = self._axis(axis).handle.device.triggers.get_trigger(int(trigger))
+        self._do("trigger disable", handle.disable)
 
     def set_digital_output(self, axis: str, output: int, level: int) -> None:
         """Set digital output ``output`` of the axis's device to 0 or 1 (``io set do``), e.g.
@@ -547,7 +540,19 @@ class ZaberStage(SerialDevice):
         if not isinstance(output, numbers.Integral) or not 1 <= output <= 99:
             raise SettingOutOfRange("digital output", output, "integers 1 .. 99",
                                     device=self.name, command="io set do")
-        self._command((self._axis(axis).device, 0), f"io set do {int(output)} {level}")
+        action = self._zm.ascii.DigitalOutputAction
+        io = self._axis(axis).handle.device.io
+        self._do("io set do", lambda: io.set_digital_output(
+            int(output), action.ON if level else action.OFF))
+
+    def close(self) -> None:
+        """Close the connection (idempotent). Motion in progress is not stopped."""
+        connection, self._connection = getattr(self, "_connection", None), None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception:  # closing a lost link
+                log.debug("%s: error while closing", self.name, exc_info=True)
 
     # ------------------------------------------------------------------ helpers
     def _axis(self, name: str) -> _Axis:
@@ -565,11 +570,13 @@ class ZaberStage(SerialDevice):
             raise self._target_out_of_range(name, um, allowed, command)
         return native
 
-    def _start_moves(self, command: str, natives: Mapping[str, int]) -> None:
+    def _start_moves(self, command: str, natives: Mapping[str, int], *, relative: bool) -> None:
         for name in natives:
             self._require_reference(self._axes[name])
         for name, native in natives.items():
-            self._motion_command(self._axes[name], f"{command} {native}")
+            handle = self._axes[name].handle
+            move = handle.move_relative if relative else handle.move_absolute
+            self._do(f"{command} {native}", lambda m=move, n=native: m(n, wait_until_idle=False))
 
     def _require_reference(self, axis: _Axis) -> None:
         if self._referenced[axis.name]:
@@ -582,110 +589,87 @@ class ZaberStage(SerialDevice):
         self._referenced[axis.name] = True
 
     def _warnings(self, axis: _Axis) -> set[str]:
-        flags = parse_warnings(self._command(axis, "warnings"), device=self.name)
+        flags = set(self._do("warnings", axis.handle.warnings.get_flags))
         if flags & NOT_REFERENCED_FLAGS:
             self._referenced[axis.name] = False
         return flags
 
-    def _motion_command(self, axis: _Axis, text: str) -> Reply:
-        reply = self._command(axis, text)
-        self._raise_on_fault(axis, reply)
-        return reply
-
-    def _raise_on_fault(self, axis: _Axis, reply: Reply) -> None:
-        if reply.flag.startswith("F"):
-            flags = self._warnings(axis) | {reply.flag}
-            raise DeviceFault(axis.name, flags, device=self.name, command=reply.raw.strip())
-
-    def _get_int(self, axis: _Axis, setting: str) -> int:
-        reply = self._command(axis, f"get {setting}")
-        if not _INTEGER.fullmatch(reply.data):
-            raise ProtocolError(f"{setting} reply is not an integer", reply=reply.raw,
+    def _get(self, axis: _Axis, setting: str) -> int:
+        value = self._do(f"get {setting}", lambda: axis.handle.settings.get(setting))
+        if value != round(value):
+            raise ProtocolError(f"{setting} reply is not an integer", reply=str(value),
                                 device=self.name, command=f"get {setting}")
-        return int(reply.data)
+        return round(value)
 
-    def _command(self, target: _Axis | tuple[int, int], text: str) -> Reply:
-        """One command with AGAIN retries; RJ raises `CommandRejected`."""
-        device, number = (target.device, target.number) if isinstance(target, _Axis) else target
+    def _error_table(self) -> list[tuple[type, Callable[[Any, str], InstrumentError]]]:
+        """zaber-motion's exceptions, most specific first, and the typed error each becomes."""
+        zm = self._zm
+
+        def rejected(exc: Any, command: str) -> InstrumentError:
+            details = exc.details
+            return CommandRejected(details.response_data, device=self.name,
+                                   command=details.command or command)
+
+        def fault(exc: Any, command: str) -> InstrumentError:
+            details = exc.details
+            names = [a.name for a in self._axes.values()
+                     if (a.device, a.number) == (details.device, details.axis)]
+            return DeviceFault(names[0] if names else f"{details.device} {details.axis}",
+                               details.warnings, device=self.name, command=command)
+
+        def simple(kind: type[InstrumentError], text: str) -> Callable[[Any, str],
+                                                                        InstrumentError]:
+            return lambda exc, command: kind(f"{text}: {exc}", device=self.name,
+                                             command=command)
+
+        return [
+            (zm.CommandFailedException, rejected),
+            (zm.MovementFailedException, fault),
+            (zm.RequestTimeoutException,
+             lambda exc, command: InstrumentTimeout(f"no reply within {self._timeout_s:g} s",
+                                                    device=self.name, command=command)),
+            (zm.ConnectionFailedException, simple(InstrumentError, "cannot open the port")),
+            (zm.ConnectionClosedException, simple(InstrumentError, "link lost")),
+            (zm.InvalidPacketException, simple(ProtocolError, "malformed reply")),
+            (zm.InvalidResponseException, simple(ProtocolError, "unexpected reply")),
+            (zm.MotionLibException, simple(InstrumentError, "zaber-motion failed")),
+        ]
+
+    def _do(self, command: str, action: Callable[[], _T]) -> _T:
+        """One library call, its failures as typed errors. ``AGAIN`` (the device could not
+        take the command now) is retried up to three times: zaber-motion 10.3 does not [T]."""
         for attempt in range(_AGAIN_RETRIES + 1):
-            reply = self._transact(device, number, text)
-            if reply.ok:
-                break
-            if reply.data == "AGAIN" and attempt < _AGAIN_RETRIES:
-                log.info("%s: /%d %d %s answered AGAIN; resending", self.name, device, number,
-                         text)
-                time.sleep(_AGAIN_BACKOFF_S * (attempt + 1))
-                continue
-            raise CommandRejected(reply.data, device=self.name,
-                                  command=f"/{device} {number} {text}".rstrip())
-        if isinstance(target, _Axis) and reply.flag in NOT_REFERENCED_FLAGS:
-            self._referenced[target.name] = False
-        return reply
-
-    def _transact(self, device: int, axis: int, text: str) -> Reply:
-        """Send one command and return the reply carrying its message id."""
-        with self._lock:
-            msg_id = next(self._ids)
-            body = f"{device} {axis} {msg_id:02d} {text}".rstrip()
-            if self._checksum:
-                body += f":{lrc(body)}"
-            command = f"/{body}"
-            self._write(f"{command}\r\n".encode("ascii"), command)
-            deadline = time.monotonic() + self._timeout_s
-            while True:
-                message = parse_message(self._read_line(deadline, command), device=self.name,
-                                        command=command)
-                if isinstance(message, Info):
-                    log.debug("%s: info line skipped: %r", self.name, message.raw)
+            try:
+                return action()
+            except InstrumentError:
+                raise
+            except Exception as exc:
+                for kind, convert in self._errors:
+                    if isinstance(exc, kind):
+                        error = convert(exc, command)
+                        break
+                else:
+                    raise
+                if (isinstance(error, CommandRejected) and error.reason == "AGAIN"
+                        and attempt < _AGAIN_RETRIES):
+                    log.info("%s: %s answered AGAIN; resending", self.name, error.command)
+                    time.sleep(_AGAIN_BACKOFF_S * (attempt + 1))
                     continue
-                if isinstance(message, Alert):
-                    log.info("%s: alert %r", self.name, message.raw)
-                    continue
-                if message.message_id is None and not (
-                    message.data == "BADMESSAGEID" and not message.ok
-                ):
-                    raise ProtocolError("reply carries no message id", reply=message.raw,
-                                        device=self.name, command=command)
-                if message.message_id is not None and message.message_id != msg_id:
-                    log.warning("%s: stale reply skipped (id %s, expected %02d): %r", self.name,
-                                message.message_id, msg_id, message.raw)
-                    continue
-                if (message.device, message.axis) != (device, axis):
-                    raise ProtocolError(f"reply from the wrong address (sent to {device} {axis})",
-                                        reply=message.raw, device=self.name, command=command)
-                log.debug("%s: %s -> %r", self.name, command, message.raw)
-                return message
-
-    def _read_line(self, deadline: float, command: str) -> bytes:
-        return self._read_until(self._rx, deadline, command, take=_take_line,
-                                max_len=_MAX_LINE, terminator="CR LF")
-
-
-def _take_line(rx: bytearray) -> bytes | None:
-    """Remove and return the first LF-terminated line of ``rx``, if complete."""
-    end = rx.find(b"\n")
-    if end < 0:
-        return None
-    line = bytes(rx[: end + 1])
-    del rx[: end + 1]
-    return line
+                raise error from exc
+        raise AssertionError("unreachable")
 
 
 __all__ = [
     "AXES",
+    "DEFAULT_MICROSTEP_UM",
     "FLAGS",
+    "OFFLINE",
     "REJECTION_REASONS",
     "SPEED_FACTOR",
-    "Alert",
     "CommandRejected",
     "DeviceFault",
-    "Info",
     "MicrostepMismatch",
     "NotReferenced",
-    "Reply",
     "ZaberStage",
     "flag_meaning",
-    "lrc",
-    "parse_message",
-    "parse_warnings",
 ]

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,8 @@ import numpy as np
 import safetensors.torch
 import torch
 from torch import nn
+
+from plumelink.models.files import atomic_write, read_weights
 
 FORMAT = "plumelink.training_checkpoint"
 VERSION = 1
@@ -46,14 +47,9 @@ class CheckpointMismatchError(ValueError):
 
 
 def _atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Temp file + rename, mode after the umask (the package's writer; no fsync: a lost
+    checkpoint costs one interval of training, not data)."""
+    atomic_write(path, write, fsync=False)
 
 
 def _tensors(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -116,8 +112,13 @@ class Checkpointer:
             path = self.folder / STATE
             if not path.is_file():
                 raise FileNotFoundError(f"no checkpoint to resume from in {self.folder}")
-            saved = json.loads(path.read_text(encoding="utf-8"))
-            if saved.get("format") != FORMAT or saved.get("version") != VERSION:
+            try:
+                saved = json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{path} is not a training checkpoint (not JSON: {exc}); "
+                                 f"start afresh without --resume") from None
+            if not isinstance(saved, dict) or saved.get("format") != FORMAT \
+                    or saved.get("version") != VERSION:
                 raise ValueError(f"{path} is not a version-{VERSION} training checkpoint")
             if saved.get("fingerprint") != self.fingerprint:
                 diff = _differences(saved.get("fingerprint", {}), self.fingerprint)
@@ -154,7 +155,8 @@ class Checkpointer:
         (self.folder / EPOCH_FILE).unlink(missing_ok=True)
 
     def load_stage(self, stage: str, modules: dict[str, nn.Module]) -> dict[str, Any]:
-        tensors = safetensors.torch.load_file(self.folder / f"stage-{stage}.safetensors")
+        tensors = read_weights(self.folder / f"stage-{stage}.safetensors",
+                               safetensors.torch.load_file)
         for name, module in modules.items():
             module.load_state_dict(_strip(name, tensors))
         return self.stage_record(stage)
@@ -166,7 +168,7 @@ class Checkpointer:
         record = self.state.get("epoch")
         if not record or record.get("stage") != stage:
             return None
-        tensors = safetensors.torch.load_file(self.folder / EPOCH_FILE)
+        tensors = read_weights(self.folder / EPOCH_FILE, safetensors.torch.load_file)
         return record, tensors
 
     def save_epoch(self, stage: str, record: dict[str, Any], model: nn.Module,

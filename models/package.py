@@ -16,9 +16,11 @@ package versions and the sha256 of every weight file. A new secondary system joi
 existing package with `add_secondary`, which trains nothing and leaves ``vae.safetensors``
 untouched: the paper's shared latent space.
 
-Loading uses ``safetensors.torch.load_file`` / ``safetensors.numpy.load_file`` only, checks
-each file's sha256 and every tensor shape against the architecture, and `check_data` explains
-in words how a map's wavelength axes differ from the model's.
+Loading uses ``safetensors.torch.load_file`` / ``safetensors.numpy.load_file`` only (nothing is
+ever unpickled), checks each file's sha256, its safetensors layout (a truncated, garbled or
+replaced file is refused as a PackageError naming the file and the problem), every tensor's
+shape and dtype against the architecture and that every weight is finite; `check_data`
+explains in words how a map's wavelength axes differ from the model's.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import math
 import os
 import platform
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -46,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from plumelink.models.baselines import KNNModel, MeanPredictor, PDSModel, PLSModel
+from plumelink.models.files import WeightFileError, atomic_write, read_weights
 from plumelink.models.networks import VAE, ComposedTransfer, LatentMLP, OneStepMLP, SystemDecoder
 from plumelink.models.training.config import problems
 from plumelink.pipeline.preprocess import Preprocessor, SpectralScaler
@@ -171,23 +173,9 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call write(tmp_path), fsync it, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_module(folder: Path, name: str, module: nn.Module) -> dict[str, Any]:
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    _atomic_write(folder / name, lambda p: safetensors.torch.save_file(tensors, p))
+    atomic_write(folder / name, lambda p: safetensors.torch.save_file(tensors, p))
     return {"file": name, "config": module.config()}  # type: ignore[operator]
 
 
@@ -277,7 +265,7 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
         files[name] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
     manifest["files"] = files
     text = json.dumps(_jsonable(manifest), indent=1, allow_nan=False)
-    _atomic_write(folder / MANIFEST, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    atomic_write(folder / MANIFEST, lambda p: Path(p).write_text(text, encoding="utf-8"))
 
 
 def _referenced_files(manifest: dict[str, Any]) -> list[str]:
@@ -440,7 +428,7 @@ def _secondary_entry(folder: Path, system: str, mlp: LatentMLP, axis: np.ndarray
         kind, params = _baseline_kind_params(model)
         arrays = _baseline_arrays(kind, model)
         file = f"baseline-{name}-{system}.safetensors"
-        _atomic_write(folder / file, lambda p, a=arrays: safetensors.numpy.save_file(a, p))
+        atomic_write(folder / file, lambda p, a=arrays: safetensors.numpy.save_file(a, p))
         entry["baselines"][name] = {"file": file, "kind": kind, "params": params}
     return entry
 
@@ -611,6 +599,24 @@ def _verify_file(folder: Path, manifest: dict[str, Any], name: str) -> Path:
     return path
 
 
+def _read_weights(path: Path, load: Any) -> dict[str, Any]:
+    """`files.read_weights` with its refusal as a PackageError (same words)."""
+    try:
+        return read_weights(path, load)
+    except WeightFileError as e:
+        raise PackageError(str(e)) from None
+
+
+def _check_finite(path: Path, tensors: Mapping[str, Any]) -> None:
+    """A garbled weight file whose layout still holds together usually shows as NaN or inf."""
+    for name, t in tensors.items():
+        values = t.detach().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+        if values.dtype.kind in "fc" and not np.isfinite(values).all():
+            bad = int((~np.isfinite(values)).sum())
+            raise PackageError(f"weight file {path}: tensor {name} holds {bad} NaN or inf "
+                               f"values (garbled?)")
+
+
 def _build_module(cfg: dict[str, Any], file: str) -> nn.Module:
     kind = cfg.get("kind")
     try:
@@ -636,18 +642,22 @@ def _load_module(folder: Path, manifest: dict[str, Any], record: dict[str, Any])
     file = record["file"]
     path = _verify_file(folder, manifest, file)
     module = _build_module(record["config"], file)
-    tensors = safetensors.torch.load_file(str(path))
+    tensors = _read_weights(path, safetensors.torch.load_file)
     expected = module.state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
-        raise PackageError(f"{file} does not match its architecture {record['config']}: "
+        raise PackageError(f"{path} does not match its architecture {record['config']}: "
                            f"missing tensors {missing}, unexpected tensors {extra}")
-    wrong = [f"{k} is {tuple(tensors[k].shape)}, expected {tuple(v.shape)}"
+    wrong = [f"tensor {k} has shape {tuple(tensors[k].shape)}, expected {tuple(v.shape)}"
              for k, v in expected.items() if tensors[k].shape != v.shape]
+    wrong += [f"tensor {k} is {tensors[k].dtype}, expected {v.dtype}"
+              for k, v in expected.items()
+              if tensors[k].shape == v.shape and tensors[k].dtype != v.dtype]
     if wrong:
-        raise PackageError(f"{file} does not match its architecture {record['config']}: "
+        raise PackageError(f"{path} does not match its architecture {record['config']}: "
                            + "; ".join(wrong))
+    _check_finite(path, tensors)
     module.load_state_dict(tensors)
     return module.eval()
 
@@ -694,9 +704,11 @@ def load_package(folder: str | os.PathLike[str]) -> ModelPackage:
             decoders[system] = dec
         for name, rec in entry.get("baselines", {}).items():
             path = _verify_file(folder, manifest, rec["file"])
-            arrays = safetensors.numpy.load_file(str(path))
+            arrays = _read_weights(path, safetensors.numpy.load_file)
+            _check_finite(path, arrays)
             baselines.setdefault(system, {})[name] = _rebuild_baseline(
-                rec["kind"], rec.get("params", {}), arrays, rec["file"], vae.n_pixels, axis.size)
+                rec["kind"], rec.get("params", {}), arrays, str(path), vae.n_pixels,
+                axis.size)
     return ModelPackage(folder=folder, manifest=manifest, vae=vae, latent_mlps=mlps,
                         scalers=scalers, primary_wavelength_nm=primary_axis,
                         secondary_wavelength_nm=axes, baselines=baselines, one_step=one_step,

@@ -273,6 +273,42 @@ def _check_resumable(path: Path) -> None:
                 f"map; nothing was changed")
 
 
+# The device event log: one row per device fault, reconnect and retry of the scan (written
+# by the acquisition runner), so a map says how hard it was to record. Created with the map
+# (SWMR forbids new objects later), grown one row per event.
+DEVICE_LOG = f"{L.ENTRY}/log/device_events"
+DEVICE_EVENT_DTYPE = np.dtype([("time", "S32"), ("device", "S64"), ("event", "S16"),
+                               ("line", "<i8"), ("attempt", "<i8"), ("message", "S512")])
+DEVICE_EVENTS = ("fault", "reconnect", "reconnect_failed", "retry", "gave_up")
+
+
+def _create_device_log(file: h5py.File) -> None:
+    group = file.require_group(f"{L.ENTRY}/log")
+    group.attrs["NX_class"] = L.NX_COLLECTION
+    log_ds = group.create_dataset("device_events", shape=(0,), maxshape=(None,), chunks=(64,),
+                                  dtype=DEVICE_EVENT_DTYPE)
+    log_ds.attrs["description"] = (
+        "device faults during the scan and what the acquisition did about them: fault, "
+        "reconnect, reconnect_failed, retry (the raster line shot again), gave_up (the "
+        "scan ended); line = raster line index, attempt = try of that line (1: first retry)")
+
+
+def read_device_events(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows of a map's device event log, oldest first ([] for a map without one)."""
+    try:  # a map being written is read as an SWMR reader; a closed one either way
+        file = h5py.File(path, "r", swmr=True)
+    except OSError:
+        file = h5py.File(path, "r")
+    with file:
+        if DEVICE_LOG not in file:
+            return []
+        rows = file[DEVICE_LOG][()]
+    return [{"time": r["time"].decode(), "device": r["device"].decode(),
+             "event": r["event"].decode(), "line": int(r["line"]),
+             "attempt": int(r["attempt"]), "message": r["message"].decode("utf-8", "replace")}
+            for r in rows]
+
+
 class MapWriter:
     """Appends raster lines to one map file; create it with MapWriter.create()."""
 
@@ -293,6 +329,7 @@ class MapWriter:
                 + missing_filter_message(self._h.systems["primary"].spectra, missing))
         self._encoders = (ThreadPoolExecutor(_ENCODERS, thread_name_prefix="plumelink-deflate")
                           if self._filter.direct else None)
+        self._device_log = file.get(DEVICE_LOG)
         self._done = self._h.lines_done[()].astype(bool)
         columns = self._h.columns_done
         self._columns_done = None if columns is None else columns[()].astype(bool)
@@ -436,6 +473,8 @@ class MapWriter:
             entry["status"][()] = np.bytes_(_fixed_bytes(L.STATUS_RUNNING, L.STATUS_LEN))
             entry["status_reason"][()] = np.bytes_(b"")
             entry["end_time"][()] = np.bytes_(b"")
+            if DEVICE_LOG not in file:  # a map written before the log existed
+                _create_device_log(file)
             file.flush()
             file.swmr_mode = True
             writer = cls(path, file)
@@ -562,6 +601,24 @@ class MapWriter:
             h.lines_done.flush()
             self._done[:] = True
         log.debug("map %s: column %d written", self._path, ix)
+
+    def log_device_event(self, device: str, event: str, line: int, attempt: int,
+                         message: str = "") -> None:
+        """Append one row to the device event log and flush it (readers see it at once)."""
+        if event not in DEVICE_EVENTS:
+            raise ValueError(f"device event must be one of {DEVICE_EVENTS}, got {event!r}")
+        if self._device_log is None:
+            raise L.MapFileError(f"map file {L.describe(self._path)} has no device event log")
+        row = np.zeros((), DEVICE_EVENT_DTYPE)
+        row["time"] = _fixed_bytes(_now(), 32)
+        row["device"] = _fixed_bytes(device, 64)
+        row["event"] = _fixed_bytes(event, 16)
+        row["line"], row["attempt"] = line, attempt
+        row["message"] = _fixed_bytes(message, 512)
+        n = self._device_log.shape[0]
+        self._device_log.resize((n + 1,))
+        self._device_log[n] = row
+        self._device_log.flush()
 
     def close(self, status: str = L.STATUS_COMPLETE, reason: str = "") -> None:
         """Record the final status and end time, then close the file. Safe to call twice."""
@@ -792,6 +849,7 @@ def _build_layout(
     for name in L.TEXT_FIELDS:
         _text(entry, name, texts[name])
     entry.create_dataset("lines_done", shape=(ny,), dtype="uint8", chunks=(ny,), fillvalue=0)
+    _create_device_log(file)
     if raster_order in VERTICAL_ORDERS:
         entry.create_dataset(L.COLUMNS_DONE, shape=(nx,), dtype="uint8", chunks=(nx,),
                              fillvalue=0)

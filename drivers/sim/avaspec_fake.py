@@ -9,8 +9,12 @@ never declared is an error, so a driver that forgets a declaration fails its tes
 The simulated bench calls ``trigger()`` once per DDG shot; in hardware-trigger mode each
 trigger makes one frame (the spectrum cropped to the prepared pixels) with a u32 time label in
 10 µs ticks. Fault injection: ``miss_triggers``, ``duplicate_next_frame``, ``delay_next_frame``,
-``fail_next_call``, ``stop_frames`` (no more frames until the next AVS_Measure) and
-``disconnect`` (every call fails with a communication error until ``reconnect``).
+``fail_next_call``, ``stop_frames`` (no more frames until the next AVS_Measure),
+``disconnect`` (every call fails with a communication error until ``reconnect``),
+``stop_answering`` (calls time out, for a number of calls or for good; the measurement in
+progress is lost) and ``unplug`` (the unit drops off the bus, for a number of calls or for
+good, and comes back without its session: the library must be initialised and the unit
+activated again).
 
 ``wavelengths`` gives the sensor's per-pixel calibration explicitly (the simulated bench uses the
 physics profile's polynomial); ``on_call(name)``, when set, runs before each export outside the
@@ -94,6 +98,8 @@ class _Export:
             fake.calls.append(self.__name__)
             if fake.disconnected:
                 result = ERR_COMMUNICATION
+            elif fake._silent is not None:
+                result = fake._silent_call()
             elif fake._failures and (code := fake._take_failure(self.__name__)) is not None:
                 result = code
             else:
@@ -160,6 +166,8 @@ class AvaSpecFake:
         self._garble = False
         self._delay_s = 0.0
         self._failures: list[tuple[str | None, int]] = []
+        self._silent: tuple[int, int | None] | None = None  # (code, calls left or None)
+        self.unanswered_calls = 0  # calls failed by stop_answering / unplug so far
         for name in (
             "AVS_Init", "AVS_UpdateUSBDevices", "AVS_GetList", "AVS_Activate",
             "AVS_GetNumPixels", "AVS_GetLambda", "AVS_UseHighResAdc", "AVS_PrepareMeasure",
@@ -204,8 +212,43 @@ class AvaSpecFake:
             self._queue.clear()
 
     def reconnect(self) -> None:
+        """The unit answers again: ends `disconnect`, `stop_answering` and `unplug` (after
+        `unplug` the session stays lost)."""
         with self._lock:
             self.disconnected = False
+            self._silent = None
+
+    def stop_answering(self, calls: int | None = None, code: int = ERR_TIMEOUT) -> None:
+        """The unit stops answering: the next ``calls`` calls (None: every call from now on)
+        return ``code`` (a timeout by default) and do nothing. The measurement in progress is
+        lost; the unit keeps its session (handle), so it answers again once the calls ran
+        out."""
+        if calls is not None and calls < 1:
+            raise ValueError(f"calls must be >= 1 or None, got {calls!r}")
+        with self._lock:
+            self._silent = (code, calls)
+            self.measuring = False
+            self.remaining = 0
+            self._queue.clear()
+
+    def unplug(self, calls: int | None = None) -> None:
+        """The unit drops off the bus (a USB cable pulled, a hub reset): the next ``calls``
+        calls (None: every call from now on) fail with ERR_COMMUNICATION. Back on the bus it
+        has lost its session: calls with the old handle fail (invalid device id) until the
+        library is initialised and the unit activated again."""
+        self.stop_answering(calls, ERR_COMMUNICATION)
+        with self._lock:
+            self.handle = None
+            self.initialised = False
+            self.config = None
+
+    def _silent_call(self) -> int:
+        assert self._silent is not None
+        code, left = self._silent
+        self.unanswered_calls += 1
+        if left is not None:
+            self._silent = (code, left - 1) if left > 1 else None
+        return code
 
     def _take_failure(self, name: str) -> int | None:
         for i, (function, code) in enumerate(self._failures):
@@ -226,8 +269,8 @@ class AvaSpecFake:
         with self._lock:
             self._time_s = self._time_s + self.default_period_s if time_s is None else time_s
             cfg = self.config
-            if (self.disconnected or not self.measuring or cfg is None or cfg["mode"] == 0
-                    or self.remaining <= 0):
+            if (self.disconnected or self._silent is not None or not self.measuring
+                    or cfg is None or cfg["mode"] == 0 or self.remaining <= 0):
                 self.ignored_triggers += 1
                 return False
             if self._miss:

@@ -22,7 +22,8 @@ shots to the physics and both AvaSpec fakes, a per-shot ground-truth log and per
   frames delivered with their device time labels, mineral, faults applied);
   `TriggerBus.shot_for(role, timestamp_s)` maps a frame back to its shot.
 * `FaultPlan`: shot number -> `ShotFault` (missed trigger, duplicated / late frame, garbage
-  reply, timeout, disconnect), applied by the bus when that shot fires.
+  reply, timeout, disconnect, clock wrap; a spectrometer that stops answering or drops off
+  the bus for a number of calls or for good), applied by the bus when that shot fires.
 * `Simulation`: what `plumelink.drivers.bench.open_bench` exposes as ``bench.simulation``.
 """
 
@@ -101,10 +102,13 @@ class FaultKind(enum.Enum):
     TIMEOUT = "timeout"  # DDG/stage: next reply dropped; spectrometer: no more frames this arm
     DISCONNECT = "disconnect"  # the device's link drops (spectrometer: every call fails)
     CLOCK_WRAP = "clock_wrap"  # spectrometer: its u32 clock is set to wrap delay_s later
+    UNRESPONSIVE = "unresponsive"  # spectrometer: its calls time out (for `calls` calls)
+    UNPLUGGED = "unplugged"  # spectrometer: off the bus (for `calls` calls), session lost
 
 
 _SPECTROMETER_ONLY = {FaultKind.MISSED_TRIGGER, FaultKind.DUPLICATE_FRAME, FaultKind.LATE_FRAME,
-                      FaultKind.CLOCK_WRAP}
+                      FaultKind.CLOCK_WRAP, FaultKind.UNRESPONSIVE, FaultKind.UNPLUGGED}
+_FOR_CALLS = {FaultKind.UNRESPONSIVE, FaultKind.UNPLUGGED}
 
 
 @dataclass(frozen=True)
@@ -112,11 +116,13 @@ class ShotFault:
     """One fault applied when a shot fires. ``target`` is a spectrometer role, ``"spectrometers"``
     (every spectrometer), ``"delay_generator"`` or ``"stage"``; ``delay_s`` is how late a
     LATE_FRAME arrives (real seconds), or how long after this shot a CLOCK_WRAP's counter
-    wraps (simulated seconds of the device's clock)."""
+    wraps (simulated seconds of the device's clock); ``calls`` how many library calls an
+    UNRESPONSIVE or UNPLUGGED spectrometer fails before it answers again (None: never)."""
 
     kind: FaultKind
     target: str = ALL_SPECTROMETERS
     delay_s: float = 0.0
+    calls: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, FaultKind):
@@ -127,6 +133,9 @@ class ShotFault:
             raise ValueError("a late frame needs delay_s > 0")
         if self.kind is FaultKind.CLOCK_WRAP and not self.delay_s >= 0:
             raise ValueError("a clock wrap needs delay_s >= 0")
+        if self.calls is not None and (self.kind not in _FOR_CALLS or self.calls < 1):
+            raise ValueError(f"calls (>= 1) applies to {sorted(k.value for k in _FOR_CALLS)} "
+                             f"faults, got calls={self.calls!r} for {self.kind.value}")
 
     @classmethod
     def missed(cls, target: str = ALL_SPECTROMETERS) -> ShotFault:
@@ -151,6 +160,18 @@ class ShotFault:
     @classmethod
     def disconnect(cls, target: str) -> ShotFault:
         return cls(FaultKind.DISCONNECT, target)
+
+    @classmethod
+    def unresponsive(cls, target: str, calls: int | None = None) -> ShotFault:
+        """The spectrometer stops answering (its calls time out) for ``calls`` library calls,
+        None: for good; the burst in progress is lost."""
+        return cls(FaultKind.UNRESPONSIVE, target, calls=calls)
+
+    @classmethod
+    def unplugged(cls, target: str, calls: int | None = None) -> ShotFault:
+        """The spectrometer drops off the bus for ``calls`` library calls (None: for good) and
+        comes back without its session (the driver must reconnect)."""
+        return cls(FaultKind.UNPLUGGED, target, calls=calls)
 
     @classmethod
     def clock_wrap(cls, target: str, after_s: float) -> ShotFault:
@@ -490,6 +511,10 @@ class TriggerBus:
                 fake.stop_frames()
             elif fault.kind is FaultKind.DISCONNECT:
                 fake.disconnect()
+            elif fault.kind is FaultKind.UNRESPONSIVE:
+                fake.stop_answering(fault.calls)
+            elif fault.kind is FaultKind.UNPLUGGED:
+                fake.unplug(fault.calls)
             elif fault.kind is FaultKind.CLOCK_WRAP:
                 wrap_s = _WRAP * TICK_S - fake.start_ticks * TICK_S
                 tap.clock_offset_s = wrap_s - fault.delay_s - record.time_s

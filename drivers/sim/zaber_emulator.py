@@ -19,7 +19,11 @@ emulator or a `ScriptedPeer`):
   real pyserial;
 * `ZaberTcpServer`: a localhost socket, ``socket://127.0.0.1:<port>``;
 * the pyserial URL ``zabersim://<name>``: an in-process port without threads (name a peer with
-  `register_peer`), which suits simulated time with `ManualClock`.
+  `register_peer`), which suits simulated time with `ManualClock` in the emulator's own tests.
+
+The driver stands on zaber-motion, which opens serial ports and TCP sockets only, so the
+simulated bench serves the emulator with `ZaberTcpServer` and the driver opens
+``tcp://127.0.0.1:<port>``.
 
 Faults (`Fault`) apply to the next replies: garbage, no reply, truncated, a forced rejection
 (e.g. ``AGAIN``), a wrong message id, extra lines before the reply, disconnect; `inject_stall`
@@ -39,7 +43,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from ..zaber import FLAGS, SPEED_FACTOR, lrc
+from ..zaber import FLAGS, SPEED_FACTOR
 from .events import Clocked, LineRecord, ServesEmulator, Subscribers
 from .motion import ManualClock, Motion, MovingAxis
 from .serial_link import (
@@ -68,6 +72,13 @@ _STICKY = frozenset({"WR", "WH"})  # cleared by homing, not by "warnings clear" 
 _INT = re.compile(r"[+-]?\d+")
 _MAX_WAIT_S = 0.5  # longest a server sleeps without I/O or a timed event
 _GARBAGE = b"\xfe\x80@garbage?\r\n"  # a GARBAGE fault's default reply
+
+
+def lrc(text: str) -> str:
+    """Zaber ASCII checksum: two's complement of the byte sum of ``text`` (the message between
+    the leading ``/`` or ``@`` and the ``:``), as two upper-case hex digits [V: the published
+    example ``/01 tools echo:8F``; zaber-motion verifies it on every reply, see the tests]."""
+    return f"{-sum(text.encode('ascii')) & 0xFF:02X}"
 
 
 class Fault(Enum):
@@ -703,6 +714,7 @@ __all__ = [
     "ZaberEmulator",
     "ZaberPtyServer",
     "ZaberTcpServer",
+    "lrc",
     "register_peer",
     "unregister_peer",
 ]

@@ -75,9 +75,10 @@ class LineProcedure:
         for device, capability in self.needs():
             if not isinstance(device, capability):
                 missing = ", ".join(f"{m}()" for m in missing_methods(device, capability))
+                driver = getattr(device, "watched", device)  # the driver behind `Watched`
                 raise NotImplementedError(
                     f"{self.shooting.scan.source}: {self.name} needs {self.requirement}; "
-                    f"{type(device).__name__} has no {missing} ({capability.__name__})")
+                    f"{type(driver).__name__} has no {missing} ({capability.__name__})")
 
     def configure(self) -> None:
         """Scan-wide settings of this procedure, once before the first line."""

@@ -6,6 +6,12 @@ line procedure the plan names. Every finished line is appended and flushed (`Map
 published to subscribers (`line_events`), on the writer thread of `line_sink` while the next
 line is shot. Before the first line a `ScanStarted` event says what the scan will fill.
 
+Device faults: a spectrometer or the stage that times out or drops its link costs the line in
+flight, which is shot again after the device is reconnected, within the bounds of the bench
+profile's [recovery] table; each step is logged in the map's device event log, and the scan
+ends (interrupted, the status saying which device and why) only when the bounds are spent
+(`recovery`).
+
 Safety: whatever ends the scan (its end, an instrument error, `ScanHandle.abort`, Ctrl-C) the
 DDG outputs are disabled first (an abort also stops the stage), then the stage speed is set
 back and the file is closed as complete or interrupted with the reason. Nothing already
@@ -39,6 +45,7 @@ from .fly import FlyOnDdgClock, FlyOnStageDistance
 from .handle import ScanAborted, ScanHandle
 from .procedures import LineProcedure, Shooting
 from .readout import SYSTEMS, Readout
+from .recovery import STAGE, Recovery, failed_role, watched_bench
 from .stage_motion import StageMotion
 from .step_and_shoot import StepAndShoot
 
@@ -65,6 +72,9 @@ class AcquisitionResult:
     invalid_secondary: int
     elapsed_s: float
     dropped_events: int = 0
+    device_faults: int = 0  # spectrometer or stage faults met (each logged in the map)
+    retries: int = 0  # raster lines shot again after a fault
+    reconnects: int = 0  # devices reconnected (failed attempts not counted)
 
 
 @dataclass
@@ -124,9 +134,13 @@ class Runner:
                              f"a paired scan needs both {list(SYSTEMS)}")
         self.handle.on_abort(bench.delay_generator.disable_outputs)  # first
         self.handle.on_abort(bench.stage.stop)  # ends a move or homing in progress
+        bench = watched_bench(bench)  # a device fault names the device it came from
         writer = self._open_writer(bench)
         tally = _Tally(time.monotonic(), self.plan.n_lines)
         stage = StageMotion(bench, self.handle, self.scan.stage.speed_um_s)
+        recovery = Recovery(bench.profile.recovery, bench, self.handle,
+                            writer.log_device_event,
+                            lambda role: self._reconfigure(bench, stage, role))
         next_shot, next_frame = writer.next_ids() if self.resume else (0, None)
         readout = Readout(bench.spectrometers, 1.0 / self.scan.rate_hz, next_shot=next_shot,
                           next_frame=next_frame)
@@ -143,7 +157,7 @@ class Runner:
                 append = (writer.append_column if self.plan.line_axis == "x"
                           else writer.append_line)
                 sink = LineSink(append, self.events.publish)
-                self._shoot(procedure, sink, done, tally, readout)
+                self._shoot(procedure, sink, done, tally, readout, recovery)
                 sink.close()
                 sink.raise_error()
         except BaseException as exc:
@@ -153,10 +167,12 @@ class Runner:
             raise
         finally:
             written = self._make_safe(bench, stage, sink, writer, status, reason)
+            counts = recovery.counts
             self.result = AcquisitionResult(
                 self.path, status, reason, written, self.plan.n_lines, readout.shots,
                 tally.invalid["primary"], tally.invalid["secondary"],
-                time.monotonic() - tally.started)
+                time.monotonic() - tally.started, device_faults=counts.faults,
+                retries=counts.retries, reconnects=counts.reconnects)
         return self.result
 
     def _set_up(self, bench: Bench, stage: StageMotion, readout: Readout, done: np.ndarray,
@@ -180,20 +196,46 @@ class Runner:
         return procedure
 
     def _shoot(self, procedure: LineProcedure, sink: LineSink, done: np.ndarray,
-               tally: _Tally, readout: Readout) -> None:
-        """Every raster line not yet done, in order: prepare, shoot, hand to the writer."""
+               tally: _Tally, readout: Readout, recovery: Recovery) -> None:
+        """Every raster line not yet done, in order: prepare, shoot, hand to the writer. A
+        line whose spectrometer or stage failed is shot again from its start, within the
+        profile's [recovery] bounds (`Recovery.failed` logs, reconnects or gives up)."""
         todo = [line for line in self.plan.lines if not done[line.index]]
+        carried: BaseException | None = None  # a fault while the previous line set this up
         for i, line in enumerate(todo):
             self.handle.wait_if_paused()
-            procedure.prepare(line)
-            shot = procedure.shoot(line, todo[i + 1] if i + 1 < len(todo) else None)
+            following = todo[i + 1] if i + 1 < len(todo) else None
+            attempt = 0
+            if carried is not None:
+                attempt += 1
+                recovery.failed(carried, line.index, attempt)
+                carried = None
+            while True:
+                try:
+                    procedure.prepare(line)
+                    shot = procedure.shoot(line, following)
+                    break
+                except Exception as exc:  # Recovery re-raises what no retry can cure
+                    attempt += 1
+                    procedure.shooting.stage.forget()  # a failed move left it anywhere
+                    recovery.failed(exc, line.index, attempt)
             done[line.index] = True
             tally.count(shot.line)
             progress = tally.progress(int(done.sum()), readout.shots)
             sink.put(LineEvent(str(self.path), shot.line, self.plan.line_axis, progress,
                                shot.reasons))
             if shot.deferred is not None:
-                raise shot.deferred
+                if failed_role(shot.deferred) is None:
+                    raise shot.deferred
+                carried = shot.deferred
+
+    def _reconfigure(self, bench: Bench, stage: StageMotion, role: str) -> None:
+        """The scan's settings on a device again after it was reconnected."""
+        if role == STAGE:
+            stage.forget()
+            return
+        s = self.scan.spectrometers[role]
+        bench.spectrometers[role].configure(s.integration_time_s, s.delay_s, s.averages)
 
     def _make_safe(self, bench: Bench, stage: StageMotion, sink: LineSink | None,
                    writer: MapWriter, status: str, reason: str) -> int:

@@ -55,6 +55,12 @@ class StageMotion:
         self._at: Position | None = None  # where the last move ended (µm); None: unknown
         self._speed: float | None = None  # the top speed last set here (µm/s)
 
+    def forget(self) -> None:
+        """Forget the position and speed last set here (after the stage was reconnected or a
+        move failed): the next move asks the stage and sends its speed again."""
+        self._at = None
+        self._speed = None
+
     def set_speed(self, um_per_s: float) -> None:
         """Set the stage's top speed unless it is already what was last set here."""
         if self._speed != um_per_s:

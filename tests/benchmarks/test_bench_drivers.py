@@ -13,7 +13,7 @@ import bench_drivers as bench
 pytestmark = pytest.mark.benchmark
 
 
-@pytest.mark.parametrize("name", ["dg645_tcp", "dg645_url", "zaber_url", "zaber_pty",
+@pytest.mark.parametrize("name", ["dg645_tcp", "dg645_url", "zaber_tcp", "zaber_pty",
                                   "pi_url", "pi_pty"])
 def test_transports_sustain_a_thousand_commands_per_s(name: str) -> None:
     rate = getattr(bench, f"bench_{name}")(0.5)

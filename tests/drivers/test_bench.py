@@ -33,7 +33,8 @@ def _enable_and_check(bench: Bench) -> Any:
 def _closed(bench: Bench) -> None:
     with pytest.raises(InstrumentError):
         bench.delay_generator.identify()
-    assert not bench.stage._port.is_open  # type: ignore[attr-defined]
+    with pytest.raises(InstrumentError):  # the Zaber stage's connection is closed
+        bench.stage.position()
     for spectrometer in bench.spectrometers.values():
         assert spectrometer._handle is None  # type: ignore[attr-defined]
     for role in ("spectrometers.primary", "spectrometers.secondary"):
@@ -207,7 +208,8 @@ def test_device_failing_to_open_closes_the_others(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(InstrumentError):
         ddg.identify()
     stage, _ = seen["stage"]
-    assert not stage._port.is_open
+    with pytest.raises(InstrumentError):  # closed
+        stage.position()
     primary, fake = seen["spectrometers.primary"]
     assert primary._handle is None and not fake.initialised
 

@@ -95,7 +95,7 @@ def test_stage_identity_is_in_the_settings_snapshot(no_leaks: None) -> None:
         axes = bench.settings_snapshot()["stage"]["axes"]
     assert axes["x"] == {"device": 1, "axis": 1, "device_id": 30222, "serial": 12301,
                          "firmware": "7.33", "peripheral_id": 0, "resolution": 64,
-                         "microstep_um": 0.1}
+                         "microstep_um": 0.1, "microstep_source": "profile"}
     assert axes["y"]["serial"] == 12302
 
 

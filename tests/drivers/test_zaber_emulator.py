@@ -19,10 +19,10 @@ from plumelink.drivers.sim.zaber_emulator import (
     ZaberEmulator,
     ZaberPtyServer,
     ZaberTcpServer,
+    lrc,
     register_peer,
     unregister_peer,
 )
-from plumelink.drivers.zaber import lrc
 
 # 100 000 microsteps/s: 1 microstep = 10 µs of travel time
 SPEED = 163_840
