@@ -249,8 +249,9 @@ class EvaluationMaps:
     confidence: np.ndarray
     spectra: list[SpotSpectra] = field(default_factory=list)
     spectra_by: str = "mineral"
-    # where each model loses: RSE of each primary channel on its own, per model
-    rse_per_wavelength: dict[str, np.ndarray] = field(default_factory=dict)
+    # where each model loses: RSE per band of primary channels (centres rse_band_nm), per model
+    rse_per_band: dict[str, np.ndarray] = field(default_factory=dict)
+    rse_band_nm: np.ndarray | None = None
     secondary_range_nm: tuple[float, float] | None = None  # the rest is primary-only
     # element maps (REPORT_LINES) from the true and the vae_mlp transferred spectra
     element_windows: tuple[LineWindow, ...] = ()
@@ -261,6 +262,7 @@ class EvaluationMaps:
 #: lines whose maps the report compares (measured vs transferred): major elements of rocks
 REPORT_LINES = ("Si I 288.16", "Al I 309.27", "Ca II 393.37", "Na I 330.24", "Fe", "Mn")
 SPOTS_PER_REPORT = 4
+RSE_BANDS = 81  # ~2 nm bands of the primary axis for the report's RSE per wavelength
 
 
 def _report_windows(axis: np.ndarray, settings: dict[str, Any]) -> tuple[LineWindow, ...]:
@@ -465,7 +467,10 @@ def evaluate_package(
         maps.spectra.append(SpotSpectra(label, index // nx, index % nx, true, pred))
     maps.spectra_by = "mineral" if use_truth else "k-means cluster"
 
-    maps.rse_per_wavelength = {name: acc[name].per_channel() for name in names}
+    wl = np.asarray(package.primary_wavelength_nm, np.float64)
+    edges = np.linspace(0, wl.size, RSE_BANDS + 1).astype(int)
+    maps.rse_band_nm = np.add.reduceat(wl, edges[:-1]) / np.diff(edges)
+    maps.rse_per_band = {name: acc[name].per_band(edges) for name in names}
     err = np.concatenate(err_all)
     spearman = {}
     for method, parts in dist_all.items():

@@ -66,6 +66,19 @@ class RSEAccumulator:
         total = float((self.sum_y2 - self.sum_y**2 / self.n).sum())
         return self.sq_err / total
 
+    def per_band(self, edges: np.ndarray) -> np.ndarray:
+        """RSE over bands of channels [edges[i], edges[i+1]): Σ(y−ŷ)² / Σ(y−ȳ)² within each
+        band, so that a band's value weighs its channels by how much they vary (a channel of
+        noise alone does not count as much as a line)."""
+        if self.n == 0 or self.sq_err_channel is None:
+            raise ValueError("no spectra were added")
+        spread = self.sum_y2 - self.sum_y**2 / self.n
+        starts = np.asarray(edges[:-1], int)
+        err = np.add.reduceat(self.sq_err_channel, starts)
+        var = np.add.reduceat(spread, starts)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(var > 0, err / var, np.nan)
+
     def per_channel(self) -> np.ndarray:
         """Σ(y−ŷ)²/Σ(y−ȳ)² of each channel on its own: where along the spectrum the error
         is (NaN where the true spectra do not vary)."""

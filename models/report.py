@@ -160,8 +160,8 @@ def figure_rse_wavelength(maps: EvaluationMaps) -> bytes:
     """RSE of each channel for every model, the primary-only ranges shaded."""
     fig, ax = _subplots(1, 1, figsize=(12, 4))
     wl = maps.primary_wavelength_nm
-    for name, per in sorted(maps.rse_per_wavelength.items()):
-        ax.plot(wl, per, lw=0.7, label=name)
+    for name, per in sorted(maps.rse_per_band.items()):
+        ax.step(maps.rse_band_nm, per, where="mid", lw=1.0, label=name)
     if maps.secondary_range_nm is not None:
         lo, hi = maps.secondary_range_nm
         for a, b in ((wl[0], lo), (hi, wl[-1])):
@@ -171,7 +171,7 @@ def figure_rse_wavelength(maps: EvaluationMaps) -> bytes:
                 transform=ax.transAxes, va="top")
     ax.set_yscale("log")
     ax.set_xlabel("wavelength (nm)")
-    ax.set_ylabel("RSE of the channel")
+    ax.set_ylabel("RSE of the band (~2 nm)")
     ax.legend(fontsize=8, ncol=3)
     return _png(fig)
 
@@ -261,7 +261,7 @@ def write_report(out_dir: str | Path, metrics: dict[str, Any], maps: EvaluationM
     for i, (name, caption) in enumerate(FIGURES):
         if name == "elements" and not maps.element_windows:
             continue
-        if name == "rse_wavelength" and not maps.rse_per_wavelength:
+        if name == "rse_wavelength" and not maps.rse_per_band:
             continue
         png = draw[name]()
         (out / f"{name}.png").write_bytes(png)

@@ -37,6 +37,26 @@ def short_scan(profile: str, out_dir: Path):
     return parse_scan(text, source="short screenshot scan")
 
 
+def render_html(page: Path, out: Path, width: int = 1100, max_height: int = 3200) -> Path:
+    """The top of an HTML page (the evaluation report: tables and embedded PNGs) as a PNG,
+    laid out by Qt's rich-text engine: no browser needed."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QImage, QPainter, QTextDocument
+
+    doc = QTextDocument()
+    doc.setHtml(page.read_text(encoding="utf-8"))
+    doc.setTextWidth(width)
+    size = doc.size()
+    image = QImage(int(size.width()), int(min(size.height(), max_height)), QImage.Format_RGB32)
+    image.fill(Qt.white)
+    painter = QPainter(image)
+    doc.drawContents(painter)
+    painter.end()
+    if not image.save(str(out)):
+        raise OSError(f"could not write {out}")
+    return out
+
+
 class ScreenshotRun(QObject):
     """Steps: connect -> (model) -> scan -> wait -> grab. ``done`` / ``error`` when finished,
     and ``finished`` is emitted (run it in an event loop that quits on it)."""
@@ -185,10 +205,16 @@ class ScreenshotRun(QObject):
         w.tabs.setCurrentWidget(panel)
         panel.start()
 
+    def _render_report(self) -> None:
+        report = self.panels_dir / "report" / "report.html"
+        self.written.append(render_html(report, self.panels_dir / "report.png"))
+
     def _next_panel(self) -> None:
         """Prepare the next shot once, grab it when ready (the panels repaint on their own
         timer meanwhile)."""
         if not self._shots:
+            if self.window.evaluate_panel.result is not None:
+                self._render_report()
             self._finish(self.window.controller.error)
             return
         name, prepare, ready = self._shots[0]

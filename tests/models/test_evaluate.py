@@ -132,11 +132,11 @@ def test_evaluation_compares_element_maps_and_finds_where_models_lose(evaluated)
         assert -1.0 <= record["pearson"] <= 1.0 and record["n"] == 128
         a, b = maps.elements_true[label], maps.elements_pred[label]
         assert np.isclose(record["pearson"], np.corrcoef(a.ravel(), b.ravel())[0, 1])
-    n_px = maps.primary_wavelength_nm.size
-    assert set(maps.rse_per_wavelength) == set(metrics["models"])
-    for per in maps.rse_per_wavelength.values():
-        assert per.shape == (n_px,)
-        assert np.nanmin(per) >= 0
+    assert set(maps.rse_per_band) == set(metrics["models"])
+    wl = maps.primary_wavelength_nm
+    assert wl[0] < maps.rse_band_nm[0] < maps.rse_band_nm[-1] < wl[-1]
+    for per in maps.rse_per_band.values():
+        assert per.shape == maps.rse_band_nm.shape and np.nanmin(per) >= 0
     lo, hi = maps.secondary_range_nm
     assert 255 < lo < 265 and 365 < hi < 375  # the secondary's axis: the rest is primary-only
 

@@ -52,7 +52,8 @@ def _inputs() -> tuple[dict, EvaluationMaps]:
         labels_true=labels, labels_pred=pred, confidence=conf,
         spectra=[SpotSpectra(f"mineral {i}", i, i, rng.random(300), rng.random(300))
                  for i in range(3)],
-        rse_per_wavelength={name: rng.random(300) for name in MODELS},
+        rse_per_band={name: rng.random(30) for name in MODELS},
+        rse_band_nm=np.linspace(252.5, 397.5, 30),
         secondary_range_nm=(260.0, 370.0),
     )
     window = line_window(parse_line("Ca II 393.37"), wl, Resolution(np.full(300, 1.0), "t"))
