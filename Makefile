@@ -32,7 +32,9 @@ demo: $(STAMP)
 	@echo "report:             $(OUT)/report/report.html"
 	@echo "transferred map:    $(OUT)/acquired_transfer.h5"
 
+# Checks first that Qt can start here; if not, prints the apt-get line of the missing libraries.
 gui: $(STAMP)
+	$(BIN)/plumelink gui --check
 	$(BIN)/plumelink gui
 
 lint: $(STAMP)

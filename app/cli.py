@@ -257,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
         gui_command,
         import_firefly_command,
         join_command,
+        lines_command,
+        peaks_command,
         repack_command,
         transfer_command,
         tune_command,
@@ -264,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for command in (acquire_command, transfer_command, evaluate_command, join_command,
                     gui_command, tune_command, bench_command, repack_command,
-                    export_command, import_firefly_command):
+                    export_command, import_firefly_command, lines_command, peaks_command):
         command.register(sub)
     return parser
 

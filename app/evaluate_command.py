@@ -29,6 +29,11 @@ def _k_values(text: str) -> list[int]:
     return values
 
 
+def _rounded(value: float | None) -> str:
+    """A rank correlation as it means something: two decimals."""
+    return "n/a" if value is None else f"{value:+.2f}"
+
+
 def format_metrics_table(metrics: dict) -> str:
     """Euclid, cosine, RSE and k-score of each model, best RSE first, as aligned text."""
     rows = sorted(metrics["models"].items(), key=lambda kv: kv[1]["rse"])
@@ -72,7 +77,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     conf = metrics["confidence"]
     print(f"k-means: k={metrics['kmeans']['k']}; compression ratio of the latent library "
           f"{metrics['compression']['ratio']:.1f}; confidence ({conf['method']}) Spearman vs "
-          f"error {conf['spearman_vs_vae_mlp_euclid']}")
+          f"error {_rounded(conf['spearman_vs_vae_mlp_euclid'])}")
     print(f"metrics and report written to {args.report}")
     return 0
 

@@ -1,6 +1,9 @@
 """GUI benchmark: latency from a raster line's arrival to the transferred map's repaint
 (500-spot lines), and the GUI's frame rate while a 1 kHz simulated scan runs.
 
+The latency is measured with the live element maps off and on (ELEMENT_LINES, their tab
+shown: measured and transferred maps of each line painted as well) in the same run.
+
 The latency is also measured for the reference design (whole-line transfer, timer repaint
 only) in the same run, and the computation alone without the GUI, so that a figure taken on a
 loaded machine can be judged.
@@ -85,9 +88,13 @@ def _run_until(app, done, timeout_s: float) -> None:
     loop.exec()
 
 
+ELEMENT_LINES = ("Si I 288.16", "Al I 309.27", "Ca II 393.37", "Fe")
+
+
 def transfer_latency(app, window, maps: dict[str, Path], model: Path, nx: int = 500,
                      n_lines: int = 10, period_s: float = 0.5,
-                     reference: bool = False) -> dict[str, float]:
+                     reference: bool = False, elements: tuple[str, ...] = ()
+                     ) -> dict[str, float]:
     """Lines of ``nx`` spots arrive every ``period_s`` (a 1 kHz scan of 500-spot lines);
     latency = arrival in the GUI process -> the transferred map repainted with that line.
 
@@ -105,6 +112,9 @@ def transfer_latency(app, window, maps: dict[str, Path], model: Path, nx: int = 
     _run_until(app, lambda: window.controller.transfer is not None, 60)
     window.model.reset((n_lines, nx), x_um=lines[0].x_um, y_um=np.arange(n_lines) * 40.0,
                        wavelength=axes)
+    window.model.set_element_lines(elements)
+    panel = window.live_panel
+    panel.tabs.setCurrentWidget(panel.elements if elements else panel.tabs.widget(0))
     window.live_panel.reset_latency()
     window.live_panel.prompt_repaint = not reference
     live = LiveTransfer(window.controller.transfer, window.model, two_steps=not reference)
@@ -126,7 +136,8 @@ def transfer_latency(app, window, maps: dict[str, Path], model: Path, nx: int = 
                            f"lines, {snap.transferred_lines} transferred, "
                            f"{window.live_panel.paints} paints)")
     lat = np.asarray(window.live_panel.transfer_latencies_s) * 1e3
-    return {"spots_per_line": nx, "lines": int(lat.size), "latency_ms_median": float(
+    return {"spots_per_line": nx, "lines": int(lat.size), "element_lines": len(elements),
+            "latency_ms_median": float(
         np.median(lat)), "latency_ms_max": float(lat.max()), "latency_ms_p90": float(
         np.percentile(lat, 90))}
 
@@ -221,12 +232,14 @@ def bench(work: Path, n_lines: int = 10, fps_lines: int = 20) -> dict[str, dict]
         compute = transfer_compute(maps, model)
         reference = transfer_latency(app, window, maps, model, n_lines=n_lines, reference=True)
         latency = transfer_latency(app, window, maps, model, n_lines=n_lines)
+        with_elements = transfer_latency(app, window, maps, model, n_lines=n_lines,
+                                         elements=ELEMENT_LINES)
         fps = scan_fps(app, window, work, ny=fps_lines)
     finally:
         window.confirm_close = lambda: True
         window.close()
     return {"compute": compute, "latency_reference": reference, "latency": latency,
-            "fps": fps}
+            "latency_with_element_maps": with_elements, "fps": fps}
 
 
 def main() -> None:

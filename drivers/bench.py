@@ -344,8 +344,9 @@ def _logged(what: str, stop: Callable[..., object], *args: object) -> None:
         log.exception("bench: error while stopping %s", what)
 
 
-#: Options only `plumelink bench check` reads (what the device must report), not the driver.
-CHECK_OPTIONS = frozenset({"expected_wavelength_nm"})
+#: Options the driver does not take: what `plumelink bench check` expects the device to report,
+#: and facts of the optics recorded for analysis (the resolution sets element-map windows).
+CHECK_OPTIONS = frozenset({"expected_wavelength_nm", "resolution_fwhm_nm"})
 
 
 def _driver_options(spec: DeviceSpec) -> dict[str, Any]:
@@ -568,6 +569,7 @@ class _ZaberOptions(_StageOptions):
 class _SpectrometerOptions(Table):
     timeout_s: Number | None = None
     expected_wavelength_nm: Pair | None = None  # [first, last] nm, for `bench check`
+    resolution_fwhm_nm: Pair | None = None  # FWHM at the first and last pixel (test sheet)
     sim_serial: String | None = None
     sim_wavelength_nm: Pair | None = None
 

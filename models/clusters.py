@@ -120,4 +120,47 @@ def fit_kmeans(
                         n_silhouette=len(val))
 
 
-__all__ = ["DEFAULT_K", "DEFAULT_MAX_SPECTRA", "KMeansScorer", "fit_kmeans", "sample_primary"]
+# -- the live phase map ------------------------------------------------------------------------
+
+PHASE_FEATURES = 64  # block means per spectrum: enough to tell minerals apart, small per spot
+DEFAULT_PHASES = 4
+
+
+def phase_features(spectra: np.ndarray) -> np.ndarray:
+    """(n, n_px) spectra -> (n, PHASE_FEATURES) float32: each block's mean above the lowest of
+    it and its neighbours (the emission, not the baseline), divided by the spot's total (so
+    the phase, not the shot's ablated mass, sets the features)."""
+    x = np.asarray(spectra, np.float32)
+    n_px = x.shape[1]
+    edges = np.linspace(0, n_px, PHASE_FEATURES + 1).astype(int)
+    blocks = np.add.reduceat(x, edges[:-1], axis=1) / np.diff(edges).astype(np.float32)
+    padded = np.pad(blocks, ((0, 0), (1, 1)), mode="edge")
+    floor = np.minimum(np.minimum(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])
+    emission = blocks - floor
+    total = emission.sum(axis=1, keepdims=True)
+    return np.where(total > 0, emission / np.where(total > 0, total, 1), 0).astype(np.float32)
+
+
+def phase_labels(features: np.ndarray, k: int = DEFAULT_PHASES, *, seed: int = 0,
+                 max_fit: int = DEFAULT_MAX_SPECTRA) -> np.ndarray:
+    """k-means phase of each row of FEATURES (NaN rows: -1), labels ordered by phase size
+    (0 the largest), so colours stay put as a map grows. Fitted on at most max_fit rows."""
+    f = np.asarray(features, np.float32)
+    ok = np.isfinite(f).all(axis=1)
+    labels = np.full(f.shape[0], -1, np.int16)
+    rows = f[ok]
+    if rows.shape[0] < k:
+        return labels
+    rng = np.random.default_rng(seed)
+    fit = rows if rows.shape[0] <= max_fit else rows[rng.choice(rows.shape[0], max_fit, False)]
+    model = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(fit)
+    raw = model.predict(rows)
+    order = np.argsort(-np.bincount(raw, minlength=k))
+    rank = np.empty(k, np.int16)
+    rank[order] = np.arange(k, dtype=np.int16)
+    labels[ok] = rank[raw]
+    return labels
+
+
+__all__ = ["DEFAULT_K", "DEFAULT_MAX_SPECTRA", "DEFAULT_PHASES", "PHASE_FEATURES",
+           "KMeansScorer", "fit_kmeans", "phase_features", "phase_labels", "sample_primary"]

@@ -49,7 +49,9 @@ from plumelink.models.package import (
     check_data,
     load_package,
 )
+from plumelink.pipeline.element_maps import LineWindow, line_areas, line_window, resolution
 from plumelink.pipeline.emissivity import total_emissivity
+from plumelink.pipeline.line_catalogue import parse_line
 from plumelink.pipeline.map_reader import MapReader
 from plumelink.pipeline.paired_spectra import PairedSpectra, iter_pair_blocks, preprocess_pairs
 from plumelink.pipeline.preprocess import Baseline, Preprocessor, SpectralScaler
@@ -247,6 +249,49 @@ class EvaluationMaps:
     confidence: np.ndarray
     spectra: list[SpotSpectra] = field(default_factory=list)
     spectra_by: str = "mineral"
+    # where each model loses: RSE per band of primary channels (centres rse_band_nm), per model
+    rse_per_band: dict[str, np.ndarray] = field(default_factory=dict)
+    rse_band_nm: np.ndarray | None = None
+    secondary_range_nm: tuple[float, float] | None = None  # the rest is primary-only
+    # element maps (REPORT_LINES) from the true and the vae_mlp transferred spectra
+    element_windows: tuple[LineWindow, ...] = ()
+    elements_true: dict[str, np.ndarray] = field(default_factory=dict)
+    elements_pred: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+#: lines whose maps the report compares (measured vs transferred): major elements of rocks
+REPORT_LINES = ("Si I 288.16", "Al I 309.27", "Ca II 393.37", "Na I 330.24", "Fe", "Mn")
+SPOTS_PER_REPORT = 4
+RSE_BANDS = 81  # ~2 nm bands of the primary axis for the report's RSE per wavelength
+
+
+def _report_windows(axis: np.ndarray, settings: dict[str, Any]) -> tuple[LineWindow, ...]:
+    """The REPORT_LINES that lie on this primary axis, with their windows."""
+    axis = np.asarray(axis, np.float64)
+    res = resolution(settings, "primary", axis)
+    windows = []
+    for name in REPORT_LINES:
+        try:
+            windows.append(line_window(parse_line(name, (float(axis[0]), float(axis[-1]))),
+                                       axis, res))
+        except ValueError:  # not on this axis (another spectrometer's range)
+            continue
+    return tuple({w.label: w for w in windows}.values())
+
+
+def element_agreement(maps: EvaluationMaps) -> dict[str, dict[str, float | int]]:
+    """Pearson and Spearman correlation of each line's measured and transferred map: the
+    downstream question the spectral metrics stand in for."""
+    out = {}
+    for w in maps.element_windows:
+        a, b = maps.elements_true[w.label], maps.elements_pred[w.label]
+        ok = np.isfinite(a) & np.isfinite(b)
+        if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+            continue
+        out[w.label] = {"pearson": float(np.corrcoef(a[ok], b[ok])[0, 1]),
+                        "spearman": float(spearmanr(a[ok], b[ok]).statistic),
+                        "n": int(ok.sum())}
+    return out
 
 
 def _resolve(path: str | os.PathLike[str] | None, recorded: str, what: str) -> Path:
@@ -314,6 +359,7 @@ def evaluate_package(
         shape = reader.shape
         mineral_names = reader.mineral_names
         total = int(reader.lines_done.sum()) * shape[1]
+        windows = _report_windows(package.primary_wavelength_nm, reader.settings)
     fp = package.manifest.get("fingerprint", {})
     train_map = _resolve(train_path, (fp.get("train") or {}).get("path", ""), "train")
     val_map = _resolve(val_path, (fp.get("val") or {}).get("path", ""), "val")
@@ -350,7 +396,13 @@ def evaluate_package(
         shape=shape, primary_wavelength_nm=package.primary_wavelength_nm,
         emissivity_true=nan_map.copy(), emissivity_pred=nan_map.copy(), euclid=nan_map.copy(),
         cosine=nan_map.copy(), labels_true=np.full(shape, -1, np.int32),
-        labels_pred=np.full(shape, -1, np.int32), confidence=nan_map.copy())
+        labels_pred=np.full(shape, -1, np.int32), confidence=nan_map.copy(),
+        element_windows=windows,
+        elements_true={w.label: nan_map.copy() for w in windows},
+        elements_pred={w.label: nan_map.copy() for w in windows})
+    sec_axis = package.secondary_wavelength_nm[models.system]
+    maps.secondary_range_nm = (float(np.min(sec_axis)), float(np.max(sec_axis)))
+    pick = np.random.default_rng(seed)
     err_all: list[np.ndarray] = []
     dist_all: dict[str, list[np.ndarray]] = {}
     firsts: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
@@ -385,6 +437,11 @@ def evaluate_package(
                 every = np.ones(len(y), bool)
                 maps.emissivity_pred[iy, ix] = total_emissivity(pred, every)
                 maps.emissivity_true[iy, ix] = total_emissivity(y, every)
+                if windows:
+                    true_areas, pred_areas = line_areas(y, windows), line_areas(pred, windows)
+                    for k, w in enumerate(windows):
+                        maps.elements_true[w.label][iy, ix] = true_areas[:, k]
+                        maps.elements_pred[w.label][iy, ix] = pred_areas[:, k]
                 vae_pred = pred
         maps.labels_true[iy, ix] = labels_true
         if use_truth is None:
@@ -392,7 +449,9 @@ def evaluate_package(
         groups = block.mineral.astype(np.int64) if use_truth else labels_true
         for j, g in enumerate(groups.tolist()):
             counts[g] = counts.get(g, 0) + 1
-            if g not in firsts:
+            # one spot per group, drawn uniformly over the whole map (reservoir sampling):
+            # the report's spots come from anywhere, not from the first raster lines
+            if pick.random() * counts[g] < 1.0:
                 firsts[g] = (int(block.index[j]), y[j].copy(), vae_pred[j].copy())
         n += block.n
         if progress is not None:
@@ -400,7 +459,7 @@ def evaluate_package(
     if n == 0:
         raise ValueError(f"test map {test_path} has no spot valid in both systems")
 
-    chosen = sorted(counts, key=lambda g: -counts[g])[:3]
+    chosen = sorted(counts, key=lambda g: -counts[g])[:SPOTS_PER_REPORT]
     for g in chosen:
         index, true, pred = firsts[g]
         label = (mineral_names[g] if use_truth and 0 <= g < len(mineral_names)
@@ -408,6 +467,10 @@ def evaluate_package(
         maps.spectra.append(SpotSpectra(label, index // nx, index % nx, true, pred))
     maps.spectra_by = "mineral" if use_truth else "k-means cluster"
 
+    wl = np.asarray(package.primary_wavelength_nm, np.float64)
+    edges = np.linspace(0, wl.size, RSE_BANDS + 1).astype(int)
+    maps.rse_band_nm = np.add.reduceat(wl, edges[:-1]) / np.diff(edges)
+    maps.rse_per_band = {name: acc[name].per_band(edges) for name in names}
     err = np.concatenate(err_all)
     spearman = {}
     for method, parts in dist_all.items():
@@ -452,6 +515,12 @@ def evaluate_package(
             "candidates": spearman,
         },
         "validation_rse": package.manifest.get("metrics", {}).get("validation_rse", {}),
+        "element_maps": {
+            "lines": element_agreement(maps),
+            "definition": "line area above a local baseline (plumelink lines) per spot, from "
+                          "the true and the vae_mlp transferred primary spectra; pearson and "
+                          "spearman over the spots of the test map",
+        },
         "package": package_identity(package),
         "scaler_mode": package.scalers["primary"].mode,
         "evaluated": _now(),

@@ -56,6 +56,19 @@ class TransferredLine:
     emissivity: np.ndarray  # (nx,) float32, NaN where invalid
     confidence: np.ndarray  # (nx,) float32, NaN where invalid (or not computed yet)
     last_spectrum: np.ndarray | None = None  # of the last valid spot (n_primary,), float32
+    # areas of the chosen element lines, (nx, n_lines) float32, NaN where invalid; None: no
+    # lines chosen (`LineTransfer.line_weights`)
+    element_areas: np.ndarray | None = None
+
+
+def _areas(spectra: np.ndarray, weights: np.ndarray | None, valid: np.ndarray
+           ) -> np.ndarray | None:
+    """Element line areas of transferred spectra: a fixed linear functional per line."""
+    if weights is None:
+        return None
+    areas = np.asarray(spectra, np.float32) @ np.asarray(weights, np.float32)
+    areas[~valid] = np.nan
+    return areas
 
 
 class LineTransfer:
@@ -72,6 +85,9 @@ class LineTransfer:
         self.model = model
         self.block_spots = int(block_spots)
         self._fitted = False
+        #: (n_primary, n_lines): element line areas are spectra @ line_weights (the weights of
+        #: `pipeline.element_maps.line_window`); None gives no areas
+        self.line_weights: np.ndarray | None = None
 
     def __call__(self, line: RasterLine) -> TransferredLine:
         """Transferred spectra, emissivity and confidence of the line's valid spots."""
@@ -89,7 +105,8 @@ class LineTransfer:
             confidence[rows] = c
         emissivity = total_emissivity(spectra, valid).astype(np.float32)
         return TransferredLine(line.index, spectra, emissivity, confidence,
-                               spectra[where[-1]] if where.size else None)
+                               spectra[where[-1]] if where.size else None,
+                               _areas(spectra, self.line_weights, valid))
 
     def in_two_steps(self, line: RasterLine) -> tuple[TransferredLine, ConfidenceStep]:
         """(the line without its confidence, the step computing that confidence); here the
@@ -136,6 +153,30 @@ class BlockMeanHead:
         return torch.addmm(self.bias, hidden, self.weight).numpy()
 
 
+class LinearHead:
+    """A decoder's output layer, the primary scaler and any linear functional of the primary
+    spectra (n_primary, k), e.g. element line areas, in one linear layer: hidden (n, h) ->
+    (n, k). Folded in float64, applied in float32."""
+
+    def __init__(self, last: torch.nn.Linear, mean: np.ndarray, scale: np.ndarray,
+                 functional: np.ndarray) -> None:
+        import torch
+
+        f = torch.from_numpy(np.asarray(functional, np.float64))
+        with torch.no_grad():
+            w = last.weight.detach().double() * torch.from_numpy(
+                np.asarray(scale, np.float64)[:, None])
+            b = (last.bias.detach().double() * torch.from_numpy(np.asarray(scale, np.float64))
+                 + torch.from_numpy(np.asarray(mean, np.float64)))
+            self.weight = (w.T @ f).float().contiguous()
+            self.bias = (b @ f).float()
+
+    def __call__(self, hidden: torch.Tensor) -> np.ndarray:
+        import torch
+
+        return torch.addmm(self.bias, hidden, self.weight).numpy()
+
+
 class PackageLineTransfer(LineTransfer):
     """A model package's vae_mlp transfer with the "consistency" confidence, in the float32
     arithmetic of `PackageTransfer` (scaling in float32 rather than the scalers' float64);
@@ -163,8 +204,12 @@ class PackageLineTransfer(LineTransfer):
         self._fit_on_first_line(line, where)
         emissivity = np.full(valid.size, np.nan, np.float32)
         confidence = np.full(valid.size, np.nan, np.float32)
+        weights = self.line_weights
+        areas = None if weights is None else np.full((valid.size, weights.shape[1]), np.nan,
+                                                      np.float32)
         if not where.size:
-            return TransferredLine(line.index, None, emissivity, confidence), lambda: confidence
+            return (TransferredLine(line.index, None, emissivity, confidence, None, areas),
+                    lambda: confidence)
         pre = models.preprocessor
         sec_mean, sec_scale = self._float32(pre.secondary)
         prim_mean, prim_scale = self._float32(pre.primary)
@@ -178,6 +223,8 @@ class PackageLineTransfer(LineTransfer):
             hidden = features(z, x)
             emissivity[where] = emissivity_from_block_means(head(hidden), np.ones(where.size, bool),
                                                             head.block)
+            if areas is not None:
+                areas[where] = self._line_head(last, prim_mean, prim_scale, weights)(hidden)
             latest = last(hidden[-1:]).numpy()[0] * prim_scale + prim_mean
 
         def consistency() -> np.ndarray:
@@ -188,8 +235,16 @@ class PackageLineTransfer(LineTransfer):
             confidence[where] = confidence_from_distance(d.numpy().astype(np.float64))
             return confidence
 
-        return (TransferredLine(line.index, None, emissivity, confidence, latest),
+        return (TransferredLine(line.index, None, emissivity, confidence, latest, areas),
                 consistency)
+
+    def _line_head(self, last: torch.nn.Linear, mean: np.ndarray, scale: np.ndarray,
+                   weights: np.ndarray) -> LinearHead:
+        """The output layer folded with the element line weights, rebuilt when they change."""
+        cached = getattr(self, "_line_head_parts", None)
+        if cached is None or cached[0] is not weights or cached[1] is not last:
+            self._line_head_parts = (weights, last, LinearHead(last, mean, scale, weights))
+        return self._line_head_parts[2]
 
     def _float32(self, scaler: SpectralScaler) -> tuple[np.ndarray, np.ndarray]:
         """A scaler's mean and scale in float32: scaling a line in float32 rather than the
@@ -249,6 +304,7 @@ __all__ = [
     "BlockMeanHead",
     "ConfidenceStep",
     "LineTransfer",
+    "LinearHead",
     "PackageLineTransfer",
     "TransferredLine",
     "line_transfer_for",

@@ -43,6 +43,7 @@ class RSEAccumulator:
     def __init__(self) -> None:
         self.n = 0
         self.sq_err = 0.0
+        self.sq_err_channel: np.ndarray | None = None
         self.sum_y: np.ndarray | None = None
         self.sum_y2: np.ndarray | None = None
 
@@ -51,8 +52,11 @@ class RSEAccumulator:
         if self.sum_y is None:
             self.sum_y = np.zeros(t.shape[1])
             self.sum_y2 = np.zeros(t.shape[1])
+            self.sq_err_channel = np.zeros(t.shape[1])
         self.n += t.shape[0]
-        self.sq_err += float(((t - p) ** 2).sum())
+        sq = ((t - p) ** 2).sum(axis=0)
+        self.sq_err_channel += sq
+        self.sq_err += float(sq.sum())
         self.sum_y += t.sum(axis=0)
         self.sum_y2 += (t**2).sum(axis=0)
 
@@ -61,6 +65,28 @@ class RSEAccumulator:
             raise ValueError("no spectra were added")
         total = float((self.sum_y2 - self.sum_y**2 / self.n).sum())
         return self.sq_err / total
+
+    def per_band(self, edges: np.ndarray) -> np.ndarray:
+        """RSE over bands of channels [edges[i], edges[i+1]): Σ(y−ŷ)² / Σ(y−ȳ)² within each
+        band, so that a band's value weighs its channels by how much they vary (a channel of
+        noise alone does not count as much as a line)."""
+        if self.n == 0 or self.sq_err_channel is None:
+            raise ValueError("no spectra were added")
+        spread = self.sum_y2 - self.sum_y**2 / self.n
+        starts = np.asarray(edges[:-1], int)
+        err = np.add.reduceat(self.sq_err_channel, starts)
+        var = np.add.reduceat(spread, starts)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(var > 0, err / var, np.nan)
+
+    def per_channel(self) -> np.ndarray:
+        """Σ(y−ŷ)²/Σ(y−ȳ)² of each channel on its own: where along the spectrum the error
+        is (NaN where the true spectra do not vary)."""
+        if self.n == 0 or self.sq_err_channel is None:
+            raise ValueError("no spectra were added")
+        spread = self.sum_y2 - self.sum_y**2 / self.n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(spread > 0, self.sq_err_channel / spread, np.nan)
 
 
 def rse(y_true: np.ndarray, y_pred: np.ndarray) -> float:

@@ -24,6 +24,14 @@ from plumelink.drivers.bench import available_profiles
 
 from .workers import BenchSession
 
+US_PER_S = 1e6
+MS_PER_S = 1e3
+
+
+def delay_text(seconds: float) -> str:
+    """A delay as the lab says it: ns below 1 µs, else µs (ns resolution)."""
+    return f"{seconds * 1e9:.0f} ns" if abs(seconds) < 1e-6 else f"{seconds * US_PER_S:.3f} µs"
+
 
 def _spin(lo: float, hi: float, value: float, decimals: int = 3,
           suffix: str = "") -> QDoubleSpinBox:
@@ -64,11 +72,14 @@ class BenchPanel(QWidget):
         grid = QGridLayout()
         layout.addLayout(grid)
         # DDG
-        ddg = QGroupBox("Delay generator (s, after the reference channel)")
+        ddg = QGroupBox("Delay generator (after the reference channel)")
         form = QFormLayout(ddg)
         self.delays = {}
+        # entered and shown in µs with ns resolution, the lab's units; sent in seconds
         for ch, ref, default in (("A", "T0", 180e-6), ("C", "A", 1e-6), ("D", "C", 10e-6)):
-            box = _spin(0.0, 1.0, default, 9)
+            box = _spin(0.0, 1e6, default * US_PER_S, 3, " µs")
+            box.setToolTip("µs after the reference channel; 0.001 µs = 1 ns (the DDG's step is "
+                           "5 ps)")
             self.delays[ch] = (box, ref)
             form.addRow(f"{ch} (from {ref})" + {"A": " laser", "C": " spectrometer trigger",
                                                  "D": " gate end"}[ch], box)
@@ -77,6 +88,8 @@ class BenchPanel(QWidget):
         form.addRow(set_delays)
         self.laser = QLabel("laser rate: –")
         form.addRow(self.laser)
+        self.delays_now = QLabel("delays set: –")
+        form.addRow(self.delays_now)
         grid.addWidget(ddg, 0, 0)
         # stage
         stage = QGroupBox("Stage (µm)")
@@ -108,7 +121,7 @@ class BenchPanel(QWidget):
         pform = QFormLayout(spec)
         self.spectrometers = {}
         for name in ("primary", "secondary"):
-            it = _spin(1e-5, 10.0, 1.05e-3, 6, " s")
+            it = _spin(0.01, 10_000.0, 1.05, 3, " ms")  # the lab's unit; sent in seconds
             av = QSpinBox()
             av.setRange(1, 10000)
             row = QHBoxLayout()
@@ -135,7 +148,7 @@ class BenchPanel(QWidget):
         self.session.connect(name)
 
     def set_delays(self) -> None:
-        values = [(ch, ref, box.value()) for ch, (box, ref) in self.delays.items()]
+        values = [(ch, ref, box.value() / US_PER_S) for ch, (box, ref) in self.delays.items()]
 
         def apply(bench) -> None:
             for ch, ref, value in values:
@@ -151,7 +164,8 @@ class BenchPanel(QWidget):
         self.session.submit(lambda b: b.stage.move_absolute(x, y), "go to")
 
     def apply_spectrometers(self) -> None:
-        values = {n: (it.value(), av.value()) for n, (it, av) in self.spectrometers.items()}
+        values = {n: (it.value() / MS_PER_S, av.value())
+                  for n, (it, av) in self.spectrometers.items()}
 
         def apply(bench) -> None:
             for name, (it, av) in values.items():
@@ -174,5 +188,8 @@ class BenchPanel(QWidget):
         bench = self.session.bench
         if bench is not None:
             self.laser.setText(f"laser rate: {bench.profile.laser.rate_hz:g} Hz")
-        delays = st.get("delays") or {}
-        self.state.setToolTip("\n".join(f"{k}: {v}" for k, v in delays.items()))
+        text = "delays set: " + (", ".join(
+            f"{ch} = {ref} + {delay_text(seconds)}"
+            for ch, (ref, seconds) in (st.get("delays") or {}).items()) or "–")
+        if text != self.delays_now.text():
+            self.delays_now.setText(text)

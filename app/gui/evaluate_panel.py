@@ -54,7 +54,9 @@ class EvaluatePanel(QWidget):
         self._progress: tuple[str, int, int] | None = None
         layout = QVBoxLayout(self)
         form = QFormLayout()
-        self.model = QLineEdit(str(settings.value("evaluate/model", "")))
+        # the model used last here, else the one loaded for live transfer, else the last trained
+        self.model = QLineEdit(next((str(v) for v in (settings.value(k, "") for k in (
+            "evaluate/model", "live/model", "train/out")) if v), ""))
         self.test = QLineEdit(str(settings.value("evaluate/test", "")))
         self.report = QLineEdit(str(settings.value("evaluate/report", "")))
         form.addRow("model package", _path_row(self.model, lambda: self._folder(self.model)))
@@ -81,7 +83,7 @@ class EvaluatePanel(QWidget):
         self.which.addItems(list(MAPS))
         self.which.currentTextChanged.connect(lambda _: self._show_map())
         rl.addWidget(self.which)
-        self.map = MapView("", units="spots")
+        self.map = MapView("", units="spot")
         rl.addWidget(self.map, 1)
         self.spectra = pg.PlotWidget(title="spectra at chosen spots (true solid, "
                                      "transferred dashed)")

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QDoubleSpinBox,
@@ -20,75 +19,27 @@ from PySide6.QtWidgets import (
     QGridLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPushButton,
+    QSpinBox,
     QSplitter,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
 from plumelink.models.line_transfer import load_package_transfer
+from plumelink.pipeline.line_catalogue import DEFAULT_TEMPERATURE_K
+from plumelink.pipeline.peaks import peak_table
 
-from .lines import strong_lines
+from .element_tab import ElementTab
+from .lines import element_symbols
 from .live_model import INVALID, LiveModel, Snapshot
-from .map_view import MapView
+from .map_view import MapView, map_levels
+from .peak_dialog import PeakDialog
+from .phase_tab import PhaseTab
+from .spectra_plot import SpectraPlot
 from .workers import Job, ScanController, read_spot
-
-PENS = {"primary": "#1f77b4", "secondary": "#ff7f0e", "transferred": "#2ca02c"}
-
-
-class SpectraPlot(pg.PlotWidget):
-    """Spectra by name, with the strong lines of the line table labelled."""
-
-    def __init__(self, title: str, parent=None) -> None:
-        super().__init__(parent, title=title)
-        self.setLabel("bottom", "wavelength", "nm")
-        self.setLabel("left", "counts")
-        self.addLegend(offset=(-10, 10))
-        self.curves = {name: self.plot(pen=pg.mkPen(pen, width=1), name=name,
-                                       autoDownsample=True, downsampleMethod="peak",
-                                       clipToView=True, skipFiniteCheck=True)
-                       for name, pen in PENS.items()}
-        self._labelled: tuple[float, float] | None = None
-        self._counts = (0.0, 0.0)
-        self.disableAutoRange()
-        self._labels: list = []
-
-    def show_spectra(self, spectra: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-        for name, curve in self.curves.items():
-            if name in spectra:
-                wl, counts = spectra[name]
-                curve.setData(wl, counts)
-            else:
-                curve.setData([], [])
-        if spectra:
-            lo = min(float(wl[0]) for wl, _ in spectra.values())
-            hi = max(float(wl[-1]) for wl, _ in spectra.values())
-            if self._labelled != (lo, hi):
-                self._label_lines(lo, hi)
-                self.setXRange(lo, hi, padding=0.01)
-            self._fit_counts(max(float(np.max(c)) for _, c in spectra.values()),
-                             min(float(np.min(c)) for _, c in spectra.values()))
-
-    def _fit_counts(self, top: float, bottom: float) -> None:
-        """Re-range the counts axis only when the spectra leave it or use under a third of it:
-        re-ranging re-lays out the axis, the dearest part of a repaint."""
-        low, high = self._counts
-        if top > high or bottom < low or top - bottom < (high - low) / 3:
-            margin = 0.1 * max(top - bottom, 1.0)
-            self._counts = (bottom - margin, top + margin)
-            self.setYRange(*self._counts, padding=0)
-
-    def _label_lines(self, lo: float, hi: float) -> None:
-        for item in self._labels:
-            self.removeItem(item)
-        self._labels = []
-        for wl, label in strong_lines(lo, hi, n=8):
-            line = pg.InfiniteLine(wl, angle=90, pen=pg.mkPen("#888", style=pg.QtCore.Qt.DotLine),
-                                   label=label, labelOpts={"position": 0.92, "rotateAxis": (1, 0),
-                                                           "color": "#555"})
-            self.addItem(line)
-            self._labels.append(line)
-        self._labelled = (lo, hi)
 
 
 class LivePanel(QWidget):
@@ -109,6 +60,9 @@ class LivePanel(QWidget):
         self.paints = 0
         self._model_job: Job | None = None
         self._spot_job: Job | None = None
+        self._peak_job: Job | None = None
+        self.peak_dialog: PeakDialog | None = None
+        self.clicked_spot: tuple[int, int] | None = None
         self.model_dir = ""
         self.prompt_repaint = True  # False: the paint timer alone (the benchmark's reference)
         self._prompt_pending = threading.Event()
@@ -141,23 +95,57 @@ class LivePanel(QWidget):
         maps = QWidget()
         grid = QGridLayout(maps)
         self.maps = {
-            "primary": MapView("primary emissivity (measured)"),
-            "secondary": MapView("secondary emissivity"),
-            "window": MapView("window map (primary)"),
-            "transferred": MapView("transferred primary emissivity"),
-            "difference": MapView("measured − transferred"),
-            "confidence": MapView("transfer confidence"),
+            "primary": MapView("primary emissivity (measured)", value_label="counts"),
+            "secondary": MapView("secondary emissivity", value_label="counts"),
+            "window": MapView("window map (primary)", value_label="counts"),
+            "transferred": MapView("transferred primary emissivity", value_label="counts"),
+            "difference": MapView("measured − transferred", value_label="counts",
+                                  colormap="CET-D1"),
+            "confidence": MapView("transfer confidence", value_label="0 … 1"),
         }
         for k, view in enumerate(self.maps.values()):
             grid.addWidget(view, k // 3, k % 3)
             view.spotClicked.connect(self.inspect)
-        split.addWidget(maps)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(maps, "Emission")
+        self.elements = ElementTab(model)
+        self.elements.spotClicked.connect(self.inspect)
+        self.tabs.addTab(self.elements, "Element maps")
+        self.phases = PhaseTab(model)
+        self.phases.view.spotClicked.connect(self.inspect)
+        self.tabs.addTab(self.phases, "Phases")
+        split.addWidget(self.tabs)
         plots = QWidget()
         pl = QVBoxLayout(plots)
+        ident = QHBoxLayout()
+        ident.addWidget(QLabel("sticks of"))
+        self.stick_elements = QLineEdit()
+        self.stick_elements.setPlaceholderText("elements, e.g. Ca, Al, Si")
+        self.stick_elements.editingFinished.connect(self.apply_sticks)
+        ident.addWidget(self.stick_elements, 1)
+        ident.addWidget(QLabel("at"))
+        self.temperature = QSpinBox()
+        self.temperature.setRange(3000, 30000)
+        self.temperature.setSingleStep(500)
+        self.temperature.setValue(int(DEFAULT_TEMPERATURE_K))
+        self.temperature.setSuffix(" K")
+        self.temperature.valueChanged.connect(lambda _: self.apply_sticks())
+        ident.addWidget(self.temperature)
+        peaks = QPushButton("Peak table…")
+        peaks.setToolTip("peaks of the clicked spot (or of the map's mean spectrum) with their "
+                         "candidate lines")
+        peaks.clicked.connect(self.show_peak_table)
+        ident.addWidget(peaks)
+        pl.addLayout(ident)
         self.latest = SpectraPlot("latest spectra")
         self.spot = SpectraPlot("clicked spot")
         pl.addWidget(self.latest)
         pl.addWidget(self.spot)
+        self.identified = QLabel("hover over a peak: the table lines within the resolution")
+        self.identified.setWordWrap(True)
+        for plot in (self.latest, self.spot):
+            plot.identified.connect(self.identified.setText)
+        pl.addWidget(self.identified)
         self.message = QLabel("")
         self.message.setWordWrap(True)
         pl.addWidget(self.message)
@@ -180,7 +168,30 @@ class LivePanel(QWidget):
         self.model_label.setText(f"loading {model_dir}…")
         self._model_job = Job(load_package_transfer, model_dir, name="plumelink-load-model")
 
+    def apply_sticks(self) -> None:
+        elements = tuple(e.strip() for e in self.stick_elements.text().replace(";", ",")
+                         .split(",") if e.strip())
+        unknown = [e for e in elements if e not in element_symbols()]
+        if unknown:
+            self.identified.setText(f"<span style='color:#c00'>not in the line table: "
+                                    f"{', '.join(unknown)}</span>")
+            elements = tuple(e for e in elements if e not in unknown)
+        for plot in (self.latest, self.spot):
+            plot.set_sticks(elements, self.temperature.value())
+
+    def show_peak_table(self) -> None:
+        """The peaks of the clicked spot's primary spectrum, or of the map's mean spectrum
+        when no spot is chosen, read from the map file off the GUI thread."""
+        path = self.model.snapshot().map_path
+        if not path or not Path(path).exists():
+            self.identified.setText("no map file yet: start or load a scan first")
+            return
+        self._peak_job = Job(peak_table, path, "primary", self.clicked_spot,
+                             temperature_k=float(self.temperature.value()),
+                             name="plumelink-peaks")
+
     def inspect(self, iy: int, ix: int) -> None:
+        self.clicked_spot = (iy, ix)
         path = self.model.snapshot().map_path
         if path:
             self._spot_job = Job(read_spot, path, iy, ix, self.controller.transfer,
@@ -211,21 +222,28 @@ class LivePanel(QWidget):
 
     # the kinds of change (`Snapshot.changes`) each view shows
     DEPENDS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "transferred": ("transferred",), "primary": ("lines",), "secondary": ("lines",),
+        "transferred": ("transferred",), "primary": ("lines", "transferred"),
+        "secondary": ("lines",),
         "window": ("lines", "window"), "difference": ("lines", "transferred"),
         "confidence": ("confidence",), "spectra": ("lines", "transferred")}
     VIEWS = tuple(DEPENDS)
+    ELEMENT = "element:"  # prefix of an element map's view (one per chosen line)
     # one view per tick: at 30 Hz each of the 7 views still repaints several times a second,
     # while two views in one tick (e.g. the spectra re-ranged with the first transferred line)
     # could keep the event loop over 100 ms on 2 cores busy with a scan, transfer and training
     VIEWS_PER_TICK = 1
 
     def _key(self, view: str, snap: Snapshot) -> tuple[int, ...]:
-        return tuple(snap.changes.get(kind, 0) for kind in self.DEPENDS[view])
+        kinds = ("elements",) if view.startswith(self.ELEMENT) else self.DEPENDS[view]
+        return tuple(snap.changes.get(kind, 0) for kind in kinds)
+
+    def views(self, snap: Snapshot) -> tuple[str, ...]:
+        """Every view of this snapshot: the fixed ones and one per element line shown."""
+        return self.VIEWS + tuple(self.ELEMENT + label for label in self.elements.views)
 
     def stale_views(self, snap: Snapshot) -> list[str]:
         """The views not yet showing ``snap`` (and a spot still being read)."""
-        stale = [v for v in self.VIEWS if self._view_key.get(v) != self._key(v, snap)]
+        stale = [v for v in self.views(snap) if self._view_key.get(v) != self._key(v, snap)]
         return stale + (["spot"] if self._spot_job is not None else [])
 
     def refresh(self, snap: Snapshot) -> None:
@@ -233,8 +251,11 @@ class LivePanel(QWidget):
         when it has new lines, then the longest unpainted), so that no tick of the event loop
         repaints everything at once."""
         self._poll_jobs()
+        self.elements.sync(snap)
+        if self.phases.refresh(snap):
+            self.paints += 1
         budget = self.VIEWS_PER_TICK - self._lay_out_next(snap)
-        stale = [v for v in self.VIEWS if self._view_key.get(v) != self._key(v, snap)]
+        stale = [v for v in self.views(snap) if self._view_key.get(v) != self._key(v, snap)]
         for _ in range(min(budget, len(stale))):
             if "transferred" in stale and snap.transferred_lines != self._transfer_painted:
                 view = "transferred"
@@ -263,9 +284,14 @@ class LivePanel(QWidget):
 
     def _paint(self, view: str, snap: Snapshot) -> None:
         ext = snap.extent_um
-        if view == "spectra":
-            self.latest.show_spectra(snap.latest)
-        elif view in ("primary", "secondary"):
+        if view.startswith(self.ELEMENT):
+            self.elements.paint(view[len(self.ELEMENT):], snap)
+        elif view == "spectra":
+            self.latest.show_spectra(snap.latest, snap.latest_baseline_corrected)
+        elif view == "primary":  # on the transferred map's scale: the two are compared
+            self.maps[view].show_map(snap.emissivity[view], ext, snap.status[view] == INVALID,
+                                     levels=map_levels(snap.emissivity[view], snap.transferred))
+        elif view == "secondary":
             self.maps[view].show_map(snap.emissivity[view], ext, snap.status[view] == INVALID)
         elif view == "window":
             self.maps[view].show_map(snap.window, ext, snap.status["primary"] == INVALID)
@@ -273,7 +299,8 @@ class LivePanel(QWidget):
             bad = snap.status["secondary"] == INVALID
             if view == "transferred":
                 self._transfer_painted = snap.transferred_lines
-                self.maps[view].show_map(snap.transferred, ext, bad)
+                self.maps[view].show_map(snap.transferred, ext, bad, levels=map_levels(
+                    snap.emissivity["primary"], snap.transferred))
                 self._record_latency(snap)
             elif view == "difference":
                 self.maps[view].show_map(snap.emissivity["primary"] - snap.transferred, ext,
@@ -295,6 +322,14 @@ class LivePanel(QWidget):
         self.transfer_latencies_s.clear()
 
     def _poll_jobs(self) -> None:
+        job = self._peak_job
+        if job is not None and job.done:
+            self._peak_job = None
+            if job.error:
+                self.identified.setText(f"<span style='color:#c00'>{job.error}</span>")
+            else:
+                self.peak_dialog = PeakDialog(job.result, self)
+                self.peak_dialog.show()
         job = self._model_job
         if job is not None and job.done:
             self._model_job = None
@@ -314,7 +349,8 @@ class LivePanel(QWidget):
             spectra = {k: (r[k][0], r[k][1]) for k in ("primary", "secondary") if r[k][2]}
             if "transferred" in r:
                 spectra["transferred"] = r["transferred"]
-            self.spot.show_spectra(spectra)
+            self.spot.show_spectra(spectra, baseline_corrected=r.get("baseline_corrected",
+                                                                     False))
             flags = ", ".join(k for k in ("primary", "secondary") if not r[k][2])
             self.spot.setTitle(f"spot iy={r['iy']}, ix={r['ix']}"
                                + (f" (INVALID: {flags})" if flags else ""))

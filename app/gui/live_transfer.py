@@ -87,6 +87,10 @@ class LiveTransfer:
             self._failed(exc, index)
 
     def _first(self, line: RasterLine, wl: np.ndarray) -> tuple[int, ConfidenceStep]:
+        version, weights = self.model.element_weights()
+        if weights is not None and weights.shape[0] != wl.size:
+            weights = None  # the model's primary axis is not the scan's: no transferred areas
+        self.lines.line_weights = weights
         if self.two_steps:
             out, confidence = self.lines.in_two_steps(line)
         else:
@@ -95,8 +99,24 @@ class LiveTransfer:
             def confidence() -> np.ndarray:
                 return out.confidence
         spectrum = (wl, out.last_spectrum) if out.last_spectrum is not None else None
-        self.model.add_transferred(out.index, out.emissivity, None, spectrum)
+        areas = (version, out.element_areas) if out.element_areas is not None else None
+        self.model.add_transferred(out.index, out.emissivity, None, spectrum, areas,
+                                   self._measured(line) if spectrum is not None else None)
         return out.index, confidence
+
+    def _measured(self, line: RasterLine) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The measured spectra of the spot whose transferred spectrum is shown (the line's
+        last valid secondary spot), with the transfer's baseline removed."""
+        ix = int(np.flatnonzero(line.secondary.valid)[-1])
+        axes = self.model.snapshot_axes()
+        out = {}
+        for name in ("primary", "secondary"):
+            system = getattr(line, name)
+            if system.valid[ix] and name in axes:
+                corrected = self.transfer.preprocessor.correct(
+                    system.spectra[ix:ix + 1].astype(np.float32))[0]
+                out[name] = (axes[name], corrected)
+        return out
 
     def _failed(self, exc: Exception, index: int) -> None:
         log.exception("live transfer of line %d failed", index, exc_info=exc)

@@ -3,6 +3,11 @@
 Driven by a QTimer state machine (no waiting loops): connect the bench, load the model (if
 any), start the scan, wait for it and the live transfer to finish, show the spectra of the
 middle spot, wait until every view is repainted, grab, quit.
+
+With ``panels_dir`` (`plumelink gui --screenshots DIR --maps MAPS --model MODEL`) it goes on
+to every panel: the Live panel's element maps and phases, Bench, Scan, Train during a short
+training on MAPS/train.h5 and val.h5, and Evaluate after evaluating MODEL on MAPS/test.h5;
+one PNG per view in DIR.
 """
 
 from __future__ import annotations
@@ -32,6 +37,26 @@ def short_scan(profile: str, out_dir: Path):
     return parse_scan(text, source="short screenshot scan")
 
 
+def render_html(page: Path, out: Path, width: int = 1100, max_height: int = 3200) -> Path:
+    """The top of an HTML page (the evaluation report: tables and embedded PNGs) as a PNG,
+    laid out by Qt's rich-text engine: no browser needed."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QImage, QPainter, QTextDocument
+
+    doc = QTextDocument()
+    doc.setHtml(page.read_text(encoding="utf-8"))
+    doc.setTextWidth(width)
+    size = doc.size()
+    image = QImage(int(size.width()), int(min(size.height(), max_height)), QImage.Format_RGB32)
+    image.fill(Qt.white)
+    painter = QPainter(image)
+    doc.drawContents(painter)
+    painter.end()
+    if not image.save(str(out)):
+        raise OSError(f"could not write {out}")
+    return out
+
+
 class ScreenshotRun(QObject):
     """Steps: connect -> (model) -> scan -> wait -> grab. ``done`` / ``error`` when finished,
     and ``finished`` is emitted (run it in an event loop that quits on it)."""
@@ -40,10 +65,15 @@ class ScreenshotRun(QObject):
 
     def __init__(self, window: MainWindow, path: str | Path, profile: str,
                  scan_path: str | None = None, model_dir: str | None = None,
-                 timeout_s: float = 180.0) -> None:
+                 timeout_s: float = 180.0, panels_dir: str | Path | None = None,
+                 maps_dir: str | Path | None = None) -> None:
         super().__init__(window)
         self.window = window
         self.path = Path(path)
+        self.panels_dir = Path(panels_dir) if panels_dir else None
+        self.maps_dir = Path(maps_dir) if maps_dir else None
+        self.written: list[Path] = []
+        self._shots: list = []
         self.profile = profile
         self.scan_path = scan_path
         self.model_dir = model_dir
@@ -62,6 +92,9 @@ class ScreenshotRun(QObject):
     def _finish(self, error: str = "") -> None:
         if self.done:
             return
+        run = self.window.train_panel.run
+        if run is not None and not run.done:
+            run.stop()
         self.error = error
         self.done = True
         self.timer.stop()
@@ -112,8 +145,87 @@ class ScreenshotRun(QObject):
         elif self._state == "settling" and not w.live_panel.stale_views(w.model.snapshot()):
             self._state = "grab"
         elif self._state == "grab":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if not w.grab().save(str(self.path)):
-                self._finish(f"could not write {self.path}")
+            self._save(self.path)
+            if self.panels_dir is None or w.controller.error:
+                self._finish(w.controller.error)
                 return
-            self._finish(w.controller.error)
+            self._shots = self._panel_shots()
+            self._state = "panels"
+        elif self._state == "panels":
+            self._next_panel()
+
+    def _save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.window.grab().save(str(path)):
+            raise OSError(f"could not write {path}")
+        self.written.append(path)
+
+    def _panel_shots(self) -> list:
+        """(file name, prepare, ready) of each panel view, shot in this order."""
+        w = self.window
+        live = w.live_panel
+        snap = w.model.snapshot
+        shots = [
+            ("gui_live_elements.png", lambda: live.tabs.setCurrentWidget(live.elements),
+             lambda: len(live.elements.views) == len(snap().element_windows)
+             and not live.stale_views(snap())),
+            ("gui_live_phases.png", lambda: live.tabs.setCurrentWidget(live.phases),
+             lambda: live.phases.labels is not None),
+            ("gui_bench.png", lambda: w.tabs.setCurrentWidget(w.bench_panel), lambda: True),
+            ("gui_scan.png", lambda: w.tabs.setCurrentWidget(w.scan_panel), lambda: True),
+        ]
+        if self.maps_dir is not None:
+            out = Path(self._tmp.name) / "trained"
+            shots.append(("gui_train.png", lambda: self._start_training(out),
+                          lambda: len(w.train_panel.run.snapshot()) >= 3))
+            if self.model_dir:
+                shots.append(("gui_evaluate.png", self._start_evaluation,
+                              lambda: w.evaluate_panel.result is not None))
+        return shots
+
+    def _start_training(self, out: Path) -> None:
+        w = self.window
+        panel = w.train_panel
+        panel.train.setText(str(self.maps_dir / "train.h5"))
+        panel.val.setText(str(self.maps_dir / "val.h5"))
+        panel.out.setText(str(out))
+        panel.epochs.setValue(40)
+        panel.baselines.setChecked(False)
+        w.tabs.setCurrentWidget(panel)
+        panel.start()
+
+    def _start_evaluation(self) -> None:
+        w = self.window
+        if w.train_panel.run is not None:
+            w.train_panel.stop()
+        panel = w.evaluate_panel
+        panel.model.setText(str(self.model_dir))
+        panel.test.setText(str(self.maps_dir / "test.h5"))
+        panel.report.setText(str(self.panels_dir / "report"))
+        w.tabs.setCurrentWidget(panel)
+        panel.start()
+
+    def _render_report(self) -> None:
+        report = self.panels_dir / "report" / "report.html"
+        self.written.append(render_html(report, self.panels_dir / "report.png"))
+
+    def _next_panel(self) -> None:
+        """Prepare the next shot once, grab it when ready (the panels repaint on their own
+        timer meanwhile)."""
+        if not self._shots:
+            if self.window.evaluate_panel.result is not None:
+                self._render_report()
+            self._finish(self.window.controller.error)
+            return
+        name, prepare, ready = self._shots[0]
+        if not getattr(self, "_prepared", False):
+            prepare()
+            self._prepared = True
+            self._ready_at = None
+            return
+        if ready():  # a few ticks more for the last repaint of what just arrived
+            self._ready_at = self._ready_at or time.monotonic()
+            if time.monotonic() - self._ready_at > 0.5:
+                self._save(self.panels_dir / name)
+                self._shots.pop(0)
+                self._prepared = False

@@ -3,6 +3,8 @@ curves, and the model package written (`models.train.train_transfer` on a worker
 
 from __future__ import annotations
 
+import os
+
 import pyqtgraph as pg
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -31,6 +33,14 @@ def _path_row(edit: QLineEdit, pick) -> QHBoxLayout:
     return row
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity), as the CLI's default threads."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 class TrainPanel(QWidget):
     def __init__(self, settings, parent=None) -> None:
         super().__init__(parent)
@@ -55,7 +65,7 @@ class TrainPanel(QWidget):
         form.addRow("latent size", self.latent)
         self.threads = QSpinBox()
         self.threads.setRange(1, 256)
-        self.threads.setValue(1)
+        self.threads.setValue(usable_cores())  # the run's own default; fewer leave room
         form.addRow("torch threads", self.threads)
         self.fine_tune = QCheckBox("fine-tune the composed model")
         self.fine_tune.setChecked(True)

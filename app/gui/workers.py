@@ -233,6 +233,7 @@ class ScanController:
         if bench is not None:
             self.session.scan_active = True
         self._reset_model(scan, out)
+        self._scan = scan
         self.live_transfer = (LiveTransfer(self.transfer, self.model)
                               if self.transfer is not None else None)
         try:
@@ -274,7 +275,8 @@ class ScanController:
         try:
             for event in self._events(running):
                 if isinstance(event, ScanStarted):
-                    self.model.set_wavelengths(event.wavelength_nm)
+                    self.model.set_wavelengths(event.wavelength_nm,
+                                               self._spectrometer_settings())
                     continue
                 self.model.add_line(event.line, event.progress, event.line_axis)
                 if self.live_transfer is not None:
@@ -287,6 +289,20 @@ class ScanController:
                 self.session.scan_active = False
             if self.live_transfer is not None:
                 self.live_transfer.close()
+
+    def _spectrometer_settings(self) -> dict[str, Any]:
+        """The bench profile's spectrometer tables (their resolution sets the element maps'
+        windows), shaped like a map file's settings snapshot."""
+        from plumelink.drivers.bench import BenchProfile
+
+        bench = self.session.bench if self.session is not None else None
+        try:
+            profile = bench.profile if bench is not None else BenchProfile.load(
+                self._scan.bench)
+        except (AttributeError, OSError, ValueError):
+            return {}
+        return {"spectrometers": {role: {"options": dict(spec.options)}
+                                  for role, spec in profile.spectrometers.items()}}
 
     def set_transfer(self, transfer: PackageTransfer | None) -> None:
         """Use ``transfer`` for live transfer: the next scan, and the running one from its
@@ -330,6 +346,7 @@ def load_map(path: str | Path, model: LiveModel, stop: threading.Event | None = 
         axes = {s: reader.wavelength_nm(s) for s in ("primary", "secondary")}
         model.reset(reader.shape, x_um=reader.x_um, y_um=reader.y_um, wavelength=axes,
                     map_path=str(path))
+        model.set_wavelengths(axes, reader.settings)
         seen = np.zeros(reader.shape[0], bool)
         while True:
             new = np.flatnonzero(reader.lines_done & ~seen)
@@ -358,4 +375,9 @@ def read_spot(path: str | Path, iy: int, ix: int,
     if transfer is not None and out["secondary"][2]:
         p, _ = transfer(out["secondary"][1][None, :])
         out["transferred"] = (np.asarray(transfer.primary_wavelength_nm), p[0])
+        # the measured spectra in the transferred one's space: baseline removed the same way
+        for s in ("primary", "secondary"):
+            wl, counts, valid = out[s]
+            out[s] = (wl, transfer.preprocessor.correct(counts[None, :])[0], valid)
+        out["baseline_corrected"] = True
     return out

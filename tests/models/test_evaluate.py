@@ -117,8 +117,28 @@ def test_evaluate_maps_have_the_test_map_shape(evaluated):
     assert np.isfinite(maps.euclid).all() and np.isfinite(maps.confidence).all()
     assert ((maps.confidence > 0) & (maps.confidence <= 1)).all()
     assert (maps.labels_true >= 0).all()
-    assert len(maps.spectra) == 3 and maps.spectra_by == "mineral"
-    assert len({s.label for s in maps.spectra}) == 3
+    assert 3 <= len(maps.spectra) <= 4 and maps.spectra_by == "mineral"
+    assert len({s.label for s in maps.spectra}) == len(maps.spectra)  # one spot per mineral
+    assert len({s.iy for s in maps.spectra}) > 1  # drawn across the map, not from line 0
+
+
+def test_evaluation_compares_element_maps_and_finds_where_models_lose(evaluated):
+    metrics, maps, _, _ = evaluated
+    labels = [w.label for w in maps.element_windows]
+    assert {"Si I 288.16", "Al I 309.27", "Ca II 393.37"} <= set(labels)
+    lines = metrics["element_maps"]["lines"]
+    assert set(lines) <= set(labels) and lines
+    for label, record in lines.items():
+        assert -1.0 <= record["pearson"] <= 1.0 and record["n"] == 128
+        a, b = maps.elements_true[label], maps.elements_pred[label]
+        assert np.isclose(record["pearson"], np.corrcoef(a.ravel(), b.ravel())[0, 1])
+    assert set(maps.rse_per_band) == set(metrics["models"])
+    wl = maps.primary_wavelength_nm
+    assert wl[0] < maps.rse_band_nm[0] < maps.rse_band_nm[-1] < wl[-1]
+    for per in maps.rse_per_band.values():
+        assert per.shape == maps.rse_band_nm.shape and np.nanmin(per) >= 0
+    lo, hi = maps.secondary_range_nm
+    assert 255 < lo < 265 and 365 < hi < 375  # the secondary's axis: the rest is primary-only
 
 
 def test_axis_mismatch_is_a_clear_error(tiny_model, tmp_path):

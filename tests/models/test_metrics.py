@@ -46,3 +46,17 @@ def test_bad_inputs_are_named() -> None:
     with pytest.raises(ValueError, match="differ in shape"):
         label_agreement(np.zeros(3), np.zeros(4))
     assert label_agreement(np.array([0, 1, 2, 2]), np.array([0, 1, 1, 2])) == 0.75
+
+
+def test_rse_per_channel_by_hand() -> None:
+    y = np.array([[1.0, 2.0, 5.0], [3.0, 6.0, 5.0]])
+    p = np.array([[1.0, 3.0, 4.0], [2.0, 6.0, 5.0]])
+    acc = RSEAccumulator()
+    acc.add(y[:1], p[:1])
+    acc.add(y[1:], p[1:])
+    # channel 0: error 1 over spread 2; channel 1: 1 over 8; channel 2 does not vary: NaN
+    np.testing.assert_allclose(acc.per_channel(), [0.5, 0.125, np.nan])
+    # bands pool errors and spreads: (1 + 1) / (2 + 8), then channel 2's 1 / 0
+    np.testing.assert_allclose(acc.per_band(np.array([0, 2, 3])), [0.2, np.nan])
+    with pytest.raises(ValueError, match="no spectra"):
+        RSEAccumulator().per_channel()

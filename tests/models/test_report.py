@@ -8,7 +8,15 @@ import re
 import numpy as np
 
 from plumelink.models.evaluate import MODELS, EvaluationMaps, SpotSpectra
-from plumelink.models.report import FIGURES, metrics_table, write_report
+from plumelink.models.report import (
+    FIGURES,
+    category_colours,
+    elements_table,
+    metrics_table,
+    write_report,
+)
+from plumelink.pipeline.element_maps import Resolution, line_window
+from plumelink.pipeline.line_catalogue import parse_line
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -44,7 +52,16 @@ def _inputs() -> tuple[dict, EvaluationMaps]:
         labels_true=labels, labels_pred=pred, confidence=conf,
         spectra=[SpotSpectra(f"mineral {i}", i, i, rng.random(300), rng.random(300))
                  for i in range(3)],
+        rse_per_band={name: rng.random(30) for name in MODELS},
+        rse_band_nm=np.linspace(252.5, 397.5, 30),
+        secondary_range_nm=(260.0, 370.0),
     )
+    window = line_window(parse_line("Ca II 393.37"), wl, Resolution(np.full(300, 1.0), "t"))
+    maps.element_windows = (window,)
+    maps.elements_true = {window.label: rng.random(shape).astype(np.float32)}
+    maps.elements_pred = {window.label: rng.random(shape).astype(np.float32)}
+    metrics["element_maps"] = {"lines": {window.label: {"pearson": 0.9123, "spearman": 0.88,
+                                                        "n": 54}}}
     return metrics, maps
 
 
@@ -53,17 +70,27 @@ def test_report_is_one_file_with_the_table_and_every_figure(tmp_path) -> None:
     path = write_report(tmp_path, metrics, maps)
     assert path == tmp_path / "report.html"
     text = path.read_text(encoding="utf-8")
-    assert text.count("<table") == 1
+    assert text.count("<table") == 2  # the metrics and the element maps' agreement
     for name in MODELS:
         assert f"<td>{name}</td>" in text
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
-    assert len(images) == len(FIGURES) == 5
+    assert len(images) == len(FIGURES) == 7
     for (name, _), data in zip(FIGURES, images, strict=True):
         png = base64.b64decode(data)
         assert png.startswith(PNG_MAGIC)
         assert (tmp_path / f"{name}.png").read_bytes() == png
     assert "src=\"http" not in text and "<script" not in text  # self-contained
     assert "compression ratio" in text and "4.688" in text
+    assert "Spearman rank correlation with the actual\nEuclidean error of vae_mlp: -0.40" in text
+    assert "<td>0.912</td>" in elements_table(metrics)
+
+
+def test_cluster_labels_get_one_flat_colour_each() -> None:
+    cmap, norm = category_colours(4)
+    assert cmap.N == 4
+    colours = [cmap(norm(k)) for k in range(4)]
+    assert len(set(colours)) == 4
+    assert cmap(norm(1.2)) == colours[1]  # no colour between two labels
 
 
 def test_table_rows_are_sorted_by_rse() -> None:
