@@ -24,12 +24,16 @@ So a good confidence has a NEGATIVE rank correlation with the transfer error.
 
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from plumelink.models.networks import VAE, ComposedTransfer, LatentMLP, SystemDecoder
+from plumelink.pipeline.preprocess import Preprocessor
 
 METHODS = ("consistency", "prior", "posterior_var", "mahalanobis")
 DEFAULT_METHOD = "consistency"
@@ -105,6 +109,142 @@ def transfer_with_distances(
     )
 
 
+PRECISIONS = ("fp32", "bf16")
+FUSED_ROWS = 4096
+"""Spectra per matrix product of `FusedTransfer`. Smaller steps (256, 1024 rows: activations
+in cache) measured no faster with one torch thread and up to 1.5 x slower with two on the
+shared 2-core machine (more parallel regions to start)."""
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX) that torch uses."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to(torch.float64)
+
+
+class FusedTransfer:
+    """The vae_mlp transfer of raw secondary counts and one confidence distance, in one pass
+    over small groups of spectra, with its linear steps folded (the whole-map transfer's
+    kernel; `transfer_with_distances` stays the reference that computes every candidate).
+
+    Why: the transfer's arithmetic beyond the networks (float64 scaling of both systems, the
+    encoder re-reading a 4062-pixel spectrum for the confidence) cost as much as the networks.
+    The folds, exact in real arithmetic and done once in float64:
+
+    - the latent MLP's first layer and the linear path's down projection read the scaled
+      secondary spectrum together (one matrix product);
+    - the decoder's output layer, the linear path's up projection and the primary scaler's
+      inverse are one layer that writes unscaled primary spectra straight into the result;
+    - the VAE encoder's first layer applied to the decoded (scaled) spectrum is linear in the
+      decoder's last hidden layer (and the path's rank-r features), so "consistency" and
+      "posterior_var" re-encode from those 1,024 + r features instead of 4,062 pixels.
+
+    The secondary scaling is done in float32 (the scaler's float64 in `Preprocessor`).
+    Against `TransferModels.transfer` the spectra differ by float32 rounding (measured < 2e-6
+    of the largest value on the test packages; tests/models/test_fused_transfer.py bounds it
+    at 1e-5) and the confidence by < 1e-5.
+
+    precision "bf16": every matrix product in bfloat16 (weights and activations; the folds
+    are done in float64 first), results and distances in float32. Needs a CPU with bf16
+    instructions (`bf16_supported`); its error against fp32 is stated in the README.
+    """
+
+    def __init__(self, mlp: LatentMLP, vae: VAE, decoder: SystemDecoder | None,
+                 preprocessor: Preprocessor, method: str = DEFAULT_METHOD, *,
+                 precision: str = "fp32", rows: int = FUSED_ROWS) -> None:
+        if method not in METHODS or method == "mahalanobis":
+            raise ValueError(f"FusedTransfer computes {[m for m in METHODS if m != 'mahalanobis']}"
+                             f", not {method!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision == "bf16" and not bf16_supported():
+            raise ValueError("precision bf16 needs a CPU with bfloat16 instructions (AVX512-BF16 "
+                             "or AMX); this one has neither: use fp32")
+        composed = ComposedTransfer(mlp, vae, decoder)
+        net = decoder.net if decoder is not None else vae.decoder
+        path = composed.path
+        first, last = mlp.net[0], net[-1]
+        if not (isinstance(first, nn.Linear) and isinstance(last, nn.Linear)
+                and isinstance(vae.encoder[0], nn.Linear)):
+            raise TypeError("FusedTransfer needs linear first and last layers")
+        self.method, self.precision, self.rows = method, precision, int(rows)
+        self.preprocessor = preprocessor
+        self.n_hidden = first.out_features
+        self.latent = vae.latent
+        self.n_px = last.out_features
+        self._dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self._sec_mean = preprocessor.secondary.mean.astype(np.float32)
+        self._sec_scale = preprocessor.secondary.scale.astype(np.float32)
+        # input: [MLP first layer; path down] on the scaled secondary
+        w_in, b_in = _f64(first.weight), _f64(first.bias)
+        if path is not None:
+            w_in = torch.cat([w_in, _f64(path.down.weight)])
+            b_in = torch.cat([b_in, torch.zeros(path.rank, dtype=torch.float64)])
+        # output: scaled = W_last @ [hidden; path features] + b_last
+        w_last, b_last = _f64(last.weight), _f64(last.bias)
+        if path is not None:
+            w_last = torch.cat([w_last, _f64(path.up.weight)], dim=1)
+        p_mean = torch.from_numpy(preprocessor.primary.mean).to(torch.float64)
+        p_scale = torch.from_numpy(preprocessor.primary.scale).to(torch.float64)
+        w_out, b_out = w_last * p_scale[:, None], b_last * p_scale + p_mean
+        enc = vae.encoder[0]
+        w_enc = _f64(enc.weight) @ w_last
+        b_enc = _f64(enc.weight) @ b_last + _f64(enc.bias)
+        cast = self._dtype
+        # weights stored transposed (k, n): addmm(bias, x, w) = x @ w + bias
+        self._w_in, self._b_in = w_in.T.contiguous().to(cast), b_in.to(cast)
+        self._w_out, self._b_out = w_out.T.contiguous().to(cast), b_out.to(cast)
+        self._w_enc, self._b_enc = w_enc.T.contiguous().to(cast), b_enc.to(cast)
+        self._mlp_rest = copy.deepcopy(mlp.net[1:]).to(cast).eval()
+        self._hidden = copy.deepcopy(net[:-1]).to(cast).eval()
+        self._enc_rest = copy.deepcopy(vae.encoder[1:]).to(cast).eval()
+        self._to_mean = copy.deepcopy(vae.to_mean).to(cast).eval()
+        self._to_log_var = copy.deepcopy(vae.to_log_var).to(cast).eval()
+        self._scale = math.sqrt(vae.latent)
+
+    @torch.inference_mode()
+    def __call__(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw secondary counts (n, n_secondary_px) -> (unscaled, baseline-corrected primary
+        spectra (n, n_px) float32, distance d of the method (n,) float64)."""
+        n = len(raw)
+        primary = np.empty((n, self.n_px), np.float32)
+        distance = torch.empty(n, dtype=torch.float64)
+        # numpy first, then torch: interleaving them left torch's worker threads waiting
+        # between small products (measured 2 x slower on 2 shared cores)
+        x = self.preprocessor.correct(raw)
+        x -= self._sec_mean
+        x /= self._sec_scale
+        inputs, result = torch.from_numpy(x), torch.from_numpy(primary)
+        for start in range(0, n, self.rows):
+            rows = slice(start, min(n, start + self.rows))
+            distance[rows] = self._rows(inputs[rows], result[rows])
+        return primary, distance.numpy()
+
+    def _rows(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        x = x.to(self._dtype)
+        a = torch.addmm(self._b_in, x, self._w_in)
+        z = self._mlp_rest(a[:, : self.n_hidden])
+        features = self._hidden(z)
+        if a.shape[1] > self.n_hidden:  # the linear path's rank-r features
+            features = torch.cat([features, a[:, self.n_hidden :]], dim=1)
+        if self._dtype == torch.float32:
+            torch.addmm(self._b_out, features, self._w_out, out=out)
+        else:
+            out.copy_(torch.addmm(self._b_out, features, self._w_out))
+        if self.method == "prior":
+            return torch.linalg.vector_norm(z.float(), dim=1).double() / self._scale
+        h = self._enc_rest(torch.addmm(self._b_enc, features, self._w_enc))
+        if self.method == "posterior_var":
+            return self._to_log_var(h).float().exp().mean(dim=1).double()
+        mean2 = self._to_mean(h)
+        return torch.linalg.vector_norm((mean2 - z).float(), dim=1).double() / self._scale
+
+
 def confidence_from_distance(d: np.ndarray) -> np.ndarray:
     """exp(-d) as float32: 1 = fully consistent, towards 0 = untrustworthy."""
     return np.exp(-np.asarray(d, dtype=np.float64)).astype(np.float32)
@@ -113,9 +253,13 @@ def confidence_from_distance(d: np.ndarray) -> np.ndarray:
 __all__ = [
     "DEFAULT_METHOD",
     "DEFINITION",
+    "FUSED_ROWS",
     "METHODS",
+    "PRECISIONS",
+    "FusedTransfer",
     "LatentStats",
     "TransferOutput",
+    "bf16_supported",
     "confidence_from_distance",
     "transfer_with_distances",
 ]
