@@ -134,7 +134,7 @@ class FusedTransfer:
 
     Why: the transfer's arithmetic beyond the networks (float64 scaling of both systems, the
     encoder re-reading a 4062-pixel spectrum for the confidence) cost as much as the networks.
-    The folds, exact in real arithmetic and done once in float64:
+    The folds, exact in real arithmetic and done once:
 
     - the latent MLP's first layer and the linear path's down projection read the scaled
       secondary spectrum together (one matrix product);
@@ -180,31 +180,41 @@ class FusedTransfer:
         self._dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self._sec_mean = preprocessor.secondary.mean.astype(np.float32)
         self._sec_scale = preprocessor.secondary.scale.astype(np.float32)
-        # input: [MLP first layer; path down] on the scaled secondary
-        w_in, b_in = _f64(first.weight), _f64(first.bias)
-        if path is not None:
-            w_in = torch.cat([w_in, _f64(path.down.weight)])
-            b_in = torch.cat([b_in, torch.zeros(path.rank, dtype=torch.float64)])
-        # output: scaled = W_last @ [hidden; path features] + b_last
-        w_last, b_last = _f64(last.weight), _f64(last.bias)
-        if path is not None:
-            w_last = torch.cat([w_last, _f64(path.up.weight)], dim=1)
-        p_mean = torch.from_numpy(preprocessor.primary.mean).to(torch.float64)
-        p_scale = torch.from_numpy(preprocessor.primary.scale).to(torch.float64)
-        w_out, b_out = w_last * p_scale[:, None], b_last * p_scale + p_mean
-        enc = vae.encoder[0]
-        w_enc = _f64(enc.weight) @ w_last
-        b_enc = _f64(enc.weight) @ b_last + _f64(enc.bias)
+        # Folded in float32 (each weight one product or one scaling, rounded once), the
+        # biases in float64: a float64 fold took 0.55 s for the small map's package, a fixed
+        # cost as large as transferring 1,500 spectra. Weights are kept (out, in) and used
+        # transposed (addmm(bias, x, w.T) = x @ w.T + bias), without a transposed copy.
+        with torch.no_grad():
+            # input: [MLP first layer; path down] on the scaled secondary
+            w_in, b_in = first.weight.detach(), first.bias.detach()
+            if path is not None:
+                w_in = torch.cat([w_in, path.down.weight.detach()])
+                b_in = torch.cat([b_in, b_in.new_zeros(path.rank)])
+            # output: scaled = W_last @ [hidden; path features] + b_last
+            w_last, b_last = last.weight.detach(), _f64(last.bias)
+            if path is not None:
+                w_last = torch.cat([w_last, path.up.weight.detach()], dim=1)
+            p_mean = torch.from_numpy(preprocessor.primary.mean).to(torch.float64)
+            p_scale = torch.from_numpy(preprocessor.primary.scale).to(torch.float64)
+            w_out = w_last * p_scale.float()[:, None]
+            b_out = b_last * p_scale + p_mean
+            enc = vae.encoder[0]
+            w_enc = enc.weight.detach() @ w_last
+            b_enc = _f64(enc.weight @ last.bias.detach()) + _f64(enc.bias)
         cast = self._dtype
-        # weights stored transposed (k, n): addmm(bias, x, w) = x @ w + bias
-        self._w_in, self._b_in = w_in.T.contiguous().to(cast), b_in.to(cast)
-        self._w_out, self._b_out = w_out.T.contiguous().to(cast), b_out.to(cast)
-        self._w_enc, self._b_enc = w_enc.T.contiguous().to(cast), b_enc.to(cast)
-        self._mlp_rest = copy.deepcopy(mlp.net[1:]).to(cast).eval()
-        self._hidden = copy.deepcopy(net[:-1]).to(cast).eval()
-        self._enc_rest = copy.deepcopy(vae.encoder[1:]).to(cast).eval()
-        self._to_mean = copy.deepcopy(vae.to_mean).to(cast).eval()
-        self._to_log_var = copy.deepcopy(vae.to_log_var).to(cast).eval()
+        self._w_in, self._b_in = w_in.to(cast), b_in.to(cast)
+        self._w_out, self._b_out = w_out.to(cast), b_out.to(cast)
+        self._w_enc, self._b_enc = w_enc.to(cast), b_enc.to(cast)
+
+        def layers(module: nn.Module) -> nn.Module:
+            """The package's own layers in fp32 (shared, no copy), a bf16 copy otherwise."""
+            return module if cast == torch.float32 else copy.deepcopy(module).to(cast).eval()
+
+        self._mlp_rest = layers(mlp.net[1:])
+        self._hidden = layers(net[:-1])
+        self._enc_rest = layers(vae.encoder[1:])
+        self._to_mean = layers(vae.to_mean)
+        self._to_log_var = layers(vae.to_log_var)
         self._scale = math.sqrt(vae.latent)
 
     @torch.inference_mode()
@@ -227,18 +237,18 @@ class FusedTransfer:
 
     def _rows(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         x = x.to(self._dtype)
-        a = torch.addmm(self._b_in, x, self._w_in)
+        a = torch.addmm(self._b_in, x, self._w_in.T)
         z = self._mlp_rest(a[:, : self.n_hidden])
         features = self._hidden(z)
         if a.shape[1] > self.n_hidden:  # the linear path's rank-r features
             features = torch.cat([features, a[:, self.n_hidden :]], dim=1)
         if self._dtype == torch.float32:
-            torch.addmm(self._b_out, features, self._w_out, out=out)
+            torch.addmm(self._b_out, features, self._w_out.T, out=out)
         else:
-            out.copy_(torch.addmm(self._b_out, features, self._w_out))
+            out.copy_(torch.addmm(self._b_out, features, self._w_out.T))
         if self.method == "prior":
             return torch.linalg.vector_norm(z.float(), dim=1).double() / self._scale
-        h = self._enc_rest(torch.addmm(self._b_enc, features, self._w_enc))
+        h = self._enc_rest(torch.addmm(self._b_enc, features, self._w_enc.T))
         if self.method == "posterior_var":
             return self._to_log_var(h).float().exp().mean(dim=1).double()
         mean2 = self._to_mean(h)

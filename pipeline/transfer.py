@@ -23,6 +23,7 @@ than a raster line is fine (the line is transferred in pieces and written whole)
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -78,8 +79,14 @@ def transfer_map(
     compression: str | None = None,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
+    timings: dict[str, float] | None = None,
 ) -> Path:
-    """Transfer every valid secondary spectrum of a map; write the output map; return its path."""
+    """Transfer every valid secondary spectrum of a map; write the output map; return its path.
+
+    timings: when given, filled with the seconds spent in each step ("read", "transfer",
+    "write", each on its own thread, so they overlap; and "total"), for the benchmark."""
+    t0 = time.perf_counter()
+    steps: dict[str, float] = {"read": 0.0, "transfer": 0.0, "write": 0.0}
     if isinstance(block_spots, bool) or int(block_spots) < 1:
         raise ValueError(f"block_spots must be >= 1, got {block_spots}")
     block_spots = int(block_spots)
@@ -117,13 +124,15 @@ def transfer_map(
         try:
             with writer:
                 _run_pipeline(source, writer, transfer, runs, block_spots, confidence,
-                              (reader.x_um, reader.y_um), progress, total)
+                              (reader.x_um, reader.y_um), progress, total, steps)
                 if not done.all():
                     writer.close(L.STATUS_INTERRUPTED,
                                  f"input map {src} has {int(done.sum())} of {ny} lines done")
         finally:
             source.close()
     _write_confidence(out, confidence, transfer, src)
+    if timings is not None:
+        timings.update(steps, total=time.perf_counter() - t0)
     return out
 
 
@@ -189,7 +198,7 @@ def _runs(rows: np.ndarray, max_lines: int) -> list[tuple[int, int]]:
 def _run_pipeline(source: _GroupReader, writer: MapWriter, transfer: BlockTransfer,
                   runs: list[tuple[int, int]], block_spots: int, confidence: np.ndarray,
                   axes: tuple[np.ndarray, np.ndarray], progress: ProgressCallback | None,
-                  total: int) -> None:
+                  total: int, steps: dict[str, float]) -> None:
     """Read group k+1 and write group k-1 on their own threads while group k is transferred.
 
     Bounded: at most one group read ahead and one being written, so about three groups of
@@ -199,20 +208,32 @@ def _run_pipeline(source: _GroupReader, writer: MapWriter, transfer: BlockTransf
     partial: what it buys was measured by benchmarks/bench_transfer.py."""
     nx = confidence.shape[1]
 
-    def write(group: _Group, primary: np.ndarray) -> None:
+    def timed(step: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                steps[step] += time.perf_counter() - t
+        return run
+
+    def write_group(group: _Group, primary: np.ndarray) -> None:
         for k in range(group.n_lines):
             writer.append_line(_output_line(group, k, primary[k], axes))
+
+    read, write = timed("read", source.read), timed("write", write_group)
+    compute = timed("transfer", _transfer_group)
 
     n_done = 0
     with (ThreadPoolExecutor(1, thread_name_prefix="plumelink-transfer-read") as reads,
           ThreadPoolExecutor(1, thread_name_prefix="plumelink-transfer-write") as writes):
-        ahead: Future[_Group] | None = reads.submit(source.read, *runs[0]) if runs else None
+        ahead: Future[_Group] | None = reads.submit(read, *runs[0]) if runs else None
         writing: tuple[Future[None], int] | None = None
         for k in range(len(runs)):
             assert ahead is not None
             group = ahead.result()
-            ahead = reads.submit(source.read, *runs[k + 1]) if k + 1 < len(runs) else None
-            primary, conf = _transfer_group(group, transfer, block_spots)
+            ahead = reads.submit(read, *runs[k + 1]) if k + 1 < len(runs) else None
+            primary, conf = compute(group, transfer, block_spots)
             confidence[group.start : group.start + group.n_lines] = conf
             if writing is not None:
                 n_done = _written(writing, n_done, total, progress)
