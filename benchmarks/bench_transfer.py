@@ -31,7 +31,7 @@ does not depend on how well the networks are trained).
 
     python benchmarks/bench_transfer.py MAP.h5 (--model DIR | --train-folder DIR)
                                         [--block-spots 4096] [--sample 20000] [--threads N]
-                                        [--precision fp32|bf16] [--json FILE]
+                                        [--precision fp32|bf16] [--repeats 3] [--json FILE]
 """
 
 from __future__ import annotations
@@ -193,18 +193,40 @@ def in_memory_rates(model: str | Path, spectra: np.ndarray, block_spots: int = 4
 
 def run(input_map: str | Path, model: str | Path, *, block_spots: int = 4096,
         sample: int = 20_000, threads: int | None = None, workdir: str | Path | None = None,
-        precision: str = "fp32") -> dict[str, Any]:
-    """Every measurement of the module doc; the output map is written in a temporary folder."""
+        precision: str = "fp32", repeats: int = 1) -> dict[str, Any]:
+    """Every measurement of the module doc; the output map is written in a temporary folder.
+
+    repeats > 1: the whole-map transfer and the in-memory references take turns `repeats`
+    times and the best rate of each is kept, so that on a machine shared with other work a
+    busy moment does not fall on one side of a ratio only (the peak RSS is the largest)."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        transfer = transfer_in_child(model, input_map, Path(tmp) / "transferred.h5",
-                                     block_spots, threads, precision)
-    reading = read_rate(input_map, block_spots)
     spectra = sample_secondary(input_map, sample, block_spots)
-    rates = in_memory_rates(model, spectra, block_spots)
+    transfer: dict[str, Any] | None = None
+    best: dict[str, Any] = {}
+    reading: dict[str, Any] | None = None
+    peak = 0.0
+    for _ in range(max(1, repeats)):
+        with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+            r = transfer_in_child(model, input_map, Path(tmp) / "transferred.h5",
+                                  block_spots, threads, precision)
+        peak = max(peak, r["peak_rss_gb"])
+        if transfer is None or r["spectra_per_s"] > transfer["spectra_per_s"]:
+            transfer = r
+        rr = read_rate(input_map, block_spots)
+        if reading is None or rr["spectra_per_s"] > reading["spectra_per_s"]:
+            reading = rr
+        for key, value in in_memory_rates(model, spectra, block_spots, repeats=2).items():
+            if value is not None and (best.get(key) is None or key.endswith("error")
+                                      or value > best[key]):
+                best[key] = value
+            best.setdefault(key, value)
+    assert transfer is not None and reading is not None
+    transfer["peak_rss_gb"] = peak
+    transfer["repeats"] = max(1, repeats)
+    rates = best
     rate = transfer["spectra_per_s"]
     steps = [k for k, v in rates.items() if k != "bf16_max_relative_error" and v is not None]
     reference = {f"{k}_spectra_per_s": rates[k] for k in steps}
@@ -262,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="arithmetic of the whole-map transfer (1)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where the output map is written (a temporary folder in it)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="whole-map transfer and references take turns this many times; "
+                        "the best of each is kept (default 3)")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -270,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
             model = quick_model(args.train_folder, Path(tmp) / "model", args.train_batches,
                                 args.threads)
         r = run(args.map, model, block_spots=args.block_spots, sample=args.sample,
-                threads=args.threads, workdir=args.workdir, precision=args.precision)
+                threads=args.threads, workdir=args.workdir, precision=args.precision,
+                repeats=args.repeats)
     print(format_result(r))
     text = json.dumps(r, indent=1, default=float)
     if args.json is not None:

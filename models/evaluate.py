@@ -229,7 +229,18 @@ class PackageTransfer:
         return self._fused
 
     def __call__(self, secondary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        primary, distance = self.fused()(secondary)
+        return self.finish(self.prepare(secondary))
+
+    def prepare(self, secondary: np.ndarray) -> tuple[C.FusedTransfer, Any]:
+        """The preprocessing of raw secondary counts (`StagedTransfer`: run on the reading
+        thread of `transfer_map`, while the networks transfer the previous group)."""
+        fused = self.fused()
+        return fused, fused.prepare(secondary)
+
+    def finish(self, prepared: tuple[C.FusedTransfer, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The networks and the confidence on what `prepare` gave."""
+        fused, inputs = prepared
+        primary, distance = fused.run(inputs)
         return primary, C.confidence_from_distance(distance)
 
     def line_transfer(self) -> LineTransfer:

@@ -42,13 +42,14 @@ benchmarks/bench_transfer.py). A group's valid spectra go to the model block_spo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import h5py
 import numpy as np
@@ -94,6 +95,19 @@ class BlockTransfer(Protocol):
         confidence (n,))."""
 
 
+@runtime_checkable
+class StagedTransfer(BlockTransfer, Protocol):
+    """A BlockTransfer in two steps, so that the preprocessing of a group runs on the reading
+    thread while the networks transfer the previous group: ``transfer(x)`` must equal
+    ``transfer.finish(transfer.prepare(x))``."""
+
+    def prepare(self, secondary: np.ndarray) -> Any:
+        """Raw secondary counts (n, n_secondary_px) -> the model's prepared inputs."""
+
+    def finish(self, prepared: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Prepared inputs -> (primary (n, n_primary_px) float32, confidence (n,))."""
+
+
 def transfer_map(
     input_path: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
@@ -107,8 +121,9 @@ def transfer_map(
 ) -> Path:
     """Transfer every valid secondary spectrum of a map; write the output map; return its path.
 
-    timings: when given, filled with the seconds spent in each step ("read", "transfer",
-    "write", each on its own thread, so they overlap; and "total"), for the benchmark."""
+    timings: when given, filled with the seconds spent in each step ("read" and "prepare" on
+    the reading thread, "transfer" on this one, "write" on the writing thread, so they
+    overlap; and "total"), for the benchmark."""
     t0 = time.perf_counter()
     steps: dict[str, float] = {"read": 0.0, "transfer": 0.0, "write": 0.0}
     if isinstance(block_spots, bool) or int(block_spots) < 1:
@@ -168,6 +183,7 @@ class _Group:
     start: int
     spectra: np.ndarray  # (n_lines, nx, n_secondary_px) as stored
     fields: dict[str, np.ndarray]  # name -> (n_lines, nx, ...)
+    prepared: list[Any] | None = None  # StagedTransfer.prepare of each block of valid spots
 
     @property
     def n_lines(self) -> int:
@@ -245,8 +261,15 @@ def _run_pipeline(source: _GroupReader, writer: MapWriter, transfer: BlockTransf
         for k in range(group.n_lines):
             writer.append_line(_output_line(group, k, primary[k], axes))
 
-    read, write = timed("read", source.read), timed("write", write_group)
+    def read_group(start: int, stop: int) -> _Group:
+        group = timed("read", source.read)(start, stop)
+        if not isinstance(transfer, StagedTransfer):
+            return group
+        return timed("prepare", _prepare_group)(group, transfer, block_spots)
+
+    read, write = read_group, timed("write", write_group)
     compute = timed("transfer", _transfer_group)
+    steps.setdefault("prepare", 0.0)
 
     n_done = 0
     with (ThreadPoolExecutor(1, thread_name_prefix="plumelink-transfer-read") as reads,
@@ -286,12 +309,27 @@ def _transfer_group(group: _Group, transfer: BlockTransfer,
     spectra = group.spectra.reshape(-1, n_px)
     primary = np.zeros((valid.size, n_primary_px), np.float32)
     confidence = np.full(valid.size, np.nan, np.float32)
-    for i in range(0, where.size, block_spots):
+    for k, i in enumerate(range(0, where.size, block_spots)):
         rows = where[i : i + block_spots]
-        p, c = transfer(spectra[rows].astype(np.float32, copy=False))
+        if group.prepared is not None:
+            assert isinstance(transfer, StagedTransfer)
+            p, c = transfer.finish(group.prepared[k])
+        else:
+            p, c = transfer(spectra[rows].astype(np.float32, copy=False))
         primary[rows] = p
         confidence[rows] = c
     return primary.reshape(n_lines, nx, n_primary_px), confidence.reshape(n_lines, nx)
+
+
+def _prepare_group(group: _Group, transfer: StagedTransfer, block_spots: int) -> _Group:
+    """The group with its valid spectra prepared, block by block as `_transfer_group` uses
+    them (on the reading thread)."""
+    spectra = group.spectra.reshape(-1, group.spectra.shape[2])
+    where = np.flatnonzero(group.fields["valid"].reshape(-1).astype(bool))
+    prepared = [transfer.prepare(spectra[where[i : i + block_spots]].astype(np.float32,
+                                                                             copy=False))
+                for i in range(0, where.size, block_spots)]
+    return dataclasses.replace(group, prepared=prepared)
 
 
 def _output_line(group: _Group, k: int, primary: np.ndarray,
@@ -333,4 +371,5 @@ def read_confidence(path: str | os.PathLike[str]) -> np.ndarray | None:
         return None if data is None else data[()]
 
 
-__all__ = ["SETTINGS_KEY", "TRANSFER_GROUP", "BlockTransfer", "read_confidence", "transfer_map"]
+__all__ = ["GROUP_SPOTS", "SETTINGS_KEY", "TRANSFER_GROUP", "BlockTransfer", "StagedTransfer",
+           "read_confidence", "transfer_map"]
