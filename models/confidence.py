@@ -180,8 +180,6 @@ class FusedTransfer:
         self.latent = vae.latent
         self.n_px = last.out_features
         self._dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        self._sec_mean = preprocessor.secondary.mean.astype(np.float32)
-        self._sec_scale = preprocessor.secondary.scale.astype(np.float32)
         # Folded in float32 (each weight one product or one scaling, rounded once), the
         # biases in float64: a float64 fold took 0.55 s for the small map's package, a fixed
         # cost as large as transferring 1,500 spectra. Weights are kept (out, in) and used
@@ -230,10 +228,7 @@ class FusedTransfer:
         Apart from `run` so that a caller can prepare the next block on another thread
         while the networks run (`pipeline.transfer` does: the baseline correction is the
         only step torch does not spread over the cores)."""
-        x = self.preprocessor.correct(raw)
-        x -= self._sec_mean
-        x /= self._sec_scale
-        return torch.from_numpy(x)
+        return scaled_inputs(self.preprocessor, raw)
 
     @torch.inference_mode()
     def run(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -267,6 +262,16 @@ class FusedTransfer:
         return torch.linalg.vector_norm((mean2 - z).float(), dim=1).double() / self._scale
 
 
+def scaled_inputs(preprocessor: Preprocessor, raw: np.ndarray) -> torch.Tensor:
+    """Raw secondary counts -> baseline-corrected inputs scaled in float32, as
+    `FusedTransfer.run` takes them (no kernel needed: a caller can prepare the first block
+    while the kernel's folds are still being computed)."""
+    x = preprocessor.correct(raw)
+    x -= preprocessor.secondary.mean.astype(np.float32)
+    x /= preprocessor.secondary.scale.astype(np.float32)
+    return torch.from_numpy(x)
+
+
 def confidence_from_distance(d: np.ndarray) -> np.ndarray:
     """exp(-d) as float32: 1 = fully consistent, towards 0 = untrustworthy."""
     return np.exp(-np.asarray(d, dtype=np.float64)).astype(np.float32)
@@ -283,5 +288,6 @@ __all__ = [
     "TransferOutput",
     "bf16_supported",
     "confidence_from_distance",
+    "scaled_inputs",
     "transfer_with_distances",
 ]

@@ -231,16 +231,20 @@ class PackageTransfer:
     def __call__(self, secondary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.finish(self.prepare(secondary))
 
-    def prepare(self, secondary: np.ndarray) -> tuple[C.FusedTransfer, Any]:
+    def prepare(self, secondary: np.ndarray) -> tuple[Preprocessor, Any]:
         """The preprocessing of raw secondary counts (`StagedTransfer`: run on the reading
-        thread of `transfer_map`, while the networks transfer the previous group)."""
-        fused = self.fused()
-        return fused, fused.prepare(secondary)
+        thread of `transfer_map`, while the networks transfer the previous group). It needs
+        no kernel, so the first group is prepared while `finish` builds the folds."""
+        pre = self.preprocessor
+        return pre, C.scaled_inputs(pre, secondary)
 
-    def finish(self, prepared: tuple[C.FusedTransfer, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def finish(self, prepared: tuple[Preprocessor, Any]) -> tuple[np.ndarray, np.ndarray]:
         """The networks and the confidence on what `prepare` gave."""
-        fused, inputs = prepared
-        primary, distance = fused.run(inputs)
+        pre, inputs = prepared
+        if pre is not self.preprocessor:
+            raise ValueError("the inputs were prepared with another preprocessor (fit_map "
+                             "between prepare and finish?)")
+        primary, distance = self.fused().run(inputs)
         return primary, C.confidence_from_distance(distance)
 
     def line_transfer(self) -> LineTransfer:
