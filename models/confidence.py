@@ -24,12 +24,16 @@ So a good confidence has a NEGATIVE rank correlation with the transfer error.
 
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from plumelink.models.networks import VAE, ComposedTransfer, LatentMLP, SystemDecoder
+from plumelink.pipeline.preprocess import Preprocessor
 
 METHODS = ("consistency", "prior", "posterior_var", "mahalanobis")
 DEFAULT_METHOD = "consistency"
@@ -105,6 +109,169 @@ def transfer_with_distances(
     )
 
 
+PRECISIONS = ("fp32", "bf16")
+FUSED_ROWS = 4096
+"""Spectra per matrix product of `FusedTransfer`. Smaller steps (256, 1024 rows: activations
+in cache) measured no faster with one torch thread and up to 1.5 x slower with two on the
+shared 2-core machine (more parallel regions to start)."""
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX) that torch uses."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to(torch.float64)
+
+
+class FusedTransfer:
+    """The vae_mlp transfer of raw secondary counts and one confidence distance, in one pass
+    over small groups of spectra, with its linear steps folded (the whole-map transfer's
+    kernel; `transfer_with_distances` stays the reference that computes every candidate).
+
+    Why: the transfer's arithmetic beyond the networks (float64 scaling of both systems, the
+    encoder re-reading a 4062-pixel spectrum for the confidence) cost as much as the networks.
+    The folds, exact in real arithmetic and done once:
+
+    - the latent MLP's first layer and the linear path's down projection read the scaled
+      secondary spectrum together (one matrix product);
+    - the decoder's output layer, the linear path's up projection and the primary scaler's
+      inverse are one layer that writes unscaled primary spectra straight into the result;
+    - the VAE encoder's first layer applied to the decoded (scaled) spectrum is linear in the
+      decoder's last hidden layer (and the path's rank-r features), so "consistency" and
+      "posterior_var" re-encode from those 1,024 + r features instead of 4,062 pixels.
+
+    The secondary scaling is done in float32 (the scaler's float64 in `Preprocessor`).
+    Against `TransferModels.transfer` the spectra differ by float32 rounding (measured
+    2.4e-7 of the largest value on the small test map's package, the confidence by 1.2e-7;
+    tests/models/test_fused_transfer.py bounds both at 1e-5). `prepare` (numpy: baseline,
+    scaling) and `run` (torch) are apart so that a caller can overlap them.
+
+    precision "bf16": every matrix product in bfloat16 (weights and activations; the folds
+    are done in float32 first), results and distances in float32. Needs a CPU with bf16
+    instructions (`bf16_supported`). Measured on the small test map: max |bf16 - fp32| /
+    max |fp32| = 3.0e-3, confidence within 1.9e-3 (tests bound both at 1e-2).
+    """
+
+    def __init__(self, mlp: LatentMLP, vae: VAE, decoder: SystemDecoder | None,
+                 preprocessor: Preprocessor, method: str = DEFAULT_METHOD, *,
+                 precision: str = "fp32", rows: int = FUSED_ROWS) -> None:
+        if method not in METHODS or method == "mahalanobis":
+            raise ValueError(f"FusedTransfer computes {[m for m in METHODS if m != 'mahalanobis']}"
+                             f", not {method!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision == "bf16" and not bf16_supported():
+            raise ValueError("precision bf16 needs a CPU with bfloat16 instructions (AVX512-BF16 "
+                             "or AMX); this one has neither: use fp32")
+        composed = ComposedTransfer(mlp, vae, decoder)
+        net = decoder.net if decoder is not None else vae.decoder
+        path = composed.path
+        first, last = mlp.net[0], net[-1]
+        if not (isinstance(first, nn.Linear) and isinstance(last, nn.Linear)
+                and isinstance(vae.encoder[0], nn.Linear)):
+            raise TypeError("FusedTransfer needs linear first and last layers")
+        self.method, self.precision, self.rows = method, precision, int(rows)
+        self.preprocessor = preprocessor
+        self.n_hidden = first.out_features
+        self.latent = vae.latent
+        self.n_px = last.out_features
+        self._dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        # Folded in float32 (each weight one product or one scaling, rounded once), the
+        # biases in float64: a float64 fold took 0.55 s for the small map's package, a fixed
+        # cost as large as transferring 1,500 spectra. Weights are kept (out, in) and used
+        # transposed (addmm(bias, x, w.T) = x @ w.T + bias), without a transposed copy.
+        with torch.no_grad():
+            # input: [MLP first layer; path down] on the scaled secondary
+            w_in, b_in = first.weight.detach(), first.bias.detach()
+            if path is not None:
+                w_in = torch.cat([w_in, path.down.weight.detach()])
+                b_in = torch.cat([b_in, b_in.new_zeros(path.rank)])
+            # output: scaled = W_last @ [hidden; path features] + b_last
+            w_last, b_last = last.weight.detach(), _f64(last.bias)
+            if path is not None:
+                w_last = torch.cat([w_last, path.up.weight.detach()], dim=1)
+            p_mean = torch.from_numpy(preprocessor.primary.mean).to(torch.float64)
+            p_scale = torch.from_numpy(preprocessor.primary.scale).to(torch.float64)
+            w_out = w_last * p_scale.float()[:, None]
+            b_out = b_last * p_scale + p_mean
+            enc = vae.encoder[0]
+            w_enc = enc.weight.detach() @ w_last
+            b_enc = _f64(enc.weight @ last.bias.detach()) + _f64(enc.bias)
+        cast = self._dtype
+        self._w_in, self._b_in = w_in.to(cast), b_in.to(cast)
+        self._w_out, self._b_out = w_out.to(cast), b_out.to(cast)
+        self._w_enc, self._b_enc = w_enc.to(cast), b_enc.to(cast)
+
+        def layers(module: nn.Module) -> nn.Module:
+            """The package's own layers in fp32 (shared, no copy), a bf16 copy otherwise."""
+            return module if cast == torch.float32 else copy.deepcopy(module).to(cast).eval()
+
+        self._mlp_rest = layers(mlp.net[1:])
+        self._hidden = layers(net[:-1])
+        self._enc_rest = layers(vae.encoder[1:])
+        self._to_mean = layers(vae.to_mean)
+        self._to_log_var = layers(vae.to_log_var)
+        self._scale = math.sqrt(vae.latent)
+
+    def __call__(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw secondary counts (n, n_secondary_px) -> (unscaled, baseline-corrected primary
+        spectra (n, n_px) float32, distance d of the method (n,) float64)."""
+        return self.run(self.prepare(raw))
+
+    def prepare(self, raw: np.ndarray) -> torch.Tensor:
+        """The numpy part: baseline-corrected, scaled network inputs (n, n_secondary_px).
+
+        Apart from `run` so that a caller can prepare the next block on another thread
+        while the networks run (`pipeline.transfer` does: the baseline correction is the
+        only step torch does not spread over the cores)."""
+        return scaled_inputs(self.preprocessor, raw)
+
+    @torch.inference_mode()
+    def run(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """The torch part, on prepared inputs: (primary spectra, distances) as `__call__`."""
+        n = len(inputs)
+        primary = np.empty((n, self.n_px), np.float32)
+        distance = torch.empty(n, dtype=torch.float64)
+        result = torch.from_numpy(primary)
+        for start in range(0, n, self.rows):
+            rows = slice(start, min(n, start + self.rows))
+            distance[rows] = self._rows(inputs[rows], result[rows])
+        return primary, distance.numpy()
+
+    def _rows(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        x = x.to(self._dtype)
+        a = torch.addmm(self._b_in, x, self._w_in.T)
+        z = self._mlp_rest(a[:, : self.n_hidden])
+        features = self._hidden(z)
+        if a.shape[1] > self.n_hidden:  # the linear path's rank-r features
+            features = torch.cat([features, a[:, self.n_hidden :]], dim=1)
+        if self._dtype == torch.float32:
+            torch.addmm(self._b_out, features, self._w_out.T, out=out)
+        else:
+            out.copy_(torch.addmm(self._b_out, features, self._w_out.T))
+        if self.method == "prior":
+            return torch.linalg.vector_norm(z.float(), dim=1).double() / self._scale
+        h = self._enc_rest(torch.addmm(self._b_enc, features, self._w_enc.T))
+        if self.method == "posterior_var":
+            return self._to_log_var(h).float().exp().mean(dim=1).double()
+        mean2 = self._to_mean(h)
+        return torch.linalg.vector_norm((mean2 - z).float(), dim=1).double() / self._scale
+
+
+def scaled_inputs(preprocessor: Preprocessor, raw: np.ndarray) -> torch.Tensor:
+    """Raw secondary counts -> baseline-corrected inputs scaled in float32, as
+    `FusedTransfer.run` takes them (no kernel needed: a caller can prepare the first block
+    while the kernel's folds are still being computed)."""
+    x = preprocessor.correct(raw)
+    x -= preprocessor.secondary.mean.astype(np.float32)
+    x /= preprocessor.secondary.scale.astype(np.float32)
+    return torch.from_numpy(x)
+
+
 def confidence_from_distance(d: np.ndarray) -> np.ndarray:
     """exp(-d) as float32: 1 = fully consistent, towards 0 = untrustworthy."""
     return np.exp(-np.asarray(d, dtype=np.float64)).astype(np.float32)
@@ -113,9 +280,14 @@ def confidence_from_distance(d: np.ndarray) -> np.ndarray:
 __all__ = [
     "DEFAULT_METHOD",
     "DEFINITION",
+    "FUSED_ROWS",
     "METHODS",
+    "PRECISIONS",
+    "FusedTransfer",
     "LatentStats",
     "TransferOutput",
+    "bf16_supported",
     "confidence_from_distance",
+    "scaled_inputs",
     "transfer_with_distances",
 ]

@@ -174,20 +174,30 @@ class PackageTransfer:
     """A model package as the `BlockTransfer` of `plumelink.pipeline.transfer.transfer_map`.
 
     Input: raw secondary counts; output: vae_mlp transferred primary spectra (unscaled,
-    baseline-corrected) and the confidence of `plumelink.models.confidence`.
+    baseline-corrected) and the confidence of `plumelink.models.confidence`, computed by its
+    `FusedTransfer` (folded layers, small groups of spectra; float32 rounding away from
+    `TransferModels.transfer`, the reference). precision "bf16": the matrix products in
+    bfloat16, on a CPU with bf16 instructions only (ValueError elsewhere).
     """
 
     def __init__(self, package: ModelPackage, system: str | None = None,
-                 method: str = C.DEFAULT_METHOD):
+                 method: str = C.DEFAULT_METHOD, precision: str = "fp32"):
         if method not in C.METHODS or method == "mahalanobis":
             raise ValueError(f"confidence method for transfer must be one of "
                              f"{[m for m in C.METHODS if m != 'mahalanobis']}, got {method!r}")
+        if precision not in C.PRECISIONS:
+            raise ValueError(f"precision must be one of {C.PRECISIONS}, got {precision!r}")
+        if precision == "bf16" and not C.bf16_supported():
+            raise ValueError("--precision bf16 needs a CPU with bfloat16 instructions "
+                             "(AVX512-BF16 or AMX); this one has neither: use fp32")
         self.models = TransferModels.from_package(package, system)
         self.package = package
         self.primary_wavelength_nm = package.primary_wavelength_nm
         self.needs_map_statistics = self.models.per_map
         self.confidence_method = method
         self.confidence_definition = C.DEFINITION.replace(C.DEFAULT_METHOD, method)
+        self.precision = precision
+        self._fused: C.FusedTransfer | None = None
 
     @property
     def preprocessor(self) -> Preprocessor:
@@ -206,12 +216,38 @@ class PackageTransfer:
         ident["system"] = self.models.system
         ident["model"] = "vae_mlp"
         ident["output"] = "baseline-corrected primary counts (unscaled)"
+        ident["precision"] = self.precision
         ident["preprocessing"] = self.preprocessor.to_dict()
         return ident
 
+    def fused(self) -> C.FusedTransfer:
+        """The folded kernel for the current preprocessor (rebuilt after a per-map fit)."""
+        if self._fused is None or self._fused.preprocessor is not self.preprocessor:
+            system = self.models.system
+            self._fused = C.FusedTransfer(
+                self.package.latent_mlps[system], self.package.vae,
+                self.package.decoders.get(system), self.preprocessor, self.confidence_method,
+                precision=self.precision)
+        return self._fused
+
     def __call__(self, secondary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        primary, out = self.models.transfer(self.preprocessor.correct(secondary))
-        return primary, C.confidence_from_distance(out.distances[self.confidence_method])
+        return self.finish(self.prepare(secondary))
+
+    def prepare(self, secondary: np.ndarray) -> tuple[Preprocessor, Any]:
+        """The preprocessing of raw secondary counts (`StagedTransfer`: run on the reading
+        thread of `transfer_map`, while the networks transfer the previous group). It needs
+        no kernel, so the first group is prepared while `finish` builds the folds."""
+        pre = self.preprocessor
+        return pre, C.scaled_inputs(pre, secondary)
+
+    def finish(self, prepared: tuple[Preprocessor, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The networks and the confidence on what `prepare` gave."""
+        pre, inputs = prepared
+        if pre is not self.preprocessor:
+            raise ValueError("the inputs were prepared with another preprocessor (fit_map "
+                             "between prepare and finish?)")
+        primary, distance = self.fused().run(inputs)
+        return primary, C.confidence_from_distance(distance)
 
     def line_transfer(self) -> LineTransfer:
         """This model raster line by raster line, for one map (the live view's transfer)."""

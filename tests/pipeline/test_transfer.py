@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -146,3 +150,34 @@ def test_existing_output_is_refused_unless_overwrite(transferred, package, holey
         transfer_map(holey_map, out, PackageTransfer(package))
     with pytest.raises(ValueError, match="is the input map"):
         transfer_map(holey_map, holey_map, PackageTransfer(package), overwrite=True)
+
+
+def test_stored_spectra_are_the_computed_float32_exactly(transferred, holey_map, package):
+    """The storage choice (float32, no filter) loses nothing of what the transfer computed."""
+    out, _ = transferred
+    with MapReader(out) as r, MapReader(holey_map) as src:
+        got, _ = next(r.iter_blocks("primary"))
+        sec, _ = next(src.iter_blocks("secondary"))
+    computed, _ = PackageTransfer(package)(sec)
+    np.testing.assert_array_equal(got, computed)
+
+
+def test_plain_h5py_without_hdf5plugin_reads_the_transferred_map(transferred):
+    """A colleague's notebook: h5py alone, no plugin imported, in a fresh interpreter."""
+    out, _ = transferred
+    script = (
+        "import sys, h5py, numpy as np\n"
+        "f = h5py.File(sys.argv[1], 'r')\n"
+        "for name in ('map/primary/spectra', 'map/secondary/spectra', "
+        "'map/transfer/confidence'):\n"
+        "    d = f[name]\n"
+        "    assert not d.id.get_create_plist().get_nfilters(), name\n"
+        "    np.save(sys.stdout.buffer, d[()]) if name.endswith('primary/spectra') else d[()]\n"
+        "assert 'hdf5plugin' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
+                          check=False, env={**os.environ, "HDF5_PLUGIN_PATH": "/nonexistent"})
+    assert done.returncode == 0, done.stderr.decode()
+    plain = np.load(io.BytesIO(done.stdout))
+    with h5py.File(out, "r") as f:
+        np.testing.assert_array_equal(plain, f["map/primary/spectra"][()])

@@ -1,0 +1,112 @@
+"""The whole-map transfer's folded kernel (`FusedTransfer`) against the reference
+`transfer_with_distances`, and its opt-in bfloat16 arithmetic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from plumelink.models import confidence as C
+from plumelink.models.evaluate import PackageTransfer
+from plumelink.models.networks import SystemDecoder
+from plumelink.models.package import load_package
+from plumelink.pipeline.map_reader import MapReader
+from plumelink.pipeline.transfer import SETTINGS_KEY, transfer_map
+
+# float32 rounding of the folded layers (measured < 3e-7 of the largest value)
+FP32_SPECTRA = 1e-5
+FP32_CONFIDENCE = 1e-5
+# bfloat16 products (measured 3.0e-3 of the largest value, 1.9e-3 in confidence, on the
+# small test map's quick package; README "Transfer")
+BF16_SPECTRA = 1e-2
+BF16_CONFIDENCE = 1e-2
+
+
+@pytest.fixture(scope="module")
+def package(tiny_model):
+    return load_package(tiny_model[1])
+
+
+@pytest.fixture(scope="module")
+def raw(tiny_model) -> np.ndarray:
+    with MapReader(tiny_model[0]["test"]) as reader:
+        return next(reader.iter_blocks("secondary", 4096))[0]
+
+
+def _reference(package, raw, method, decoder=None):
+    models = PackageTransfer(package).models
+    pre = models.preprocessor
+    out = C.transfer_with_distances(package.latent_mlps[models.system], package.vae,
+                                    models.scale_secondary(pre.correct(raw)), decoder=decoder)
+    return pre.primary_spectra(out.scaled), C.confidence_from_distance(out.distances[method])
+
+
+def _worst(got, expected):
+    return float(np.abs(got - expected).max() / np.abs(expected).max())
+
+
+@pytest.mark.parametrize("method", ["consistency", "prior", "posterior_var"])
+def test_fused_transfer_is_the_reference_to_float32_rounding(package, raw, method):
+    expected, conf = _reference(package, raw, method)
+    got, got_conf = PackageTransfer(package, method=method)(raw)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    assert _worst(got, expected) < FP32_SPECTRA
+    np.testing.assert_allclose(got_conf, conf, atol=FP32_CONFIDENCE)
+
+
+def test_folds_hold_with_a_system_decoder_and_its_linear_path(package, raw):
+    models = PackageTransfer(package).models
+    torch.manual_seed(3)
+    decoder = SystemDecoder.from_vae(package.vae, raw.shape[1], path_rank=4)
+    with torch.no_grad():  # an untrained path adds nothing: give it weight to test the fold
+        decoder.path.up.weight.normal_(0.0, 0.05)
+    expected, conf = _reference(package, raw, "consistency", decoder)
+    fused = C.FusedTransfer(package.latent_mlps[models.system], package.vae, decoder,
+                            models.preprocessor, rows=7)  # rows: several steps per call
+    got, distance = fused(raw)
+    assert _worst(got, expected) < FP32_SPECTRA
+    np.testing.assert_allclose(C.confidence_from_distance(distance), conf,
+                               atol=FP32_CONFIDENCE)
+
+
+def test_fused_transfer_follows_a_per_map_fit(package, raw):
+    transfer = PackageTransfer(package)
+    before = transfer.fused()
+    transfer.fit_map([raw])
+    assert transfer.fused() is not before
+    expected, _ = _reference_with(transfer, raw)
+    assert _worst(transfer(raw)[0], expected) < FP32_SPECTRA
+
+
+def _reference_with(transfer, raw):
+    pred, out = transfer.models.transfer(transfer.preprocessor.correct(raw))
+    return pred, out
+
+
+needs_bf16 = pytest.mark.skipif(not C.bf16_supported(), reason="CPU without bf16 instructions")
+
+
+@needs_bf16
+def test_bf16_is_close_to_fp32_within_the_stated_bound(package, raw):
+    fp32, conf32 = PackageTransfer(package)(raw)
+    bf16, conf16 = PackageTransfer(package, precision="bf16")(raw)
+    assert bf16.dtype == np.float32
+    assert 0 < _worst(bf16, fp32) < BF16_SPECTRA  # > 0: the bf16 path really ran
+    np.testing.assert_allclose(conf16, conf32, atol=BF16_CONFIDENCE)
+
+
+@needs_bf16
+def test_bf16_reaches_the_outputs_recorded_settings(package, tiny_model, tmp_path):
+    out = transfer_map(tiny_model[0]["test"], tmp_path / "bf16.h5",
+                       PackageTransfer(package, precision="bf16"))
+    with MapReader(out) as reader:
+        assert reader.settings[SETTINGS_KEY]["precision"] == "bf16"
+
+
+def test_bf16_on_a_cpu_without_it_is_a_clear_error(package, monkeypatch):
+    monkeypatch.setattr(C, "bf16_supported", lambda: False)
+    with pytest.raises(ValueError, match="bf16 needs a CPU with bfloat16 instructions"):
+        PackageTransfer(package, precision="bf16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        PackageTransfer(package, precision="fp16")
