@@ -29,3 +29,18 @@ def tiny_model(maps: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
                    TrainOptions(epochs=2, threads=1, fine_tune=False, pls_candidates=(8,),
                                 knn_candidates=(3,), hash_inputs=False))
     return maps, model
+
+
+@pytest.fixture(scope="session")
+def tiny_gui_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], Path]:
+    """Tiny simulated maps and a 1-epoch package (no baselines, no fine-tuning): what the GUI
+    and line-transfer tests load, built once per session."""
+    base = tmp_path_factory.getbasetemp() / "gui_tiny_model"
+    maps = {name: base / "maps" / f"{name}.h5" for name in ("train", "val", "test")}
+    model = base / "model"
+    if not (model / "manifest.json").exists():
+        simulate_dataset("tiny", base / "maps", seed=0, truth=True)
+        train_transfer(maps["train"], maps["val"], model,
+                       TrainOptions(epochs=1, threads=1, fine_tune=False, baselines=False,
+                                    hash_inputs=False))
+    return maps, model

@@ -1,5 +1,5 @@
-"""Fixtures of the GUI tests: a tiny model, a settings file of their own, the simulated bench
-profile and the main window."""
+"""Fixtures of the GUI tests (the tiny model is tests/conftest.py's): a settings file of their
+own, the simulated bench profile and the main window."""
 
 from __future__ import annotations
 
@@ -10,22 +10,6 @@ from scan_files import simulated_bench_profile
 
 from plumelink.app.gui.main_window import MainWindow
 from plumelink.app.gui.settings import ENV, open_settings
-from plumelink.models.train import TrainOptions, train_transfer
-from plumelink.pipeline.simulate import simulate_dataset
-
-
-@pytest.fixture(scope="session")
-def tiny_gui_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], Path]:
-    """Tiny simulated maps and a 1-epoch package (no baselines), built once per session."""
-    base = tmp_path_factory.getbasetemp() / "gui_tiny_model"
-    maps = {name: base / "maps" / f"{name}.h5" for name in ("train", "val", "test")}
-    model = base / "model"
-    if not (model / "manifest.json").exists():
-        simulate_dataset("tiny", base / "maps", seed=0, truth=True)
-        train_transfer(maps["train"], maps["val"], model,
-                       TrainOptions(epochs=1, threads=1, fine_tune=False, baselines=False,
-                                    hash_inputs=False))
-    return maps, model
 
 
 @pytest.fixture(autouse=True)

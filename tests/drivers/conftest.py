@@ -1,5 +1,5 @@
-"""Fixtures shared by the driver tests: simulated spectrographs (built once per session) and
-the check that a test leaves no emulator thread running."""
+"""Fixtures shared by the driver tests: simulated spectrographs (built once per session), the
+check that a test leaves no emulator thread running, and an AvaSpec on the fake library."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from plumelink.drivers.avantes import AvaSpec
+from plumelink.drivers.sim.avaspec_fake import AvaSpecFake
 from plumelink.drivers.sim.spectrograph import InstrumentProfile, Spectrograph
 
 
@@ -34,3 +36,15 @@ def no_leaks() -> Iterator[None]:
     before = _emulator_threads()
     yield
     assert _emulator_threads() - before == set()
+
+
+@pytest.fixture
+def fake() -> AvaSpecFake:
+    """The fake AvaSpec library (libavs) with two units."""
+    return AvaSpecFake(serials=("1111111U1", "2103123U1"))
+
+
+@pytest.fixture
+def spec(fake: AvaSpecFake):
+    with AvaSpec("2103123U1", library=fake, start_pixel=17, stop_pixel=4078) as s:
+        yield s

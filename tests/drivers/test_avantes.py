@@ -35,17 +35,6 @@ from plumelink.drivers.sim.avaspec_fake import AvaSpecFake
 PERIOD = 0.02
 
 
-@pytest.fixture
-def fake() -> AvaSpecFake:
-    return AvaSpecFake(serials=("1111111U1", "2103123U1"))
-
-
-@pytest.fixture
-def spec(fake: AvaSpecFake):
-    with AvaSpec("2103123U1", library=fake, start_pixel=17, stop_pixel=4078) as s:
-        yield s
-
-
 def test_structure_layout_is_packed() -> None:
     # avaspec.h, packed to 1 byte: 2+2+4+4+4 + 2 + 3 + 1 + 3 + (2+4+4+4+2) = 41 bytes
     assert ctypes.sizeof(MeasConfigType) == 41

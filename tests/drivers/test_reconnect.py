@@ -16,17 +16,6 @@ from plumelink.drivers.sim.bench_bus import FaultKind, ShotFault
 from plumelink.drivers.sim.seabreeze_fake import FakeSeaBreezeDevice, SeaBreezeFake
 
 
-@pytest.fixture
-def fake() -> AvaSpecFake:
-    return AvaSpecFake(serials=("1111111U1", "2103123U1"))
-
-
-@pytest.fixture
-def spec(fake: AvaSpecFake):
-    with AvaSpec("2103123U1", library=fake, start_pixel=17, stop_pixel=4078) as s:
-        yield s
-
-
 def _one_frame(fake: AvaSpecFake, spec: AvaSpec, t: float) -> np.ndarray:
     spec.arm(1)
     assert fake.trigger(np.arange(4096, dtype=np.float64), t)

@@ -19,26 +19,9 @@ from plumelink.models.line_transfer import (
 )
 from plumelink.models.networks import SystemDecoder
 from plumelink.models.package import load_package
-from plumelink.models.train import TrainOptions, train_transfer
 from plumelink.pipeline.emissivity import total_emissivity
 from plumelink.pipeline.map_reader import MapReader
 from plumelink.pipeline.preprocess import correct_baseline
-from plumelink.pipeline.simulate import simulate_dataset
-
-
-@pytest.fixture(scope="session")
-def tiny_gui_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], Path]:
-    """Tiny simulated maps and a 1-epoch package (no baselines); the same folder and options
-    as the GUI tests' fixture, so one session builds it once."""
-    base = tmp_path_factory.getbasetemp() / "gui_tiny_model"
-    maps = {name: base / "maps" / f"{name}.h5" for name in ("train", "val", "test")}
-    model = base / "model"
-    if not (model / "manifest.json").exists():
-        simulate_dataset("tiny", base / "maps", seed=0, truth=True)
-        train_transfer(maps["train"], maps["val"], model,
-                       TrainOptions(epochs=1, threads=1, fine_tune=False, baselines=False,
-                                    hash_inputs=False))
-    return maps, model
 
 
 def read_line(path: Path, index: int):
