@@ -41,6 +41,7 @@ from plumelink.models.clusters import (
     sample_primary,
 )
 from plumelink.models.fit import predict
+from plumelink.models.intervals import ConformalIntervals, calibrate, coverage
 from plumelink.models.metrics import RSEAccumulator, euclidean_distances, negative_cosines
 from plumelink.models.package import (
     MANIFEST,
@@ -293,6 +294,9 @@ class EvaluationMaps:
     element_windows: tuple[LineWindow, ...] = ()
     elements_true: dict[str, np.ndarray] = field(default_factory=dict)
     elements_pred: dict[str, np.ndarray] = field(default_factory=dict)
+    # radius of the calibrated prediction interval per spot (Euclidean), at interval_level
+    interval_radius: np.ndarray | None = None
+    interval_level: float = 0.9
 
 
 #: lines whose maps the report compares (measured vs transferred): major elements of rocks
@@ -412,15 +416,17 @@ def evaluate_package(
                         progress=step("kmeans"))
     kmeans_s = time.perf_counter() - t0
     # training latents for the Mahalanobis candidate of the confidence
-    if models.per_map:
-        models.fit_map_scalers(
-            (b.secondary for b in _pair_blocks(test_path, block_spots, baseline)),
-            (b.primary for b in _pair_blocks(test_path, block_spots, baseline)))
     train_scaled = package.scalers["primary"].transform(train_sample)
     z_train = predict(lambda x: package.vae.encode(x)[0], train_scaled)
     if len(z_train) > package.vae.latent:
         models.latent_stats = C.LatentStats.fit(z_train)
     del train_sample, val_sample, train_scaled
+    # prediction intervals calibrated on the validation map (its pairs, the same transfer)
+    intervals = _calibrate_intervals(models, val_map, block_spots, baseline)
+    if models.per_map:
+        models.fit_map_scalers(
+            (b.secondary for b in _pair_blocks(test_path, block_spots, baseline)),
+            (b.primary for b in _pair_blocks(test_path, block_spots, baseline)))
 
     names = models.names
     acc = {n: RSEAccumulator() for n in names}
@@ -507,6 +513,9 @@ def evaluate_package(
     edges = np.linspace(0, wl.size, RSE_BANDS + 1).astype(int)
     maps.rse_band_nm = np.add.reduceat(wl, edges[:-1]) / np.diff(edges)
     maps.rse_per_band = {name: acc[name].per_band(edges) for name in names}
+    maps.interval_radius = intervals.radius_for(maps.confidence).astype(np.float32)
+    maps.interval_level = intervals.level
+    interval_test = coverage(intervals, maps.euclid.ravel(), maps.confidence.ravel())
     err = np.concatenate(err_all)
     spearman = {}
     for method, parts in dist_all.items():
@@ -551,6 +560,14 @@ def evaluate_package(
             "candidates": spearman,
         },
         "validation_rse": package.manifest.get("metrics", {}).get("validation_rse", {}),
+        "intervals": {
+            "calibration": {**intervals.to_dict(), "map": str(val_map)},
+            "test": interval_test,
+            "note": "the true spectrum lies within `radius` (Euclidean) of the transferred one "
+                    "with probability >= level when the spot is exchangeable with the "
+                    "calibration map's; coverage on the test map (another day) measures how "
+                    "far the day shift breaks that",
+        },
         "element_maps": {
             "lines": element_agreement(maps),
             "definition": "line area above a local baseline (plumelink lines) per spot, from "
@@ -571,6 +588,24 @@ def evaluate_package(
                                           encoding="utf-8")
         write_report(out, result, maps, progress=step("report"))
     return result, maps
+
+
+def _calibrate_intervals(models: TransferModels, val_map: Path, block_spots: int,
+                         baseline: Baseline) -> ConformalIntervals:
+    """Split-conformal radii of the vae_mlp transfer from the validation map's pairs (its
+    per-map scalers fitted first when the package scales per map)."""
+    if models.per_map:
+        models.fit_map_scalers((b.secondary for b in _pair_blocks(val_map, block_spots, baseline)),
+                               (b.primary for b in _pair_blocks(val_map, block_spots, baseline)))
+    distances, confidence = [], []
+    for block in _pair_blocks(val_map, block_spots, baseline):
+        pred, out = models.transfer(block.secondary)
+        distances.append(euclidean_distances(block.primary, pred))
+        confidence.append(C.confidence_from_distance(out.distances[C.DEFAULT_METHOD]))
+    if not distances:
+        raise ValueError(f"validation map {val_map} has no spot valid in both systems to "
+                         "calibrate the intervals on")
+    return calibrate(np.concatenate(distances), np.concatenate(confidence))
 
 
 def _pair_blocks(path: Path, block_spots: int, baseline: Baseline) -> Iterator[PairedSpectra]:

@@ -25,7 +25,8 @@ FIGURES = (
     ("rse_wavelength", "Where each model loses: RSE per wavelength"),
     ("distances", "Euclidean and negative-cosine distance per spot (vae_mlp)"),
     ("kmeans", "k-means labels of original and transferred spectra; disagreements marked"),
-    ("confidence", "Transfer confidence per spot, and confidence vs actual error"),
+    ("confidence", "Transfer confidence per spot, confidence vs actual error, and the "
+                   "calibrated prediction interval"),
     ("spectra", "Original vs transferred spectra at spots of different groups across the map, "
                 "with the primary-only ranges and the strongest line enlarged"),
 )
@@ -103,13 +104,25 @@ def figure_kmeans(maps: EvaluationMaps, k: int) -> bytes:
 
 
 def figure_confidence(maps: EvaluationMaps) -> bytes:
-    fig, axes = _subplots(1, 2, figsize=(10, 4))
+    with_radius = maps.interval_radius is not None
+    fig, axes = _subplots(1, 3 if with_radius else 2, figsize=(15 if with_radius else 10, 4))
     _image(axes[0], maps.confidence, "confidence (higher = more trustworthy)", "cividis")
     ok = np.isfinite(maps.confidence) & np.isfinite(maps.euclid)
     axes[1].scatter(maps.confidence[ok], maps.euclid[ok], s=4, alpha=0.5)
     axes[1].set_xlabel("confidence")
     axes[1].set_ylabel("Euclidean distance (actual error)")
     axes[1].set_title("confidence vs error", fontsize=9)
+    if with_radius:
+        level = f"{maps.interval_level:.0%}"
+        order = np.argsort(maps.confidence[ok])
+        axes[1].plot(maps.confidence[ok][order], maps.interval_radius[ok][order], "r-", lw=1,
+                     label=f"{level} interval radius")
+        axes[1].legend(fontsize=8)
+        outside = ok & (maps.euclid > maps.interval_radius)
+        _image(axes[2], maps.interval_radius, f"{level} interval radius; x = truth outside "
+               f"({int(outside.sum())} of {int(ok.sum())})", "cividis")
+        yy, xx = np.nonzero(outside)
+        axes[2].scatter(xx, yy, marker="x", c="r", s=10, linewidths=0.7)
     return _png(fig)
 
 
@@ -241,6 +254,19 @@ table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:3px 8px;text-
 td:first-child,th:first-child{text-align:left}img{max-width:100%}code{background:#eee}"""
 
 
+def _intervals_text(metrics: dict[str, Any]) -> str:
+    iv = metrics.get("intervals")
+    if not iv:
+        return ""
+    cal, test = iv["calibration"], iv["test"]
+    return (f"<p><b>Prediction intervals</b> ({html.escape(cal['method'])}, calibrated on "
+            f"{cal['n_calibration']} validation spots): the true primary spectrum lies within "
+            f"the spot's radius of the transferred one with nominal probability "
+            f"{cal['level']:.0%}. On this test map: coverage <b>{test['coverage']:.1%}</b> of "
+            f"{test['n']} spots, median radius {test['median_radius']:,.0f} counts "
+            f"(mean {test['mean_radius']:,.0f}).</p>")
+
+
 def write_report(out_dir: str | Path, metrics: dict[str, Any], maps: EvaluationMaps,
                  progress: Callable[[int, int], None] | None = None) -> Path:
     """Write the figures (PNG) and report.html into out_dir; return the report's path."""
@@ -292,6 +318,7 @@ manifest sha256 {_fmt(str(pkg.get('manifest_sha256', ''))[:12])}…), secondary 
 {comp.get('latent_dim')} latent values, compression ratio {_fmt(comp.get('ratio'))}
 ({comp.get('bytes_per_spectrum_float32')} vs {comp.get('bytes_per_latent_float32')} bytes as
 float32).</p>
+{_intervals_text(metrics)}
 <p>Confidence: {_fmt(conf.get('definition'))}. Spearman rank correlation with the actual
 Euclidean error of vae_mlp: {_fmt(conf.get('spearman_vs_vae_mlp_euclid'), '+.2f')} (negative
 is good).</p>
