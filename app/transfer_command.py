@@ -27,6 +27,7 @@ def _transfer(args: argparse.Namespace) -> int:
     try:
         package = load_package(args.model)
         transfer = PackageTransfer(package, args.system, precision=args.precision)
+        note = _calibrate(transfer, args.calibration)
         with tqdm(total=None, unit="spectrum", desc="transfer", disable=args.quiet,
                   file=sys.stderr) as bar:
 
@@ -46,7 +47,23 @@ def _transfer(args: argparse.Namespace) -> int:
         raise ValueError(str(exc)) from exc
     print(f"transferred map written to {out} (model {Path(args.model)}, "
           f"system {transfer.models.system!r}; confidence in /map/transfer/confidence)")
+    print(note)
     return 0
+
+
+def _calibrate(transfer, calibration: Path | None) -> str:
+    """Prediction intervals from the calibration map (default: the package's validation
+    map); without one the map gets the confidence only, and the note says why."""
+    try:
+        intervals = transfer.calibrate(calibration)
+    except FileNotFoundError as exc:
+        if calibration is not None:
+            raise
+        return f"no prediction intervals: {exc}"
+    sizes = ", ".join(f"{r:,.0f}" for r in intervals.radius)
+    return (f"{intervals.level:.0%} prediction intervals calibrated on "
+            f"{transfer.calibration_map} ({intervals.n_calibration} spots; radii {sizes} counts "
+            "from the least to the most confident spots) in /map/transfer/interval_radius")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -75,6 +92,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="arithmetic of the networks (default fp32; bf16 needs a CPU with "
                    "bfloat16 instructions, see the README for its measured error)")
+    p.add_argument("--calibration", type=Path, default=None, metavar="MAP.h5",
+                   help="paired map that calibrates the prediction intervals (default: the "
+                   "package's validation map, when it is still there)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.h5")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_transfer)

@@ -198,7 +198,23 @@ class PackageTransfer:
         self.confidence_method = method
         self.confidence_definition = C.DEFINITION.replace(C.DEFAULT_METHOD, method)
         self.precision = precision
+        #: calibrated prediction intervals (`calibrate`), written beside the confidence
+        self.intervals: ConformalIntervals | None = None
+        self.calibration_map: Path | None = None
         self._fused: C.FusedTransfer | None = None
+
+    def calibrate(self, val_map: str | os.PathLike[str] | None = None,
+                  block_spots: int = 4096) -> ConformalIntervals:
+        """Calibrate prediction intervals on a paired map (default: the package's recorded
+        validation map); call it before `fit_map` (a per-map package is refitted there)."""
+        recorded = ((self.package.manifest.get("fingerprint") or {}).get("val") or {}).get(
+            "path", "")
+        path = _resolve(val_map, recorded, "val")
+        self.intervals = _calibrate_intervals(self.models, path, block_spots,
+                                              self.preprocessor.baseline,
+                                              self.confidence_method)
+        self.calibration_map = path
+        return self.intervals
 
     @property
     def preprocessor(self) -> Preprocessor:
@@ -591,7 +607,8 @@ def evaluate_package(
 
 
 def _calibrate_intervals(models: TransferModels, val_map: Path, block_spots: int,
-                         baseline: Baseline) -> ConformalIntervals:
+                         baseline: Baseline, method: str = C.DEFAULT_METHOD
+                         ) -> ConformalIntervals:
     """Split-conformal radii of the vae_mlp transfer from the validation map's pairs (its
     per-map scalers fitted first when the package scales per map)."""
     if models.per_map:
@@ -601,7 +618,7 @@ def _calibrate_intervals(models: TransferModels, val_map: Path, block_spots: int
     for block in _pair_blocks(val_map, block_spots, baseline):
         pred, out = models.transfer(block.secondary)
         distances.append(euclidean_distances(block.primary, pred))
-        confidence.append(C.confidence_from_distance(out.distances[C.DEFAULT_METHOD]))
+        confidence.append(C.confidence_from_distance(out.distances[method]))
     if not distances:
         raise ValueError(f"validation map {val_map} has no spot valid in both systems to "
                          "calibrate the intervals on")

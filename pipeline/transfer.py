@@ -13,7 +13,9 @@ The output is an ordinary plumelink map (so the GUI, silx or h5web open it like 
   `Preprocessor` (baseline parameters and scalers' settings);
 - /map/transfer (NXcollection, written after the map is complete): `confidence` (ny, nx)
   float32, NaN where no spectrum was transferred, with attributes `method` and `definition`,
-  and attributes `model` (package folder) and `input` (the input map).
+  and attributes `model` (package folder) and `input` (the input map); with a calibrated
+  model (`PackageTransfer.calibrate`), `interval_radius` (ny, nx): the radius of the
+  prediction interval at its `level` (see `plumelink.models.intervals`).
 
 Storage: the spectra are stored as float32 without any filter by default (compression=None),
 so every HDF5 reader opens them with no plugin, and what is stored is exactly what the
@@ -362,6 +364,18 @@ def _write_confidence(path: Path, confidence: np.ndarray, transfer: BlockTransfe
         data = group.create_dataset("confidence", data=confidence, chunks=(1, confidence.shape[1]))
         data.attrs["method"] = transfer.confidence_method
         data.attrs["definition"] = transfer.confidence_definition
+        intervals = getattr(transfer, "intervals", None)  # calibrated, when the model has them
+        if intervals is not None:
+            radius = intervals.radius_for(confidence).astype(np.float32)
+            d = group.create_dataset("interval_radius", data=radius,
+                                     chunks=(1, confidence.shape[1]))
+            d.attrs.update(
+                level=intervals.level, units="counts",
+                definition=f"the true primary spectrum lies within this Euclidean distance of "
+                           f"the transferred one with probability >= {intervals.level:.0%} "
+                           "for spots like the calibration map's (split-conformal by "
+                           "confidence bins); NaN where nothing was transferred",
+                calibration_map=str(getattr(transfer, "calibration_map", "") or ""))
 
 
 def read_confidence(path: str | os.PathLike[str]) -> np.ndarray | None:

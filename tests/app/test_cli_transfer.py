@@ -49,3 +49,46 @@ def test_precision_bf16_without_cpu_support_says_so(tiny_model, tmp_path, monkey
     with pytest.raises(ValueError, match="bf16 needs a CPU with bfloat16 instructions"):
         _run([*_base(tiny_model, tmp_path / "x.h5"), "--precision", "bf16"])
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_transferred_map_carries_calibrated_interval_radii(tiny_model, tmp_path, capsys):
+    import numpy as np
+
+    from plumelink.models.evaluate import PackageTransfer
+    from plumelink.models.package import load_package
+
+    maps, model = tiny_model
+    out = tmp_path / "t.h5"
+    assert _run(_base(tiny_model, out)) == 0
+    assert "90% prediction intervals calibrated on" in capsys.readouterr().out
+    expected = PackageTransfer(load_package(model)).calibrate(maps["val"])
+    with h5py.File(out, "r") as f:
+        confidence = f["map/transfer/confidence"][()]
+        radius = f["map/transfer/interval_radius"]
+        assert radius.attrs["level"] == 0.9 and str(maps["val"]) in radius.attrs[
+            "calibration_map"]
+        np.testing.assert_allclose(radius[()], expected.radius_for(confidence), rtol=1e-5)
+
+
+def test_a_missing_calibration_map_is_refused_or_said(tiny_model, tmp_path, capsys):
+    import shutil
+
+    from plumelink.app.cli import main
+
+    maps, model = tiny_model
+    # given explicitly and missing: an error naming it, no output
+    out = tmp_path / "t.h5"
+    assert main([*_base(tiny_model, out)[0:], "--calibration", str(tmp_path / "none.h5")]) == 2
+    assert "none.h5" in capsys.readouterr().err and not out.exists()
+    # the package's recorded validation map gone: the map is written, the note says why
+    moved = tmp_path / "model"
+    shutil.copytree(model, moved)
+    manifest = moved / "manifest.json"
+    text = manifest.read_text(encoding="utf-8").replace(str(maps["val"]),
+                                                        str(tmp_path / "gone.h5"))
+    manifest.write_text(text, encoding="utf-8")
+    assert main(["transfer", "--model", str(moved), "--input", str(maps["test"]), "--out",
+                 str(out), "-q"]) == 0
+    assert "no prediction intervals" in capsys.readouterr().out
+    with h5py.File(out, "r") as f:
+        assert "interval_radius" not in f["map/transfer"]
