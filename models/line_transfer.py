@@ -21,6 +21,7 @@ Nothing here starts threads or touches Qt; torch is imported on first use.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -35,6 +36,8 @@ from plumelink.pipeline.emissivity import (
     total_emissivity,
 )
 from plumelink.pipeline.raster_line import RasterLine
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -295,6 +298,10 @@ def load_package_transfer(model_dir: str | os.PathLike[str],
 
     single_threaded_inference()
     model = PackageTransfer(load_package(model_dir), system)
+    try:  # prediction intervals for the live map, when the validation map is still there
+        model.calibrate()
+    except (FileNotFoundError, ValueError) as exc:
+        log.info("no prediction intervals for %s: %s", model_dir, exc)
     axis = model.package.secondary_wavelength_nm[model.models.system]
     model.line_transfer().warm_up(len(axis))
     return model

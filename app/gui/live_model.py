@@ -62,6 +62,7 @@ class Snapshot:
     # True: `latest` holds one spot's measured spectra with the transfer's baseline removed,
     # beside its transferred spectrum (compared in one space)
     latest_baseline_corrected: bool = False
+    interval_radius: np.ndarray | None = None  # calibrated 90 % radius, when the model has one
     # element maps of the chosen lines (label -> (ny, nx)), measured and transferred primary
     elements: dict[str, np.ndarray] = field(default_factory=dict)
     elements_transferred: dict[str, np.ndarray] = field(default_factory=dict)
@@ -100,6 +101,7 @@ class LiveModel:
             self._window = np.full(shape, np.nan, np.float32)
             self._transferred: np.ndarray | None = None
             self._confidence: np.ndarray | None = None
+            self._radius: np.ndarray | None = None  # calibrated interval radius per spot
             self._wavelength = dict(wavelength or {})
             self._latest: dict[str, tuple[np.ndarray, np.ndarray]] = {}
             self._latest_corrected = False
@@ -246,11 +248,17 @@ class LiveModel:
         for callback in callbacks:
             callback()
 
-    def add_confidence(self, index: int, confidence: np.ndarray) -> None:
-        """The transfer confidence of raster line ``index`` (computed after its emissivity)."""
+    def add_confidence(self, index: int, confidence: np.ndarray,
+                       radius: np.ndarray | None = None) -> None:
+        """The transfer confidence of raster line ``index`` (computed after its emissivity),
+        and its calibrated prediction-interval radius when the model has intervals."""
         with self._lock:
             if self._confidence is not None:
                 self._confidence[index] = confidence
+                if radius is not None:
+                    if self._radius is None:
+                        self._radius = np.full(self._shape, np.nan, np.float32)
+                    self._radius[index] = radius
                 self._changed("confidence")
 
     def set_progress(self, progress: ScanProgress) -> None:
@@ -298,6 +306,7 @@ class LiveModel:
                 window=self._window.copy(),
                 transferred=None if self._transferred is None else self._transferred.copy(),
                 confidence=None if self._confidence is None else self._confidence.copy(),
+                interval_radius=None if self._radius is None else self._radius.copy(),
                 latest=dict(self._latest), progress=self._progress, map_path=self._map_path,
                 elements={k: a.copy() for k, a in self._elements.items()},
                 elements_transferred={k: a.copy() for k, a in self._elements_transferred.items()},

@@ -102,6 +102,7 @@ class LivePanel(QWidget):
             "difference": MapView("measured − transferred", value_label="counts",
                                   colormap="CET-D1"),
             "confidence": MapView("transfer confidence", value_label="0 … 1"),
+            "radius": MapView("90 % interval radius (calibrated)", value_label="counts"),
         }
         for k, view in enumerate(self.maps.values()):
             grid.addWidget(view, k // 3, k % 3)
@@ -225,7 +226,8 @@ class LivePanel(QWidget):
         "transferred": ("transferred",), "primary": ("lines", "transferred"),
         "secondary": ("lines",),
         "window": ("lines", "window"), "difference": ("lines", "transferred"),
-        "confidence": ("confidence",), "spectra": ("lines", "transferred")}
+        "confidence": ("confidence",), "radius": ("confidence",),
+        "spectra": ("lines", "transferred")}
     VIEWS = tuple(DEPENDS)
     ELEMENT = "element:"  # prefix of an element map's view (one per chosen line)
     # one view per tick: at 30 Hz each of the 7 views still repaints several times a second,
@@ -305,6 +307,9 @@ class LivePanel(QWidget):
             elif view == "difference":
                 self.maps[view].show_map(snap.emissivity["primary"] - snap.transferred, ext,
                                          bad, symmetric=True)
+            elif view == "radius":
+                if snap.interval_radius is not None:
+                    self.maps[view].show_map(snap.interval_radius, ext, bad)
             else:
                 self.maps[view].show_map(snap.confidence, ext, bad)
 

@@ -82,7 +82,10 @@ class LiveTransfer:
 
     def _confidence(self, index: int, confidence: ConfidenceStep) -> None:
         try:
-            self.model.add_confidence(index, confidence())
+            values = confidence()
+            intervals = getattr(self.transfer, "intervals", None)
+            radius = intervals.radius_for(values) if intervals is not None else None
+            self.model.add_confidence(index, values, radius)
         except Exception as exc:
             self._failed(exc, index)
 

@@ -49,6 +49,11 @@ def test_scan_fills_element_maps_that_agree_with_plumelink_lines(qtbot, window, 
             for k, label in enumerate(LINES):
                 np.testing.assert_allclose(snap.elements_transferred[label][iy], expected[:, k],
                                            rtol=1e-3, atol=0.5)
+    # the calibrated interval radius follows each spot's confidence (the validation map's bins)
+    intervals = w.controller.transfer.intervals
+    assert intervals is not None and snap.interval_radius is not None
+    np.testing.assert_array_equal(snap.interval_radius,
+                                  intervals.radius_for(snap.confidence).astype(np.float32))
     # both maps of a line are painted on one colour scale
     qtbot.waitUntil(lambda: all(label in w.live_panel.elements.views for label in LINES),
                     timeout=5000)
