@@ -107,6 +107,9 @@ class BaselineConfig(_Table):
     pls_candidates: tuple[int, ...] = (8, 16, 32)
     knn_candidates: tuple[int, ...] = (1, 3, 5, 10, 20)
     pds_half_window: int = Field(5, ge=0)
+    # the paper's protocol: PLS's components are chosen on validation, then PLS is fitted
+    # again on training + validation (the other baselines stay fitted on training only)
+    pls_refit: bool = True
 
     @field_validator("pls_candidates", "knn_candidates")
     @classmethod

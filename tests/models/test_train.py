@@ -203,3 +203,20 @@ def test_options_are_checked_and_capped() -> None:
         1e-4, 50, "per-map", "channel", False, "constant", 0, 0)
     assert TrainOptions.paper(epochs=7).fit.epochs == 7
     assert TrainOptions(fine_tune_epochs=2).capped(5).fine_tune.epochs == 2
+
+
+def test_pls_is_refitted_on_training_and_validation_as_in_the_paper(trained, maps) -> None:
+    """The components are chosen on validation, then PLS is fitted on train + val: so the
+    packaged PLS fits the validation pairs better than the train-only fit that chose it."""
+    from plumelink.models.evaluate import TransferModels
+
+    folder, _ = trained
+    pkg = load_package(folder)
+    sel = pkg.manifest["metrics"]["selection"]
+    assert sel["pls"]["fitted_on"] == "train+val"
+    assert sel["knn"]["fitted_on"] == "train" and sel["pds"]["fitted_on"] == "train"
+    models = TransferModels.from_package(pkg)
+    val = preprocess_pairs(load_pairs(maps["val"]))
+    refitted = rse(val.primary, models.predict("pls", val.secondary))
+    chosen_by = pkg.manifest["metrics"]["validation_rse"]["pls"]  # the train-only fit's
+    assert refitted < chosen_by
