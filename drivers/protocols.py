@@ -188,6 +188,15 @@ class DistanceTrigger(Protocol):
 
 
 @runtime_checkable
+class IdlePosition(Protocol):
+    """A stage whose idle poll carries the position: ``wait_for_position`` waits like
+    ``wait_until_idle`` (both axes) and returns the (x, y) position in µm read by the polls
+    that found the axes idle, so a measured move needs no position query after it."""
+
+    def wait_for_position(self, timeout_s: float) -> tuple[float, float]: ...
+
+
+@runtime_checkable
 class Reconnect(Protocol):
     """A device that can open its link again after it stopped answering or dropped off the
     bus, with the same settings (what is in flight is lost); raises an InstrumentError while

@@ -33,9 +33,23 @@ Rules the driver adds on top of zaber-motion:
   the process set with `Library.set_device_db_source`); a path uses that database file;
   ``"offline"`` skips the database (identity from the device's own settings only).
 
-Moves return at once; `wait_until_idle` polls the status (one empty command per axis, reply
-status and highest warning flag) every ``poll_interval_s``, bounded by its timeout. zaber-motion
-serialises requests itself, so `stop` may be called from another thread while one waits.
+Moves return at once; `wait_until_idle` polls the status every ``poll_interval_s``, bounded by
+its timeout, with ``get pos`` per axis: its reply carries the status and the highest warning
+flag like the empty command's, and the position too, so `wait_for_position` (the
+`IdlePosition` capability) returns where a measured move ended without a position query after
+it. zaber-motion serialises requests itself, so `stop` may be called from another thread while
+one waits.
+
+Round trips saved (each zaber-motion call costs a few hundred µs, more on a loaded host): the
+driver remembers, per device trigger, that it disabled it and which action it set, and does
+not send them again identically (a fly scan arms the same trigger every line); the condition
+(``when ... dist``) and ``enable`` are always sent, since whether the distance is counted from
+the condition or from the enable is not documented here [I]. What it remembers is forgotten
+on any error, `reconnect`, `home` and `clear_warnings`.
+
+`reconnect` (the `Reconnect` capability) opens the port again after the link dropped or the
+device stopped answering, keeps the microstep sizes found at the first connect, reads the
+limits again and asks for the reference state before the next move.
 
 zaber-motion is an optional dependency (MIT): ``pip install zaber-motion`` (or
 ``plumelink[zaber]``); without it opening a Zaber stage raises `InstrumentError` saying so.
@@ -180,6 +194,14 @@ class _Axis:
         return native * self.microstep_um
 
 
+@dataclass
+class _TriggerState:
+    """What the driver knows it set on one device trigger (None / False: not known)."""
+
+    disabled: bool = False
+    action: str | None = None
+
+
 def _per_axis(value: float | Mapping[str, float] | None, what: str) -> dict[str, float | None]:
     if value is None:
         return dict.fromkeys(AXES)
@@ -235,6 +257,9 @@ class ZaberStage(SerialDevice):
         self._database: dict[int, str] = {}  # device address -> product name (when found)
         self._referenced: dict[str, bool | None] = dict.fromkeys(AXES)
         self._limits: dict[str, tuple[int, int]] = {}
+        # what this driver last set on each (device, trigger): saves identical re-sends
+        self._triggers: dict[tuple[int, int], _TriggerState] = {}
+        self._url, self._baudrate, self._checksum = url, baudrate, checksum
         self._zm = _library()
         self._errors = self._error_table()
         self._connection: Any = None
@@ -380,6 +405,7 @@ class ZaberStage(SerialDevice):
              timeout_s: float = 120.0) -> None:
         """Home the named axes together (sets their reference position); by default wait."""
         chosen = [self._axis(a) for a in axes]
+        self._forget_state()  # a homing may follow a reset or another program's settings
         for axis in chosen:
             self._do("home", lambda a=axis: a.handle.home(wait_until_idle=False))
             self._referenced[axis.name] = None
@@ -412,25 +438,51 @@ class ZaberStage(SerialDevice):
 
     def wait_until_idle(self, timeout_s: float, *, axes: Sequence[str] = AXES) -> None:
         """Block until every named axis is IDLE, polling every ``poll_interval_s``; raise
-        `DeviceFault` when an axis reports a fault and `InstrumentTimeout` after ``timeout_s``."""
+        `DeviceFault` when an axis reports a fault and `InstrumentTimeout` after ``timeout_s``.
+
+        The poll is ``get pos``, not the empty command: the same one round trip per axis and
+        the same status and flag, plus the position, which `wait_for_position` returns."""
+        self._wait(timeout_s, axes)
+
+    def wait_for_position(self, timeout_s: float) -> tuple[float, float]:
+        """`wait_until_idle` on both axes, then the (x, y) position in µm that the polls which
+        found them IDLE carried: where a move ended, without a position query after it (one
+        round trip per axis saved per measured move; `IdlePosition`)."""
+        at = self._wait(timeout_s, AXES)
+        x, y = (a.to_um(at[a.name]) for a in self._axes.values())
+        return x, y
+
+    def _wait(self, timeout_s: float, axes: Sequence[str]) -> dict[str, int]:
+        """Poll until idle; per axis, the position (native) its IDLE reply carried."""
         deadline = time.monotonic() + timeout_s
         pending = [self._axis(a) for a in axes]
+        at: dict[str, int] = {}
         while True:
             still = []
             for axis in pending:
-                reply = self._do("", lambda a=axis: a.handle.generic_command(""))
+                reply = self._do("get pos", lambda a=axis: a.handle.generic_command("get pos"))
                 if reply.warning_flag in NOT_REFERENCED_FLAGS:
                     self._referenced[axis.name] = False
                 if reply.warning_flag.startswith("F"):
+                    self._forget_state()
                     raise DeviceFault(axis.name, self._warnings(axis) | {reply.warning_flag},
-                                      device=self.name, command="")
+                                      device=self.name, command="get pos")
                 if reply.status == "BUSY":
                     still.append(axis)
+                else:
+                    at[axis.name] = self._native(reply.data, "get pos")
             pending = still
             if not pending:
-                return
+                return at
             names = ", ".join(a.name for a in pending)
-            self._sleep_until(deadline, f"axis {names} still BUSY", timeout_s, "")
+            self._sleep_until(deadline, f"axis {names} still BUSY", timeout_s, "get pos")
+
+    def _native(self, data: str, command: str) -> int:
+        try:
+            return int(data)
+        except ValueError:
+            raise ProtocolError("position reply is not an integer", reply=data,
+                                device=self.name, command=command) from None
 
     def set_speed(self, um_per_s: float) -> None:
         """Set the top speed of both axes (``maxspeed``), in µm/s."""
@@ -478,6 +530,7 @@ class ZaberStage(SerialDevice):
 
     def clear_warnings(self) -> None:
         """Clear the clearable flags (faults, notices); WR/WH stay until the axis is homed."""
+        self._forget_state()  # after a fault, what the device holds is asked again
         for axis in self._axes.values():
             self._do("warnings clear", axis.handle.warnings.clear_flags)
             self._referenced[axis.name] = None
@@ -519,17 +572,33 @@ class ZaberStage(SerialDevice):
                 raise SettingOutOfRange(label, value, f"integers {low} .. {high}",
                                         device=self.name, command="trigger")
         handle = ax.handle.device.triggers.get_trigger(int(trigger))
-        self._do("trigger disable", handle.disable)
+        state = self._triggers.setdefault((ax.device, int(trigger)), _TriggerState())
+        # disabled (by `disable_distance_trigger`) and nothing enabled it since: no second
+        # disable; one round trip per fly line saved
+        if not state.disabled:
+            self._do("trigger disable", handle.disable)
+            state.disabled = True
         self._do("trigger when dist",
                  lambda: handle.fire_when_distance_travelled(ax.number, native))
-        self._do("trigger action", lambda: handle.on_fire(
-            self._zm.ascii.TriggerAction.A, 0, f"io set do {int(output)} t"))
+        # the action is the same every line: sent only when it differs from the one set here
+        action = f"io set do {int(output)} t"
+        if state.action != action:
+            state.action = None  # unknown if the command fails
+            self._do("trigger action", lambda: handle.on_fire(
+                self._zm.ascii.TriggerAction.A, 0, action))
+            state.action = action
+        state.disabled = False  # enabled from the command on, even if its reply is lost
         self._do("trigger enable", lambda: handle.enable(int(count or 0)))
         return ax.to_um(native)
 
     def disable_distance_trigger(self, axis: str, *, trigger: int = 1) -> None:
-        handle = self._axis(axis).handle.device.triggers.get_trigger(int(trigger))
+        """Disable the trigger (always sent: what stops a trigger left armed)."""
+        ax = self._axis(axis)
+        handle = ax.handle.device.triggers.get_trigger(int(trigger))
+        state = self._triggers.setdefault((ax.device, int(trigger)), _TriggerState())
+        state.disabled = False
         self._do("trigger disable", handle.disable)
+        state.disabled = True
 
     def set_digital_output(self, axis: str, output: int, level: int) -> None:
         """Set digital output ``output`` of the axis's device to 0 or 1 (``io set do``), e.g.
@@ -544,6 +613,25 @@ class ZaberStage(SerialDevice):
         io = self._axis(axis).handle.device.io
         self._do("io set do", lambda: io.set_digital_output(
             int(output), action.ON if level else action.OFF))
+
+    def reconnect(self) -> None:
+        """Open the port again with the same settings after the link dropped or the device
+        stopped answering (`Reconnect`): the old connection is closed, the limits are read
+        again, the reference state is asked before the next move and nothing remembered from
+        before is trusted. The microstep sizes found at the first connect are kept. Raises
+        an InstrumentError while the device is not back."""
+        self.close()
+        self._forget_state()
+        self._referenced = dict.fromkeys(AXES)
+        self._connection = self._do(f"open {self._url}",
+                                    lambda: self._connect(self._url, self._baudrate))
+        try:
+            self._do("", lambda: self._configure(self._checksum))
+            self.limits()
+        except BaseException:
+            self.close()
+            raise
+        log.info("%s: reconnected to %s", self.name, self._url)
 
     def close(self) -> None:
         """Close the connection (idempotent). Motion in progress is not stopped."""
@@ -601,6 +689,10 @@ class ZaberStage(SerialDevice):
                                 device=self.name, command=f"get {setting}")
         return round(value)
 
+    def _forget_state(self) -> None:
+        """Trust nothing remembered of the device's trigger set-up."""
+        self._triggers.clear()
+
     def _error_table(self) -> list[tuple[type, Callable[[Any, str], InstrumentError]]]:
         """zaber-motion's exceptions, most specific first, and the typed error each becomes."""
         zm = self._zm
@@ -642,8 +734,10 @@ class ZaberStage(SerialDevice):
             try:
                 return action()
             except InstrumentError:
+                self._forget_state()  # after any failure, what was set is asked again
                 raise
             except Exception as exc:
+                self._forget_state()
                 for kind, convert in self._errors:
                     if isinstance(exc, kind):
                         error = convert(exc, command)

@@ -2,7 +2,10 @@
 
 `StageMotion` remembers where the last completed move ended and the top speed it last set, so
 a move needs no position query before it and a speed is sent only when it changes (one round
-trip saved each, per spot of a step scan and per line of a fly scan).
+trip saved each, per spot of a step scan and per line of a fly scan). A measured move on a
+stage whose idle poll carries the position (`IdlePosition`) takes the position from that poll
+instead of a query after it: per step spot, a poll of the axis that did not move replaces the
+read-back of both axes.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 from plumelink.drivers.bench import Bench
 from plumelink.drivers.errors import InstrumentTimeout
+from plumelink.drivers.protocols import IdlePosition
 
 from ..plan import FlyPass
 from .handle import ScanAborted, ScanHandle
@@ -54,6 +58,7 @@ class StageMotion:
         self.speed_um_s = speed_um_s
         self._at: Position | None = None  # where the last move ended (µm); None: unknown
         self._speed: float | None = None  # the top speed last set here (µm/s)
+        self._idle_position = isinstance(self.stage, IdlePosition)
 
     def forget(self) -> None:
         """Forget the position and speed last set here (after the stage was reconnected or a
@@ -82,11 +87,17 @@ class StageMotion:
         here = self._at if self._at is not None else stage.position()
         speed = self._speed or self.speed_um_s
         targets = _moving(here, (x, y))
+        reached: Position | None = None if measure else (x, y)
         if axes := _axes(targets):
             self._at = None  # unknown until this move has completed
             stage.move_absolute(*targets)
-            self.wait(_travel_um(here, (x, y)) / speed / self._bench.time_scale, axes=axes)
-        reached = stage.position() if measure else (x, y)
+            expected_s = _travel_um(here, (x, y)) / speed / self._bench.time_scale
+            if measure and self._idle_position:  # the idle polls of both axes measure it
+                reached = self.wait(expected_s, axes=("x", "y"), measure=True)
+            else:
+                self.wait(expected_s, axes=axes)
+        if reached is None:
+            reached = stage.position()
         self._at = reached
         return reached
 
@@ -109,11 +120,12 @@ class StageMotion:
         self._at = fly.end_um
 
     def wait(self, expected_s: float, timeout_s: float | None = None,
-             axes: tuple[str, ...] = ("x", "y")) -> None:
+             axes: tuple[str, ...] = ("x", "y"), *, measure: bool = False) -> Any:
         """Wait for a move of ``axes`` planned to take ``expected_s`` (real; ``timeout_s`` in
         all, by default the plan plus a margin): sleep through most of it first, so the stage
         is polled near the end instead of all along, and end at once on an abort (the stage is
-        stopped; the abort itself already disabled the DDG)."""
+        stopped; the abort itself already disabled the DDG). ``measure`` (an `IdlePosition`
+        stage, both axes): returns the position the idle polls carried."""
         stage = self.stage
         started = time.monotonic()
         timeout = expected_s + STAGE_TIMEOUT_MARGIN_S if timeout_s is None else timeout_s
@@ -122,8 +134,11 @@ class StageMotion:
         while True:
             remaining = started + timeout - time.monotonic()
             try:
-                stage.wait_until_idle(max(min(remaining, ABORT_CHECK_S), 1e-3), axes=axes)
-                return
+                chunk = max(min(remaining, ABORT_CHECK_S), 1e-3)
+                if measure:
+                    return stage.wait_for_position(chunk)
+                stage.wait_until_idle(chunk, axes=axes)
+                return None
             except InstrumentTimeout:
                 if self._handle.aborted:
                     self._halt()

@@ -109,9 +109,9 @@ def test_move_returns_at_once_and_wait_polls_until_idle(server: ZaberTcpServer,
     homed_stage.wait_until_idle(2.0)
     assert time.monotonic() - started >= 0.095
     assert not server.emulator.busy(1, 1)
-    assert homed_stage.position() == (10_000.0, 0.0)
-    polls = [c for c in sent(server.emulator) if c == ""]
+    polls = [c for c in sent(server.emulator) if c == "get pos"]  # the poll reads the position
     assert 2 <= len(polls) <= 30  # polled at a modest interval, not spun
+    assert homed_stage.position() == (10_000.0, 0.0)
 
 
 def test_wait_until_idle_times_out(server: ZaberTcpServer, homed_stage: ZaberStage) -> None:

@@ -149,16 +149,21 @@ def test_recovery_table_is_validated(sim_profile: Path) -> None:
     assert BenchProfile.load("simulated").recovery.wait_s == pytest.approx(0.05)
 
 
-def test_a_stage_reply_lost_costs_one_retry_of_its_line(sim_profile: Path,
-                                                        tmp_path: Path) -> None:
-    """The stage cannot reconnect (its driver has no `reconnect`): its line is shot again
-    after ``wait_s``, from the line's start."""
-    bench_path = _profile(sim_profile, line_retries=1, reconnects=1, wait_s=0.01)
+@pytest.mark.parametrize("fault", ["timeout", "disconnect"])
+def test_a_stage_that_loses_a_reply_or_its_link_is_reconnected_and_its_line_shot_again(
+        sim_profile: Path, tmp_path: Path, fault: str) -> None:
+    """The stage (zaber-motion on the emulator's TCP port) loses one reply, or its server
+    drops the connection: the driver's `reconnect` opens a new connection, the line is shot
+    again from its start, every spot where the map says, and the device log records it."""
+    bench_path = _profile(sim_profile, line_retries=1, reconnects=2, wait_s=0.01)
     out = tmp_path / "map.h5"
     with open_bench(bench_path) as bench:
         sim = bench.simulation
-        sim.inject({sim.next_shot_number + NX + 2: ShotFault.timeout("stage")})
+        driver = bench.stage
+        opened = driver._connection
+        sim.inject({sim.next_shot_number + NX + 2: getattr(ShotFault, fault)("stage")})
         result = acquire(_scan(bench_path, out), bench=bench)
+        assert driver._connection is not opened  # a new connection, not the old one
         assert _pairs_true(out, sim.bus) == NY * NX
         log = {r.number: r for r in sim.shot_log}
         with MapReader(out) as m:  # every spot's shot was fired where the map says it is
@@ -168,11 +173,13 @@ def test_a_stage_reply_lost_costs_one_retry_of_its_line(sim_profile: Path,
                     shot = log[sim.bus.shot_for("primary", line.primary.timestamp_s[ix])]
                     assert (shot.x_um, shot.y_um) == pytest.approx(
                         (line.x_um[ix], line.y_um[ix]), abs=0.2)
-    assert result.status == "complete" and (result.retries, result.reconnects) == (1, 0)
+                    assert (line.x_measured_um[ix], line.y_measured_um[ix]) == pytest.approx(
+                        (line.x_um[ix], line.y_um[ix]), abs=0.2)
+    assert result.status == "complete" and (result.retries, result.reconnects) == (1, 1)
     events = read_device_events(out)
     assert [(e["device"], e["event"], e["line"]) for e in events] == [
-        ("stage", "fault", 1), ("stage", "retry", 1)]
-    assert "InstrumentTimeout" in events[0]["message"]
+        ("stage", "fault", 1), ("stage", "reconnect", 1), ("stage", "retry", 1)]
+    assert "InstrumentTimeout" in events[0]["message"] or "link lost" in events[0]["message"]
 
 
 def test_a_fly_pass_whose_spectrometer_dropped_is_flown_again(sim_profile: Path,
