@@ -234,6 +234,7 @@ class ShotRecord:
     frames: dict[str, float] = field(default_factory=dict)
     copies: dict[str, int] = field(default_factory=dict)
     physics_shot: int | None = None
+    physics_batch: int | None = None  # which `BenchPhysics.shoot` call made its spectra
     mineral: str | None = None
     mixed: bool | None = None
     received_at: float = 0.0  # real time.monotonic() when the bus saw the shot
@@ -462,9 +463,11 @@ class TriggerBus:
             block = self._physics().shoot(np.array([r.x_um for r in fired]),
                                           np.array([r.y_um for r in fired]))
             names = self._physics().mineral_names
+            self._batches = getattr(self, "_batches", 0) + 1
             for i, record in enumerate(fired):
                 rows[record.number] = i
                 record.physics_shot = int(block.shot_id[i])
+                record.physics_batch = self._batches - 1
                 record.mineral = str(names[int(block.truth.mineral[i])])
                 record.mixed = bool(block.truth.mixed[i])
             for tap in self.taps.values():
