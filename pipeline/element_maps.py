@@ -304,10 +304,7 @@ def _add_truth(reader: MapReader, maps: list[ElementMap]) -> None:
         raise ElementMapError(f"{L.describe(reader.path)} holds no ground truth (simulate "
                               "with --truth); --truth compares the maps with it")
     elements = reader.truth_elements
-    ny, nx = reader.shape
-    composition = np.full((ny, nx, len(elements)), np.nan, np.float32)
-    for iy in np.flatnonzero(reader.lines_done):
-        composition[iy] = reader.read_line(int(iy)).truth.composition
+    composition = reader.truth_composition()
     for m in maps:
         if m.window is None or m.window.line.element not in elements:
             continue

@@ -398,6 +398,16 @@ class MapReader:
             return []
         return [_text(v) for v in self._truth["elements"][()]]
 
+    def truth_composition(self) -> np.ndarray:
+        """True composition per spot, (ny, nx, n_elements) float32 wt% in the order of
+        `truth_elements`, NaN on lines not written; read alone, without the spectra."""
+        if self._truth is None:
+            raise L.MapFileError(f"map file {L.describe(self._path)} holds no ground truth")
+        with _reading(self._path, "ground truth"):
+            composition = self._ds(L.TRUTH, "composition")[()].astype(np.float32)
+        composition[~self.lines_done] = np.nan
+        return composition
+
     # --- data -----------------------------------------------------------------------------
 
     def read_line(self, iy: int) -> RasterLine:

@@ -202,8 +202,7 @@ class LiveModel:
                     self._latest[s] = (self._wavelength[s], sysline.spectra[valid[-1]].copy())
             if window is not None:
                 self._window[index] = window
-            if features.shape[1] == self._features.shape[2]:
-                self._features[index] = features
+            self._features[index] = features
             if areas is not None and windows is self._windows:  # not changed meanwhile
                 for k, w in enumerate(windows):
                     self._elements[w.label][index] = areas[:, k]
