@@ -44,6 +44,23 @@ def format_metrics_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def format_recommendation(metrics: dict) -> str:
+    """Which model to use, in words: the best on validation, with its test RSE here."""
+    rec = metrics["recommended"]
+    name = rec["model"]
+    scores = rec.get("validation_rse") or {}
+    if not scores:
+        return (f"recommended model: {name} (the package records no validation RSE to "
+                "choose by)")
+    test = metrics["models"].get(name, {}).get("rse")
+    text = (f"recommended model: {name} (lowest validation RSE, {scores[name]:.4f}"
+            + (f"; test RSE {test:.4f}" if test is not None else "") + "): plumelink "
+            "transfer uses it unless --use names another")
+    if metrics.get("shown_model", name) != name:
+        text += f"; the report's per-spot figures show {metrics['shown_model']}"
+    return text
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from plumelink.models.clusters import DEFAULT_K
     from plumelink.models.evaluate import evaluate_package
@@ -67,7 +84,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             args.model, args.test, args.report, system=args.system, train_path=args.train,
             val_path=args.val, k_values=args.k or DEFAULT_K,
             max_kmeans_spectra=args.kmeans_spectra, block_spots=args.block_spots,
-            progress=progress)
+            progress=progress, model=args.use)
     except MapFileError as exc:  # not a map, damaged, busy: the CLI reports ValueErrors
         raise ValueError(str(exc)) from exc
     finally:
@@ -77,7 +94,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     conf = metrics["confidence"]
     print(f"k-means: k={metrics['kmeans']['k']}; compression ratio of the latent library "
           f"{metrics['compression']['ratio']:.1f}; confidence ({conf['method']}) Spearman vs "
-          f"error {_rounded(conf['spearman_vs_vae_mlp_euclid'])}")
+          f"the error of {conf['error_of']} {_rounded(conf['spearman_vs_euclid'])}")
+    print(format_recommendation(metrics))
     print(f"metrics and report written to {args.report}")
     return 0
 
@@ -111,5 +129,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="training spectra subsampled for the k-means (default 20000)")
     p.add_argument("--block-spots", type=positive_int, default=4096, metavar="N",
                    help="test spectra processed at a time (default 4096)")
+    p.add_argument("--use", default=None, metavar="NAME",
+                   help="model whose per-spot maps, intervals and spectra the report shows "
+                   "(default: the package's recommended one, lowest validation RSE)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_evaluate)

@@ -26,7 +26,8 @@ def _transfer(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"input map {args.input} does not exist")
     try:
         package = load_package(args.model)
-        transfer = PackageTransfer(package, args.system, precision=args.precision)
+        transfer = PackageTransfer(package, args.system, precision=args.precision,
+                                   model=args.use)
         note = _calibrate(transfer, args.calibration)
         with tqdm(total=None, unit="spectrum", desc="transfer", disable=args.quiet,
                   file=sys.stderr) as bar:
@@ -45,8 +46,11 @@ def _transfer(args: argparse.Namespace) -> int:
             )
     except MapFileError as exc:  # not a map, damaged, busy: the CLI reports ValueErrors
         raise ValueError(str(exc)) from exc
-    print(f"transferred map written to {out} (model {Path(args.model)}, "
-          f"system {transfer.models.system!r}; confidence in /map/transfer/confidence)")
+    print(f"transferred map written to {out} (model package {Path(args.model)}, "
+          f"system {transfer.models.system!r}, spectra by {transfer.model_name}; confidence "
+          "in /map/transfer/confidence)")
+    if args.use is None:
+        print(f"{transfer.model_name}: {transfer.choice.reason}")
     print(note)
     return 0
 
@@ -71,7 +75,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "transfer",
         help="transfer a map's secondary spectra to primary spectra with a model package",
-        description="Apply the VAE + latent MLP of a model package to every valid secondary "
+        description="Apply a model package (by default its best model on validation, "
+        "usually the VAE + latent MLP) to every valid secondary "
         "spectrum of MAP.h5, block by block, and write OUT.h5: a plumelink map whose primary "
         "spectra are the transferred (baseline-corrected) spectra on the model's primary "
         "axis, whose secondary is a copy of the input's, with the per-spot confidence in "
@@ -89,6 +94,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="filter of the stored spectra (default none: float32 as computed, "
                    "read by every HDF5 reader; gzip saves ~19 %% of a transferred spectrum "
                    "at ~25 x the CPU time of writing it; lz4 and zstd need hdf5plugin)")
+    p.add_argument("--use", default=None, metavar="NAME",
+                   help="which of the package's models writes the spectra: vae_mlp, "
+                   "one_step_mlp, pls, knn or pds (default: the one with the lowest "
+                   "validation RSE, as plumelink evaluate recommends)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="arithmetic of the networks (default fp32; bf16 needs a CPU with "
                    "bfloat16 instructions, see the README for its measured error)")

@@ -34,6 +34,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from plumelink.models import confidence as C
+from plumelink.models.choice import ModelChoice, recommended_model
 from plumelink.models.clusters import (
     DEFAULT_K,
     DEFAULT_MAX_SPECTRA,
@@ -174,15 +175,18 @@ class TransferModels:
 class PackageTransfer:
     """A model package as the `BlockTransfer` of `plumelink.pipeline.transfer.transfer_map`.
 
-    Input: raw secondary counts; output: vae_mlp transferred primary spectra (unscaled,
+    Input: raw secondary counts; output: transferred primary spectra (unscaled,
     baseline-corrected) and the confidence of `plumelink.models.confidence`, computed by its
     `FusedTransfer` (folded layers, small groups of spectra; float32 rounding away from
-    `TransferModels.transfer`, the reference). precision "bf16": the matrix products in
+    `TransferModels.transfer`, the reference). The spectra are those of ``model``, by default
+    the package's best on validation (`plumelink.models.choice`); the confidence is always
+    the latent space's for the same input. precision "bf16": the matrix products in
     bfloat16, on a CPU with bf16 instructions only (ValueError elsewhere).
     """
 
     def __init__(self, package: ModelPackage, system: str | None = None,
-                 method: str = C.DEFAULT_METHOD, precision: str = "fp32"):
+                 method: str = C.DEFAULT_METHOD, precision: str = "fp32",
+                 model: str | None = None):
         if method not in C.METHODS or method == "mahalanobis":
             raise ValueError(f"confidence method for transfer must be one of "
                              f"{[m for m in C.METHODS if m != 'mahalanobis']}, got {method!r}")
@@ -192,6 +196,17 @@ class PackageTransfer:
             raise ValueError("--precision bf16 needs a CPU with bfloat16 instructions "
                              "(AVX512-BF16 or AMX); this one has neither: use fp32")
         self.models = TransferModels.from_package(package, system)
+        #: why this model transfers: the package's best on validation unless ``model`` names one
+        self.choice = recommended_model(package.manifest, self.models.system, self.models.names)
+        if model is not None and model not in self.models.names:
+            raise ValueError(f"the model package has no model {model!r} for system "
+                             f"{self.models.system!r}; it has {self.models.names}")
+        if model == "mean":
+            raise ValueError("the mean spectrum transfers nothing: choose one of "
+                             f"{[n for n in self.models.names if n != 'mean']}")
+        #: the model whose spectra this transfer writes (its confidence is always the
+        #: latent space's: the VAE path's distances for the same input)
+        self.model_name = model or self.choice.model
         self.package = package
         self.primary_wavelength_nm = package.primary_wavelength_nm
         self.needs_map_statistics = self.models.per_map
@@ -212,7 +227,7 @@ class PackageTransfer:
         path = _resolve(val_map, recorded, "val")
         self.intervals = _calibrate_intervals(self.models, path, block_spots,
                                               self.preprocessor.baseline,
-                                              self.confidence_method)
+                                              self.confidence_method, self.model_name)
         self.calibration_map = path
         return self.intervals
 
@@ -231,7 +246,9 @@ class PackageTransfer:
     def identity(self) -> dict[str, Any]:
         ident = package_identity(self.package)
         ident["system"] = self.models.system
-        ident["model"] = "vae_mlp"
+        ident["model"] = self.model_name
+        ident["model_choice"] = ("named by the user" if self.model_name != self.choice.model
+                                 else self.choice.reason)
         ident["output"] = "baseline-corrected primary counts (unscaled)"
         ident["precision"] = self.precision
         ident["preprocessing"] = self.preprocessor.to_dict()
@@ -264,6 +281,9 @@ class PackageTransfer:
             raise ValueError("the inputs were prepared with another preprocessor (fit_map "
                              "between prepare and finish?)")
         primary, distance = self.fused().run(inputs)
+        if self.model_name != "vae_mlp":  # the chosen model's spectra, the VAE's confidence
+            primary = pre.primary_spectra(
+                self.models.predict_scaled(self.model_name, inputs.numpy())).astype(np.float32)
         return primary, C.confidence_from_distance(distance)
 
     def line_transfer(self) -> LineTransfer:
@@ -278,7 +298,8 @@ class PackageTransfer:
 
 @dataclass
 class SpotSpectra:
-    """True and predicted (vae_mlp) spectrum of one spot, for the report."""
+    """True and predicted spectrum (the evaluation's shown model) of one spot, for the
+    report."""
 
     label: str
     iy: int
@@ -313,6 +334,7 @@ class EvaluationMaps:
     # radius of the calibrated prediction interval per spot (Euclidean), at interval_level
     interval_radius: np.ndarray | None = None
     interval_level: float = 0.9
+    model: str = "vae_mlp"  # whose transfer the per-spot maps show (the recommended model)
 
 
 #: lines whose maps the report compares (measured vs transferred): major elements of rocks
@@ -401,13 +423,18 @@ def evaluate_package(
     block_spots: int = 4096,
     seed: int = 0,
     progress: ProgressCallback | None = None,
+    model: str | None = None,
 ) -> tuple[dict[str, Any], EvaluationMaps]:
     """Score every model of a package on a test map; write metrics.json and report.html.
 
-    Returns (metrics, maps). With report_dir None nothing is written.
+    The per-spot maps, intervals, element maps and spectra of the report are those of
+    ``model``, by default the package's recommended one (lowest validation RSE: what
+    `transfer` uses). Returns (metrics, maps). With report_dir None nothing is written.
     """
     package = load_package(model_dir)
     models = TransferModels.from_package(package, system)
+    choice = recommended_model(package.manifest, models.system, models.names)
+    shown = _shown_model(models, choice, model)
     test_path = Path(test_path)
     with MapReader(test_path) as reader:
         check_data(package, models.system, reader.primary_wavelength_nm,
@@ -438,7 +465,7 @@ def evaluate_package(
         models.latent_stats = C.LatentStats.fit(z_train)
     del train_sample, val_sample, train_scaled
     # prediction intervals calibrated on the validation map (its pairs, the same transfer)
-    intervals = _calibrate_intervals(models, val_map, block_spots, baseline)
+    intervals = _calibrate_intervals(models, val_map, block_spots, baseline, model=shown)
     if models.per_map:
         models.fit_map_scalers(
             (b.secondary for b in _pair_blocks(test_path, block_spots, baseline)),
@@ -457,7 +484,7 @@ def evaluate_package(
         labels_pred=np.full(shape, -1, np.int32), confidence=nan_map.copy(),
         element_windows=windows,
         elements_true={w.label: nan_map.copy() for w in windows},
-        elements_pred={w.label: nan_map.copy() for w in windows})
+        elements_pred={w.label: nan_map.copy() for w in windows}, model=shown)
     sec_axis = package.secondary_wavelength_nm[models.system]
     maps.secondary_range_nm = (float(np.min(sec_axis)), float(np.max(sec_axis)))
     pick = np.random.default_rng(seed)
@@ -484,7 +511,7 @@ def evaluate_package(
             sums[name]["euclid"] += float(e.sum())
             sums[name]["cosine"] += float(c.sum())
             sums[name]["agree"] += int((labels == labels_true).sum())
-            if name == "vae_mlp":
+            if name == shown:  # vae_mlp comes first (MODELS): `out` is this block's
                 maps.euclid[iy, ix], maps.cosine[iy, ix] = e, c
                 maps.labels_pred[iy, ix] = labels
                 conf = C.confidence_from_distance(out.distances[C.DEFAULT_METHOD])
@@ -500,7 +527,7 @@ def evaluate_package(
                     for k, w in enumerate(windows):
                         maps.elements_true[w.label][iy, ix] = true_areas[:, k]
                         maps.elements_pred[w.label][iy, ix] = pred_areas[:, k]
-                vae_pred = pred
+                shown_pred = pred
         maps.labels_true[iy, ix] = labels_true
         if use_truth is None:
             use_truth = block.mineral is not None and bool(mineral_names)
@@ -510,7 +537,7 @@ def evaluate_package(
             # one spot per group, drawn uniformly over the whole map (reservoir sampling):
             # the report's spots come from anywhere, not from the first raster lines
             if pick.random() * counts[g] < 1.0:
-                firsts[g] = (int(block.index[j]), y[j].copy(), vae_pred[j].copy())
+                firsts[g] = (int(block.index[j]), y[j].copy(), shown_pred[j].copy())
         n += block.n
         if progress is not None:
             progress("evaluate", n, total)
@@ -570,12 +597,15 @@ def evaluate_package(
         "confidence": {
             "method": C.DEFAULT_METHOD,
             "definition": C.DEFINITION,
-            "spearman_vs_vae_mlp_euclid": spearman.get(C.DEFAULT_METHOD, {}).get("rho"),
+            "spearman_vs_euclid": spearman.get(C.DEFAULT_METHOD, {}).get("rho"),
+            "error_of": shown,
             "note": "confidence is higher for more trustworthy spectra, so a good confidence "
                     "has a negative rank correlation with the error",
             "candidates": spearman,
         },
         "validation_rse": package.manifest.get("metrics", {}).get("validation_rse", {}),
+        "recommended": choice.to_dict(),
+        "shown_model": shown,
         "intervals": {
             "calibration": {**intervals.to_dict(), "map": str(val_map)},
             "test": interval_test,
@@ -587,7 +617,7 @@ def evaluate_package(
         "element_maps": {
             "lines": element_agreement(maps),
             "definition": "line area above a local baseline (plumelink lines) per spot, from "
-                          "the true and the vae_mlp transferred primary spectra; pearson and "
+                          f"the true and the {shown} transferred primary spectra; pearson and "
                           "spearman over the spots of the test map",
         },
         "package": package_identity(package),
@@ -606,17 +636,31 @@ def evaluate_package(
     return result, maps
 
 
+def _shown_model(models: TransferModels, choice: ModelChoice, model: str | None) -> str:
+    """The model whose per-spot results the evaluation maps: the named one or the choice."""
+    if model is None:
+        return choice.model
+    if model not in models.names or model == "mean":
+        raise ValueError(f"the model package has no model {model!r} to evaluate per spot for "
+                         f"system {models.system!r}; it has "
+                         f"{[n for n in models.names if n != 'mean']}")
+    return model
+
+
 def _calibrate_intervals(models: TransferModels, val_map: Path, block_spots: int,
-                         baseline: Baseline, method: str = C.DEFAULT_METHOD
-                         ) -> ConformalIntervals:
-    """Split-conformal radii of the vae_mlp transfer from the validation map's pairs (its
-    per-map scalers fitted first when the package scales per map)."""
+                         baseline: Baseline, method: str = C.DEFAULT_METHOD,
+                         model: str = "vae_mlp") -> ConformalIntervals:
+    """Split-conformal radii of the transfer by ``model`` from the validation map's pairs
+    (its per-map scalers fitted first when the package scales per map); the bins are those of
+    the latent space's confidence, whichever model writes the spectra."""
     if models.per_map:
         models.fit_map_scalers((b.secondary for b in _pair_blocks(val_map, block_spots, baseline)),
                                (b.primary for b in _pair_blocks(val_map, block_spots, baseline)))
     distances, confidence = [], []
     for block in _pair_blocks(val_map, block_spots, baseline):
         pred, out = models.transfer(block.secondary)
+        if model != "vae_mlp":
+            pred = models.predict(model, block.secondary)
         distances.append(euclidean_distances(block.primary, pred))
         confidence.append(C.confidence_from_distance(out.distances[method]))
     if not distances:

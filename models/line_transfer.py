@@ -271,9 +271,11 @@ class PackageLineTransfer(LineTransfer):
 
 
 def line_transfer_for(model: PackageTransfer) -> LineTransfer:
-    """The line transfer of a model package for one map: folded when its confidence is the
-    "consistency" one computed from the networks alone (no training latent statistics)."""
-    if model.confidence_method == "consistency" and model.models.latent_stats is None:
+    """The line transfer of a model package for one map: folded when it writes the vae_mlp's
+    spectra and its confidence is the "consistency" one computed from the networks alone
+    (no training latent statistics)."""
+    if (model.confidence_method == "consistency" and model.models.latent_stats is None
+            and model.model_name == "vae_mlp"):
         return PackageLineTransfer(model)
     return LineTransfer(model)
 

@@ -20,10 +20,10 @@ if TYPE_CHECKING:
     from plumelink.models.evaluate import EvaluationMaps, SpotSpectra
 
 FIGURES = (
-    ("emissivity", "Total emissivity: original vs transferred (vae_mlp)"),
-    ("elements", "Element maps from the original and the transferred spectra (vae_mlp)"),
+    ("emissivity", "Total emissivity: original vs transferred ({model})"),
+    ("elements", "Element maps from the original and the transferred spectra ({model})"),
     ("rse_wavelength", "Where each model loses: RSE per wavelength"),
-    ("distances", "Euclidean and negative-cosine distance per spot (vae_mlp)"),
+    ("distances", "Euclidean and negative-cosine distance per spot ({model})"),
     ("kmeans", "k-means labels of original and transferred spectra; disagreements marked"),
     ("confidence", "Transfer confidence per spot, confidence vs actual error, and the "
                    "calibrated prediction interval"),
@@ -267,6 +267,21 @@ def _intervals_text(metrics: dict[str, Any]) -> str:
             f"(mean {test['mean_radius']:,.0f}).</p>")
 
 
+def _recommended_text(metrics: dict[str, Any]) -> str:
+    rec = metrics.get("recommended")
+    if not rec:
+        return ""
+    scores = rec.get("validation_rse") or {}
+    listed = ", ".join(f"{html.escape(n)} {v:.4f}" for n, v in
+                       sorted(scores.items(), key=lambda kv: kv[1]))
+    test = (metrics.get("models", {}).get(rec["model"]) or {}).get("rse")
+    return (f"<p><b>Which model to use:</b> <code>{html.escape(rec['model'])}</code>, the "
+            f"lowest validation RSE ({listed or 'none recorded'}); "
+            + (f"its test RSE here is {test:.4f}. " if test is not None else "")
+            + "<code>plumelink transfer</code> uses it unless <code>--use</code> names "
+            "another; the per-spot figures below show it.</p>")
+
+
 def write_report(out_dir: str | Path, metrics: dict[str, Any], maps: EvaluationMaps,
                  progress: Callable[[int, int], None] | None = None) -> Path:
     """Write the figures (PNG) and report.html into out_dir; return the report's path."""
@@ -293,6 +308,7 @@ def write_report(out_dir: str | Path, metrics: dict[str, Any], maps: EvaluationM
         (out / f"{name}.png").write_bytes(png)
         data = base64.b64encode(png).decode("ascii")
         extra = elements_table(metrics) if name == "elements" else ""
+        caption = caption.format(model=maps.model)
         sections.append(f"<h2>{html.escape(caption)}</h2>{extra}"
                         f'<img alt="{name}" src="data:image/png;base64,{data}">')
         if progress is not None:
@@ -302,6 +318,7 @@ def write_report(out_dir: str | Path, metrics: dict[str, Any], maps: EvaluationM
     conf = metrics.get("confidence", {})
     km = metrics.get("kmeans", {})
     sil = ", ".join(f"k={k_}: {_fmt(v)}" for k_, v in km.get("silhouette", {}).items())
+    rho = _fmt(conf.get("spearman_vs_euclid"), "+.2f")
     text = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>plumelink evaluation</title>
 <style>{_STYLE}</style></head><body>
@@ -319,9 +336,9 @@ manifest sha256 {_fmt(str(pkg.get('manifest_sha256', ''))[:12])}…), secondary 
 ({comp.get('bytes_per_spectrum_float32')} vs {comp.get('bytes_per_latent_float32')} bytes as
 float32).</p>
 {_intervals_text(metrics)}
+{_recommended_text(metrics)}
 <p>Confidence: {_fmt(conf.get('definition'))}. Spearman rank correlation with the actual
-Euclidean error of vae_mlp: {_fmt(conf.get('spearman_vs_vae_mlp_euclid'), '+.2f')} (negative
-is good).</p>
+Euclidean error of {_fmt(conf.get('error_of', 'vae_mlp'))}: {rho} (negative is good).</p>
 {''.join(sections)}
 </body></html>
 """

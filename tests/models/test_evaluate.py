@@ -68,18 +68,23 @@ def test_metrics_agree_with_a_direct_numpy_computation(evaluated, tiny_model, te
     metrics, maps, _, _ = evaluated
     models = TransferModels.from_package(load_package(tiny_model[1]))
     y = test_pairs.primary.astype(np.float64)
-    for name in ("pls", "vae_mlp"):
+    shown = metrics["shown_model"]
+    per_spot = {}
+    for name in sorted({"pls", "vae_mlp", shown}):
         pred = models.predict(name, test_pairs.secondary).astype(np.float64)
         euclid = np.sqrt(((y - pred) ** 2).sum(axis=1))
         cosine = -(y * pred).sum(axis=1) / (np.linalg.norm(y, axis=1)
                                             * np.linalg.norm(pred, axis=1))
+        per_spot[name] = euclid, cosine
         m = metrics["models"][name]
         assert m["euclid"] == pytest.approx(euclid.mean(), rel=1e-4)
         assert m["cosine"] == pytest.approx(cosine.mean(), rel=1e-4)
         total = ((y - y.mean(axis=0)) ** 2).sum()
         assert m["rse"] == pytest.approx(((y - pred) ** 2).sum() / total, rel=1e-4)
         assert m["rse"] == pytest.approx(rse(y, pred), rel=1e-6)
-    # per-spot maps of vae_mlp at a few spots
+    # per-spot maps of the shown (recommended) model at a few spots
+    assert shown == metrics["recommended"]["model"]
+    euclid, cosine = per_spot[shown]
     for j in (0, 17, 101):
         iy, ix = test_pairs.iy[j], test_pairs.ix[j]
         assert maps.euclid[iy, ix] == pytest.approx(euclid[j], rel=1e-4)
@@ -107,7 +112,7 @@ def test_kmeans_record_and_extras(evaluated):
     assert comp["bytes_per_latent_float32"] == 256
     conf = metrics["confidence"]
     assert conf["method"] == "consistency"
-    assert -1.0 <= conf["spearman_vs_vae_mlp_euclid"] <= 1.0
+    assert -1.0 <= conf["spearman_vs_euclid"] <= 1.0
     assert set(conf["candidates"]) >= {"consistency", "prior", "posterior_var"}
 
 

@@ -49,7 +49,7 @@ def _worst(got, expected):
 @pytest.mark.parametrize("method", ["consistency", "prior", "posterior_var"])
 def test_fused_transfer_is_the_reference_to_float32_rounding(package, raw, method):
     expected, conf = _reference(package, raw, method)
-    got, got_conf = PackageTransfer(package, method=method)(raw)
+    got, got_conf = PackageTransfer(package, method=method, model="vae_mlp")(raw)
     assert got.dtype == np.float32 and got.shape == expected.shape
     assert _worst(got, expected) < FP32_SPECTRA
     np.testing.assert_allclose(got_conf, conf, atol=FP32_CONFIDENCE)
@@ -71,7 +71,7 @@ def test_folds_hold_with_a_system_decoder_and_its_linear_path(package, raw):
 
 
 def test_fused_transfer_follows_a_per_map_fit(package, raw):
-    transfer = PackageTransfer(package)
+    transfer = PackageTransfer(package, model="vae_mlp")
     before = transfer.fused()
     transfer.fit_map([raw])
     assert transfer.fused() is not before
@@ -89,8 +89,8 @@ needs_bf16 = pytest.mark.skipif(not C.bf16_supported(), reason="CPU without bf16
 
 @needs_bf16
 def test_bf16_is_close_to_fp32_within_the_stated_bound(package, raw):
-    fp32, conf32 = PackageTransfer(package)(raw)
-    bf16, conf16 = PackageTransfer(package, precision="bf16")(raw)
+    fp32, conf32 = PackageTransfer(package, model="vae_mlp")(raw)
+    bf16, conf16 = PackageTransfer(package, precision="bf16", model="vae_mlp")(raw)
     assert bf16.dtype == np.float32
     assert 0 < _worst(bf16, fp32) < BF16_SPECTRA  # > 0: the bf16 path really ran
     np.testing.assert_allclose(conf16, conf32, atol=BF16_CONFIDENCE)

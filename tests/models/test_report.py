@@ -34,7 +34,10 @@ def _inputs() -> tuple[dict, EvaluationMaps]:
         "kmeans": {"k": 3, "silhouette": {"2": 0.4, "3": 0.5}, "n_train_spectra": 100},
         "compression": {"n_px": 300, "latent_dim": 64, "ratio": 300 / 64,
                         "bytes_per_spectrum_float32": 1200, "bytes_per_latent_float32": 256},
-        "confidence": {"definition": "exp(-d)", "spearman_vs_vae_mlp_euclid": -0.4},
+        "confidence": {"definition": "exp(-d)", "spearman_vs_euclid": -0.4,
+                       "error_of": "one_step_mlp"},
+        "recommended": {"model": "one_step_mlp", "validation_rse": {"pls": 0.2,
+                                                                    "one_step_mlp": 0.15}},
         "package": {"folder": "/x/model", "created": "today", "manifest_sha256": "ab" * 32},
         "validation_rse": {"pls": 0.2},
         "timings_s": {"pls": {"per_spectrum_us": 12.0}},
@@ -67,6 +70,7 @@ def _inputs() -> tuple[dict, EvaluationMaps]:
 
 def test_report_is_one_file_with_the_table_and_every_figure(tmp_path) -> None:
     metrics, maps = _inputs()
+    maps.model = "one_step_mlp"
     path = write_report(tmp_path, metrics, maps)
     assert path == tmp_path / "report.html"
     text = path.read_text(encoding="utf-8")
@@ -81,7 +85,12 @@ def test_report_is_one_file_with_the_table_and_every_figure(tmp_path) -> None:
         assert (tmp_path / f"{name}.png").read_bytes() == png
     assert "src=\"http" not in text and "<script" not in text  # self-contained
     assert "compression ratio" in text and "4.688" in text
-    assert "Spearman rank correlation with the actual\nEuclidean error of vae_mlp: -0.40" in text
+    assert ("Spearman rank correlation with the actual\nEuclidean error of one_step_mlp: -0.40"
+            in text)
+    assert "Total emissivity: original vs transferred (one_step_mlp)" in text
+    # which model to use: the recommended one, its validation RSEs best first, its test RSE
+    assert ("<code>one_step_mlp</code>, the lowest validation RSE (one_step_mlp 0.1500, pls "
+            "0.2000); its test RSE here is 0.2000") in text
     assert "<td>0.912</td>" in elements_table(metrics)
 
 

@@ -87,7 +87,10 @@ def test_transferred_spectra_are_the_models_prediction(transferred, holey_map, p
         sec, sec_index = next(src.iter_blocks("secondary"))
     np.testing.assert_array_equal(index, sec_index)
     assert got.shape == (128 - len(INVALID_SECONDARY), 4062)
-    expected = TransferModels.from_package(package).predict("vae_mlp", correct_baseline(sec))
+    used = PackageTransfer(package).model_name  # the package's recommended model
+    with MapReader(out) as r:
+        assert r.settings[SETTINGS_KEY]["model"] == used
+    expected = TransferModels.from_package(package).predict(used, correct_baseline(sec))
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3 * np.abs(expected).max())
 
 
