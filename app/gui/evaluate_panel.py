@@ -133,8 +133,11 @@ class EvaluatePanel(QWidget):
             self.status.setText(f"<span style='color:#c00'>{job.error}</span>")
         elif isinstance(job.result, tuple) and job.result is not self.result:
             self.result = job.result
+            from plumelink.app.evaluate_command import format_recommendation
+
             self.status.setText("done" + (f": report in {self.report.text()}"
-                                          if self.report.text() else ""))
+                                          if self.report.text() else "")
+                                + f"; {format_recommendation(job.result[0])}")
             self._show_table(job.result[0])
             self._show_map()
             self._show_spectra(job.result[1])
@@ -148,7 +151,9 @@ class EvaluatePanel(QWidget):
         self.table.setRowCount(len(models))
         self.table.setColumnCount(len(METRIC_KEYS))
         self.table.setHorizontalHeaderLabels(list(METRIC_KEYS))
-        self.table.setVerticalHeaderLabels(list(models))
+        best = (metrics.get("recommended") or {}).get("model")
+        self.table.setVerticalHeaderLabels(
+            [f"{name} (recommended)" if name == best else name for name in models])
         for r, values in enumerate(models.values()):
             for c, key in enumerate(METRIC_KEYS):
                 value = values.get(key)

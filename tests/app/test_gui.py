@@ -447,6 +447,10 @@ def test_evaluate_panel_shows_the_metrics_table(qtbot, window, tmp_path, tiny_gu
     assert ep.job.error == "", ep.job.error
     qtbot.waitUntil(lambda: ep.result is not None, timeout=2000)
     assert ep.table.rowCount() >= 1 and ep.table.item(0, 0).text() != "–"
+    best = ep.result[0]["recommended"]["model"]  # no baselines in this package: vae_mlp
+    assert best == "vae_mlp" and f"recommended model: {best}" in ep.status.text()
+    rows = [ep.table.verticalHeaderItem(r).text() for r in range(ep.table.rowCount())]
+    assert rows.count(f"{best} (recommended)") == 1
     assert (tmp_path / "report" / "report.html").exists()
     ep.which.setCurrentIndex(5)  # k-means labels
     assert ep.map.image.image is not None
