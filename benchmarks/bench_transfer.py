@@ -73,7 +73,8 @@ def _transfer_child(model: str, input_map: str, out: str, block_spots: int,
     if threads:
         torch.set_num_threads(threads)
     before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    transfer = PackageTransfer(load_package(model), precision=precision)
+    transfer = PackageTransfer(load_package(model), precision=precision,
+                               model="vae_mlp")  # the networks the references time
     steps: dict[str, float] = {}
     t = time.perf_counter()
     transfer_map(input_map, out, transfer, block_spots=block_spots, overwrite=True,
@@ -160,7 +161,7 @@ def in_memory_rates(model: str | Path, spectra: np.ndarray, block_spots: int = 4
     from plumelink.models.package import load_package
 
     package = load_package(model)
-    transfer = PackageTransfer(package)
+    transfer = PackageTransfer(package, model="vae_mlp")
     models = transfer.models
     pre = transfer.preprocessor
     network = package.composed(models.system)
@@ -179,7 +180,7 @@ def in_memory_rates(model: str | Path, spectra: np.ndarray, block_spots: int = 4
               "in_memory": spectra, "unfused_in_memory": spectra}
     bf16_error = None
     if C.bf16_supported():
-        bf16 = PackageTransfer(package, precision="bf16")
+        bf16 = PackageTransfer(package, precision="bf16", model="vae_mlp")
         fns["bf16_in_memory"], inputs["bf16_in_memory"] = bf16, spectra
         fp32 = np.concatenate([transfer(spectra[i : i + block_spots])[0]
                                for i in range(0, len(spectra), block_spots)])

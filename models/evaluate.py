@@ -42,7 +42,14 @@ from plumelink.models.clusters import (
     sample_primary,
 )
 from plumelink.models.fit import predict
-from plumelink.models.intervals import ConformalIntervals, calibrate, coverage
+from plumelink.models.intervals import (
+    ConformalIntervals,
+    band_coverage,
+    band_distances,
+    band_edges,
+    calibrate,
+    coverage,
+)
 from plumelink.models.metrics import RSEAccumulator, euclidean_distances, negative_cosines
 from plumelink.models.package import (
     MANIFEST,
@@ -489,6 +496,8 @@ def evaluate_package(
     maps.secondary_range_nm = (float(np.min(sec_axis)), float(np.max(sec_axis)))
     pick = np.random.default_rng(seed)
     err_all: list[np.ndarray] = []
+    band_err: list[np.ndarray] = []
+    conf_all: list[np.ndarray] = []
     dist_all: dict[str, list[np.ndarray]] = {}
     firsts: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}
     counts: dict[int, int] = {}
@@ -517,6 +526,9 @@ def evaluate_package(
                 conf = C.confidence_from_distance(out.distances[C.DEFAULT_METHOD])
                 maps.confidence[iy, ix] = conf
                 err_all.append(e)
+                conf_all.append(conf)
+                if intervals.band_px is not None:
+                    band_err.append(band_distances(y, pred, intervals.band_px))
                 for k, v in out.distances.items():
                     dist_all.setdefault(k, []).append(v)
                 every = np.ones(len(y), bool)
@@ -553,12 +565,15 @@ def evaluate_package(
     maps.spectra_by = "mineral" if use_truth else "k-means cluster"
 
     wl = np.asarray(package.primary_wavelength_nm, np.float64)
-    edges = np.linspace(0, wl.size, RSE_BANDS + 1).astype(int)
+    edges = band_edges(wl.size, RSE_BANDS)
     maps.rse_band_nm = np.add.reduceat(wl, edges[:-1]) / np.diff(edges)
     maps.rse_per_band = {name: acc[name].per_band(edges) for name in names}
     maps.interval_radius = intervals.radius_for(maps.confidence).astype(np.float32)
     maps.interval_level = intervals.level
     interval_test = coverage(intervals, maps.euclid.ravel(), maps.confidence.ravel())
+    if band_err:
+        interval_test["per_band"] = band_coverage(intervals, np.concatenate(band_err),
+                                                  np.concatenate(conf_all))
     err = np.concatenate(err_all)
     spearman = {}
     for method, parts in dist_all.items():
@@ -656,17 +671,22 @@ def _calibrate_intervals(models: TransferModels, val_map: Path, block_spots: int
     if models.per_map:
         models.fit_map_scalers((b.secondary for b in _pair_blocks(val_map, block_spots, baseline)),
                                (b.primary for b in _pair_blocks(val_map, block_spots, baseline)))
-    distances, confidence = [], []
+    wl = np.asarray(models.package.primary_wavelength_nm, np.float64)
+    px = band_edges(wl.size, RSE_BANDS)
+    distances, confidence, bands = [], [], []
     for block in _pair_blocks(val_map, block_spots, baseline):
         pred, out = models.transfer(block.secondary)
         if model != "vae_mlp":
             pred = models.predict(model, block.secondary)
         distances.append(euclidean_distances(block.primary, pred))
+        bands.append(band_distances(block.primary, pred, px))
         confidence.append(C.confidence_from_distance(out.distances[method]))
     if not distances:
         raise ValueError(f"validation map {val_map} has no spot valid in both systems to "
                          "calibrate the intervals on")
-    return calibrate(np.concatenate(distances), np.concatenate(confidence))
+    return calibrate(np.concatenate(distances), np.concatenate(confidence),
+                     band_scores=np.concatenate(bands), band_px=px,
+                     band_nm=np.stack([wl[px[:-1]], wl[px[1:] - 1]], axis=1))
 
 
 def _pair_blocks(path: Path, block_spots: int, baseline: Baseline) -> Iterator[PairedSpectra]:

@@ -103,9 +103,11 @@ def figure_kmeans(maps: EvaluationMaps, k: int) -> bytes:
     return _png(fig)
 
 
-def figure_confidence(maps: EvaluationMaps) -> bytes:
+def figure_confidence(maps: EvaluationMaps, per_band: dict[str, Any] | None = None) -> bytes:
     with_radius = maps.interval_radius is not None
-    fig, axes = _subplots(1, 3 if with_radius else 2, figsize=(15 if with_radius else 10, 4))
+    with_bands = with_radius and bool(per_band) and per_band.get("nm") is not None
+    n = 2 + with_radius + with_bands
+    fig, axes = _subplots(1, n, figsize=(5 * n, 4))
     _image(axes[0], maps.confidence, "confidence (higher = more trustworthy)", "cividis")
     ok = np.isfinite(maps.confidence) & np.isfinite(maps.euclid)
     axes[1].scatter(maps.confidence[ok], maps.euclid[ok], s=4, alpha=0.5)
@@ -123,6 +125,21 @@ def figure_confidence(maps: EvaluationMaps) -> bytes:
                f"({int(outside.sum())} of {int(ok.sum())})", "cividis")
         yy, xx = np.nonzero(outside)
         axes[2].scatter(xx, yy, marker="x", c="r", s=10, linewidths=0.7)
+    if with_bands:
+        ax = axes[3]
+        nm = np.asarray(per_band["nm"], np.float64).mean(axis=1)
+        ax.plot(nm, 100 * np.asarray(per_band["coverage"]), "o-", ms=2, lw=0.8,
+                label="test map")
+        ax.axhline(100 * maps.interval_level, color="r", lw=0.8, ls="--", label="nominal")
+        if maps.secondary_range_nm is not None:
+            for lo, hi in ((nm[0], maps.secondary_range_nm[0]),
+                           (maps.secondary_range_nm[1], nm[-1])):
+                if hi > lo:
+                    ax.axvspan(lo, hi, color="0.9", zorder=0)
+        ax.set_xlabel("wavelength (nm)")
+        ax.set_ylabel("coverage (%)")
+        ax.set_title("coverage of each ~2 nm band's interval (grey: primary only)", fontsize=9)
+        ax.legend(fontsize=8)
     return _png(fig)
 
 
@@ -264,7 +281,16 @@ def _intervals_text(metrics: dict[str, Any]) -> str:
             f"the spot's radius of the transferred one with nominal probability "
             f"{cal['level']:.0%}. On this test map: coverage <b>{test['coverage']:.1%}</b> of "
             f"{test['n']} spots, median radius {test['median_radius']:,.0f} counts "
-            f"(mean {test['mean_radius']:,.0f}).</p>")
+            f"(mean {test['mean_radius']:,.0f}).{_band_text(test.get('per_band'))}</p>")
+
+
+def _band_text(per_band: dict[str, Any] | None) -> str:
+    if not per_band or per_band.get("nm") is None:
+        return ""
+    lo, hi = per_band["nm"][per_band["worst_band"]]
+    return (f" Per ~2 nm band (the interval of each band's pixels alone): coverage from "
+            f"{per_band['min_coverage']:.1%} (worst band {lo:.1f}–{hi:.1f} nm) to "
+            f"{per_band['max_coverage']:.1%}.")
 
 
 def _recommended_text(metrics: dict[str, Any]) -> str:
@@ -295,7 +321,8 @@ def write_report(out_dir: str | Path, metrics: dict[str, Any], maps: EvaluationM
         "rse_wavelength": lambda: figure_rse_wavelength(maps),
         "distances": lambda: figure_distances(maps),
         "kmeans": lambda: figure_kmeans(maps, k),
-        "confidence": lambda: figure_confidence(maps),
+        "confidence": lambda: figure_confidence(
+            maps, ((metrics.get("intervals") or {}).get("test") or {}).get("per_band")),
         "spectra": lambda: figure_spectra(maps),
     }
     sections = []

@@ -15,7 +15,8 @@ The output is an ordinary plumelink map (so the GUI, silx or h5web open it like 
   float32, NaN where no spectrum was transferred, with attributes `method` and `definition`,
   and attributes `model` (package folder) and `input` (the input map); with a calibrated
   model (`PackageTransfer.calibrate`), `interval_radius` (ny, nx): the radius of the
-  prediction interval at its `level` (see `plumelink.models.intervals`).
+  prediction interval at its `level` (see `plumelink.models.intervals`), and
+  `band_interval_radius` (ny, nx, n_bands): the same per ~2 nm band of the primary axis.
 
 Storage: the spectra are stored as float32 without any filter by default (compression=None),
 so every HDF5 reader opens them with no plugin, and what is stored is exactly what the
@@ -376,6 +377,19 @@ def _write_confidence(path: Path, confidence: np.ndarray, transfer: BlockTransfe
                            "for spots like the calibration map's (split-conformal by "
                            "confidence bins); NaN where nothing was transferred",
                 calibration_map=str(getattr(transfer, "calibration_map", "") or ""))
+            if getattr(intervals, "band_radius", None) is not None:
+                bands = intervals.band_radius_for(confidence).astype(np.float32)
+                d = group.create_dataset("band_interval_radius", data=bands,
+                                         chunks=(1, *bands.shape[1:]))
+                d.attrs.update(
+                    level=intervals.level, units="counts",
+                    band_lo_nm=np.asarray(intervals.band_nm, np.float64)[:, 0],
+                    band_hi_nm=np.asarray(intervals.band_nm, np.float64)[:, 1],
+                    definition="per spot and wavelength band (last axis; bounds in band_lo_nm, "
+                               "band_hi_nm): the Euclidean distance over the band's pixels "
+                               "between the true and the transferred primary spectrum is "
+                               f"within this radius with probability >= {intervals.level:.0%} "
+                               "(each band on its own); NaN where nothing was transferred")
 
 
 def read_confidence(path: str | os.PathLike[str]) -> np.ndarray | None:

@@ -68,6 +68,14 @@ def test_transferred_map_carries_calibrated_interval_radii(tiny_model, tmp_path,
         assert radius.attrs["level"] == 0.9 and str(maps["val"]) in radius.attrs[
             "calibration_map"]
         np.testing.assert_allclose(radius[()], expected.radius_for(confidence), rtol=1e-5)
+        bands = f["map/transfer/band_interval_radius"]
+        assert bands.shape == (*confidence.shape, 81)
+        np.testing.assert_allclose(bands[()], expected.band_radius_for(confidence), rtol=1e-5)
+        lo, hi = bands.attrs["band_lo_nm"], bands.attrs["band_hi_nm"]
+        assert lo.shape == hi.shape == (81,) and (lo < hi).all() and (hi[:-1] < lo[1:]).all()
+        # a plain reader's question: how far off can this spot's Ca II 393 nm band be?
+        k = int(np.searchsorted(hi, 393.37))
+        assert lo[k] <= 393.37 <= hi[k] and np.isfinite(bands[0, 0, k])
 
 
 def test_a_missing_calibration_map_is_refused_or_said(tiny_model, tmp_path, capsys):

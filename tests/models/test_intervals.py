@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from plumelink.models.intervals import ConformalIntervals, calibrate, coverage
+from plumelink.models.intervals import (
+    ConformalIntervals,
+    band_coverage,
+    band_distances,
+    band_edges,
+    calibrate,
+    coverage,
+)
 
 
 def heteroscedastic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,4 +73,67 @@ def test_evaluation_reports_coverage_and_width_on_the_test_map(tiny_model, tmp_p
     ok = np.isfinite(radius) & np.isfinite(emaps.euclid)
     assert iv["test"]["coverage"] == pytest.approx(float(np.mean(emaps.euclid[ok] <= radius[ok])))
     assert iv["test"]["median_radius"] == pytest.approx(float(np.median(radius[ok])))
-    assert "Prediction intervals" in (tmp_path / "report" / "report.html").read_text("utf-8")
+    text = (tmp_path / "report" / "report.html").read_text("utf-8")
+    assert "Prediction intervals" in text
+    # per ~2 nm band: one coverage per band of the primary axis, and the report says the range
+    bands = iv["test"]["per_band"]
+    assert len(bands["coverage"]) == len(bands["nm"]) == 81
+    assert all(0.0 <= c <= 1.0 for c in bands["coverage"])
+    assert bands["min_coverage"] == min(bands["coverage"])
+    lo, hi = bands["nm"][bands["worst_band"]]
+    assert f"worst band {lo:.1f}–{hi:.1f} nm" in text
+    wl = emaps.primary_wavelength_nm
+    assert bands["nm"][0][0] == pytest.approx(wl[0]) and bands["nm"][-1][1] == pytest.approx(wl[-1])
+
+
+def _spectra_with_band_errors(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """True and predicted spectra (n, 40) whose error grows with 1 - confidence, and is
+    ten times larger in the last of four bands (where a transfer extrapolates)."""
+    rng = np.random.default_rng(seed)
+    conf = rng.random(n)
+    spread = (1.0 + 4.0 * (1 - conf))[:, None] * np.repeat([1.0, 1.0, 1.0, 10.0], 10)
+    true = rng.normal(100.0, 5.0, (n, 40))
+    return true, true + rng.normal(0.0, 1.0, (n, 40)) * spread, conf
+
+
+def test_band_distances_split_the_euclidean_distance() -> None:
+    true, pred, _ = _spectra_with_band_errors(50, 4)
+    px = band_edges(40, 4)
+    assert px.tolist() == [0, 10, 20, 30, 40]
+    d = band_distances(true, pred, px)
+    assert d.shape == (50, 4)
+    np.testing.assert_allclose((d**2).sum(axis=1), ((true - pred) ** 2).sum(axis=1))
+    np.testing.assert_allclose(d[:, 1], np.linalg.norm(true[:, 10:20] - pred[:, 10:20], axis=1))
+    with pytest.raises(ValueError, match="do not fit"):
+        band_edges(3, 4)
+
+
+def test_band_intervals_cover_each_band_and_follow_its_error() -> None:
+    px = band_edges(40, 4)
+    true, pred, conf = _spectra_with_band_errors(3000, 5)
+    intervals = calibrate(np.linalg.norm(true - pred, axis=1), conf,
+                          band_scores=band_distances(true, pred, px), band_px=px,
+                          band_nm=np.array([[0, 1], [1, 2], [2, 3], [3, 4]], float))
+    assert intervals.band_radius.shape == (5, 4)
+    # the extrapolated band is ~10 x wider, and every band is narrower where confidence is high
+    assert (intervals.band_radius[:, 3] > 5 * intervals.band_radius[:, 0]).all()
+    assert (intervals.band_radius[-1] < intervals.band_radius[0]).all()
+    t2, p2, c2 = _spectra_with_band_errors(20_000, 6)
+    result = band_coverage(intervals, band_distances(t2, p2, px), c2)
+    assert all(0.88 <= c <= 0.93 for c in result["coverage"])
+    # round trip through the manifest and transfer records, NaN confidence stays NaN
+    again = ConformalIntervals.from_dict(intervals.to_dict())
+    radii = again.band_radius_for(np.array([0.1, np.nan, 0.95]))
+    np.testing.assert_array_equal(radii[0], intervals.band_radius_for(np.array([0.1]))[0])
+    assert np.isnan(radii[1]).all() and radii.shape == (3, 4)
+    np.testing.assert_array_equal(again.band_nm, intervals.band_nm)
+
+
+def test_band_scores_must_match_the_spots_and_bands() -> None:
+    d, c = heteroscedastic(100, 7)
+    with pytest.raises(ValueError, match="do not match"):
+        calibrate(d, c, band_scores=np.ones((100, 3)), band_px=band_edges(40, 4))
+    with pytest.raises(ValueError, match="need their band edges"):
+        calibrate(d, c, band_scores=np.ones((100, 4)))
+    with pytest.raises(ValueError, match="without wavelength bands"):
+        calibrate(d, c).band_radius_for(np.ones(3))
