@@ -47,7 +47,7 @@ from plumelink.models.networks import VAE, LatentMLP, OneStepMLP, SystemDecoder
 from plumelink.models.package import save_package
 from plumelink.models.training import stages
 from plumelink.models.training.config import ConfigError, TrainConfig, load_config
-from plumelink.models.training.data import TrainingData, available_cores
+from plumelink.models.training.data import TrainingData, available_cores, training_threads
 from plumelink.models.training.stages import ProgressCallback, Reporter, Stages
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def train_transfer(
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    threads = config.run.threads or max(1, available_cores() // local_ranks)
+    threads = config.run.threads or max(1, training_threads() // local_ranks)
     previous_threads = torch.get_num_threads()
     previous_det = torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(threads)

@@ -9,7 +9,9 @@ RSEs) uses random subsamples drawn with the seed, recorded in `TrainingData.reco
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,8 @@ from plumelink.pipeline.paired_spectra import (
 )
 from plumelink.pipeline.preprocess import Preprocessor, SpectralScaler
 
+log = logging.getLogger(__name__)
+
 
 def available_cores() -> int:
     """The cores this process may use."""
@@ -41,6 +45,72 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+# a core counts as free for a training thread when at least this much of it is idle
+FREE_CORE_FRACTION = 0.75
+
+
+def read_cpu_times(text: str) -> dict[int, tuple[int, int]]:
+    """Per CPU (idle + iowait ticks, all ticks) from the text of /proc/stat."""
+    times: dict[int, tuple[int, int]] = {}
+    for line in text.splitlines():
+        name, *fields = line.split()
+        if not (name.startswith("cpu") and name[3:].isdigit()):
+            continue
+        ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
+        times[int(name[3:])] = (ticks[3] + ticks[4], sum(ticks))
+    return times
+
+
+def free_cores(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]],
+               cpus: set[int], own_cores: float = 0.0) -> float:
+    """Cores of ``cpus`` that other processes left idle between two `read_cpu_times`
+    readings; ``own_cores`` (this process's CPU seconds per second meanwhile) counts as free.
+    Niced processes count as busy: with the kernel's autogroup scheduling (the default of
+    most distributions) a nice-19 job of another session still takes its fair share."""
+    common = [c for c in cpus if c in before and c in after]
+    if not common:
+        return float(len(cpus))
+    idle = sum(after[c][0] - before[c][0] for c in common)
+    total = sum(after[c][1] - before[c][1] for c in common)
+    if total <= 0:  # no tick in between: nothing known
+        return float(len(cpus))
+    return min(float(len(cpus)), len(cpus) * idle / total + max(own_cores, 0.0))
+
+
+def threads_for_free(free: float, cores: int) -> int:
+    """Training threads for ``free`` idle cores out of ``cores``: the cores at least
+    FREE_CORE_FRACTION idle, at least 1."""
+    return max(1, min(cores, int(free + 1.0 - FREE_CORE_FRACTION)))
+
+
+def training_threads(sample_s: float = 0.15, stat: Path = Path("/proc/stat")) -> int:
+    """Torch threads for a training run: the cores of this process's affinity that no other
+    process keeps busy, sampled from ``stat`` over ``sample_s`` seconds.
+
+    Why not every core: torch's OpenMP threads meet at a barrier after every operation, so
+    one thread sharing its core with a busy process holds the others back. Measured on 2
+    cores with one kept busy by another process, VAE training at batch 128 fell from ~1,250
+    samples/s on one thread to ~250-370 on two (TensorFlow, whose threads do not wait on each
+    other, lost half). Where /proc/stat cannot be read: every core (`available_cores`).
+    An explicit thread count (``--threads``, ``run.threads``) is used as given."""
+    cores = available_cores()
+    if cores == 1:
+        return 1
+    try:
+        cpus = os.sched_getaffinity(0)
+        before, own, wall = read_cpu_times(stat.read_text()), time.process_time(), \
+            time.perf_counter()
+        time.sleep(sample_s)
+        after = read_cpu_times(stat.read_text())
+        own_cores = (time.process_time() - own) / max(time.perf_counter() - wall, 1e-6)
+    except (OSError, AttributeError, ValueError, IndexError):
+        return cores
+    free = free_cores(before, after, cpus, own_cores)
+    threads = threads_for_free(free, cores)
+    log.info("%.2f of %d cores free: training on %d threads", free, cores, threads)
+    return threads
 
 
 def file_fingerprint(path: Path, shape: tuple[int, int], n_pairs: int,
@@ -262,5 +332,6 @@ class TrainingData:
                 "val": file_fingerprint(self.val_path, self.shapes[1], self.n_val, with_hash)}
 
 
-__all__ = ["StreamedSample", "TrainingData", "available_cores", "file_fingerprint",
-           "load_paired", "map_spots", "sample_map"]
+__all__ = ["FREE_CORE_FRACTION", "StreamedSample", "TrainingData", "available_cores",
+           "file_fingerprint", "free_cores", "load_paired", "map_spots", "read_cpu_times",
+           "sample_map", "threads_for_free", "training_threads"]
