@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -85,25 +86,27 @@ def threads_for_free(free: float, cores: int) -> int:
     return max(1, min(cores, int(free + 1.0 - FREE_CORE_FRACTION)))
 
 
-def training_threads(sample_s: float = 0.15, stat: Path = Path("/proc/stat")) -> int:
+def training_threads(sample_s: float = 0.15,
+                     read: Callable[[], str] = lambda: Path("/proc/stat").read_text()) -> int:
     """Torch threads for a training run: the cores of this process's affinity that no other
-    process keeps busy, sampled from ``stat`` over ``sample_s`` seconds.
+    process keeps busy, sampled by two `read_cpu_times` readings of ``read()`` (the text of
+    /proc/stat) ``sample_s`` seconds apart.
 
     Why not every core: torch's OpenMP threads meet at a barrier after every operation, so
     one thread sharing its core with a busy process holds the others back. Measured on 2
     cores with one kept busy by another process, VAE training at batch 128 fell from ~1,250
     samples/s on one thread to ~250-370 on two (TensorFlow, whose threads do not wait on each
     other, lost half). Where /proc/stat cannot be read: every core (`available_cores`).
-    An explicit thread count (``--threads``, ``run.threads``) is used as given."""
+    The choice is made once, at the start: the package records it (a run's results depend on
+    its thread count; an explicit ``--threads`` / ``run.threads`` is used as given)."""
     cores = available_cores()
     if cores == 1:
         return 1
     try:
-        cpus = os.sched_getaffinity(0)
-        before, own, wall = read_cpu_times(stat.read_text()), time.process_time(), \
-            time.perf_counter()
+        cpus = set(os.sched_getaffinity(0))
+        before, own, wall = read_cpu_times(read()), time.process_time(), time.perf_counter()
         time.sleep(sample_s)
-        after = read_cpu_times(stat.read_text())
+        after = read_cpu_times(read())
         own_cores = (time.process_time() - own) / max(time.perf_counter() - wall, 1e-6)
     except (OSError, AttributeError, ValueError, IndexError):
         return cores
