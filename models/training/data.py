@@ -116,6 +116,61 @@ def training_threads(sample_s: float = 0.15,
     return threads
 
 
+class FreeCoreThreads:
+    """Re-decides a run's thread count between epochs from what other processes used of this
+    process's cores since the last decision (`free_cores`, this process's own use counting
+    free), and applies it with ``apply`` (torch.set_num_threads).
+
+    Why: `training_threads` decides once, at the start, but a long run meets load that
+    starts or ends later; two threads against a process that arrives on one core run ~4 x
+    slower than one thread alone (see `training_threads`). Intervals shorter than
+    ``min_interval_s`` are too short to judge and leave the count as it is. ``changes``
+    records every change (where, threads) for the package."""
+
+    def __init__(self, threads: int, read: Callable[[], str] | None = None,
+                 apply: Callable[[int], None] | None = None, min_interval_s: float = 2.0,
+                 clock: Callable[[], float] = time.perf_counter,
+                 own_clock: Callable[[], float] = time.process_time):
+        self.threads, self.min_interval_s = int(threads), float(min_interval_s)
+        self.changes: list[dict[str, Any]] = []
+        self._read = read or (lambda: Path("/proc/stat").read_text())
+        self._apply = apply
+        self._clock, self._own_clock = clock, own_clock
+        self._cores = available_cores()
+        try:
+            self._cpus = set(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux: /proc/stat is not there either
+            self._cpus = set(range(self._cores))
+        self._last = self._sample()
+
+    def _sample(self) -> tuple[dict[int, tuple[int, int]], float, float] | None:
+        try:
+            return read_cpu_times(self._read()), self._own_clock(), self._clock()
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def update(self, where: str = "") -> int:
+        """The thread count from now on (applied when it changes)."""
+        now = self._sample()
+        if now is None or self._last is None:
+            self._last = now
+            return self.threads
+        (before, own0, t0), (after, own1, t1) = self._last, now
+        if t1 - t0 < self.min_interval_s:
+            return self.threads
+        self._last = now
+        free = free_cores(before, after, self._cpus, (own1 - own0) / (t1 - t0))
+        threads = threads_for_free(free, self._cores)
+        if threads != self.threads:
+            log.info("%s: %.2f of %d cores free, training on %d threads (was %d)", where,
+                     free, self._cores, threads, self.threads)
+            self.threads = threads
+            self.changes.append({"at": where, "threads": threads})
+            if self._apply is not None:
+                self._apply(threads)
+        return self.threads
+
+
 def file_fingerprint(path: Path, shape: tuple[int, int], n_pairs: int,
                      with_hash: bool = True) -> dict[str, Any]:
     """What identifies an input map in a package: name, size, mtime, shape, pairs, sha256."""
@@ -335,6 +390,6 @@ class TrainingData:
                 "val": file_fingerprint(self.val_path, self.shapes[1], self.n_val, with_hash)}
 
 
-__all__ = ["FREE_CORE_FRACTION", "StreamedSample", "TrainingData", "available_cores",
-           "file_fingerprint", "free_cores", "load_paired", "map_spots", "read_cpu_times",
-           "sample_map", "threads_for_free", "training_threads"]
+__all__ = ["FREE_CORE_FRACTION", "FreeCoreThreads", "StreamedSample", "TrainingData",
+           "available_cores", "file_fingerprint", "free_cores", "load_paired", "map_spots",
+           "read_cpu_times", "sample_map", "threads_for_free", "training_threads"]

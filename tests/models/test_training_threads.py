@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from plumelink.models.training import data
@@ -96,3 +98,89 @@ def test_unreadable_stat_gives_every_core(monkeypatch: pytest.MonkeyPatch) -> No
     assert training_threads(0.0, read=unreadable) == 3
     monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: {5}, raising=False)
     assert training_threads(0.0, read=unreadable) == 1
+
+
+class Readings:
+    """Injected /proc/stat texts, wall clock and this process's CPU clock."""
+
+    def __init__(self) -> None:
+        self.text = stat((0, 0, 0, 0), (0, 0, 0, 0))
+        self.wall = self.own = 0.0
+
+    def advance(self, seconds: float, cpus: list[tuple[int, int, int, int]], own: float
+                ) -> None:
+        """``seconds`` pass (100 ticks a second per CPU); cpus: ticks added per CPU."""
+        old = read_cpu_times(self.text)
+        lines = self.text.splitlines()
+        for i, (u, n, idle, io) in enumerate(cpus):
+            fields = lines[1 + i].split()
+            base = [int(f) for f in fields[1:]]
+            base[0] += u
+            base[1] += n
+            base[3] += idle
+            base[4] += io
+            lines[1 + i] = f"cpu{i} " + " ".join(map(str, base))
+        self.text = "\n".join(lines) + "\n"
+        assert set(read_cpu_times(self.text)) == set(old)
+        self.wall += seconds
+        self.own += own
+
+
+def governor(monkeypatch: pytest.MonkeyPatch, readings: Readings, threads: int,
+             applied: list[int]) -> data.FreeCoreThreads:
+    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    return data.FreeCoreThreads(threads, read=lambda: readings.text, apply=applied.append,
+                                min_interval_s=1.0, clock=lambda: readings.wall,
+                                own_clock=lambda: readings.own)
+
+
+def test_threads_drop_when_another_process_arrives_and_return_when_it_leaves(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    r, applied = Readings(), []
+    g = governor(monkeypatch, r, 2, applied)
+    # our two threads alone: both cores ours
+    r.advance(10, [(1000, 0, 0, 0), (1000, 0, 0, 0)], own=20)
+    assert g.update("vae epoch 0") == 2 and applied == []
+    # another process arrives: it takes 0.8 of a core, we get the rest
+    r.advance(10, [(1000, 0, 0, 0), (1000, 0, 0, 0)], own=12)
+    assert g.update("vae epoch 1") == 1 and applied == [1]
+    # on one thread; the other process keeps its core
+    r.advance(10, [(1000, 0, 0, 0), (1000, 0, 0, 0)], own=10)
+    assert g.update("vae epoch 2") == 1 and applied == [1]
+    # it has left: one core idle, one ours
+    r.advance(10, [(1000, 0, 0, 0), (0, 0, 1000, 0)], own=10)
+    assert g.update("latent_mlp epoch 0") == 2 and applied == [1, 2]
+    assert g.changes == [{"at": "vae epoch 1", "threads": 1},
+                         {"at": "latent_mlp epoch 0", "threads": 2}]
+
+
+def test_a_short_interval_is_not_judged(monkeypatch: pytest.MonkeyPatch) -> None:
+    r, applied = Readings(), []
+    g = governor(monkeypatch, r, 2, applied)
+    r.advance(0.5, [(50, 0, 0, 0), (50, 0, 0, 0)], own=0.0)  # all busy, but 0.5 s only
+    assert g.update() == 2 and applied == []
+    r.advance(0.6, [(60, 0, 0, 0), (60, 0, 0, 0)], own=0.0)  # judged over the 1.1 s
+    assert g.update() == 1 and applied == [1]
+
+
+def test_unreadable_stat_keeps_the_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+
+    def unreadable() -> str:
+        raise FileNotFoundError("/proc/stat")
+
+    g = data.FreeCoreThreads(2, read=unreadable, apply=lambda n: pytest.fail("applied"))
+    assert g.update() == 2 and g.changes == []
+
+
+def test_a_run_on_default_threads_records_the_choice(maps: dict, tmp_path: Path) -> None:
+    from plumelink.models.package import load_package
+    from plumelink.models.train import TrainOptions, train_transfer
+
+    out = train_transfer(maps["train"], maps["val"], tmp_path / "model",
+                         TrainOptions(epochs=2, fine_tune=False, baselines=False,
+                                      hash_inputs=False, max_batches=2))
+    options = load_package(out).manifest["metrics"]["options"]
+    assert 1 <= options["threads"] <= data.available_cores()
+    assert options["threads_chosen"] == "free cores"
+    assert all(1 <= c["threads"] <= data.available_cores() for c in options["thread_changes"])
