@@ -239,8 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=None,
                     help="seed of every random choice (default 0)")
     tr.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                    help="torch threads (default: every core this process may use, shared "
-                    "among the ranks of torchrun)")
+                    help="torch threads (default: the cores of this process that no other "
+                    "process keeps busy, sampled at the start, shared among the ranks of "
+                    "torchrun)")
     tr.add_argument("--stream", action="store_true",
                     help="stream the maps in blocks even when they are small (maps of more "
                     "than 50,000 spots are always streamed)")

@@ -208,6 +208,17 @@ def make_adam(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.A
         return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
 
 
+def train_step(net: nn.Module, loss_fn: LossFn, batch: tuple, step: int,
+               optimiser: torch.optim.Optimizer) -> torch.Tensor:
+    """One optimiser step on one batch; returns the training loss (a tensor, not synced to
+    the host). The step of `fit`, and the one benchmarks/bench_keras.py times."""
+    loss, _ = loss_fn(net, batch, step)
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    return loss
+
+
 def cosine_factor(step: int, total_steps: int, floor: float) -> float:
     """Cosine decay of the learning rate's factor from 1 to ``floor`` over total_steps."""
     phase = min(step / max(total_steps - 1, 1), 1.0)
@@ -319,21 +330,19 @@ def fit(
         if stop:
             break
         net.train()
-        total, count = 0.0, 0
+        # the epoch's loss is summed on the device: no host sync (GPU) per batch
+        summed, count = torch.zeros((), dtype=torch.float64, device=device), 0
         for i, batch in enumerate(train.batches(config.batch_size, rng)):
             if config.max_batches is not None and i >= config.max_batches:
                 break
             batch = _to(batch, device)
-            loss, _ = loss_fn(net, batch, step)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
+            loss = train_step(net, loss_fn, batch, step, optimiser)
             if per_batch:
                 scheduler.step()  # type: ignore[union-attr]
             step += 1
-            total += float(loss.detach()) * len(batch[0])
+            summed += loss.detach().double() * len(batch[0])
             count += len(batch[0])
-        total, count = distributed.all_reduce_sum([total, float(count)], info, device)
+        total, count = distributed.all_reduce_sum([float(summed), float(count)], info, device)
         if averaged is not None:
             averaged.update_parameters(model)  # equal weights over the epochs so far
         validated = averaged.module if averaged is not None else model

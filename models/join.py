@@ -48,9 +48,9 @@ from plumelink.models.training import stages
 from plumelink.models.training.config import FLAT, TrainConfig
 from plumelink.models.training.data import (
     TrainingData,
-    available_cores,
     file_fingerprint,
     load_paired,
+    training_threads,
 )
 from plumelink.models.training.stages import ProgressCallback, Reporter, Stages
 from plumelink.pipeline.paired_spectra import PairedSpectra, check_axes
@@ -136,7 +136,7 @@ def join_secondary(
     data = _join_data(package, train, val, train_path, val_path)
 
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads or available_cores())
+    torch.set_num_threads(threads or training_threads())
     try:
         with torch.random.fork_rng(devices=[]):
             metrics, mlp, history, mean, decoder = _join(package, config, data, progress)

@@ -13,14 +13,17 @@ from itertools import pairwise
 import torch
 from torch import nn
 
+from .dense import Dense
+
 LEAKY_SLOPE = 0.01
 
 
 def dense_stack(sizes: Sequence[int], *, linear_last: bool = True) -> nn.Sequential:
-    """Linear layers between consecutive sizes, LeakyReLU between them."""
+    """Linear layers between consecutive sizes, LeakyReLU between them (`Dense`: nn.Linear
+    trained on oneDNN on the CPU)."""
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(pairwise(sizes)):
-        layers.append(nn.Linear(a, b))
+        layers.append(Dense(a, b))
         if i < len(sizes) - 2 or not linear_last:
             layers.append(nn.LeakyReLU(LEAKY_SLOPE))
     return nn.Sequential(*layers)
@@ -35,8 +38,8 @@ class VAE(nn.Module):
         self.hidden = tuple(int(h) for h in hidden)
         self.latent = int(latent)
         self.encoder = dense_stack([self.n_pixels, *self.hidden], linear_last=False)
-        self.to_mean = nn.Linear(self.hidden[-1], self.latent)
-        self.to_log_var = nn.Linear(self.hidden[-1], self.latent)
+        self.to_mean = Dense(self.hidden[-1], self.latent)
+        self.to_log_var = Dense(self.hidden[-1], self.latent)
         self.decoder = dense_stack([self.latent, *reversed(self.hidden), self.n_pixels])
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -47,7 +47,12 @@ from plumelink.models.networks import VAE, LatentMLP, OneStepMLP, SystemDecoder
 from plumelink.models.package import save_package
 from plumelink.models.training import stages
 from plumelink.models.training.config import ConfigError, TrainConfig, load_config
-from plumelink.models.training.data import TrainingData, available_cores
+from plumelink.models.training.data import (
+    FreeCoreThreads,
+    TrainingData,
+    available_cores,
+    training_threads,
+)
 from plumelink.models.training.stages import ProgressCallback, Reporter, Stages
 
 log = logging.getLogger(__name__)
@@ -103,7 +108,7 @@ def train_transfer(
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    threads = config.run.threads or max(1, available_cores() // local_ranks)
+    threads = config.run.threads or max(1, training_threads() // local_ranks)
     previous_threads = torch.get_num_threads()
     previous_det = torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(threads)
@@ -112,8 +117,12 @@ def train_transfer(
             torch.use_deterministic_algorithms(True, warn_only=True)
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
+            # a run on its default threads on one CPU process re-decides them every epoch
+            governor = (FreeCoreThreads(threads, apply=torch.set_num_threads)
+                        if config.run.threads is None and device.type == "cpu"
+                        and not info.enabled else None)
             _train(train_path, val_path, out, config, threads, Reporter(progress),
-                   device, info, resume)
+                   device, info, resume, governor)
         # the other ranks wait for rank 0's package: a rank leaving the gloo group while
         # another still uses it was seen to abort (std::terminate) in 1 of 8 runs
         distributed.barrier(info)
@@ -137,7 +146,7 @@ def _checkpoint_fingerprint(train_path: Path, val_path: Path, config: TrainConfi
 
 def _train(train_path: Path, val_path: Path, out: Path, config: TrainConfig, threads: int,
            report: Reporter, device: torch.device, info: distributed.DistInfo,
-           resume: bool) -> None:
+           resume: bool, governor: FreeCoreThreads | None = None) -> None:
     """The stages in order; rank 0 then fits the baselines and writes the package."""
     data = TrainingData.load(train_path, val_path, config, rank=info.rank,
                              world_size=info.world_size)
@@ -148,7 +157,7 @@ def _train(train_path: Path, val_path: Path, out: Path, config: TrainConfig, thr
                       _checkpoint_fingerprint(train_path, val_path, config, info.world_size),
                       resume=resume, writer=info.is_main,
                       interval_s=config.run.checkpoint_interval_s)
-    run = Stages(config, data, device, ck, report)
+    run = Stages(config, data, device, ck, report, threads=governor)
 
     vae = stages.train_vae(run)
     mlp = stages.train_latent_mlp(run, vae)
@@ -177,6 +186,9 @@ def _save(out: Path, config: TrainConfig, run: Stages, digest: str, threads: int
     data, metrics, system = run.data, run.metrics, config.system
     options_record = config.flat()
     options_record["threads"] = threads
+    if run.threads is not None:  # chosen from the free cores, and re-decided every epoch
+        options_record["threads_chosen"] = "free cores"
+        options_record["thread_changes"] = run.threads.changes
     options_record["device"] = str(device)
     metrics["n_train_pairs"], metrics["n_val_pairs"] = data.n_train, data.n_val
     metrics["data"] = data.record

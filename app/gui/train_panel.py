@@ -64,8 +64,10 @@ class TrainPanel(QWidget):
         self.latent.setValue(64)
         form.addRow("latent size", self.latent)
         self.threads = QSpinBox()
-        self.threads.setRange(1, 256)
-        self.threads.setValue(usable_cores())  # the run's own default; fewer leave room
+        self.threads.setRange(0, 256)
+        # 0: the run's own default, the cores no other process keeps busy at its start
+        self.threads.setSpecialValueText(f"auto (free cores of {usable_cores()})")
+        self.threads.setValue(0)
         form.addRow("torch threads", self.threads)
         self.fine_tune = QCheckBox("fine-tune the composed model")
         self.fine_tune.setChecked(True)
@@ -107,7 +109,7 @@ class TrainPanel(QWidget):
         """`models.train.TrainConfig` options by flat name (built and checked in the training
         process)."""
         return {"epochs": self.epochs.value(), "latent": self.latent.value(),
-                "threads": self.threads.value(), "fine_tune": self.fine_tune.isChecked(),
+                "threads": self.threads.value() or None, "fine_tune": self.fine_tune.isChecked(),
                 "baselines": self.baselines.isChecked(), "overwrite": self.overwrite.isChecked(),
                 "hash_inputs": False}
 

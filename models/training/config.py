@@ -141,7 +141,7 @@ class AugmentConfig(_Table):
 class RunConfig(_Table):
     """Where and how a run executes; nothing here changes a weight (resume may differ)."""
 
-    threads: int | None = Field(None, ge=1)  # torch threads; None: the cores this process has
+    threads: int | None = Field(None, ge=1)  # torch threads; None: the free cores at the start
     device: str = "auto"  # auto (the GPU when available), cpu, cuda or cuda:N
     hash_inputs: bool = True  # sha256 of the input maps in the package (else size + mtime)
     overwrite: bool = False

@@ -9,7 +9,10 @@ RSEs) uses random subsamples drawn with the seed, recorded in `TrainingData.reco
 
 from __future__ import annotations
 
+import logging
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,8 @@ from plumelink.pipeline.paired_spectra import (
 )
 from plumelink.pipeline.preprocess import Preprocessor, SpectralScaler
 
+log = logging.getLogger(__name__)
+
 
 def available_cores() -> int:
     """The cores this process may use."""
@@ -41,6 +46,129 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+# a core counts as free for a training thread when at least this much of it is idle
+FREE_CORE_FRACTION = 0.75
+
+
+def read_cpu_times(text: str) -> dict[int, tuple[int, int]]:
+    """Per CPU (idle + iowait ticks, all ticks) from the text of /proc/stat."""
+    times: dict[int, tuple[int, int]] = {}
+    for line in text.splitlines():
+        name, *fields = line.split()
+        if not (name.startswith("cpu") and name[3:].isdigit()):
+            continue
+        ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
+        times[int(name[3:])] = (ticks[3] + ticks[4], sum(ticks))
+    return times
+
+
+def free_cores(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]],
+               cpus: set[int], own_cores: float = 0.0) -> float:
+    """Cores of ``cpus`` that other processes left idle between two `read_cpu_times`
+    readings; ``own_cores`` (this process's CPU seconds per second meanwhile) counts as free.
+    Niced processes count as busy: with the kernel's autogroup scheduling (the default of
+    most distributions) a nice-19 job of another session still takes its fair share."""
+    common = [c for c in cpus if c in before and c in after]
+    if not common:
+        return float(len(cpus))
+    idle = sum(after[c][0] - before[c][0] for c in common)
+    total = sum(after[c][1] - before[c][1] for c in common)
+    if total <= 0:  # no tick in between: nothing known
+        return float(len(cpus))
+    return min(float(len(cpus)), len(cpus) * idle / total + max(own_cores, 0.0))
+
+
+def threads_for_free(free: float, cores: int) -> int:
+    """Training threads for ``free`` idle cores out of ``cores``: the cores at least
+    FREE_CORE_FRACTION idle, at least 1."""
+    return max(1, min(cores, int(free + 1.0 - FREE_CORE_FRACTION)))
+
+
+def training_threads(sample_s: float = 0.15,
+                     read: Callable[[], str] = lambda: Path("/proc/stat").read_text()) -> int:
+    """Torch threads for a training run: the cores of this process's affinity that no other
+    process keeps busy, sampled by two `read_cpu_times` readings of ``read()`` (the text of
+    /proc/stat) ``sample_s`` seconds apart.
+
+    Why not every core: torch's OpenMP threads meet at a barrier after every operation, so
+    one thread sharing its core with a busy process holds the others back. Measured on 2
+    cores with one kept busy by another process, VAE training at batch 128 fell from ~1,250
+    samples/s on one thread to ~250-370 on two (TensorFlow, whose threads do not wait on each
+    other, lost half). Where /proc/stat cannot be read: every core (`available_cores`).
+    The choice is made once, at the start: the package records it (a run's results depend on
+    its thread count; an explicit ``--threads`` / ``run.threads`` is used as given)."""
+    cores = available_cores()
+    if cores == 1:
+        return 1
+    try:
+        cpus = set(os.sched_getaffinity(0))
+        before, own, wall = read_cpu_times(read()), time.process_time(), time.perf_counter()
+        time.sleep(sample_s)
+        after = read_cpu_times(read())
+        own_cores = (time.process_time() - own) / max(time.perf_counter() - wall, 1e-6)
+    except (OSError, AttributeError, ValueError, IndexError):
+        return cores
+    free = free_cores(before, after, cpus, own_cores)
+    threads = threads_for_free(free, cores)
+    log.info("%.2f of %d cores free: training on %d threads", free, cores, threads)
+    return threads
+
+
+class FreeCoreThreads:
+    """Re-decides a run's thread count between epochs from what other processes used of this
+    process's cores since the last decision (`free_cores`, this process's own use counting
+    free), and applies it with ``apply`` (torch.set_num_threads).
+
+    Why: `training_threads` decides once, at the start, but a long run meets load that
+    starts or ends later; two threads against a process that arrives on one core run ~4 x
+    slower than one thread alone (see `training_threads`). Intervals shorter than
+    ``min_interval_s`` are too short to judge and leave the count as it is. ``changes``
+    records every change (where, threads) for the package."""
+
+    def __init__(self, threads: int, read: Callable[[], str] | None = None,
+                 apply: Callable[[int], None] | None = None, min_interval_s: float = 2.0,
+                 clock: Callable[[], float] = time.perf_counter,
+                 own_clock: Callable[[], float] = time.process_time):
+        self.threads, self.min_interval_s = int(threads), float(min_interval_s)
+        self.changes: list[dict[str, Any]] = []
+        self._read = read or (lambda: Path("/proc/stat").read_text())
+        self._apply = apply
+        self._clock, self._own_clock = clock, own_clock
+        self._cores = available_cores()
+        try:
+            self._cpus = set(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux: /proc/stat is not there either
+            self._cpus = set(range(self._cores))
+        self._last = self._sample()
+
+    def _sample(self) -> tuple[dict[int, tuple[int, int]], float, float] | None:
+        try:
+            return read_cpu_times(self._read()), self._own_clock(), self._clock()
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def update(self, where: str = "") -> int:
+        """The thread count from now on (applied when it changes)."""
+        now = self._sample()
+        if now is None or self._last is None:
+            self._last = now
+            return self.threads
+        (before, own0, t0), (after, own1, t1) = self._last, now
+        if t1 - t0 < self.min_interval_s:
+            return self.threads
+        self._last = now
+        free = free_cores(before, after, self._cpus, (own1 - own0) / (t1 - t0))
+        threads = threads_for_free(free, self._cores)
+        if threads != self.threads:
+            log.info("%s: %.2f of %d cores free, training on %d threads (was %d)", where,
+                     free, self._cores, threads, self.threads)
+            self.threads = threads
+            self.changes.append({"at": where, "threads": threads})
+            if self._apply is not None:
+                self._apply(threads)
+        return self.threads
 
 
 def file_fingerprint(path: Path, shape: tuple[int, int], n_pairs: int,
@@ -262,5 +390,6 @@ class TrainingData:
                 "val": file_fingerprint(self.val_path, self.shapes[1], self.n_val, with_hash)}
 
 
-__all__ = ["StreamedSample", "TrainingData", "available_cores", "file_fingerprint",
-           "load_paired", "map_spots", "sample_map"]
+__all__ = ["FREE_CORE_FRACTION", "FreeCoreThreads", "StreamedSample", "TrainingData",
+           "available_cores", "file_fingerprint", "free_cores", "load_paired", "map_spots",
+           "read_cpu_times", "sample_map", "threads_for_free", "training_threads"]

@@ -40,7 +40,7 @@ from plumelink.models.fit import (
 )
 from plumelink.models.networks import VAE, ComposedTransfer, LatentMLP, OneStepMLP, SystemDecoder
 from plumelink.models.training.config import TrainConfig
-from plumelink.models.training.data import TrainingData
+from plumelink.models.training.data import FreeCoreThreads, TrainingData
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,8 @@ class Stages:
     report: Reporter
     histories: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=lambda: {"validation_rse": {}})
+    # re-decides the thread count after every epoch (a run on its default threads, CPU)
+    threads: FreeCoreThreads | None = None
 
     def __post_init__(self) -> None:
         pre = self.data.preprocessor
@@ -123,8 +125,16 @@ class Stages:
     def fit(self, model: nn.Module, loss: LossFn, train: BatchSource, val: BatchSource,
             stage: str, epochs: int, lr: float, offset: int, *,
             checkpointed: bool = True) -> FitHistory:
+        on_epoch = self.report.epochs(stage, epochs)
+        if self.threads is not None:
+            report, governor = on_epoch, self.threads
+
+            def on_epoch(epoch: int, train_loss: float, val_loss: float) -> None:
+                governor.update(f"{stage} epoch {epoch}")
+                report(epoch, train_loss, val_loss)
+
         return fit(model, loss, train, val, fit_config(self.config, epochs, lr, offset),
-                   on_epoch=self.report.epochs(stage, epochs), device=self.device,
+                   on_epoch=on_epoch, device=self.device,
                    checkpoint=self.checkpoints if checkpointed else None, stage=stage)
 
     def predict(self, model: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray
