@@ -240,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seed of every random choice (default 0)")
     tr.add_argument("--threads", type=positive_int, default=None, metavar="N",
                     help="torch threads (default: the cores of this process that no other "
-                    "process keeps busy, sampled at the start, shared among the ranks of "
-                    "torchrun)")
+                    "process keeps busy, sampled at the start and after every epoch, shared "
+                    "among the ranks of torchrun; give N for bit-for-bit repeatable runs)")
     tr.add_argument("--stream", action="store_true",
                     help="stream the maps in blocks even when they are small (maps of more "
                     "than 50,000 spots are always streamed)")
