@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -182,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="folder for the package copy (default: a temporary folder)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args(argv)
+    # every budget joins into one package copy, beside the others: its "same wavelength axis"
+    # warning is expected here
+    logging.getLogger("plumelink.models.join").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory() as tmp:
         result = run(a.model, a.maps, a.pairs, a.methods, selection=a.selection,
                      seeds=a.seeds, epochs=a.epochs, threads=a.threads,
