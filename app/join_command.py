@@ -34,6 +34,12 @@ def format_join_report(system: str, metrics: dict) -> str:
                      f"{budget['early_stopping']})")
     if "trained_parameters" in metrics:
         lines.append(f"trained parameters: {metrics['trained_parameters']:,}")
+    blend = metrics.get("blend")
+    if blend:
+        lines.append(f"network alone: validation RSE {metrics['network_validation_rse']:.4f}; "
+                     + (f"blended with PLS ({blend['components']} components) at weight "
+                        f"{blend['pls_weight']:g}" if blend["weight"] < 1 else
+                        "PLS blend not kept (the network alone was best)"))
     return "\n".join(lines)
 
 
@@ -59,7 +65,8 @@ def _join(args: argparse.Namespace) -> int:
                                  replace=args.replace, fine_tune=args.fine_tune,
                                  pairs=args.pairs, pair_selection=args.pair_selection,
                                  method=args.method, rank=args.rank,
-                                 base_system=args.base_system, validation=args.validation)
+                                 base_system=args.base_system, validation=args.validation,
+                                 blend=args.pls_blend)
     finally:
         if bar is not None:
             bar.close()
@@ -114,6 +121,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="what early stopping watches: pairs (held-out 1 in 5 of the --pairs "
                     "budget, the default with --pairs) or map (the --val map, the default "
                     "without); the reported RSE is always the --val map's")
+    jo.add_argument("--pls-blend", action=argparse.BooleanOptionalAction, default=None,
+                    help="blend the network with PLS fitted on the same pairs, components and "
+                    "weight chosen where early stopping looks (the network alone is one of "
+                    "the candidates), stored as the system's own decoder; default: on with "
+                    "--pairs (measured better than either alone on few pairs), off without")
     jo.add_argument("--replace", action="store_true",
                     help="retrain a system the package already has")
     jo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -8,6 +8,7 @@ valid pair of the training map) and every method:
 
   - joins the new system from the budget (`join_secondary(pairs=N, method=...)`, the
     budget's own 1 in 5 pairs held out for early stopping), into a copy of the package;
+    "METHOD+blend" with the PLS blend (`blend=True`), plain "METHOD" without;
   - fits PDS and PLS on the same N pairs, scaled with the joined system's scaler (fitted on
     the budget's fitting pairs): PLS components chosen on the held-out pairs among the
     package's candidates, then refitted on all N (as training does with train + val); PDS
@@ -20,8 +21,8 @@ on the validation map), the reference of the issue's target (at 200 pairs within
 its RSE, and better than PDS and PLS on the same 200 pairs). Prints a table, writes JSON.
 
     python benchmarks/bench_join_pairs.py --model DIR --maps DIR [--pairs 50 200 1000 all]
-        [--methods adapt first_layer full] [--selection spread] [--seeds 0] [--epochs 100]
-        [--threads 1] [--work DIR] [--json FILE]
+        [--methods adapt+blend adapt first_layer full] [--selection spread] [--seeds 0]
+        [--epochs 100] [--threads 1] [--work DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from plumelink.models.training.data import _subset, load_paired
 from plumelink.pipeline.paired_spectra import PairedSpectra
 
 DEFAULT_PAIRS = ("50", "200", "1000", "all")
-DEFAULT_METHODS = ("adapt", "first_layer", "full")
+DEFAULT_METHODS = ("adapt+blend", "adapt", "first_layer", "full")
 
 
 def test_rse(model_dir: Path, system: str, test: PairedSpectra) -> float:
@@ -122,7 +123,7 @@ def run(model: Path, maps: Path, pairs: list[str], methods: list[str], *, select
                 "validation_rse": metrics["validation_rse"]["vae_mlp"],
                 "early_stopping_rse": metrics.get("early_stopping_rse"),
                 "trained_parameters": metrics["trained_parameters"],
-                "n_fit_pairs": metrics["n_train_pairs"]}
+                "n_fit_pairs": metrics["n_train_pairs"], "blend": metrics.get("blend")}
 
     whole = join("whole_map", method="full")
     whole["mean_test_rse"] = None
@@ -133,12 +134,14 @@ def run(model: Path, maps: Path, pairs: list[str], methods: list[str], *, select
         for seed in seeds:
             record: dict[str, Any] = {"pairs": label, "n": n, "seed": seed, "methods": {}}
             for method in methods:
-                name = f"ccd_{method}_{label}_{seed}"
-                record["methods"][method] = join(name, method=method, pairs=n,
-                                                 pair_selection=selection, seed=seed)
+                base_method, _, extra = method.partition("+")
+                name = f"ccd_{base_method}{'_' + extra if extra else ''}_{label}_{seed}"
+                record["methods"][method] = join(name, method=base_method, pairs=n,
+                                                 pair_selection=selection, seed=seed,
+                                                 blend=extra == "blend")
                 print(f"N={label} seed={seed} {method}: test RSE "
                       f"{record['methods'][method]['test_rse']:.4f}", file=sys.stderr)
-            first = next(iter(record["methods"].values()))["system"]
+            first = next(iter(record["methods"].values()))["system"]  # its scalers
             record["baselines"] = baselines_on_budget(folder, first, train, test, n, selection,
                                                       seed)
             print(f"N={label} seed={seed} PDS {record['baselines']['pds']:.4f} "

@@ -40,11 +40,13 @@ from plumelink.models.adapt import (
     AdaptedMLP,
     PairSelection,
     base_match,
+    choose_blend,
     overlap_fraction,
     resampling,
     select_pairs,
     split_budget,
 )
+from plumelink.models.baselines import PLSModel
 from plumelink.models.fit import ArraySource, mse_loss, predict
 from plumelink.models.networks import ComposedTransfer, LatentMLP, SystemDecoder
 from plumelink.models.package import (
@@ -125,6 +127,7 @@ def join_secondary(
     rank: int | None = None,
     base_system: str | None = None,
     validation: Validation | None = None,
+    blend: bool | None = None,
 ) -> dict[str, Any]:
     """Train a latent MLP for a new secondary system into an existing package; its metrics.
 
@@ -148,6 +151,10 @@ def join_secondary(
     a plain LatentMLP; `adapt.AdaptedMLP`) or "first_layer" (a new first layer, started from
     the resampled base layer, on the base MLP's frozen body). base_system: the package system
     adapted from (default: the one whose range the new system covers best).
+    blend: blend the network with PLS fitted on the same pairs (`adapt.choose_blend`: the PLS
+    components and the weight chosen where early stopping looks, the network alone one of
+    the candidates), stored as the system's own decoder; default on with a budget, off
+    without (the whole-map join as before).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
@@ -159,6 +166,9 @@ def join_secondary(
         raise ValueError(f"validation must be 'pairs' or 'map', got {validation!r}")
     if validation == "pairs" and pairs is None:
         raise ValueError("validation='pairs' holds out part of a pair budget: give pairs")
+    blend = pairs is not None if blend is None else bool(blend)
+    if blend and fine_tune:
+        raise ValueError("blend and fine_tune both make the system's own decoder: choose one")
     if fine_tune and method != "full":
         raise ValueError(f"fine_tune trains a decoder copy beside a new MLP: method 'full' "
                          f"only, not {method!r}")
@@ -218,7 +228,7 @@ def join_secondary(
     try:
         with torch.random.fork_rng(devices=[]):
             metrics, mlp, history, mean, decoder = _join(package, config, data, progress,
-                                                         method, rank, base, report)
+                                                         method, rank, base, report, blend)
     finally:
         torch.set_num_threads(previous)
     metrics["pairs"] = budget
@@ -285,7 +295,7 @@ def _join_data(package: ModelPackage, train: PairedSpectra, val: PairedSpectra,
 
 def _join(package: ModelPackage, config: TrainConfig, data: TrainingData,
           progress: ProgressCallback | None, method: str, rank: int, base: str | None,
-          report: TrainingData
+          report: TrainingData, blend: bool = False
           ) -> tuple[dict[str, Any], LatentMLP, dict[str, Any], Any, SystemDecoder | None]:
     """The new system's latent MLP under the frozen VAE: the latent MLP (and fine-tuning)
     stages of `train_transfer` (method "full") or an adaptation of the base system's MLP.
@@ -313,6 +323,14 @@ def _join(package: ModelPackage, config: TrainConfig, data: TrainingData,
                    f"on the frozen rest of {base!r}'s latent MLP (VAE frozen, shared decoder)")
     mlp.eval()
     mean = stages.score_mean(run)
+    network_rse = report.val_rse(predict(ComposedTransfer(mlp, vae, decoder).eval(),
+                                         report.s_va))
+    blended = None
+    if blend:
+        decoder, blended = _blend(run, vae, mlp, refit=data is not report)
+        trained += (f"; blended with PLS ({blended['components']} components, weight "
+                    f"{1 - blended['weight']:g}) as the system's own decoder"
+                    if decoder is not None else "; PLS blend not kept (network alone best)")
     composed = ComposedTransfer(mlp, vae, decoder).eval()
     scores = {"vae_mlp": report.val_rse(predict(composed, report.s_va)),
               "mean": report.val_rse(mean.predict(report.s_va))}
@@ -334,11 +352,40 @@ def _join(package: ModelPackage, config: TrainConfig, data: TrainingData,
         "rank": rank if method == "adapt" else None,
         "trained_parameters": n_trained,
         "trained": trained,
+        "network_validation_rse": network_rse,
+        "blend": blended,
     }
     if data is not report:  # early stopping watched held-out pairs of the budget
         metrics["early_stopping_rse"] = run.scores["vae_mlp"]
         metrics["n_early_stopping_pairs"] = data.n_val
     return metrics, mlp, run.histories, mean, decoder
+
+
+def _blend(run: Stages, vae: torch.nn.Module, mlp: LatentMLP, refit: bool
+           ) -> tuple[SystemDecoder | None, dict[str, Any]]:
+    """The network blended with PLS (`adapt.choose_blend` on the early-stopping pairs);
+    PLS refitted on fitting + early-stopping pairs when those are both the budget's
+    (``refit``), as training refits PLS on train + val. The decoder (None: not kept) and
+    its record."""
+    data = run.data
+    network = predict(ComposedTransfer(mlp, vae).eval(), data.s_va)
+    top = min(len(data.s_tr) - 1, data.n_secondary_px)
+    candidates = [int(c) for c in run.config.baselines.pls_candidates if int(c) <= top]
+    choice = choose_blend(network, (data.s_tr, data.s_va),
+                          (data.p_tr, data.p_va), candidates or [max(1, top)], data.score)
+    record: dict[str, Any] = {"weight": choice.weight, "components": choice.components,
+                              "pls_weight": round(1.0 - choice.weight, 6),
+                              "chosen_on": "the early-stopping pairs",
+                              "scores": choice.scores}
+    if choice.weight >= 1.0:
+        return None, record
+    x, y = data.s_tr, data.p_tr
+    if refit:
+        x, y = np.concatenate([x, data.s_va]), np.concatenate([y, data.p_va])
+    pls = PLSModel(choice.components).fit(x, y)
+    record["pls_fitted_on"] = "fitting + early-stopping pairs" if refit else "fitting pairs"
+    record["pls_parameters"] = int(pls.coef.size + pls.intercept.size)  # type: ignore[union-attr]
+    return choice.decoder(vae, pls), record
 
 
 def _count(module: torch.nn.Module) -> int:

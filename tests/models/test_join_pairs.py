@@ -167,6 +167,12 @@ def test_adapted_join_from_a_budget_learns_and_records_it(adapted, maps) -> None
     scores = metrics["validation_rse"]
     assert scores["vae_mlp"] < 0.5 * scores["mean"], scores
     assert np.isfinite(metrics["early_stopping_rse"])
+    blend = metrics["blend"]  # on by default with a budget, chosen on the held-out pairs
+    assert blend["chosen_on"] == "the early-stopping pairs" and 0 <= blend["weight"] <= 1
+    assert min(blend["scores"].values()) == pytest.approx(
+        blend["scores"]["network" if blend["weight"] == 1 else
+                        f"{blend['components']}/{blend['weight']:g}"])
+    assert ("broadband_ccd" in pkg.decoders) == (blend["weight"] < 1)
 
 
 def test_adapted_package_round_trip_transfer_gives_the_same_numbers(adapted, maps,
@@ -196,8 +202,11 @@ def test_join_refuses_bad_budgets_and_combinations(package, maps, tmp_path) -> N
     with pytest.raises(ValueError, match=r"500 pairs asked for, but training map .*"
                        r"broadband_ccd-train\.h5 has only 192 spots"):
         join_secondary(folder, "ccd", train, val, epochs=1, pairs=500)
-    with pytest.raises(ValueError, match="method 'full' only"):
+    with pytest.raises(ValueError, match="choose one"):
         join_secondary(folder, "ccd", train, val, epochs=1, pairs=20, fine_tune=True)
+    with pytest.raises(ValueError, match="method 'full' only"):
+        join_secondary(folder, "ccd", train, val, epochs=1, pairs=20, fine_tune=True,
+                       blend=False)
     with pytest.raises(ValueError, match="join method must be one of"):
         join_secondary(folder, "ccd", train, val, epochs=1, pairs=20, method="lora")
     with pytest.raises(ValueError, match="give pairs"):
@@ -219,6 +228,8 @@ def test_first_layer_join_and_map_validation(package, maps, tmp_path) -> None:
     budget = metrics["pairs"]
     assert budget["selection"] == "random" and budget["early_stopping_spots"] is None
     assert len(budget["fit_spots"]) == 30 and "early_stopping_rse" not in metrics
+    assert metrics["blend"]["pls_fitted_on" if metrics["blend"]["weight"] < 1 else
+                            "chosen_on"] in ("fitting pairs", "the early-stopping pairs")
     assert load_package(folder).latent_mlps["ccd"].n_pixels == 2048
 
 
@@ -251,3 +262,34 @@ def test_cli_pairs_flags(package, maps, tmp_path, capsys) -> None:
     record = json.loads((folder / "manifest.json").read_text())["metrics"]["ccd"]
     assert record["rank"] == 2 and record["pairs"]["n_pairs"] == 25
     assert f"trained parameters: {record['trained_parameters']:,}" in out
+
+
+def test_blend_decoder_is_the_weighted_sum_of_network_and_pls() -> None:
+    torch.manual_seed(0)
+    from plumelink.models.adapt import Blend, choose_blend
+    from plumelink.models.baselines import PLSModel
+    from plumelink.models.networks import VAE, ComposedTransfer
+
+    vae, mlp = VAE(50, (32, 16), 4).eval(), LatentMLP(20, (8,), 4).eval()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 20)).astype(np.float32)
+    y = (x @ rng.standard_normal((20, 50)) + 0.1 * rng.standard_normal((60, 50))).astype(
+        np.float32)
+    pls = PLSModel(3).fit(x, y)
+    decoder = Blend(weight=0.3, components=3, scores={}).decoder(vae, pls)
+    assert decoder is not None and decoder.path is not None and decoder.path.rank == 3
+    with torch.no_grad():
+        network = ComposedTransfer(mlp, vae)(torch.from_numpy(x)).numpy()
+        blended = ComposedTransfer(mlp, vae, decoder)(torch.from_numpy(x)).numpy()
+    assert np.allclose(blended, 0.3 * network + 0.7 * pls.predict(x), atol=1e-4)
+    assert Blend(weight=1.0, components=3, scores={}).decoder(vae, pls) is None
+    # a network far worse than the linear truth: the choice leans on PLS, and the network
+    # alone is kept when it is the better one
+    def score(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.mean((a - b) ** 2))
+
+    lean = choose_blend(np.zeros_like(y[40:]), (x[:40], x[40:]), (y[:40], y[40:]), [2, 4],
+                        score)
+    assert lean.weight < 0.5 and lean.components in (2, 4) and "network" in lean.scores
+    alone = choose_blend(y[40:], (x[:40], x[40:]), (y[:40], y[40:]), [2], score)
+    assert alone.weight == 1.0
