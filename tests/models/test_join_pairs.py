@@ -293,3 +293,17 @@ def test_blend_decoder_is_the_weighted_sum_of_network_and_pls() -> None:
     assert lean.weight < 0.5 and lean.components in (2, 4) and "network" in lean.scores
     alone = choose_blend(y[40:], (x[:40], x[40:]), (y[:40], y[40:]), [2], score)
     assert alone.weight == 1.0
+
+
+def test_evaluate_scores_the_adapted_system_on_its_own_maps(adapted, maps) -> None:
+    """`evaluate --system` of a joined system calibrates on the system's own validation map
+    (the package's is the first secondary's, 3872 pixels) and scores the stored blend."""
+    from plumelink.models.evaluate import evaluate_package
+
+    folder, _ = adapted
+    metrics, _ = evaluate_package(folder, maps["broadband_ccd", "test"], None,
+                                  system="broadband_ccd", k_values=(2, 3))
+    test = preprocess_pairs(load_pairs(maps["broadband_ccd", "test"]))
+    models = TransferModels.from_package(load_package(folder), "broadband_ccd")
+    expected = rse(test.primary, models.predict("vae_mlp", test.secondary))
+    assert metrics["models"]["vae_mlp"]["rse"] == pytest.approx(expected, rel=1e-4)
