@@ -12,12 +12,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from plumelink.app.arguments import positive_int
+from plumelink.app.arguments import non_negative_int, positive_int
 
 
 def format_join_report(system: str, metrics: dict) -> str:
     """The new system's validation RSE next to the reference and the other systems."""
-    rows = [(f"{system} (VAE + new latent MLP)", metrics["validation_rse"]["vae_mlp"]),
+    method = metrics.get("method", "full")
+    what = "new latent MLP" if method == "full" else f"{method} of {metrics.get('base_system')}"
+    rows = [(f"{system} (VAE + {what})", metrics["validation_rse"]["vae_mlp"]),
             ("mean spectrum", metrics["validation_rse"]["mean"]),
             ("primary-only reference (VAE reconstruction)", metrics["vae_reconstruction_rse"])]
     rows += [(f"{other} (as trained)", value)
@@ -25,6 +27,19 @@ def format_join_report(system: str, metrics: dict) -> str:
     width = max(len(name) for name, _ in rows)
     lines = [f"{'model':<{width}}  validation RSE"]
     lines += [f"{name:<{width}}  {value:.4f}" for name, value in rows]
+    budget = metrics.get("pairs") or {}
+    if budget.get("n_pairs"):
+        lines.append(f"from {budget['n_pairs']} of {budget['available_pairs']} training pairs "
+                     f"({budget['selection']}, seed {budget['seed']}; early stopping on "
+                     f"{budget['early_stopping']})")
+    if "trained_parameters" in metrics:
+        lines.append(f"trained parameters: {metrics['trained_parameters']:,}")
+    blend = metrics.get("blend")
+    if blend:
+        lines.append(f"network alone: validation RSE {metrics['network_validation_rse']:.4f}; "
+                     + (f"blended with PLS ({blend['components']} components) at weight "
+                        f"{blend['pls_weight']:g}" if blend["weight"] < 1 else
+                        "PLS blend not kept (the network alone was best)"))
     return "\n".join(lines)
 
 
@@ -47,7 +62,11 @@ def _join(args: argparse.Namespace) -> int:
     try:
         metrics = join_secondary(args.model, args.system, args.train, args.val,
                                  epochs=args.epochs, seed=args.seed, progress=progress,
-                                 replace=args.replace, fine_tune=args.fine_tune)
+                                 replace=args.replace, fine_tune=args.fine_tune,
+                                 pairs=args.pairs, pair_selection=args.pair_selection,
+                                 method=args.method, rank=args.rank,
+                                 base_system=args.base_system, validation=args.validation,
+                                 blend=args.pls_blend)
     finally:
         if bar is not None:
             bar.close()
@@ -80,6 +99,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     jo.add_argument("--fine-tune", action="store_true",
                     help="also fine-tune the new MLP with a copy of the decoder, stored for "
                     "this system only (the shared VAE is never changed)")
+    jo.add_argument("--pairs", type=positive_int, default=None, metavar="N",
+                    help="use only N pairs of the training map, as a lab that measured only "
+                    "N spots with both spectrometers (default: every pair)")
+    jo.add_argument("--pair-selection", choices=("spread", "random"), default="spread",
+                    help="which N pairs: spread over the map (farthest-point sampling on the "
+                    "raster grid, the default) or random; both seeded with --seed")
+    jo.add_argument("--method", choices=("full", "adapt", "first_layer"), default=None,
+                    help="full: a new latent MLP (the default without --pairs); adapt: the "
+                    "new spectra resampled onto an existing system's axis feed that "
+                    "system's latent MLP with per-channel gain/offset and low-rank adapters "
+                    "(the default with --pairs: fits a few hundred pairs); first_layer: a "
+                    "new first layer on the existing MLP's frozen body")
+    jo.add_argument("--rank", type=non_negative_int, default=None, metavar="R",
+                    help="rank of the adapters of --method adapt (default 8; 0: gain, offset "
+                    "and biases only)")
+    jo.add_argument("--base-system", default=None, metavar="NAME",
+                    help="the package system adapted from (default: the one whose range the "
+                    "new system covers best)")
+    jo.add_argument("--validation", choices=("pairs", "map"), default=None,
+                    help="what early stopping watches: pairs (held-out 1 in 5 of the --pairs "
+                    "budget, the default with --pairs) or map (the --val map, the default "
+                    "without); the reported RSE is always the --val map's")
+    jo.add_argument("--pls-blend", action=argparse.BooleanOptionalAction, default=None,
+                    help="blend the network with PLS fitted on the same pairs, components and "
+                    "weight chosen where early stopping looks (the network alone is one of "
+                    "the candidates), stored as the system's own decoder; default: on with "
+                    "--pairs (measured better than either alone on few pairs), off without")
     jo.add_argument("--replace", action="store_true",
                     help="retrain a system the package already has")
     jo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

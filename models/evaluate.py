@@ -95,6 +95,14 @@ def pick_system(package: ModelPackage, system: str | None) -> str:
     return package.systems[0]
 
 
+def system_fingerprint(package: ModelPackage, system: str) -> dict[str, Any]:
+    """The maps a system was fitted on: its own record when it joined the package later
+    (`plumelink join`: maps of the primary with that system), else the package's; so that
+    a joined system is calibrated and evaluated against maps of its own spectrometer."""
+    entry = (package.manifest.get("secondary") or {}).get(system) or {}
+    return entry.get("fingerprint") or package.manifest.get("fingerprint") or {}
+
+
 def package_identity(package: ModelPackage) -> dict[str, Any]:
     """Who made a transferred map or metrics: package folder, manifest hash, training data."""
     m = package.manifest
@@ -229,7 +237,7 @@ class PackageTransfer:
                   block_spots: int = 4096) -> ConformalIntervals:
         """Calibrate prediction intervals on a paired map (default: the package's recorded
         validation map); call it before `fit_map` (a per-map package is refitted there)."""
-        recorded = ((self.package.manifest.get("fingerprint") or {}).get("val") or {}).get(
+        recorded = (system_fingerprint(self.package, self.models.system).get("val") or {}).get(
             "path", "")
         path = _resolve(val_map, recorded, "val")
         self.intervals = _calibrate_intervals(self.models, path, block_spots,
@@ -450,7 +458,7 @@ def evaluate_package(
         mineral_names = reader.mineral_names
         total = int(reader.lines_done.sum()) * shape[1]
         windows = _report_windows(package.primary_wavelength_nm, reader.settings)
-    fp = package.manifest.get("fingerprint", {})
+    fp = system_fingerprint(package, models.system)
     train_map = _resolve(train_path, (fp.get("train") or {}).get("path", ""), "train")
     val_map = _resolve(val_path, (fp.get("val") or {}).get("path", ""), "val")
 
