@@ -28,7 +28,7 @@ def _transfer(args: argparse.Namespace) -> int:
         package = load_package(args.model)
         transfer = PackageTransfer(package, args.system, precision=args.precision,
                                    model=args.use)
-        note = _calibrate(transfer, args.calibration)
+        note = _calibrate(transfer, args.calibration, args.calibration_spots)
         with tqdm(total=None, unit="spectrum", desc="transfer", disable=args.quiet,
                   file=sys.stderr) as bar:
 
@@ -55,11 +55,14 @@ def _transfer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibrate(transfer, calibration: Path | None) -> str:
+def _calibrate(transfer, calibration: Path | None, spots: int | None = None) -> str:
     """Prediction intervals from the calibration map (default: the package's validation
     map); without one the map gets the confidence only, and the note says why."""
+    if spots is not None and calibration is None:
+        raise ValueError("--calibration-spots needs --calibration MAP.h5 (pairs measured on "
+                         "the day of the map to transfer)")
     try:
-        intervals = transfer.calibrate(calibration)
+        intervals = transfer.calibrate(calibration, spots=spots)
     except FileNotFoundError as exc:
         if calibration is not None:
             raise
@@ -104,6 +107,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration", type=Path, default=None, metavar="MAP.h5",
                    help="paired map that calibrates the prediction intervals (default: the "
                    "package's validation map, when it is still there)")
+    p.add_argument("--calibration-spots", type=positive_int, default=None, metavar="N",
+                   help="calibrate on N paired spots spread over the --calibration map (a "
+                   "few hundred pairs of the same day keep the 90 %% coverage that a map of "
+                   "another day loses)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.h5")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_transfer)

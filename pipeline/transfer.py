@@ -376,7 +376,8 @@ def _write_confidence(path: Path, confidence: np.ndarray, transfer: BlockTransfe
                            f"the transferred one with probability >= {intervals.level:.0%} "
                            "for spots like the calibration map's (split-conformal by "
                            "confidence bins); NaN where nothing was transferred",
-                calibration_map=str(getattr(transfer, "calibration_map", "") or ""))
+                calibration_map=str(getattr(transfer, "calibration_map", "") or ""),
+                n_calibration=int(intervals.n_calibration))
             if getattr(intervals, "band_radius", None) is not None:
                 bands = intervals.band_radius_for(confidence).astype(np.float32)
                 d = group.create_dataset("band_interval_radius", data=bands,

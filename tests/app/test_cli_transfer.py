@@ -100,3 +100,46 @@ def test_a_missing_calibration_map_is_refused_or_said(tiny_model, tmp_path, caps
     assert "no prediction intervals" in capsys.readouterr().out
     with h5py.File(out, "r") as f:
         assert "interval_radius" not in f["map/transfer"]
+
+
+def test_intervals_calibrated_on_a_few_spots_of_the_day(tiny_model, tmp_path, capsys):
+    """--calibration-spots N: N spots spread over the calibration map (pairs of the day)."""
+    import numpy as np
+
+    from plumelink.models.adapt import select_pairs
+    from plumelink.models.evaluate import PackageTransfer
+    from plumelink.models.intervals import calibrate
+    from plumelink.models.package import load_package
+
+    maps, model = tiny_model
+    out = tmp_path / "t.h5"
+    day = maps["test"]  # the map itself stands for pairs measured on its day
+    assert _run([*_base(tiny_model, out), "--calibration", str(day),
+                 "--calibration-spots", "20"]) == 0
+    assert "(20 spots;" in capsys.readouterr().out
+    with h5py.File(out, "r") as f:
+        assert f["map/transfer/interval_radius"].attrs["n_calibration"] == 20
+    # the same as calibrating by hand on the spread subset
+    transfer = PackageTransfer(load_package(model))
+    few = transfer.calibrate(day, spots=20)
+    everything = transfer.calibrate(day)
+    assert everything.n_calibration == 128 and few.n_calibration == 20
+    from plumelink.models import confidence as C
+    from plumelink.models.evaluate import TransferModels
+    from plumelink.models.metrics import euclidean_distances
+    from plumelink.pipeline.paired_spectra import load_pairs, preprocess_pairs
+    pairs = preprocess_pairs(load_pairs(day))
+    models = TransferModels.from_package(load_package(model))
+    _, extra = models.transfer(pairs.secondary)
+    pred = models.predict(transfer.model_name, pairs.secondary)
+    keep = select_pairs(pairs.index, (8, 16), 20, "spread", 0)
+    by_hand = calibrate(euclidean_distances(pairs.primary, pred)[keep],
+                        C.confidence_from_distance(extra.distances["consistency"])[keep])
+    np.testing.assert_allclose(few.radius, by_hand.radius, rtol=1e-5)
+    with pytest.raises(ValueError, match="only 128 spots"):
+        transfer.calibrate(day, spots=500)
+
+
+def test_calibration_spots_need_a_calibration_map(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match="needs --calibration"):
+        _run([*_base(tiny_model, tmp_path / "t.h5"), "--calibration-spots", "20"])
