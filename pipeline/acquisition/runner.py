@@ -121,13 +121,22 @@ class Runner:
         self.result: AcquisitionResult | None = None
 
     def run(self, bench: Bench | None = None) -> AcquisitionResult:
-        """Open the bench (unless given one) and execute the whole plan."""
-        if bench is not None:
-            return self._run_on(bench)
-        with open_bench(self.scan.bench) as opened:
-            return self._run_on(opened)
+        """Open the bench (unless given one) and execute the whole plan. A map to resume is
+        opened first: a missing, foreign, complete or mismatched file is refused before any
+        device is touched."""
+        resumed = self._resume_writer() if self.resume else None
+        try:
+            if bench is not None:
+                return self._run_on(bench, resumed)
+            with open_bench(self.scan.bench) as opened:
+                return self._run_on(opened, resumed)
+        except BaseException as exc:
+            if resumed is not None and not resumed.closed:  # ended before the scan took it
+                resumed.close(L.STATUS_INTERRUPTED, f"the scan did not start: "
+                              f"{type(exc).__name__}: {exc}")
+            raise
 
-    def _run_on(self, bench: Bench) -> AcquisitionResult:
+    def _run_on(self, bench: Bench, writer: MapWriter | None = None) -> AcquisitionResult:
         missing = [s for s in SYSTEMS if s not in bench.spectrometers]
         if missing:
             raise ValueError(f"bench {bench.profile.name!r} has no {missing} spectrometer; "
@@ -135,7 +144,8 @@ class Runner:
         self.handle.on_abort(bench.delay_generator.disable_outputs)  # first
         self.handle.on_abort(bench.stage.stop)  # ends a move or homing in progress
         bench = watched_bench(bench)  # a device fault names the device it came from
-        writer = self._open_writer(bench)
+        if writer is None:
+            writer = self._open_writer(bench)
         tally = _Tally(time.monotonic(), self.plan.n_lines)
         stage = StageMotion(bench, self.handle, self.scan.stage.speed_um_s)
         recovery = Recovery(bench.profile.recovery, bench, self.handle,
@@ -258,21 +268,26 @@ class Runner:
                  f" ({reason})" if reason else "")
         return written
 
-    def _open_writer(self, bench: Bench) -> MapWriter:
+    def _resume_writer(self) -> MapWriter:
+        """The interrupted map reopened for its unfinished lines; no device is needed."""
         plan = self.plan
+        writer = MapWriter.resume(self.path)
+        grid = (plan.y_um.size, plan.x_um.size)
+        vertical = plan.line_axis == "x"
+        if writer.shape != grid or writer.vertical != vertical:
+            writer.close(L.STATUS_INTERRUPTED, "resume refused: the scan does not match")
+            raise ValueError(
+                f"cannot resume {self.path}: it holds a {writer.shape[0]} x "
+                f"{writer.shape[1]} (y x x) map of "
+                f"{'columns' if writer.vertical else 'rows'} but the scan plans "
+                f"{grid[0]} x {grid[1]} of {'columns' if vertical else 'rows'} "
+                f"({plan.order})")
+        return writer
+
+    def _open_writer(self, bench: Bench) -> MapWriter:
         if self.resume:
-            writer = MapWriter.resume(self.path)
-            grid = (plan.y_um.size, plan.x_um.size)
-            vertical = plan.line_axis == "x"
-            if writer.shape != grid or writer.vertical != vertical:
-                writer.close(L.STATUS_INTERRUPTED, "resume refused: the scan does not match")
-                raise ValueError(
-                    f"cannot resume {self.path}: it holds a {writer.shape[0]} x "
-                    f"{writer.shape[1]} (y x x) map of "
-                    f"{'columns' if writer.vertical else 'rows'} but the scan plans "
-                    f"{grid[0]} x {grid[1]} of {'columns' if vertical else 'rows'} "
-                    f"({plan.order})")
-            return writer
+            return self._resume_writer()
+        plan = self.plan
         self.path.parent.mkdir(parents=True, exist_ok=True)
         axes = {s: bench.spectrometers[s].wavelength_nm() for s in SYSTEMS}
         return MapWriter.create(

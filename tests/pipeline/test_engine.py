@@ -346,6 +346,42 @@ def test_a_complete_map_is_not_resumed(tmp_path: Path, sim_profile: Path) -> Non
     assert (tmp_path / "map.h5").read_bytes() == before
 
 
+def test_a_resume_is_refused_before_any_device_is_opened(tmp_path: Path, sim_profile: Path,
+                                                        monkeypatch) -> None:
+    """A missing, foreign, complete or mismatched map is refused without opening the bench
+    (no stage homed, no DDG touched for a file that cannot be resumed)."""
+    import plumelink.pipeline.acquisition.runner as runner
+    from plumelink.pipeline.map_layout import MapFileError
+    from plumelink.pipeline.scan import load_scan
+
+    opened: list[object] = []
+    real = runner.open_bench
+
+    def spy(profile):  # records, then opens the real simulated bench
+        opened.append(profile)
+        return real(profile)
+
+    monkeypatch.setattr(runner, "open_bench", spy)
+    scan = tmp_path / "scan.toml"
+    scan.write_text(scan_text(sim_profile, tmp_path / "map.h5", ny=2))
+    with pytest.raises(FileNotFoundError, match="no such map file"):
+        acquire(load_scan(scan), resume=True)
+    (tmp_path / "map.h5").write_text("not a map")
+    with pytest.raises(MapFileError, match="not an HDF5 file"):
+        acquire(load_scan(scan), resume=True)
+    assert opened == []
+    (tmp_path / "map.h5").unlink()
+    acquire(load_scan(scan))  # a complete map: the one open so far
+    assert len(opened) == 1
+    with pytest.raises(MapFileError, match="it is complete"):
+        acquire(load_scan(scan), resume=True)
+    other = tmp_path / "other.toml"  # the same file, another grid
+    other.write_text(scan_text(sim_profile, tmp_path / "map.h5", ny=3))
+    with pytest.raises((MapFileError, ValueError)):
+        acquire(load_scan(other), resume=True)
+    assert len(opened) == 1
+
+
 def test_killed_vertical_scan_resumes_its_columns(tmp_path: Path, sim_profile: Path) -> None:
     import h5py
 
