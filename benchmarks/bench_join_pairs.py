@@ -46,7 +46,7 @@ from plumelink.models.evaluate import TransferModels
 from plumelink.models.join import join_secondary
 from plumelink.models.metrics import rse
 from plumelink.models.package import load_package
-from plumelink.models.training.data import _subset, load_paired
+from plumelink.models.training.data import load_paired
 from plumelink.pipeline.paired_spectra import PairedSpectra
 
 DEFAULT_PAIRS = ("50", "200", "1000", "all")
@@ -70,7 +70,7 @@ def baselines_on_budget(model_dir: Path, system: str, train: PairedSpectra,
     models = TransferModels.from_package(package, system)
     fit_rows, stop_rows = split_budget(select_pairs(train.index, train.shape, n, selection,
                                                     seed))
-    fit, stop = _subset(train, fit_rows), _subset(train, stop_rows)
+    fit, stop = train.take(fit_rows), train.take(stop_rows)
     primary = models.primary_scaler
     sx = models.scale_secondary
 

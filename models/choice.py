@@ -70,4 +70,19 @@ def recommended_model(manifest: dict[str, Any], system: str,
     return ModelChoice(best, scores, system)
 
 
-__all__ = ["CANDIDATES", "ModelChoice", "recommended_model", "system_validation_rse"]
+def model_to_use(choice: ModelChoice, available: list[str] | tuple[str, ...],
+                 named: str | None) -> str:
+    """The model named by the user (checked against what the system has), else the choice."""
+    if named is None:
+        return choice.model
+    usable = [n for n in available if n != "mean"]
+    if named == "mean":
+        raise ValueError(f"the mean spectrum transfers nothing: choose one of {usable}")
+    if named not in available:
+        raise ValueError(f"the model package has no model {named!r} for system "
+                         f"{choice.system!r}; it has {usable}")
+    return named
+
+
+__all__ = ["CANDIDATES", "ModelChoice", "model_to_use", "recommended_model",
+           "system_validation_rse"]

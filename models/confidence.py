@@ -231,27 +231,31 @@ class FusedTransfer:
         return scaled_inputs(self.preprocessor, raw)
 
     @torch.inference_mode()
-    def run(self, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """The torch part, on prepared inputs: (primary spectra, distances) as `__call__`."""
+    def run(self, inputs: torch.Tensor, spectra: bool = True
+            ) -> tuple[np.ndarray | None, np.ndarray]:
+        """The torch part, on prepared inputs: (primary spectra, distances) as `__call__`;
+        spectra=False: the distances alone (None for the spectra: another model writes them,
+        and the output layer, the largest product, is skipped)."""
         n = len(inputs)
-        primary = np.empty((n, self.n_px), np.float32)
+        primary = np.empty((n, self.n_px), np.float32) if spectra else None
         distance = torch.empty(n, dtype=torch.float64)
-        result = torch.from_numpy(primary)
+        result = None if primary is None else torch.from_numpy(primary)
         for start in range(0, n, self.rows):
             rows = slice(start, min(n, start + self.rows))
-            distance[rows] = self._rows(inputs[rows], result[rows])
+            distance[rows] = self._rows(inputs[rows],
+                                        None if result is None else result[rows])
         return primary, distance.numpy()
 
-    def _rows(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def _rows(self, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
         x = x.to(self._dtype)
         a = torch.addmm(self._b_in, x, self._w_in.T)
         z = self._mlp_rest(a[:, : self.n_hidden])
         features = self._hidden(z)
         if a.shape[1] > self.n_hidden:  # the linear path's rank-r features
             features = torch.cat([features, a[:, self.n_hidden :]], dim=1)
-        if self._dtype == torch.float32:
+        if out is not None and self._dtype == torch.float32:
             torch.addmm(self._b_out, features, self._w_out.T, out=out)
-        else:
+        elif out is not None:
             out.copy_(torch.addmm(self._b_out, features, self._w_out.T))
         if self.method == "prior":
             return torch.linalg.vector_norm(z.float(), dim=1).double() / self._scale

@@ -34,7 +34,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from plumelink.models import confidence as C
-from plumelink.models.choice import ModelChoice, recommended_model
+from plumelink.models.choice import model_to_use, recommended_model
 from plumelink.models.clusters import (
     DEFAULT_K,
     DEFAULT_MAX_SPECTRA,
@@ -213,15 +213,9 @@ class PackageTransfer:
         self.models = TransferModels.from_package(package, system)
         #: why this model transfers: the package's best on validation unless ``model`` names one
         self.choice = recommended_model(package.manifest, self.models.system, self.models.names)
-        if model is not None and model not in self.models.names:
-            raise ValueError(f"the model package has no model {model!r} for system "
-                             f"{self.models.system!r}; it has {self.models.names}")
-        if model == "mean":
-            raise ValueError("the mean spectrum transfers nothing: choose one of "
-                             f"{[n for n in self.models.names if n != 'mean']}")
         #: the model whose spectra this transfer writes (its confidence is always the
         #: latent space's: the VAE path's distances for the same input)
-        self.model_name = model or self.choice.model
+        self.model_name = model_to_use(self.choice, self.models.names, model)
         self.package = package
         self.primary_wavelength_nm = package.primary_wavelength_nm
         self.needs_map_statistics = self.models.per_map
@@ -301,8 +295,8 @@ class PackageTransfer:
         if pre is not self.preprocessor:
             raise ValueError("the inputs were prepared with another preprocessor (fit_map "
                              "between prepare and finish?)")
-        primary, distance = self.fused().run(inputs)
-        if self.model_name != "vae_mlp":  # the chosen model's spectra, the VAE's confidence
+        primary, distance = self.fused().run(inputs, spectra=self.model_name == "vae_mlp")
+        if primary is None:  # the chosen model's spectra, the latent space's confidence
             primary = pre.primary_spectra(
                 self.models.predict_scaled(self.model_name, inputs.numpy())).astype(np.float32)
         return primary, C.confidence_from_distance(distance)
@@ -455,7 +449,7 @@ def evaluate_package(
     package = load_package(model_dir)
     models = TransferModels.from_package(package, system)
     choice = recommended_model(package.manifest, models.system, models.names)
-    shown = _shown_model(models, choice, model)
+    shown = model_to_use(choice, models.names, model)
     test_path = Path(test_path)
     with MapReader(test_path) as reader:
         check_data(package, models.system, reader.primary_wavelength_nm,
@@ -541,8 +535,7 @@ def evaluate_package(
                 maps.confidence[iy, ix] = conf
                 err_all.append(e)
                 conf_all.append(conf)
-                if intervals.band_px is not None:
-                    band_err.append(band_distances(y, pred, intervals.band_px))
+                band_err.append(band_distances(y, pred, intervals.band_px))
                 for k, v in out.distances.items():
                     dist_all.setdefault(k, []).append(v)
                 every = np.ones(len(y), bool)
@@ -585,9 +578,8 @@ def evaluate_package(
     maps.interval_radius = intervals.radius_for(maps.confidence).astype(np.float32)
     maps.interval_level = intervals.level
     interval_test = coverage(intervals, maps.euclid.ravel(), maps.confidence.ravel())
-    if band_err:
-        interval_test["per_band"] = band_coverage(intervals, np.concatenate(band_err),
-                                                  np.concatenate(conf_all))
+    interval_test["per_band"] = band_coverage(intervals, np.concatenate(band_err),
+                                              np.concatenate(conf_all))
     err = np.concatenate(err_all)
     spearman = {}
     for method, parts in dist_all.items():
@@ -663,17 +655,6 @@ def evaluate_package(
                                           encoding="utf-8")
         write_report(out, result, maps, progress=step("report"))
     return result, maps
-
-
-def _shown_model(models: TransferModels, choice: ModelChoice, model: str | None) -> str:
-    """The model whose per-spot results the evaluation maps: the named one or the choice."""
-    if model is None:
-        return choice.model
-    if model not in models.names or model == "mean":
-        raise ValueError(f"the model package has no model {model!r} to evaluate per spot for "
-                         f"system {models.system!r}; it has "
-                         f"{[n for n in models.names if n != 'mean']}")
-    return model
 
 
 def _calibrate_intervals(models: TransferModels, val_map: Path, block_spots: int,

@@ -49,13 +49,13 @@ class ConformalIntervals:
 
     def radius_for(self, confidence: np.ndarray) -> np.ndarray:
         """The interval radius of each spot from its confidence (NaN stays NaN)."""
-        c = np.asarray(confidence, np.float64)
-        k = np.clip(np.searchsorted(self.edges, c, side="right") - 1, 0, self.radius.size - 1)
+        k, missing = self._bins(confidence)
         out = self.radius[k].astype(np.float64)
-        out[~np.isfinite(c)] = np.nan
+        out[missing] = np.nan
         return out
 
     def _bins(self, confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each spot's confidence bin, and where its confidence is not finite."""
         c = np.asarray(confidence, np.float64)
         k = np.clip(np.searchsorted(self.edges, c, side="right") - 1, 0, self.radius.size - 1)
         return k, ~np.isfinite(c)

@@ -55,6 +55,7 @@ from plumelink.models.adapt import (
     split_budget,
 )
 from plumelink.models.baselines import PLSModel
+from plumelink.models.choice import system_validation_rse
 from plumelink.models.fit import ArraySource, mse_loss, predict
 from plumelink.models.networks import ComposedTransfer, LatentMLP, SystemDecoder
 from plumelink.models.package import (
@@ -67,7 +68,6 @@ from plumelink.models.training import stages
 from plumelink.models.training.config import FLAT, TrainConfig
 from plumelink.models.training.data import (
     TrainingData,
-    _subset,
     file_fingerprint,
     load_paired,
     training_threads,
@@ -212,9 +212,9 @@ def join_secondary(
             fit_rows, stop_rows = split_budget(order)
         else:
             fit_rows, stop_rows = np.sort(order), np.zeros(0, np.int64)
-        fit_pairs = _subset(train, fit_rows)
+        fit_pairs = train.take(fit_rows)
         if validation == "pairs":
-            stop_pairs = _subset(train, stop_rows)
+            stop_pairs = train.take(stop_rows)
         budget = {
             "n_pairs": int(pairs), "available_pairs": available, "selection": pair_selection,
             "seed": seed, "validation": validation,
@@ -445,14 +445,7 @@ _JOIN_OPTIONS = ("epochs", "seed", "scaler_mode", "scaler_spread", "learning_rat
 
 def _recorded_rse(package: ModelPackage, system: str) -> float | None:
     """Validation RSE (VAE + MLP) of a system already in the package, as recorded."""
-    metrics = package.manifest.get("metrics", {})
-    joined = metrics.get(system)
-    if isinstance(joined, dict) and "validation_rse" in joined:  # joined later
-        return joined["validation_rse"].get("vae_mlp")
-    trained = metrics.get("options", {}).get("system")  # trained with the VAE
-    if trained == system or (trained is None and len(package.systems) == 1):
-        return metrics.get("validation_rse", {}).get("vae_mlp")
-    return None
+    return system_validation_rse(package.manifest, system).get("vae_mlp")
 
 
 __all__ = ["METHODS", "join_config", "join_secondary"]

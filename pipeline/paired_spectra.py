@@ -77,6 +77,12 @@ class PairedSpectra:
         if n and (self.index.min() < 0 or self.index.max() >= ny * nx):
             raise ValueError(f"PairedSpectra.index has spots outside a {ny} x {nx} map")
 
+    def take(self, rows: slice | np.ndarray) -> PairedSpectra:
+        """These pairs at ``rows`` (a slice, or row numbers / a mask), same map and axes."""
+        return replace(self, primary=self.primary[rows], secondary=self.secondary[rows],
+                       index=self.index[rows],
+                       mineral=None if self.mineral is None else self.mineral[rows])
+
     @property
     def n(self) -> int:
         return int(self.index.shape[0])
@@ -196,7 +202,7 @@ def iter_pair_blocks(
             lines = [reader.read_line(int(iy)) for iy in rows[start : start + lines_per_read]]
             pairs = _pairs_of_lines(reader, lines, valid_only)
             for i in range(0, pairs.n, block_spots):
-                yield _take(pairs, slice(i, i + block_spots))
+                yield pairs.take(slice(i, i + block_spots))
 
 
 def pair_line_runs(
@@ -240,16 +246,6 @@ def read_pair_run(reader: MapReader, start: int, stop: int, valid_only: bool = T
         return _empty(reader)
     return _pairs_of_lines(reader, [reader.read_line(iy) for iy in range(start, stop)],
                            valid_only)
-
-
-def _take(pairs: PairedSpectra, rows: slice) -> PairedSpectra:
-    return replace(
-        pairs,
-        primary=pairs.primary[rows],
-        secondary=pairs.secondary[rows],
-        index=pairs.index[rows],
-        mineral=None if pairs.mineral is None else pairs.mineral[rows],
-    )
 
 
 def preprocess_pairs(pairs: PairedSpectra, *, baseline: Baseline | bool = True

@@ -89,30 +89,23 @@ def threads_for_free(free: float, cores: int) -> int:
 def training_threads(sample_s: float = 0.15,
                      read: Callable[[], str] = lambda: Path("/proc/stat").read_text()) -> int:
     """Torch threads for a training run: the cores of this process's affinity that no other
-    process keeps busy, sampled by two `read_cpu_times` readings of ``read()`` (the text of
-    /proc/stat) ``sample_s`` seconds apart.
+    process keeps busy, from two readings of ``read()`` (the text of /proc/stat) ``sample_s``
+    seconds apart (`FreeCoreThreads`, which then re-decides between epochs).
 
     Why not every core: torch's OpenMP threads meet at a barrier after every operation, so
     one thread sharing its core with a busy process holds the others back. Measured on 2
     cores with one kept busy by another process, VAE training at batch 128 fell from ~1,250
     samples/s on one thread to ~250-370 on two (TensorFlow, whose threads do not wait on each
     other, lost half). Where /proc/stat cannot be read: every core (`available_cores`).
-    The choice is made once, at the start: the package records it (a run's results depend on
-    its thread count; an explicit ``--threads`` / ``run.threads`` is used as given)."""
+    The package records the choice (a run's results depend on its thread count; an explicit
+    ``--threads`` / ``run.threads`` is used as given)."""
     cores = available_cores()
     if cores == 1:
         return 1
-    try:
-        cpus = set(os.sched_getaffinity(0))
-        before, own, wall = read_cpu_times(read()), time.process_time(), time.perf_counter()
-        time.sleep(sample_s)
-        after = read_cpu_times(read())
-        own_cores = (time.process_time() - own) / max(time.perf_counter() - wall, 1e-6)
-    except (OSError, AttributeError, ValueError, IndexError):
-        return cores
-    free = free_cores(before, after, cpus, own_cores)
-    threads = threads_for_free(free, cores)
-    log.info("%.2f of %d cores free: training on %d threads", free, cores, threads)
+    governor = FreeCoreThreads(cores, read=read, min_interval_s=0.0)
+    time.sleep(sample_s)
+    threads = governor.update("start")
+    log.info("training on %d of %d cores", threads, cores)
     return threads
 
 
@@ -121,7 +114,7 @@ class FreeCoreThreads:
     process's cores since the last decision (`free_cores`, this process's own use counting
     free), and applies it with ``apply`` (torch.set_num_threads).
 
-    Why: `training_threads` decides once, at the start, but a long run meets load that
+    Why: `training_threads` decides at the start, but a long run meets load that
     starts or ends later; two threads against a process that arrives on one core run ~4 x
     slower than one thread alone (see `training_threads`). Intervals shorter than
     ``min_interval_s`` are too short to judge and leave the count as it is. ``changes``
@@ -159,7 +152,7 @@ class FreeCoreThreads:
         if t1 - t0 < self.min_interval_s:
             return self.threads
         self._last = now
-        free = free_cores(before, after, self._cpus, (own1 - own0) / (t1 - t0))
+        free = free_cores(before, after, self._cpus, (own1 - own0) / max(t1 - t0, 1e-6))
         threads = threads_for_free(free, self._cores)
         if threads != self.threads:
             log.info("%s: %.2f of %d cores free, training on %d threads (was %d)", where,
@@ -197,12 +190,6 @@ def map_spots(path: Path) -> int:
     with MapReader(path) as reader:
         ny, nx = reader.shape
     return ny * nx
-
-
-def _subset(pairs: PairedSpectra, rows: np.ndarray) -> PairedSpectra:
-    return replace(pairs, primary=pairs.primary[rows], secondary=pairs.secondary[rows],
-                   index=pairs.index[rows],
-                   mineral=None if pairs.mineral is None else pairs.mineral[rows])
 
 
 def _concat(parts: list[PairedSpectra]) -> PairedSpectra:
@@ -252,7 +239,7 @@ def sample_map(path: Path, what: str, keep: int, seed: int, block_spots: int,
         else:
             lo, hi = np.searchsorted(chosen, [offset, offset + block.n])
             if hi > lo:
-                parts.append(_subset(block, chosen[lo:hi] - offset))
+                parts.append(block.take(chosen[lo:hi] - offset))
         offset += block.n
     with MapReader(path) as reader:
         shape = reader.shape

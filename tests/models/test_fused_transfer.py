@@ -53,6 +53,12 @@ def test_fused_transfer_is_the_reference_to_float32_rounding(package, raw, metho
     assert got.dtype == np.float32 and got.shape == expected.shape
     assert _worst(got, expected) < FP32_SPECTRA
     np.testing.assert_allclose(got_conf, conf, atol=FP32_CONFIDENCE)
+    # the distances alone (another model writes the spectra): the same, without the spectra
+    transfer = PackageTransfer(package, method=method, model="vae_mlp")
+    inputs = transfer.prepare(raw)[1]
+    none, distance = transfer.fused().run(inputs, spectra=False)
+    assert none is None
+    np.testing.assert_array_equal(distance, transfer.fused().run(inputs)[1])
 
 
 def test_folds_hold_with_a_system_decoder_and_its_linear_path(package, raw):
