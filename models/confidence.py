@@ -225,9 +225,9 @@ class FusedTransfer:
     def prepare(self, raw: np.ndarray) -> torch.Tensor:
         """The numpy part: baseline-corrected, scaled network inputs (n, n_secondary_px).
 
-        Apart from `run` so that a caller can prepare the next block on another thread
-        while the networks run (`pipeline.transfer` does: the baseline correction is the
-        only step torch does not spread over the cores)."""
+        Apart from `run` so that a caller can prepare blocks on its own threads
+        (`pipeline.transfer` does: the baseline correction is the only step torch does not
+        spread over the cores)."""
         return scaled_inputs(self.preprocessor, raw)
 
     @torch.inference_mode()

@@ -320,15 +320,17 @@ class MapWriter:
         self._x = self._h.x[()]
         self._y = self._h.y[()]
         self._n_px = {name: h.spectra.shape[2] for name, h in self._h.systems.items()}
-        self._spectra_dtype = self._h.systems["primary"].spectra.dtype
-        self._filter = _stored_filter(self._h.systems["primary"].spectra)
-        missing = missing_filters(self._h.systems["primary"].spectra)
-        if missing:
-            raise L.MissingFilterError(
-                f"cannot write map file {L.describe(path)}: "
-                + missing_filter_message(self._h.systems["primary"].spectra, missing))
+        self._spectra_dtype = {name: h.spectra.dtype for name, h in self._h.systems.items()}
+        self._filter = {name: _stored_filter(h.spectra) for name, h in self._h.systems.items()}
+        for h in self._h.systems.values():
+            missing = missing_filters(h.spectra)
+            if missing:
+                raise L.MissingFilterError(
+                    f"cannot write map file {L.describe(path)}: "
+                    + missing_filter_message(h.spectra, missing))
         self._encoders = (ThreadPoolExecutor(_ENCODERS, thread_name_prefix="plumelink-deflate")
-                          if self._filter.direct else None)
+                          if any(f.direct and f.name is not None for f in self._filter.values())
+                          else None)
         self._device_log = file.get(DEVICE_LOG)
         self._done = self._h.lines_done[()].astype(bool)
         columns = self._h.columns_done
@@ -357,9 +359,12 @@ class MapWriter:
         software_version: str = "",
         overwrite: bool = False,
         spectra_dtype: str = "uint16",
+        system_storage: Mapping[str, tuple[str, str | None]] | None = None,
     ) -> MapWriter:
         """Create the whole file layout, start SWMR writing and return the writer.
 
+        system_storage: (spectra_dtype, compression) of a system that differs from the
+        others (a transferred map keeps its input's secondary spectra as they were stored).
         Nothing is left behind if the layout cannot be built (bad settings, for instance).
         """
         path = Path(path)
@@ -372,12 +377,18 @@ class MapWriter:
         }
         x = _axis(x_um, "x_um", nx)
         y = _axis(y_um, "y_um", ny)
-        filters = spectra_filter(compression)
-        if spectra_dtype not in SPECTRA_DTYPES:
-            raise ValueError(
-                f"spectra_dtype must be one of {SPECTRA_DTYPES} (raw counts, or float32 for "
-                f"imported data that are not whole counts), got {spectra_dtype!r}"
-            )
+        storage = {name: (spectra_dtype, compression) for name in L.SYSTEMS}
+        for name, value in (system_storage or {}).items():
+            if name not in storage:
+                raise ValueError(f"system_storage names {name!r}; the systems are {L.SYSTEMS}")
+            storage[name] = value
+        for dtype, _ in storage.values():
+            if dtype not in SPECTRA_DTYPES:
+                raise ValueError(
+                    f"spectra_dtype must be one of {SPECTRA_DTYPES} (raw counts, or float32 "
+                    f"for imported data that are not whole counts), got {dtype!r}"
+                )
+        filters = {name: (dtype, spectra_filter(c)) for name, (dtype, c) in storage.items()}
         if truth_elements is not None and len(truth_elements) == 0:
             raise ValueError("truth_elements must name at least one element, or be None")
         if path.exists() and not overwrite:
@@ -403,8 +414,7 @@ class MapWriter:
                 },
                 raster_order=raster_order,
                 settings=settings or {},
-                filters=filters,
-                spectra_dtype=spectra_dtype,
+                storage=filters,
                 truth_elements=truth_elements,
                 mineral_names=mineral_names,
             )
@@ -525,8 +535,12 @@ class MapWriter:
             return self._columns_done.copy()
         return self._done.copy()
 
-    def append_line(self, line: RasterLine) -> None:
-        """Write row line.index of every dataset and commit it to disk."""
+    def append_line(self, line: RasterLine, stored: Mapping[str, bytes] | None = None) -> None:
+        """Write row line.index of every dataset and commit it to disk.
+
+        stored: a system's line chunk already encoded with that system's filter and dtype here
+        (a chunk read as stored from a map of the same layout), written as it is; the line
+        still carries the decoded spectra, which are checked but not encoded again."""
         if self._closed:
             raise L.MapFileError(f"map file {L.describe(self._path)} is closed; cannot append")
         if not isinstance(line, RasterLine):
@@ -537,7 +551,8 @@ class MapWriter:
                 "are columns (append_column), not rows")
         self._check_fits(line)
         iy, h = line.index, self._h
-        chunks = {name: self._encode([((iy, 0, 0), system.spectra)])
+        chunks = {name: [((iy, 0, 0), stored[name])] if stored and name in stored
+                  else self._encode(name, [((iy, 0, 0), system.spectra)])
                   for name, system in (("primary", line.primary), ("secondary", line.secondary))}
         h.x_measured[iy] = line.x_measured_um
         h.y_measured[iy] = line.y_measured_um
@@ -575,8 +590,8 @@ class MapWriter:
                 "its raster lines are rows (append_line), not columns")
         self._check_column_fits(line)
         ix, h = line.index, self._h
-        chunks = {name: self._encode([((iy, ix, 0), system.spectra[iy:iy + 1])
-                                      for iy in range(line.nx)])
+        chunks = {name: self._encode(name, [((iy, ix, 0), system.spectra[iy:iy + 1])
+                                            for iy in range(line.nx)])
                   for name, system in (("primary", line.primary), ("secondary", line.secondary))}
         h.x_measured[:, ix] = line.x_measured_um
         h.y_measured[:, ix] = line.y_measured_um
@@ -675,10 +690,10 @@ class MapWriter:
         if line.nx != nx:
             raise L.MapShapeError(f"line {line.index} has {line.nx} spots but {where} has {nx}")
         for name, system in (("primary", line.primary), ("secondary", line.secondary)):
-            if system.spectra.dtype != self._spectra_dtype:
+            if system.spectra.dtype != self._spectra_dtype[name]:
                 raise L.MapShapeError(
                     f"line {line.index}: {name} spectra are {system.spectra.dtype} but {where} "
-                    f"stores {self._spectra_dtype}"
+                    f"stores {self._spectra_dtype[name]}"
                 )
             if system.n_px != self._n_px[name]:
                 raise L.MapShapeError(
@@ -722,10 +737,10 @@ class MapWriter:
             raise L.MapShapeError(f"column {line.index} has {line.nx} spots but {where} has "
                                   f"{ny} rows")
         for name, system in (("primary", line.primary), ("secondary", line.secondary)):
-            if system.spectra.dtype != self._spectra_dtype or system.n_px != self._n_px[name]:
+            if system.spectra.dtype != self._spectra_dtype[name] or system.n_px != self._n_px[name]:
                 raise L.MapShapeError(
                     f"column {line.index}: {name} spectra are {system.spectra.dtype} with "
-                    f"{system.n_px} pixels but {where} stores {self._spectra_dtype} with "
+                    f"{system.n_px} pixels but {where} stores {self._spectra_dtype[name]} with "
                     f"{self._n_px[name]}")
         if line.truth is not None and (
                 self._h.composition is None
@@ -742,24 +757,29 @@ class MapWriter:
             raise L.MapFileError(
                 f"column {line.index} of {where} is already written; lines are written once")
 
-    def _encode(self, chunks: list[tuple[tuple[int, int, int], np.ndarray]]
-                ) -> list[tuple[tuple[int, int, int], Future[bytes]]] | None:
-        """Start compressing whole chunks (offset, block) on the worker threads."""
-        if self._encoders is None:
+    def _encode(self, system: str, chunks: list[tuple[tuple[int, int, int], np.ndarray]]
+                ) -> list[tuple[tuple[int, int, int], Future[bytes] | Any]] | None:
+        """Start compressing whole chunks (offset, block) on the worker threads; without a
+        filter a chunk is its block's own bytes (no copy); None: HDF5's pipeline encodes."""
+        f = self._filter[system]
+        if not f.direct:
             return None
-        return [(offset, self._encoders.submit(self._filter.encode, block))
-                for offset, block in chunks]
+        if f.name is None:
+            return [(offset, np.ascontiguousarray(block)) for offset, block in chunks]
+        assert self._encoders is not None
+        return [(offset, self._encoders.submit(f.encode, block)) for offset, block in chunks]
 
     @staticmethod
     def _store(dataset: h5py.Dataset,
-               chunks: list[tuple[tuple[int, int, int], Future[bytes]]] | None,
+               chunks: list[tuple[tuple[int, int, int], Future[bytes] | Any]] | None,
                where: Any, spectra: np.ndarray) -> None:
         """Write encoded chunks as they are, or let HDF5's filter pipeline encode the data."""
         if chunks is None:
             dataset[where] = spectra
             return
         for offset, encoded in chunks:
-            dataset.id.write_direct_chunk(offset, encoded.result())
+            data = encoded.result() if isinstance(encoded, Future) else encoded
+            dataset.id.write_direct_chunk(offset, data)
 
     def _mark_done(self, iy: int) -> None:
         # The line's data are already flushed; flushing this one dataset publishes the flag
@@ -829,10 +849,9 @@ def _build_layout(
     texts: dict[str, str],
     raster_order: str,
     settings: Mapping[str, Any],
-    filters: SpectraFilter,
+    storage: Mapping[str, tuple[str, SpectraFilter]],
     truth_elements: Sequence[str] | None,
     mineral_names: Sequence[str] | None,
-    spectra_dtype: str = "uint16",
 ) -> None:
     """Create every group and dataset of the map (SWMR forbids creating any later)."""
     _nx(
@@ -866,6 +885,7 @@ def _build_layout(
         wavelength = group.create_dataset("wavelength", data=wavelengths[system])
         wavelength.attrs["units"] = "nm"
         n_px = wavelengths[system].size
+        spectra_dtype, filters = storage[system]
         spectra = group.create_dataset(
             "spectra", shape=(ny, nx, n_px), dtype=spectra_dtype, chunks=(1, spectra_nx, n_px),
             fillvalue=0, **filters.create_kwargs,

@@ -5,8 +5,10 @@ The output is an ordinary plumelink map (so the GUI, silx or h5web open it like 
 - /map/primary/spectra: the TRANSFERRED primary spectra (float32, baseline-corrected counts on
   the model's primary wavelength axis), valid where the input's secondary spot is valid;
   primary frame_id -1 and timestamp NaN (no primary spectrometer recorded them);
-- /map/secondary: a copy of the input's secondary spectra (as float32), valid flags, frame ids,
-  timestamps and emissivity;
+- /map/secondary: a copy of the input's secondary spectra, valid flags, frame ids,
+  timestamps and emissivity; the spectra as the input stores them (same dtype and filter,
+  chunks copied byte for byte) when the input has one raster line per chunk with no filter or
+  deflate, float32 otherwise;
 - raster, ground truth (when the input has it), the input's instrument settings, plus
   settings["transfer_model"]: the identity of the model package that made the map, the
   arithmetic of its networks ("precision": fp32 or bf16) and the record of its
@@ -32,20 +34,24 @@ networks computed. Measured on the small test map's transfer (4,062-pixel spectr
   but a plain reader gets integers, not counts, unless it applies the scale.
 
 A transferred spectrum is a network's float32 output; halving it would cost either range
-(float16) or plain readability (scaled integers), so float32 it is. The secondary copy is
-stored the same way (float32: one dtype per map), 15,488 bytes for 3,872 pixels.
+(float16) or plain readability (scaled integers), so float32 it is. The secondary copy keeps
+the input's storage: a default map's deflated uint16 counts, about 4,300 bytes per 3,872-pixel
+spectrum instead of 15,488 as float32 (a 250,000-spectrum transfer writes 5 GB, not 8).
 
 pipeline does not import models (DESIGN.md): the model side is any object with the
 `BlockTransfer` interface (plumelink.models.evaluate.PackageTransfer for a model package).
-The input is read in groups of whole raster lines (about GROUP_SPOTS spots, secondary system
-and spot fields only); while a group is transferred, the next one is read and the previous one
-written, each on its own thread, so about three groups are in memory (peak RSS in
-benchmarks/bench_transfer.py). A group's valid spectra go to the model block_spots at a time.
+The input is read in groups of whole raster lines (about GROUP_SPOTS spots, at least one line
+per prepare thread; secondary system and spot fields only). In turns, the networks transfer a
+group on all cores, then PREPARE_THREADS workers decode and prepare (baseline, scaling) the
+next one, each its own lines; a writing thread writes the previous group all the while, so
+three groups are in memory (peak RSS in benchmarks/bench_transfer.py). A group's valid spectra
+go to the model block_spots at a time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -58,9 +64,10 @@ import h5py
 import numpy as np
 
 from . import map_layout as L
+from .map_filters import filter_ids, line_chunk_decoder
 from .map_layout import CorruptMapError
 from .map_reader import MapReader, open_map_file
-from .map_writer import MapWriter
+from .map_writer import SPECTRA_DTYPES, MapWriter
 from .preprocess import Preprocessor
 from .raster_line import LineTruth, RasterLine, SystemLine
 
@@ -100,15 +107,19 @@ class BlockTransfer(Protocol):
 
 @runtime_checkable
 class StagedTransfer(BlockTransfer, Protocol):
-    """A BlockTransfer in two steps, so that the preprocessing of a group runs on the reading
-    thread while the networks transfer the previous group: ``transfer(x)`` must equal
-    ``transfer.finish(transfer.prepare(x))``."""
+    """A BlockTransfer in two steps, so that the preprocessing of a group runs on worker
+    threads, part by part, and the networks get every core for theirs: ``transfer(x)`` must
+    equal ``transfer.finish(transfer.prepare(x))``; prepare must be thread-safe."""
 
     def prepare(self, secondary: np.ndarray) -> Any:
         """Raw secondary counts (n, n_secondary_px) -> the model's prepared inputs."""
 
     def finish(self, prepared: Any) -> tuple[np.ndarray, np.ndarray]:
         """Prepared inputs -> (primary (n, n_primary_px) float32, confidence (n,))."""
+
+    def warm_up(self) -> None:
+        """Build what finish needs (a model's folded weights), while the first group is
+        prepared."""
 
 
 def transfer_map(
@@ -124,9 +135,9 @@ def transfer_map(
 ) -> Path:
     """Transfer every valid secondary spectrum of a map; write the output map; return its path.
 
-    timings: when given, filled with the seconds spent in each step ("read" and "prepare" on
-    the reading thread, "transfer" on this one, "write" on the writing thread, so they
-    overlap; and "total"), for the benchmark."""
+    timings: when given, filled with the seconds spent in each step ("read" on this thread,
+    "prepare" summed over the worker threads, "transfer" on this thread, "write" on the
+    writing thread, so they overlap; and "total"), for the benchmark."""
     t0 = time.perf_counter()
     steps: dict[str, float] = {"read": 0.0, "transfer": 0.0, "write": 0.0}
     if isinstance(block_spots, bool) or int(block_spots) < 1:
@@ -143,26 +154,19 @@ def transfer_map(
         done = reader.lines_done
         settings = dict(reader.settings)
         settings[SETTINGS_KEY] = dict(transfer.identity())
-        meta = reader.metadata
-        writer = MapWriter.create(
-            out, ny=ny, nx=nx,
-            primary_wavelength_nm=transfer.primary_wavelength_nm,
-            secondary_wavelength_nm=reader.secondary_wavelength_nm,
-            x_um=reader.x_um, y_um=reader.y_um,
-            sample=meta.get("sample", ""), operator=meta.get("operator", ""),
-            scan_config_toml=meta.get("scan_config", ""),
-            raster_order=meta.get("raster_order") or "snake-horizontal",
-            settings=settings, compression=compression,
-            truth_elements=reader.truth_elements if reader.has_truth else None,
-            mineral_names=reader.mineral_names if reader.has_truth else None,
-            overwrite=overwrite, spectra_dtype="float32",
-        )
+        source = _GroupReader(src, reader.has_truth)
+        try:
+            writer = _create_output(out, reader, transfer, source, settings, compression,
+                                    overwrite)
+        except BaseException:
+            source.close()
+            raise
         confidence = np.full((ny, nx), np.nan, np.float32)
         total = int(done.sum()) * nx
         if progress is not None:
             progress(0, total)
-        runs = _runs(np.flatnonzero(done), max(1, min(block_spots, GROUP_SPOTS) // nx))
-        source = _GroupReader(src, reader.has_truth)
+        runs = _runs(np.flatnonzero(done),
+                     max(PREPARE_THREADS, min(block_spots, GROUP_SPOTS) // nx))
         try:
             with writer:
                 _run_pipeline(source, writer, transfer, runs, block_spots, confidence,
@@ -178,19 +182,48 @@ def transfer_map(
     return out
 
 
-@dataclass(frozen=True)
+def _create_output(out: Path, reader: MapReader, transfer: BlockTransfer, source: _GroupReader,
+                   settings: dict[str, Any], compression: str | None,
+                   overwrite: bool) -> MapWriter:
+    """The output map: primary float32 with `compression`; the secondary stored as the input
+    stores it when its chunks can be copied as they are (`_GroupReader.stored_as`)."""
+    ny, nx = reader.shape
+    meta = reader.metadata
+    stored = source.stored_as()
+    return MapWriter.create(
+        out, ny=ny, nx=nx,
+        primary_wavelength_nm=transfer.primary_wavelength_nm,
+        secondary_wavelength_nm=reader.secondary_wavelength_nm,
+        x_um=reader.x_um, y_um=reader.y_um,
+        sample=meta.get("sample", ""), operator=meta.get("operator", ""),
+        scan_config_toml=meta.get("scan_config", ""),
+        raster_order=meta.get("raster_order") or "snake-horizontal",
+        settings=settings, compression=compression,
+        truth_elements=reader.truth_elements if reader.has_truth else None,
+        mineral_names=reader.mineral_names if reader.has_truth else None,
+        overwrite=overwrite, spectra_dtype="float32",
+        system_storage=None if stored is None else {"secondary": stored},
+    )
+
+
+@dataclass
 class _Group:
     """Consecutive raster lines [start, stop) of the input, as the transfer needs them: the
     secondary system and the spot fields, never the input's primary spectra."""
 
     start: int
-    spectra: np.ndarray  # (n_lines, nx, n_secondary_px) as stored
     fields: dict[str, np.ndarray]  # name -> (n_lines, nx, ...)
-    prepared: list[Any] | None = None  # StagedTransfer.prepare of each block of valid spots
+    spectra: np.ndarray  # (n_lines, nx, n_secondary_px) as stored; filled by the parts
+    chunks: list[bytes] | None  # each line's stored chunk, decoded by the parts; None: read
+    parts: list[Future[list[Any]]] = dataclasses.field(default_factory=list)
 
     @property
     def n_lines(self) -> int:
         return int(self.spectra.shape[0])
+
+    def prepared(self) -> list[Any]:
+        """The prepared blocks of every part, in spot order (waits for the parts)."""
+        return [block for part in self.parts for block in part.result()]
 
 
 _SECONDARY = L.system_path("secondary")
@@ -205,23 +238,66 @@ class _GroupReader:
 
     `MapReader.read_line` reads both systems and a dozen small datasets per line (100 µs per
     spectrum on the small test map, a third of the compute); the transfer needs neither the
-    input's primary spectra nor line-by-line reads."""
+    input's primary spectra nor line-by-line reads. Spectra stored one line per chunk with
+    the default filter are read as stored bytes (fast) and decoded by the parts on worker
+    threads (`map_filters.line_chunk_decoder`); any other layout is read by HDF5 here."""
 
     def __init__(self, path: Path, truth: bool) -> None:
         self.path = path
         self.file = open_map_file(path)
         names = {**_FIELDS, **(_TRUTH_FIELDS if truth else {})}
         self.spectra = self.file[f"{_SECONDARY}/{L.SPECTRA}"]
+        self.decode = line_chunk_decoder(self.spectra)
         self.fields = {name: self.file[where] for name, where in names.items()}
+
+    def stored_as(self) -> tuple[str, str | None] | None:
+        """(dtype, compression) of the input's secondary spectra when their chunks can be
+        copied into the output as they are; None otherwise (the output stores float32)."""
+        if self.decode is None or self.spectra.dtype.name not in SPECTRA_DTYPES:
+            return None
+        return self.spectra.dtype.name, ("gzip" if filter_ids(self.spectra) else None)
 
     def read(self, start: int, stop: int) -> _Group:
         try:
-            return _Group(start, self.spectra[start:stop],
-                          {name: d[start:stop] for name, d in self.fields.items()})
+            fields = {name: d[start:stop] for name, d in self.fields.items()}
+            chunks = self._chunks(start, stop)
+            if chunks is None:
+                spectra = self.spectra[start:stop]
+            else:
+                spectra = np.empty((stop - start, *self.spectra.shape[1:]), self.spectra.dtype)
         except OSError as exc:
             raise CorruptMapError(f"map file {L.describe(self.path)}: lines {start}..{stop - 1} "
                                   f"cannot be read; the file may be truncated or damaged "
                                   f"({exc})") from exc
+        return _Group(start, fields, spectra, chunks)
+
+    def _chunks(self, start: int, stop: int) -> list[bytes] | None:
+        """The stored bytes of lines [start, stop), or None when HDF5 must decode them (other
+        layout or filter, a chunk never written, a filter skipped for a chunk)."""
+        if self.decode is None:
+            return None
+        chunks = []
+        for iy in range(start, stop):
+            try:
+                mask, data = self.spectra.id.read_direct_chunk((iy, 0, 0))
+            except (OSError, ValueError, KeyError):
+                return None
+            if mask:
+                return None
+            chunks.append(data)
+        return chunks
+
+    def decode_lines(self, group: _Group, lines: range) -> None:
+        """Decode the group's stored chunks of `lines` into group.spectra (a worker's part)."""
+        assert group.chunks is not None and self.decode is not None
+        for k in lines:
+            try:
+                group.spectra[k] = self.decode(group.chunks[k])
+            except (ValueError, OSError) as exc:  # isal/zlib: corrupt stream
+                raise CorruptMapError(
+                    f"map file {L.describe(self.path)}: line {group.start + k} of the "
+                    f"secondary spectra cannot be decoded; the file may be damaged "
+                    f"({exc})") from exc
 
     def close(self) -> None:
         self.file.close()
@@ -238,56 +314,81 @@ def _runs(rows: np.ndarray, max_lines: int) -> list[tuple[int, int]]:
     return runs
 
 
+PREPARE_THREADS = 2
+"""Worker threads that decode and prepare a group's lines (numpy, scipy and ISA-L release the
+GIL), each on its own lines: on the 2-core target both cores prepare while the networks wait,
+then both run the networks."""
+
+
 def _run_pipeline(source: _GroupReader, writer: MapWriter, transfer: BlockTransfer,
                   runs: list[tuple[int, int]], block_spots: int, confidence: np.ndarray,
                   axes: tuple[np.ndarray, np.ndarray], progress: ProgressCallback | None,
                   total: int, steps: dict[str, float]) -> None:
-    """Read group k+1 and write group k-1 on their own threads while group k is transferred.
+    """In turns: the networks transfer group k on every core (torch's threads); then the
+    worker threads decode and prepare group k+1. The writing thread writes group k-1 all
+    the while: it mostly waits on the disk (a 250,000-spectrum transfer writes 8 GB).
 
-    Bounded: at most one group read ahead and one being written, so about three groups of
-    raster lines are in memory. Each thread owns its file (the input's or the output's);
-    errors of either come back through their futures and stop the transfer. The networks
-    (torch) and numpy release the GIL; h5py reads and writes hold it, so the overlap is
-    partial: what it buys was measured by benchmarks/bench_transfer.py."""
+    Why turns and not the networks alongside the preparation: torch splits each matrix
+    product evenly over its threads, so a core taken by the preparation stalls the whole
+    product (measured: the networks ran at half their speed next to a preparing thread on
+    2 cores). Bounded: three groups of raster lines are in memory. This thread reads the
+    input, the writing thread owns the output; the workers see bytes and arrays only. Errors
+    of either come back through their futures and stop the transfer."""
     nx = confidence.shape[1]
+    staged = isinstance(transfer, StagedTransfer)
 
     def timed(step: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def run(*args: Any) -> Any:
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.thread_time()
             try:
                 return fn(*args)
             finally:
                 steps[step] += time.perf_counter() - t
+                steps[f"{step}_cpu"] = steps.get(f"{step}_cpu", 0.0) + time.thread_time() - cpu
         return run
+
+    def part(group: _Group, lines: range) -> list[Any]:
+        if group.chunks is not None:
+            source.decode_lines(group, lines)
+        if not staged:
+            return []
+        assert isinstance(transfer, StagedTransfer)
+        return _prepare_lines(group, lines, transfer, block_spots)
+
+    def start(pool: ThreadPoolExecutor, k: int) -> _Group:
+        group = timed("read", source.read)(*runs[k])
+        for lines in _parts(group.n_lines, PREPARE_THREADS):
+            group.parts.append(pool.submit(timed("prepare", part), group, lines))
+        return group
+
+    copy = source.stored_as() is not None  # the output's secondary is stored as the input's
 
     def write_group(group: _Group, primary: np.ndarray) -> None:
         for k in range(group.n_lines):
-            writer.append_line(_output_line(group, k, primary[k], axes))
+            stored = ({"secondary": group.chunks[k]} if copy and group.chunks is not None
+                      else None)
+            writer.append_line(_output_line(group, k, primary[k], axes, copy), stored)
 
-    def read_group(start: int, stop: int) -> _Group:
-        group = timed("read", source.read)(start, stop)
-        if not isinstance(transfer, StagedTransfer):
-            return group
-        return timed("prepare", _prepare_group)(group, transfer, block_spots)
-
-    read, write = read_group, timed("write", write_group)
-    compute = timed("transfer", _transfer_group)
+    write, compute = timed("write", write_group), timed("transfer", _transfer_group)
     steps.setdefault("prepare", 0.0)
-
     n_done = 0
-    with (ThreadPoolExecutor(1, thread_name_prefix="plumelink-transfer-read") as reads,
+    with (ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="plumelink-prepare") as pool,
           ThreadPoolExecutor(1, thread_name_prefix="plumelink-transfer-write") as writes):
-        ahead: Future[_Group] | None = reads.submit(read, *runs[0]) if runs else None
+        group = start(pool, 0) if runs else None
+        if runs and isinstance(transfer, StagedTransfer):
+            transfer.warm_up()
         writing: tuple[Future[None], int] | None = None
         for k in range(len(runs)):
-            assert ahead is not None
-            group = ahead.result()
-            ahead = reads.submit(read, *runs[k + 1]) if k + 1 < len(runs) else None
-            primary, conf = compute(group, transfer, block_spots)
+            assert group is not None
+            prepared = group.prepared()  # waits for the workers; raises their errors
+            primary, conf = compute(group, transfer, block_spots,
+                                    prepared if staged else None)
             confidence[group.start : group.start + group.n_lines] = conf
+            following = start(pool, k + 1) if k + 1 < len(runs) else None
             if writing is not None:
                 n_done = _written(writing, n_done, total, progress)
             writing = (writes.submit(write, group, primary), group.n_lines * nx)
+            group = following
         if writing is not None:
             _written(writing, n_done, total, progress)
 
@@ -301,22 +402,42 @@ def _written(writing: tuple[Future[None], int], n_done: int, total: int,
     return n_done
 
 
-def _transfer_group(group: _Group, transfer: BlockTransfer,
-                    block_spots: int) -> tuple[np.ndarray, np.ndarray]:
+def _parts(n_lines: int, n: int) -> list[range]:
+    """Up to n ranges of whole lines covering range(n_lines), as even as lines allow."""
+    bounds = np.linspace(0, n_lines, min(n, n_lines) + 1).round().astype(int)
+    return [range(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def _valid_rows(group: _Group, lines: range | None = None) -> np.ndarray:
+    """Flat spot indices (within the group) of the valid spots of `lines` (default: all)."""
+    valid = group.fields["valid"].astype(bool)
+    nx = valid.shape[1]
+    lines = range(group.n_lines) if lines is None else lines
+    return np.flatnonzero(valid[lines.start : lines.stop].reshape(-1)) + lines.start * nx
+
+
+def _blocks(rows: np.ndarray, block_spots: int) -> list[np.ndarray]:
+    return [rows[i : i + block_spots] for i in range(0, rows.size, block_spots)]
+
+
+def _transfer_group(group: _Group, transfer: BlockTransfer, block_spots: int,
+                    prepared: list[Any] | None) -> tuple[np.ndarray, np.ndarray]:
     """(primary (n_lines, nx, n_primary_px) float32 zeros where invalid, confidence
     (n_lines, nx) NaN where invalid)."""
     n_lines, nx, n_px = group.spectra.shape
     n_primary_px = len(transfer.primary_wavelength_nm)
-    valid = group.fields["valid"].reshape(-1).astype(bool)
-    where = np.flatnonzero(valid)
     spectra = group.spectra.reshape(-1, n_px)
-    primary = np.zeros((valid.size, n_primary_px), np.float32)
-    confidence = np.full(valid.size, np.nan, np.float32)
-    for k, i in enumerate(range(0, where.size, block_spots)):
-        rows = where[i : i + block_spots]
-        if group.prepared is not None:
+    primary = np.zeros((n_lines * nx, n_primary_px), np.float32)
+    confidence = np.full(n_lines * nx, np.nan, np.float32)
+    if prepared is not None:  # blocks of each part's valid spots, as _prepare_lines cut them
+        blocks = [b for lines in _parts(n_lines, PREPARE_THREADS)
+                  for b in _blocks(_valid_rows(group, lines), block_spots)]
+    else:
+        blocks = _blocks(_valid_rows(group), block_spots)
+    for k, rows in enumerate(blocks):
+        if prepared is not None:
             assert isinstance(transfer, StagedTransfer)
-            p, c = transfer.finish(group.prepared[k])
+            p, c = transfer.finish(prepared[k])
         else:
             p, c = transfer(spectra[rows].astype(np.float32, copy=False))
         primary[rows] = p
@@ -324,19 +445,17 @@ def _transfer_group(group: _Group, transfer: BlockTransfer,
     return primary.reshape(n_lines, nx, n_primary_px), confidence.reshape(n_lines, nx)
 
 
-def _prepare_group(group: _Group, transfer: StagedTransfer, block_spots: int) -> _Group:
-    """The group with its valid spectra prepared, block by block as `_transfer_group` uses
-    them (on the reading thread)."""
+def _prepare_lines(group: _Group, lines: range, transfer: StagedTransfer,
+                   block_spots: int) -> list[Any]:
+    """StagedTransfer.prepare of the valid spots of `lines`, block by block as
+    `_transfer_group` uses them (on a worker thread)."""
     spectra = group.spectra.reshape(-1, group.spectra.shape[2])
-    where = np.flatnonzero(group.fields["valid"].reshape(-1).astype(bool))
-    prepared = [transfer.prepare(spectra[where[i : i + block_spots]].astype(np.float32,
-                                                                             copy=False))
-                for i in range(0, where.size, block_spots)]
-    return dataclasses.replace(group, prepared=prepared)
+    return [transfer.prepare(spectra[rows]) for rows in
+            _blocks(_valid_rows(group, lines), block_spots)]
 
 
 def _output_line(group: _Group, k: int, primary: np.ndarray,
-                 axes: tuple[np.ndarray, np.ndarray]) -> RasterLine:
+                 axes: tuple[np.ndarray, np.ndarray], as_stored: bool) -> RasterLine:
     f = {name: value[k] for name, value in group.fields.items()}
     nx = primary.shape[0]
     valid = f["valid"].astype(bool)
@@ -347,7 +466,8 @@ def _output_line(group: _Group, k: int, primary: np.ndarray,
         primary=SystemLine(spectra=primary, valid=valid,
                            frame_id=np.full(nx, -1, np.int64),
                            timestamp_s=np.full(nx, np.nan)),
-        secondary=SystemLine(spectra=group.spectra[k].astype(np.float32), valid=valid,
+        secondary=SystemLine(spectra=(group.spectra[k] if as_stored
+                                      else group.spectra[k].astype(np.float32)), valid=valid,
                              frame_id=f["frame_id"], timestamp_s=f["timestamp"],
                              emissivity=f["emissivity"]),
         truth=(LineTruth(mineral=f["mineral"], composition=f["composition"])

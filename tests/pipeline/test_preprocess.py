@@ -1,8 +1,9 @@
 """Preprocessing: the paper's baseline against direct per-spectrum references, and the scaler.
 
 Tolerance of the vectorised baseline against the float64 references: every pixel within
-max(1e-3 counts, 1 float32 ulp of the reference value), i.e. agreement to the rounding of the
-float32 result (an ulp is 0.002-0.004 counts above 16384 counts).
+max(1e-3 counts, 1 float32 ulp of the reference value, 5e-7 of the spectrum's largest reference
+value): the smoothing is a float32 FFT, whose error scales with the spectrum's range (measured
+2.6e-7 of it, 0.014 counts on humps up to the uint16 ceiling; shot noise is >= 1 count).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def _pandas_baseline(
 def _assert_agrees(got: np.ndarray, ref: np.ndarray) -> None:
     assert got.dtype == np.float32 and got.shape == ref.shape
     tol = np.maximum(1e-3, np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64))
+    tol = np.maximum(tol, 5e-7 * np.abs(np.atleast_2d(ref)).max(axis=-1, keepdims=True)
+                     .reshape((*ref.shape[:-1], 1)))
     excess = np.abs(got.astype(np.float64) - ref) - tol
     worst = np.unravel_index(np.argmax(excess), excess.shape)
     assert excess.max() <= 0, f"off by {excess[worst]:.3g} beyond tolerance at {worst}"
