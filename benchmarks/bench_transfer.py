@@ -7,16 +7,18 @@ Measures, on one input map (the issue's figure: the `paper` preset's test map, 5
   1. transfer: `pipeline.transfer.transfer_map` with the package's `PackageTransfer`, input
      map -> output map file (read, baseline correction, scaling, MLP + decoder, confidence,
      write; reading and writing on their own threads), in a fresh child process ("spawn"):
-     transferred spectra/s, the seconds of each of its steps (read, transfer, write: they
-     overlap, so they may add up to more than the total) and the child's peak RSS
-     (ru_maxrss, the kernel's high-water mark), which counts the transfer alone;
+     transferred spectra/s, the seconds of each of its steps (read, prepare, transfer,
+     write: some overlap, so they may add up to more than the total), the CPU seconds of the
+     threads that ran them, and the child's peak RSS (VmHWM, the kernel's high-water mark of
+     the child's own memory), which counts the transfer alone;
   2. references on the same machine, in this process, on --sample of the map's secondary
      spectra in memory, each step alone:
      - baseline: the Preprocessor's baseline correction; scale: the secondary scaling;
-     - forward: the composed network alone (latent MLP + decoder, `models.fit.predict`) on
-       spectra already corrected and scaled: "the networks alone";
+     - forward: the composed network alone (latent MLP + decoder, `models.fit.predict` under
+       torch.inference_mode) on spectra already corrected and scaled: "the networks alone";
      - in_memory: `PackageTransfer` (`FusedTransfer`: baseline, scaling, networks,
-       confidence), i.e. everything of (1) except the files;
+       confidence, its confidence branch in bf16 where the CPU has it), i.e. everything of
+       (1) except the files;
      - unfused_in_memory: the reference arithmetic (`TransferModels.transfer`: scalers in
        float64, the encoder re-reading the decoded spectrum), which transfer_map used before;
      - bf16_in_memory (on a CPU with bf16 instructions): `PackageTransfer(precision="bf16")`,
@@ -61,6 +63,19 @@ def quick_model(folder: str | Path, out: str | Path, batches: int = 20,
     return train_transfer(folder / "train.h5", folder / "val.h5", out, options)
 
 
+def _peak_rss_bytes() -> int:
+    """This process's peak resident memory: VmHWM (Linux; the high-water mark of this
+    process's own memory, reset by exec), else ru_maxrss, which Linux carries over from the
+    parent across fork + exec: a child spawned by a 3 GB parent reported 2.9 GB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _transfer_child(model: str, input_map: str, out: str, block_spots: int,
                     threads: int | None, precision: str = "fp32") -> dict[str, Any]:
     """In the child: transfer_map of the whole map; seconds, spectra and peak RSS."""
@@ -72,7 +87,7 @@ def _transfer_child(model: str, input_map: str, out: str, block_spots: int,
 
     if threads:
         torch.set_num_threads(threads)
-    before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _peak_rss_bytes()
     transfer = PackageTransfer(load_package(model), precision=precision,
                                model="vae_mlp")  # the networks the references time
     steps: dict[str, float] = {}
@@ -82,10 +97,9 @@ def _transfer_child(model: str, input_map: str, out: str, block_spots: int,
     seconds = time.perf_counter() - t
     confidence = read_confidence(out)
     assert confidence is not None
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _peak_rss_bytes()
     return {"seconds": seconds, "spectra": int(np.isfinite(confidence).sum()),
-            "peak_rss_gb": peak_kb * 1024 / 1e9,
-            "rss_before_transfer_gb": before_kb * 1024 / 1e9,
+            "peak_rss_gb": peak / 1e9, "rss_before_transfer_gb": before / 1e9,
             "output_bytes": Path(out).stat().st_size, "threads": torch.get_num_threads(),
             "precision": precision, "step_seconds": steps}
 
@@ -100,7 +114,7 @@ def transfer_in_child(model: str | Path, input_map: str | Path, out: str | Path,
     r["spectra_per_s"] = r["spectra"] / r["seconds"]
     r["output_bytes_per_spectrum"] = r["output_bytes"] / max(r["spectra"], 1)
     r["step_spectra_per_s"] = {k: r["spectra"] / v for k, v in r["step_seconds"].items()
-                               if v > 0}
+                               if v > 0 and not k.endswith("_cpu")}
     return r
 
 
@@ -155,6 +169,8 @@ def in_memory_rates(model: str | Path, spectra: np.ndarray, block_spots: int = 4
                     repeats: int = 3) -> dict[str, Any]:
     """(2): spectra/s of each step alone and of PackageTransfer, in memory; the bf16 rate and
     error where the CPU has bf16 instructions."""
+    import torch
+
     from plumelink.models import confidence as C
     from plumelink.models.evaluate import PackageTransfer
     from plumelink.models.fit import predict
@@ -169,10 +185,14 @@ def in_memory_rates(model: str | Path, spectra: np.ndarray, block_spots: int = 4
     scaled = models.scale_secondary(corrected)
     mean = pre.secondary.mean.astype(np.float32)
     scale = pre.secondary.scale.astype(np.float32)
+    def forward(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():  # the networks at their fastest: no autograd records
+            return predict(network, x)
+
     fns: dict[str, Any] = {
         "baseline": pre.correct,
         "scale": lambda x: (x - mean) / scale,
-        "forward": lambda x: predict(network, x),
+        "forward": forward,
         "in_memory": transfer,
         "unfused_in_memory": lambda x: models.transfer(pre.correct(x)),
     }
@@ -255,6 +275,9 @@ def format_result(r: dict[str, Any]) -> str:
         f"{t['output_bytes_per_spectrum']:,.0f} output bytes per spectrum",
         "  its steps (own threads, overlapping): " + ", ".join(
             f"{k} {v:,.0f}/s" for k, v in t["step_spectra_per_s"].items()),
+        "  CPU seconds of the calling threads (torch's own workers not counted): " + ", ".join(
+            f"{k.removesuffix('_cpu')} {v:.2f}" for k, v in t["step_seconds"].items()
+            if k.endswith("_cpu")),
         "  in memory, each alone (spectra/s, x forward):",
     ]
     for key, value in ref.items():

@@ -201,13 +201,16 @@ class PackageTransfer:
 
     def __init__(self, package: ModelPackage, system: str | None = None,
                  method: str = C.DEFAULT_METHOD, precision: str = "fp32",
-                 model: str | None = None):
+                 model: str | None = None, confidence_precision: str = "auto"):
         if method not in C.METHODS or method == "mahalanobis":
             raise ValueError(f"confidence method for transfer must be one of "
                              f"{[m for m in C.METHODS if m != 'mahalanobis']}, got {method!r}")
         if precision not in C.PRECISIONS:
             raise ValueError(f"precision must be one of {C.PRECISIONS}, got {precision!r}")
-        if precision == "bf16" and not C.bf16_supported():
+        if confidence_precision not in C.CONFIDENCE_PRECISIONS:
+            raise ValueError(f"confidence_precision must be one of {C.CONFIDENCE_PRECISIONS}, "
+                             f"got {confidence_precision!r}")
+        if "bf16" in (precision, confidence_precision) and not C.bf16_supported():
             raise ValueError("--precision bf16 needs a CPU with bfloat16 instructions "
                              "(AVX512-BF16 or AMX); this one has neither: use fp32")
         self.models = TransferModels.from_package(package, system)
@@ -222,6 +225,10 @@ class PackageTransfer:
         self.confidence_method = method
         self.confidence_definition = C.DEFINITION.replace(C.DEFAULT_METHOD, method)
         self.precision = precision
+        #: the confidence branch's arithmetic (see `FusedTransfer`): auto = bf16 where the CPU
+        #: has it, whatever the spectra's precision
+        self.confidence_precision = (("bf16" if C.bf16_supported() else precision)
+                                     if confidence_precision == "auto" else confidence_precision)
         #: calibrated prediction intervals (`calibrate`), written beside the confidence
         self.intervals: ConformalIntervals | None = None
         self.calibration_map: Path | None = None
@@ -266,6 +273,7 @@ class PackageTransfer:
                                  else self.choice.reason)
         ident["output"] = "baseline-corrected primary counts (unscaled)"
         ident["precision"] = self.precision
+        ident["confidence_precision"] = self.confidence_precision
         ident["preprocessing"] = self.preprocessor.to_dict()
         return ident
 
@@ -276,7 +284,7 @@ class PackageTransfer:
             self._fused = C.FusedTransfer(
                 self.package.latent_mlps[system], self.package.vae,
                 self.package.decoders.get(system), self.preprocessor, self.confidence_method,
-                precision=self.precision)
+                precision=self.precision, confidence_precision=self.confidence_precision)
         return self._fused
 
     def __call__(self, secondary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

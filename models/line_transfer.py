@@ -183,7 +183,9 @@ class LinearHead:
 class PackageLineTransfer(LineTransfer):
     """A model package's vae_mlp transfer with the "consistency" confidence, in the float32
     arithmetic of `PackageTransfer` (scaling in float32 rather than the scalers' float64);
-    `in_two_steps` gives the emissivity through the folded output layer first."""
+    `in_two_steps` gives the emissivity through the folded output layer first. Its
+    confidence is fp32; a whole-map transfer's may come from a bf16 branch
+    (`PackageTransfer.confidence_precision`), within 1.5e-3 of it."""
 
     folds = True
 
@@ -299,7 +301,8 @@ def load_package_transfer(model_dir: str | os.PathLike[str],
     from plumelink.models.package import load_package
 
     single_threaded_inference()
-    model = PackageTransfer(load_package(model_dir), system)
+    # fp32 confidence: the two-step line transfer's is fp32, and both paths show one value
+    model = PackageTransfer(load_package(model_dir), system, confidence_precision="fp32")
     try:  # prediction intervals for the live map, when the validation map is still there
         model.calibrate()
     except (FileNotFoundError, ValueError) as exc:

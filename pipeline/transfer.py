@@ -43,7 +43,7 @@ pipeline does not import models (DESIGN.md): the model side is any object with t
 The input is read in groups of whole raster lines (about GROUP_SPOTS spots, at least one line
 per prepare thread; secondary system and spot fields only). In turns, the networks transfer a
 group on all cores, then PREPARE_THREADS workers decode and prepare (baseline, scaling) the
-next one, each its own lines; a writing thread writes the previous group all the while, so
+next one, each its own lines, while a writing thread writes the group just transferred, so
 three groups are in memory (peak RSS in benchmarks/bench_transfer.py). A group's valid spectra
 go to the model block_spots at a time.
 """
@@ -325,15 +325,16 @@ def _run_pipeline(source: _GroupReader, writer: MapWriter, transfer: BlockTransf
                   axes: tuple[np.ndarray, np.ndarray], progress: ProgressCallback | None,
                   total: int, steps: dict[str, float]) -> None:
     """In turns: the networks transfer group k on every core (torch's threads); then the
-    worker threads decode and prepare group k+1. The writing thread writes group k-1 all
-    the while: it mostly waits on the disk (a 250,000-spectrum transfer writes 8 GB).
+    worker threads decode and prepare group k+1 while the writing thread writes group k.
 
-    Why turns and not the networks alongside the preparation: torch splits each matrix
-    product evenly over its threads, so a core taken by the preparation stalls the whole
-    product (measured: the networks ran at half their speed next to a preparing thread on
-    2 cores). Bounded: three groups of raster lines are in memory. This thread reads the
-    input, the writing thread owns the output; the workers see bytes and arrays only. Errors
-    of either come back through their futures and stop the transfer."""
+    Why turns and not the networks alongside the rest: torch splits each matrix product
+    evenly over its threads, so a core taken by anything else stalls the whole product.
+    Measured on the 250,000-spectrum map (2 cores): with the preparation alongside, the
+    networks ran at half their speed; with the writing alongside, the whole took 53 s
+    against 50 s in turns; with the other threads at SCHED_IDLE priority, 53 s. Bounded:
+    three groups of raster lines are in memory. This thread reads the input, the writing
+    thread owns the output; the workers see bytes and arrays only. Errors of either come
+    back through their futures and stop the transfer."""
     nx = confidence.shape[1]
     staged = isinstance(transfer, StagedTransfer)
 
@@ -381,12 +382,12 @@ def _run_pipeline(source: _GroupReader, writer: MapWriter, transfer: BlockTransf
         for k in range(len(runs)):
             assert group is not None
             prepared = group.prepared()  # waits for the workers; raises their errors
+            if writing is not None:  # the networks run alone: the writing waits for them
+                n_done = _written(writing, n_done, total, progress)
             primary, conf = compute(group, transfer, block_spots,
                                     prepared if staged else None)
             confidence[group.start : group.start + group.n_lines] = conf
             following = start(pool, k + 1) if k + 1 < len(runs) else None
-            if writing is not None:
-                n_done = _written(writing, n_done, total, progress)
             writing = (writes.submit(write, group, primary), group.n_lines * nx)
             group = following
         if writing is not None:

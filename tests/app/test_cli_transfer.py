@@ -44,6 +44,18 @@ def test_precision_bf16_is_recorded(tiny_model, tmp_path):
         assert reader.settings[SETTINGS_KEY]["precision"] == "bf16"
 
 
+def test_confidence_precision_is_chosen_and_recorded(tiny_model, tmp_path):
+    out = tmp_path / "c32.h5"
+    assert _run([*_base(tiny_model, out), "--confidence-precision", "fp32"]) == 0
+    with MapReader(out) as reader:
+        assert reader.settings[SETTINGS_KEY]["confidence_precision"] == "fp32"
+    auto = tmp_path / "auto.h5"
+    assert _run(_base(tiny_model, auto)) == 0
+    with MapReader(auto) as reader:
+        recorded = reader.settings[SETTINGS_KEY]["confidence_precision"]
+    assert recorded == ("bf16" if C.bf16_supported() else "fp32")
+
+
 def test_precision_bf16_without_cpu_support_says_so(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr(C, "bf16_supported", lambda: False)
     with pytest.raises(ValueError, match="bf16 needs a CPU with bfloat16 instructions"):

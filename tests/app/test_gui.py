@@ -89,7 +89,8 @@ def test_live_transfer_fills_the_transferred_and_confidence_maps(tiny_gui_model,
     from plumelink.app.gui.live_transfer import LiveTransfer
 
     maps, model_dir = tiny_gui_model
-    transfer = PackageTransfer(load_package(model_dir))
+    # fp32 confidence, as load_package_transfer gives the GUI
+    transfer = PackageTransfer(load_package(model_dir), confidence_precision="fp32")
     model = LiveModel()
     with MapReader(maps["test"]) as reader:
         model.reset(reader.shape, x_um=reader.x_um, y_um=reader.y_um)

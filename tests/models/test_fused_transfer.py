@@ -49,12 +49,14 @@ def _worst(got, expected):
 @pytest.mark.parametrize("method", ["consistency", "prior", "posterior_var"])
 def test_fused_transfer_is_the_reference_to_float32_rounding(package, raw, method):
     expected, conf = _reference(package, raw, method)
-    got, got_conf = PackageTransfer(package, method=method, model="vae_mlp")(raw)
+    got, got_conf = PackageTransfer(package, method=method, model="vae_mlp",
+                                    confidence_precision="fp32")(raw)
     assert got.dtype == np.float32 and got.shape == expected.shape
     assert _worst(got, expected) < FP32_SPECTRA
     np.testing.assert_allclose(got_conf, conf, atol=FP32_CONFIDENCE)
     # the distances alone (another model writes the spectra): the same, without the spectra
-    transfer = PackageTransfer(package, method=method, model="vae_mlp")
+    transfer = PackageTransfer(package, method=method, model="vae_mlp",
+                               confidence_precision="fp32")
     inputs = transfer.prepare(raw)[1]
     none, distance = transfer.fused().run(inputs, spectra=False)
     assert none is None
@@ -69,7 +71,8 @@ def test_folds_hold_with_a_system_decoder_and_its_linear_path(package, raw):
         decoder.path.up.weight.normal_(0.0, 0.05)
     expected, conf = _reference(package, raw, "consistency", decoder)
     fused = C.FusedTransfer(package.latent_mlps[models.system], package.vae, decoder,
-                            models.preprocessor, rows=7)  # rows: several steps per call
+                            models.preprocessor, rows=7,  # rows: several steps per call
+                            confidence_precision="fp32")
     got, distance = fused(raw)
     assert _worst(got, expected) < FP32_SPECTRA
     np.testing.assert_allclose(C.confidence_from_distance(distance), conf,
@@ -94,8 +97,24 @@ needs_bf16 = pytest.mark.skipif(not C.bf16_supported(), reason="CPU without bf16
 
 
 @needs_bf16
+@pytest.mark.parametrize("method", ["consistency", "posterior_var"])
+def test_the_default_confidence_branch_is_bf16_and_leaves_the_spectra_alone(package, raw,
+                                                                             method):
+    exact = PackageTransfer(package, method=method, model="vae_mlp",
+                            confidence_precision="fp32")
+    default = PackageTransfer(package, method=method, model="vae_mlp")
+    assert default.confidence_precision == "bf16"
+    assert default.identity()["confidence_precision"] == "bf16"
+    (spectra32, conf32), (spectra, conf) = exact(raw), default(raw)
+    np.testing.assert_array_equal(spectra, spectra32)  # the same fp32 products
+    assert 0 < np.abs(conf - conf32).max() < BF16_CONFIDENCE  # > 0: the bf16 branch ran
+    rank = np.corrcoef(np.argsort(np.argsort(conf)), np.argsort(np.argsort(conf32)))[0, 1]
+    assert rank > 0.999
+
+
+@needs_bf16
 def test_bf16_is_close_to_fp32_within_the_stated_bound(package, raw):
-    fp32, conf32 = PackageTransfer(package, model="vae_mlp")(raw)
+    fp32, conf32 = PackageTransfer(package, model="vae_mlp", confidence_precision="fp32")(raw)
     bf16, conf16 = PackageTransfer(package, precision="bf16", model="vae_mlp")(raw)
     assert bf16.dtype == np.float32
     assert 0 < _worst(bf16, fp32) < BF16_SPECTRA  # > 0: the bf16 path really ran
@@ -116,3 +135,7 @@ def test_bf16_on_a_cpu_without_it_is_a_clear_error(package, monkeypatch):
         PackageTransfer(package, precision="bf16")
     with pytest.raises(ValueError, match="precision must be one of"):
         PackageTransfer(package, precision="fp16")
+    with pytest.raises(ValueError, match="bf16 needs a CPU with bfloat16 instructions"):
+        PackageTransfer(package, confidence_precision="bf16")
+    # auto falls back to the transfer's own arithmetic
+    assert PackageTransfer(package).confidence_precision == "fp32"

@@ -53,7 +53,8 @@ def test_two_steps_give_the_whole_transfer(tiny_gui_model, linear_path):
         with torch.no_grad():
             decoder.path.up.weight.normal_(0.0, 0.05)
         package.decoders[system] = decoder
-    transfer = PackageTransfer(package)
+    # fp32: the two steps' confidence is fp32; the whole transfer's branch may be bf16
+    transfer = PackageTransfer(package, confidence_precision="fp32")
     line = read_line(maps["test"], 1)
     line.secondary.valid[3] = False
     lines = transfer.line_transfer()
