@@ -110,7 +110,8 @@ def filter_ids(dataset: h5py.Dataset) -> list[int]:
 def line_chunk_decoder(dataset: h5py.Dataset) -> Callable[[bytes], np.ndarray] | None:
     """For a spectra dataset stored one raster line per chunk with no filter or with
     shuffle + deflate: a function from a chunk's stored bytes (``read_direct_chunk``) to the
-    line (nx, n_px) in the dataset's dtype. None for any other layout or filter.
+    line (nx, n_px) in the dataset's dtype; ValueError for a chunk that does not decode to
+    one line. None for any other layout or filter.
 
     Why: HDF5 inflates on the calling thread while holding the GIL (h5py); this decoder
     inflates with ISA-L (about 1.5x HDF5's zlib) and releases the GIL, so a reader can decode
@@ -125,7 +126,10 @@ def line_chunk_decoder(dataset: h5py.Dataset) -> Callable[[bytes], np.ndarray] |
     deflated = bool(ids)
 
     def decode(stored: bytes) -> np.ndarray:
-        data = _zlib.decompress(stored) if deflated else stored
+        try:
+            data = _zlib.decompress(stored) if deflated else stored
+        except _zlib.error as exc:  # a damaged stream (bad checksum, truncated)
+            raise ValueError(f"a chunk of {dataset.name} cannot be inflated: {exc}") from exc
         if len(data) != n * size:
             raise ValueError(f"a chunk of {dataset.name} decodes to {len(data)} bytes, not the "
                              f"{n * size} of one raster line")

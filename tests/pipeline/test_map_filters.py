@@ -261,3 +261,55 @@ def test_resumed_lz4_map_keeps_its_filter(tmp_path: Path) -> None:
     with MapReader(path) as reader:
         assert lines_equal(reader.read_line(1), smooth_line(1))
 
+
+
+@pytest.mark.parametrize(("compression", "dtype"),
+                         [("gzip", "uint16"), ("gzip", "float32"), (None, "uint16")])
+def test_line_chunk_decoder_gives_what_hdf5_reads(tmp_path: Path, compression: str | None,
+                                                  dtype: str) -> None:
+    path = tmp_path / "m.h5"
+    with create_map(path, compression=compression, spectra_dtype=dtype) as w:
+        for iy in range(2):
+            line = make_line(iy)
+            if dtype == "float32":
+                line = replace(line, secondary=replace(
+                    line.secondary, spectra=line.secondary.spectra.astype(np.float32) / 7))
+                line = replace(line, primary=replace(
+                    line.primary, spectra=line.primary.spectra.astype(np.float32)))
+            w.append_line(line)
+    with h5py.File(path, "r") as f:
+        d = f["map/secondary/spectra"]
+        decode = map_filters.line_chunk_decoder(d)
+        assert decode is not None
+        for iy in range(2):
+            got = decode(d.id.read_direct_chunk((iy, 0, 0))[1])
+            assert got.dtype == d.dtype
+            np.testing.assert_array_equal(got, d[iy])
+        with pytest.raises(ValueError, match="decodes to"):
+            decode(zlib.compress(b"\0" * 10) if compression else b"\0" * 10)
+
+
+def test_line_chunk_decoder_declines_other_layouts_and_filters(tmp_path: Path) -> None:
+    vertical = tmp_path / "v.h5"
+    create_map(vertical, raster_order="snake-vertical").close()
+    with h5py.File(vertical, "r") as f:  # one spot per chunk
+        assert map_filters.line_chunk_decoder(f["map/secondary/spectra"]) is None
+    pytest.importorskip("hdf5plugin")
+    plain, lz4 = tmp_path / "p.h5", tmp_path / "lz4.h5"
+    with create_map(plain) as w:
+        w.append_line(make_line(0))
+    repack(plain, lz4, "lz4")
+    with h5py.File(lz4, "r") as f:
+        assert map_filters.line_chunk_decoder(f["map/secondary/spectra"]) is None
+
+
+def test_line_chunk_decoder_refuses_a_damaged_stream(tmp_path: Path) -> None:
+    path = tmp_path / "m.h5"
+    with create_map(path) as w:
+        w.append_line(make_line(0))
+    with h5py.File(path, "r") as f:
+        d = f["map/secondary/spectra"]
+        stored = bytearray(d.id.read_direct_chunk((0, 0, 0))[1])
+        stored[len(stored) // 2 : len(stored) // 2 + 16] = b"\xff" * 16
+        with pytest.raises(ValueError, match="cannot be inflated"):
+            map_filters.line_chunk_decoder(d)(bytes(stored))

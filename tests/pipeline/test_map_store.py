@@ -8,6 +8,7 @@ import select
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -626,3 +627,35 @@ def test_horizontal_map_refuses_columns(map_path: Path) -> None:
             writer.append_column(_column(0))
     with h5py.File(map_path, "r") as f:
         assert "columns_done" not in f["map"]  # horizontal maps are unchanged
+
+
+def test_a_system_stored_its_own_way_keeps_its_dtype_and_filter(tmp_path: Path) -> None:
+    """system_storage: float32 primary without a filter, uint16 secondary deflated (what a
+    transferred map holds); each system's lines are checked against its own dtype."""
+    path = tmp_path / "mixed.h5"
+    line = make_line(0)
+    primary = line.primary.spectra.astype(np.float32)
+    mixed = RasterLine(index=0, x_um=line.x_um, y_um=line.y_um,
+                       x_measured_um=line.x_measured_um, y_measured_um=line.y_measured_um,
+                       shot_id=line.shot_id, primary=SystemLine(
+                           spectra=primary, valid=line.primary.valid,
+                           frame_id=line.primary.frame_id,
+                           timestamp_s=line.primary.timestamp_s),
+                       secondary=line.secondary, truth=line.truth)
+    with create_map(path, compression=None, spectra_dtype="float32",
+                    system_storage={"secondary": ("uint16", "gzip")}) as w:
+        with pytest.raises(MapShapeError, match="secondary spectra are float32"):
+            w.append_line(replace(mixed, secondary=SystemLine(
+                spectra=line.secondary.spectra.astype(np.float32),
+                valid=line.secondary.valid, frame_id=line.secondary.frame_id,
+                timestamp_s=line.secondary.timestamp_s)))
+        w.append_line(mixed)
+    with h5py.File(path, "r") as f:
+        p, s = f["map/primary/spectra"], f["map/secondary/spectra"]
+        assert (p.dtype, p.compression, s.dtype, s.compression) == (
+            np.float32, None, np.uint16, "gzip")
+        np.testing.assert_array_equal(p[0], primary)
+        np.testing.assert_array_equal(s[0], line.secondary.spectra)
+    with pytest.raises(ValueError, match="system_storage names 'tertiary'"):
+        create_map(tmp_path / "bad.h5", system_storage={"tertiary": ("uint16", None)})
+    assert not (tmp_path / "bad.h5").exists()

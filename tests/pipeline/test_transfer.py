@@ -205,3 +205,35 @@ def test_plain_h5py_without_hdf5plugin_reads_the_transferred_map(transferred):
     plain = np.load(io.BytesIO(done.stdout))
     with h5py.File(out, "r") as f:
         np.testing.assert_array_equal(plain, f["map/primary/spectra"][()])
+
+
+def test_a_damaged_secondary_chunk_is_named_and_stops_the_transfer(package, holey_map,
+                                                                   tmp_path):
+    damaged = tmp_path / "damaged.h5"
+    shutil.copy(holey_map, damaged)
+    with h5py.File(damaged, "r") as f:
+        info = f["map/secondary/spectra"].id.get_chunk_info_by_coord((5, 0, 0))
+    with open(damaged, "r+b") as raw:  # garble the middle of line 5's deflate stream
+        raw.seek(info.byte_offset + info.size // 2)
+        raw.write(b"\xff" * 64)
+    with pytest.raises(CorruptMapError, match=r"damaged\.h5.*line 5"):
+        transfer_map(damaged, tmp_path / "out.h5", PackageTransfer(package))
+    with h5py.File(damaged, "r") as f:  # the input is left as it was
+        assert f["map/secondary/spectra"].id.get_chunk_info_by_coord((5, 0, 0)).size == info.size
+
+
+def test_an_input_hdf5_must_decode_itself_gives_the_same_transfer(package, holey_map,
+                                                                  transferred, tmp_path):
+    """Secondary spectra stored with a plugin filter (blosc-lz4) are read by HDF5 and the
+    output keeps float32 copies of them: same primary spectra, same secondary values."""
+    pytest.importorskip("hdf5plugin")
+    from plumelink.pipeline.repack import repack
+
+    lz4 = repack(holey_map, tmp_path / "lz4.h5", "lz4")
+    out = transfer_map(lz4, tmp_path / "out.h5", PackageTransfer(package))
+    with h5py.File(out, "r") as f, h5py.File(transferred[0], "r") as g, \
+            h5py.File(holey_map, "r") as src:
+        assert f["map/secondary/spectra"].dtype == np.float32
+        np.testing.assert_array_equal(f["map/secondary/spectra"][()],
+                                      src["map/secondary/spectra"][()].astype(np.float32))
+        np.testing.assert_array_equal(f["map/primary/spectra"][()], g["map/primary/spectra"][()])
