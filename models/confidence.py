@@ -126,6 +126,22 @@ def bf16_supported() -> bool:
     return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
 
 
+def resolve_precisions(precision: str, confidence_precision: str = "auto") -> tuple[str, str]:
+    """(precision, confidence_precision) checked, "auto" resolved (bf16 where the CPU has
+    it, else the transfer's own); ValueError naming the bad value or the missing bf16."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if confidence_precision not in CONFIDENCE_PRECISIONS:
+        raise ValueError(f"confidence_precision must be one of {CONFIDENCE_PRECISIONS}, got "
+                         f"{confidence_precision!r}")
+    if "bf16" in (precision, confidence_precision) and not bf16_supported():
+        raise ValueError("precision bf16 needs a CPU with bfloat16 instructions (AVX512-BF16 "
+                         "or AMX); this one has neither: use fp32")
+    if confidence_precision == "auto":
+        confidence_precision = "bf16" if bf16_supported() else precision
+    return precision, confidence_precision
+
+
 def _f64(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(torch.float64)
 
@@ -173,16 +189,7 @@ class FusedTransfer:
         if method not in METHODS or method == "mahalanobis":
             raise ValueError(f"FusedTransfer computes {[m for m in METHODS if m != 'mahalanobis']}"
                              f", not {method!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        if confidence_precision not in CONFIDENCE_PRECISIONS:
-            raise ValueError(f"confidence_precision must be one of {CONFIDENCE_PRECISIONS}, got "
-                             f"{confidence_precision!r}")
-        if "bf16" in (precision, confidence_precision) and not bf16_supported():
-            raise ValueError("precision bf16 needs a CPU with bfloat16 instructions (AVX512-BF16 "
-                             "or AMX); this one has neither: use fp32")
-        if confidence_precision == "auto":
-            confidence_precision = "bf16" if bf16_supported() else precision
+        precision, confidence_precision = resolve_precisions(precision, confidence_precision)
         composed = ComposedTransfer(mlp, vae, decoder)
         net = decoder.net if decoder is not None else vae.decoder
         path = composed.path
@@ -312,6 +319,7 @@ __all__ = [
     "TransferOutput",
     "bf16_supported",
     "confidence_from_distance",
+    "resolve_precisions",
     "scaled_inputs",
     "transfer_with_distances",
 ]

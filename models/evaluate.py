@@ -205,14 +205,7 @@ class PackageTransfer:
         if method not in C.METHODS or method == "mahalanobis":
             raise ValueError(f"confidence method for transfer must be one of "
                              f"{[m for m in C.METHODS if m != 'mahalanobis']}, got {method!r}")
-        if precision not in C.PRECISIONS:
-            raise ValueError(f"precision must be one of {C.PRECISIONS}, got {precision!r}")
-        if confidence_precision not in C.CONFIDENCE_PRECISIONS:
-            raise ValueError(f"confidence_precision must be one of {C.CONFIDENCE_PRECISIONS}, "
-                             f"got {confidence_precision!r}")
-        if "bf16" in (precision, confidence_precision) and not C.bf16_supported():
-            raise ValueError("--precision bf16 needs a CPU with bfloat16 instructions "
-                             "(AVX512-BF16 or AMX); this one has neither: use fp32")
+        precision, confidence_precision = C.resolve_precisions(precision, confidence_precision)
         self.models = TransferModels.from_package(package, system)
         #: why this model transfers: the package's best on validation unless ``model`` names one
         self.choice = recommended_model(package.manifest, self.models.system, self.models.names)
@@ -225,10 +218,8 @@ class PackageTransfer:
         self.confidence_method = method
         self.confidence_definition = C.DEFINITION.replace(C.DEFAULT_METHOD, method)
         self.precision = precision
-        #: the confidence branch's arithmetic (see `FusedTransfer`): auto = bf16 where the CPU
-        #: has it, whatever the spectra's precision
-        self.confidence_precision = (("bf16" if C.bf16_supported() else precision)
-                                     if confidence_precision == "auto" else confidence_precision)
+        #: the confidence branch's arithmetic (see `FusedTransfer`), "auto" resolved
+        self.confidence_precision = confidence_precision
         #: calibrated prediction intervals (`calibrate`), written beside the confidence
         self.intervals: ConformalIntervals | None = None
         self.calibration_map: Path | None = None

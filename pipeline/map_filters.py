@@ -107,11 +107,14 @@ def filter_ids(dataset: h5py.Dataset) -> list[int]:
     return [int(plist.get_filter(i)[0]) for i in range(plist.get_nfilters())]
 
 
-def line_chunk_decoder(dataset: h5py.Dataset) -> Callable[[bytes], np.ndarray] | None:
+def line_chunk_decoder(
+    dataset: h5py.Dataset,
+) -> Callable[[bytes, np.ndarray | None], np.ndarray] | None:
     """For a spectra dataset stored one raster line per chunk with no filter or with
     shuffle + deflate: a function from a chunk's stored bytes (``read_direct_chunk``) to the
-    line (nx, n_px) in the dataset's dtype; ValueError for a chunk that does not decode to
-    one line. None for any other layout or filter.
+    line (nx, n_px) in the dataset's dtype, written into ``out`` when given (no copy);
+    ValueError for a chunk that does not decode to one line. None for any other layout or
+    filter.
 
     Why: HDF5 inflates on the calling thread while holding the GIL (h5py); this decoder
     inflates with ISA-L (about 1.5x HDF5's zlib) and releases the GIL, so a reader can decode
@@ -125,7 +128,7 @@ def line_chunk_decoder(dataset: h5py.Dataset) -> Callable[[bytes], np.ndarray] |
     n, size = int(np.prod(shape)), dataset.dtype.itemsize
     deflated = bool(ids)
 
-    def decode(stored: bytes) -> np.ndarray:
+    def decode(stored: bytes, out: np.ndarray | None = None) -> np.ndarray:
         try:
             data = _zlib.decompress(stored) if deflated else stored
         except _zlib.error as exc:  # a damaged stream (bad checksum, truncated)
@@ -133,13 +136,17 @@ def line_chunk_decoder(dataset: h5py.Dataset) -> Callable[[bytes], np.ndarray] |
         if len(data) != n * size:
             raise ValueError(f"a chunk of {dataset.name} decodes to {len(data)} bytes, not the "
                              f"{n * size} of one raster line")
+        if out is not None and (out.shape != shape or out.dtype != dtype
+                                or not out.flags.c_contiguous):
+            raise ValueError(f"out must be a C-contiguous {dtype} array of shape {shape}")
+        line = np.empty(shape, dtype) if out is None else out
         if not deflated or size == 1:
-            return np.frombuffer(data, dtype).reshape(shape).copy()
+            line[...] = np.frombuffer(data, dtype).reshape(shape)
+            return line
         lanes = np.frombuffer(data, np.uint8).reshape(size, n)  # shuffle: byte j of all, then j+1
-        line = np.empty(shape, dtype)
-        out = line.reshape(-1).view(np.uint8).reshape(n, size)
+        dest = line.reshape(-1).view(np.uint8).reshape(n, size)
         for j in range(size):
-            out[:, j] = lanes[j]
+            dest[:, j] = lanes[j]
         return line
 
     return decode

@@ -758,7 +758,7 @@ class MapWriter:
                 f"column {line.index} of {where} is already written; lines are written once")
 
     def _encode(self, system: str, chunks: list[tuple[tuple[int, int, int], np.ndarray]]
-                ) -> list[tuple[tuple[int, int, int], Future[bytes] | Any]] | None:
+                ) -> list[tuple[tuple[int, int, int], Future[bytes] | np.ndarray | bytes]] | None:
         """Start compressing whole chunks (offset, block) on the worker threads; without a
         filter a chunk is its block's own bytes (no copy); None: HDF5's pipeline encodes."""
         f = self._filter[system]
@@ -771,7 +771,7 @@ class MapWriter:
 
     @staticmethod
     def _store(dataset: h5py.Dataset,
-               chunks: list[tuple[tuple[int, int, int], Future[bytes] | Any]] | None,
+               chunks: list[tuple[tuple[int, int, int], Future[bytes] | np.ndarray | bytes]] | None,
                where: Any, spectra: np.ndarray) -> None:
         """Write encoded chunks as they are, or let HDF5's filter pipeline encode the data."""
         if chunks is None:

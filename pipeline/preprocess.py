@@ -134,8 +134,7 @@ def _sliding_min_pair(x: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _baseline_rows(
-    x: np.ndarray, out: np.ndarray, min_window: int, smooth_window: int, std: float,
-    subtract: bool,
+    x: np.ndarray, out: np.ndarray, min_window: int, smoother: _Smoother, subtract: bool
 ) -> None:
     right, left = _sliding_min_pair(x, min_window)
     m = np.add(right, left, dtype=np.float32)  # 2 m: exact for counts below 2**23
@@ -143,7 +142,6 @@ def _baseline_rows(
     # the normalised mean of a constant is that constant (a flat baseline comes out exact).
     centre = m.mean(axis=1, dtype=np.float64, keepdims=True).astype(np.float32)
     m -= centre
-    smoother = _smoother(x.shape[1], smooth_window, std)
     f = sfft.rfft(m, n=smoother.n_fft, axis=1)
     f *= smoother.kernel_f
     n = x.shape[1]
@@ -166,9 +164,11 @@ def _run(
     if not (math.isfinite(std) and std > 0):
         raise ValueError(f"smooth_std must be a positive number, got {smooth_std!r}")
     out = np.empty(x.shape, np.float32)
+    smoother = _smoother(x.shape[1], smooth_window, std)
+
     for start in range(0, x.shape[0], _ROWS):
         rows = slice(start, start + _ROWS)
-        _baseline_rows(x[rows], out[rows], min_window, smooth_window, std, subtract)
+        _baseline_rows(x[rows], out[rows], min_window, smoother, subtract)
     return out[0] if was_1d else out
 
 

@@ -189,7 +189,7 @@ def _create_output(out: Path, reader: MapReader, transfer: BlockTransfer, source
     stores it when its chunks can be copied as they are (`_GroupReader.stored_as`)."""
     ny, nx = reader.shape
     meta = reader.metadata
-    stored = source.stored_as()
+    stored = source.stored_as
     return MapWriter.create(
         out, ny=ny, nx=nx,
         primary_wavelength_nm=transfer.primary_wavelength_nm,
@@ -215,14 +215,14 @@ class _Group:
     fields: dict[str, np.ndarray]  # name -> (n_lines, nx, ...)
     spectra: np.ndarray  # (n_lines, nx, n_secondary_px) as stored; filled by the parts
     chunks: list[bytes] | None  # each line's stored chunk, decoded by the parts; None: read
-    parts: list[Future[list[Any]]] = dataclasses.field(default_factory=list)
+    parts: list[Future[list[tuple[np.ndarray, Any]]]] = dataclasses.field(default_factory=list)
 
     @property
     def n_lines(self) -> int:
         return int(self.spectra.shape[0])
 
-    def prepared(self) -> list[Any]:
-        """The prepared blocks of every part, in spot order (waits for the parts)."""
+    def prepared(self) -> list[tuple[np.ndarray, Any]]:
+        """(spot rows, prepared block) of every part, in spot order (waits for the parts)."""
         return [block for part in self.parts for block in part.result()]
 
 
@@ -249,13 +249,12 @@ class _GroupReader:
         self.spectra = self.file[f"{_SECONDARY}/{L.SPECTRA}"]
         self.decode = line_chunk_decoder(self.spectra)
         self.fields = {name: self.file[where] for name, where in names.items()}
-
-    def stored_as(self) -> tuple[str, str | None] | None:
-        """(dtype, compression) of the input's secondary spectra when their chunks can be
-        copied into the output as they are; None otherwise (the output stores float32)."""
-        if self.decode is None or self.spectra.dtype.name not in SPECTRA_DTYPES:
-            return None
-        return self.spectra.dtype.name, ("gzip" if filter_ids(self.spectra) else None)
+        #: (dtype, compression) of the input's secondary spectra when their chunks can be
+        #: copied into the output as they are; None otherwise (the output stores float32)
+        self.stored_as: tuple[str, str | None] | None = None
+        if self.decode is not None and self.spectra.dtype.name in SPECTRA_DTYPES:
+            self.stored_as = (self.spectra.dtype.name,
+                              "gzip" if filter_ids(self.spectra) else None)
 
     def read(self, start: int, stop: int) -> _Group:
         try:
@@ -292,7 +291,7 @@ class _GroupReader:
         assert group.chunks is not None and self.decode is not None
         for k in lines:
             try:
-                group.spectra[k] = self.decode(group.chunks[k])
+                self.decode(group.chunks[k], group.spectra[k])
             except (ValueError, OSError) as exc:  # isal/zlib: corrupt stream
                 raise CorruptMapError(
                     f"map file {L.describe(self.path)}: line {group.start + k} of the "
@@ -348,7 +347,7 @@ def _run_pipeline(source: _GroupReader, writer: MapWriter, transfer: BlockTransf
                 steps[f"{step}_cpu"] = steps.get(f"{step}_cpu", 0.0) + time.thread_time() - cpu
         return run
 
-    def part(group: _Group, lines: range) -> list[Any]:
+    def part(group: _Group, lines: range) -> list[tuple[np.ndarray, Any]]:
         if group.chunks is not None:
             source.decode_lines(group, lines)
         if not staged:
@@ -362,7 +361,7 @@ def _run_pipeline(source: _GroupReader, writer: MapWriter, transfer: BlockTransf
             group.parts.append(pool.submit(timed("prepare", part), group, lines))
         return group
 
-    copy = source.stored_as() is not None  # the output's secondary is stored as the input's
+    copy = source.stored_as is not None  # the output's secondary is stored as the input's
 
     def write_group(group: _Group, primary: np.ndarray) -> None:
         for k in range(group.n_lines):
@@ -422,7 +421,8 @@ def _blocks(rows: np.ndarray, block_spots: int) -> list[np.ndarray]:
 
 
 def _transfer_group(group: _Group, transfer: BlockTransfer, block_spots: int,
-                    prepared: list[Any] | None) -> tuple[np.ndarray, np.ndarray]:
+                    prepared: list[tuple[np.ndarray, Any]] | None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """(primary (n_lines, nx, n_primary_px) float32 zeros where invalid, confidence
     (n_lines, nx) NaN where invalid)."""
     n_lines, nx, n_px = group.spectra.shape
@@ -430,15 +430,12 @@ def _transfer_group(group: _Group, transfer: BlockTransfer, block_spots: int,
     spectra = group.spectra.reshape(-1, n_px)
     primary = np.zeros((n_lines * nx, n_primary_px), np.float32)
     confidence = np.full(n_lines * nx, np.nan, np.float32)
-    if prepared is not None:  # blocks of each part's valid spots, as _prepare_lines cut them
-        blocks = [b for lines in _parts(n_lines, PREPARE_THREADS)
-                  for b in _blocks(_valid_rows(group, lines), block_spots)]
-    else:
-        blocks = _blocks(_valid_rows(group), block_spots)
-    for k, rows in enumerate(blocks):
-        if prepared is not None:
+    if prepared is None:
+        prepared = [(rows, None) for rows in _blocks(_valid_rows(group), block_spots)]
+    for rows, inputs in prepared:
+        if inputs is not None:
             assert isinstance(transfer, StagedTransfer)
-            p, c = transfer.finish(prepared[k])
+            p, c = transfer.finish(inputs)
         else:
             p, c = transfer(spectra[rows].astype(np.float32, copy=False))
         primary[rows] = p
@@ -447,12 +444,12 @@ def _transfer_group(group: _Group, transfer: BlockTransfer, block_spots: int,
 
 
 def _prepare_lines(group: _Group, lines: range, transfer: StagedTransfer,
-                   block_spots: int) -> list[Any]:
-    """StagedTransfer.prepare of the valid spots of `lines`, block by block as
-    `_transfer_group` uses them (on a worker thread)."""
+                   block_spots: int) -> list[tuple[np.ndarray, Any]]:
+    """(spot rows, StagedTransfer.prepare of them) for the valid spots of `lines`, block by
+    block (on a worker thread)."""
     spectra = group.spectra.reshape(-1, group.spectra.shape[2])
-    return [transfer.prepare(spectra[rows]) for rows in
-            _blocks(_valid_rows(group, lines), block_spots)]
+    return [(rows, transfer.prepare(spectra[rows]))
+            for rows in _blocks(_valid_rows(group, lines), block_spots)]
 
 
 def _output_line(group: _Group, k: int, primary: np.ndarray,

@@ -285,6 +285,9 @@ def test_line_chunk_decoder_gives_what_hdf5_reads(tmp_path: Path, compression: s
             got = decode(d.id.read_direct_chunk((iy, 0, 0))[1])
             assert got.dtype == d.dtype
             np.testing.assert_array_equal(got, d[iy])
+            into = np.zeros(d.shape[1:], d.dtype)
+            assert decode(d.id.read_direct_chunk((iy, 0, 0))[1], into) is into
+            np.testing.assert_array_equal(into, d[iy])
         with pytest.raises(ValueError, match="decodes to"):
             decode(zlib.compress(b"\0" * 10) if compression else b"\0" * 10)
 
