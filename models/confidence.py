@@ -113,10 +113,12 @@ PRECISIONS = ("fp32", "bf16")
 CONFIDENCE_PRECISIONS = ("auto", "fp32", "bf16")
 """Arithmetic of the confidence branch of `FusedTransfer` (the re-encoding of the decoded
 spectrum). "auto": bf16 on a CPU with bf16 instructions, the transfer's own otherwise."""
-FUSED_ROWS = 4096
-"""Spectra per matrix product of `FusedTransfer`. Smaller steps (256, 1024 rows: activations
-in cache) measured no faster with one torch thread and up to 1.5 x slower with two on the
-shared 2-core machine (more parallel regions to start)."""
+FUSED_ROWS = 1024
+"""Spectra per matrix product of `FusedTransfer`. Measured with two torch threads on the
+2-core development machine (the small map's package, min of 5 interleaved runs, us per
+spectrum): 500 rows 101, 1,000 96, 1,500 94, 2,048 97, 4,096 113 (the 4,096-row activations,
+17-66 MB per layer, leave the cache; the networks alone in 4,096-row blocks: 107). An earlier
+session measured 1,024 up to 1.5x slower than 4,096 on the then-shared machine."""
 
 
 def bf16_supported() -> bool:
@@ -257,13 +259,20 @@ class FusedTransfer:
         return scaled_inputs(self.preprocessor, raw)
 
     @torch.inference_mode()
-    def run(self, inputs: torch.Tensor, spectra: bool = True
+    def run(self, inputs: torch.Tensor, spectra: bool = True, out: np.ndarray | None = None
             ) -> tuple[np.ndarray | None, np.ndarray]:
         """The torch part, on prepared inputs: (primary spectra, distances) as `__call__`;
         spectra=False: the distances alone (None for the spectra: another model writes them,
-        and the output layer, the largest product, is skipped)."""
+        and the output layer, the largest product, is skipped). out: a C-contiguous float32
+        (n, n_px) array the spectra are written into (and returned): the caller's own
+        buffer, so a group's spectra are not copied again (16 MB per 1,024 spectra)."""
         n = len(inputs)
-        primary = np.empty((n, self.n_px), np.float32) if spectra else None
+        if out is not None and (out.shape != (n, self.n_px) or out.dtype != np.float32
+                                or not out.flags.c_contiguous or not out.flags.writeable):
+            raise ValueError(f"out must be a writeable C-contiguous float32 array of shape "
+                             f"{(n, self.n_px)}, got {out.dtype} {out.shape}")
+        primary = (out if out is not None else np.empty((n, self.n_px), np.float32)
+                   ) if spectra else None
         distance = torch.empty(n, dtype=torch.float64)
         result = None if primary is None else torch.from_numpy(primary)
         for start in range(0, n, self.rows):

@@ -293,16 +293,23 @@ class PackageTransfer:
         while the first group is prepared rather than before its networks."""
         self.fused()
 
-    def finish(self, prepared: tuple[Preprocessor, Any]) -> tuple[np.ndarray, np.ndarray]:
-        """The networks and the confidence on what `prepare` gave."""
+    def finish(self, prepared: tuple[Preprocessor, Any], out: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """The networks and the confidence on what `prepare` gave; the primary spectra
+        written into `out` when given (C-contiguous float32 (n, n_primary_px))."""
         pre, inputs = prepared
         if pre is not self.preprocessor:
             raise ValueError("the inputs were prepared with another preprocessor (fit_map "
                              "between prepare and finish?)")
-        primary, distance = self.fused().run(inputs, spectra=self.model_name == "vae_mlp")
+        vae_mlp = self.model_name == "vae_mlp"
+        primary, distance = self.fused().run(inputs, spectra=vae_mlp,
+                                             out=out if vae_mlp else None)
         if primary is None:  # the chosen model's spectra, the latent space's confidence
             primary = pre.primary_spectra(
                 self.models.predict_scaled(self.model_name, inputs.numpy())).astype(np.float32)
+            if out is not None:
+                out[...] = primary
+                primary = out
         return primary, C.confidence_from_distance(distance)
 
     def line_transfer(self) -> LineTransfer:

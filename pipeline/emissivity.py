@@ -23,10 +23,14 @@ def total_emissivity(spectra: np.ndarray, valid: np.ndarray) -> np.ndarray:
     block = emissivity_block(n_px)
     usable = n_px - n_px % block
     starts = np.arange(0, usable, block)
-    accumulate = np.uint32 if spectra.dtype.kind == "u" else np.float64
+    # counts: exact uint32 sums; float spectra (a transfer's float32) summed in float32,
+    # within 31 ulps of each block's sum of magnitudes: float64 accumulation cost twice as
+    # much (3.4 against 1.6 us per 4,062-pixel spectrum), a tenth of a transfer's writing
+    accumulate = (np.uint32 if spectra.dtype.kind == "u"
+                  else np.float32 if spectra.dtype == np.float32 else np.float64)
     sums = np.add.reduceat(spectra[:, :usable], starts, axis=1, dtype=accumulate)
-    return emissivity_from_block_means(sums.astype(np.float32) / np.float32(block), valid,
-                                       block)
+    means = sums.astype(np.float32) / np.float32(block)
+    return emissivity_from_block_means(means, valid, block)
 
 
 def emissivity_block(n_px: int) -> int:

@@ -144,6 +144,13 @@ def line_chunk_decoder(
             line[...] = np.frombuffer(data, dtype).reshape(shape)
             return line
         lanes = np.frombuffer(data, np.uint8).reshape(size, n)  # shuffle: byte j of all, then j+1
+        if size == 2 and dtype.byteorder in "=<|" and np.little_endian:
+            # uint16 counts: high byte << 8 | low byte, two contiguous passes (2x the strided
+            # byte copies below)
+            flat = line.reshape(-1).view(np.uint16)
+            np.left_shift(lanes[1], 8, out=flat, dtype=np.uint16)
+            np.bitwise_or(flat, lanes[0], out=flat)
+            return line
         dest = line.reshape(-1).view(np.uint8).reshape(n, size)
         for j in range(size):
             dest[:, j] = lanes[j]

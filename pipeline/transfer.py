@@ -45,7 +45,9 @@ per prepare thread; secondary system and spot fields only). In turns, the networ
 group on all cores, then PREPARE_THREADS workers decode and prepare (baseline, scaling) the
 next one, each its own lines, while a writing thread writes the group just transferred, so
 three groups are in memory (peak RSS in benchmarks/bench_transfer.py). A group's valid spectra
-go to the model block_spots at a time.
+go to the model block_spots at a time, and the networks write them straight into the group's
+array. After each group the writer releases the output's pages from the page cache
+(`MapWriter.release_written_pages`): 5 GB written once need not fill it.
 """
 
 from __future__ import annotations
@@ -114,8 +116,10 @@ class StagedTransfer(BlockTransfer, Protocol):
     def prepare(self, secondary: np.ndarray) -> Any:
         """Raw secondary counts (n, n_secondary_px) -> the model's prepared inputs."""
 
-    def finish(self, prepared: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Prepared inputs -> (primary (n, n_primary_px) float32, confidence (n,))."""
+    def finish(self, prepared: Any, out: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Prepared inputs -> (primary (n, n_primary_px) float32, confidence (n,)); the
+        primary spectra written into `out` (C-contiguous float32) when given."""
 
     def warm_up(self) -> None:
         """Build what finish needs (a model's folded weights), while the first group is
@@ -368,6 +372,7 @@ def _run_pipeline(source: _GroupReader, writer: MapWriter, transfer: BlockTransf
             stored = ({"secondary": group.chunks[k]} if copy and group.chunks is not None
                       else None)
             writer.append_line(_output_line(group, k, primary[k], axes, copy), stored)
+        writer.release_written_pages()  # gigabytes written once: keep the page cache small
 
     write, compute = timed("write", write_group), timed("transfer", _transfer_group)
     steps.setdefault("prepare", 0.0)
@@ -428,17 +433,23 @@ def _transfer_group(group: _Group, transfer: BlockTransfer, block_spots: int,
     n_lines, nx, n_px = group.spectra.shape
     n_primary_px = len(transfer.primary_wavelength_nm)
     spectra = group.spectra.reshape(-1, n_px)
-    primary = np.zeros((n_lines * nx, n_primary_px), np.float32)
     confidence = np.full(n_lines * nx, np.nan, np.float32)
     if prepared is None:
         prepared = [(rows, None) for rows in _blocks(_valid_rows(group), block_spots)]
+    every = sum(rows.size for rows, _ in prepared) == n_lines * nx
+    # every spot valid (the usual map): the networks write straight into the group's array
+    primary = (np.empty if every else np.zeros)((n_lines * nx, n_primary_px), np.float32)
     for rows, inputs in prepared:
+        run = (slice(int(rows[0]), int(rows[-1]) + 1)
+               if rows.size and rows[-1] - rows[0] + 1 == rows.size else None)
         if inputs is not None:
             assert isinstance(transfer, StagedTransfer)
-            p, c = transfer.finish(inputs)
+            p, c = transfer.finish(inputs, out=None if run is None else primary[run])
         else:
+            run = None
             p, c = transfer(spectra[rows].astype(np.float32, copy=False))
-        primary[rows] = p
+        if run is None:
+            primary[rows] = p
         confidence[rows] = c
     return primary.reshape(n_lines, nx, n_primary_px), confidence.reshape(n_lines, nx)
 

@@ -139,3 +139,20 @@ def test_bf16_on_a_cpu_without_it_is_a_clear_error(package, monkeypatch):
         PackageTransfer(package, confidence_precision="bf16")
     # auto falls back to the transfer's own arithmetic
     assert PackageTransfer(package).confidence_precision == "fp32"
+
+
+def test_finish_writes_into_the_callers_array(package, raw):
+    """transfer_map hands each block its rows of the group's array: the spectra land there,
+    as computed without it; an array that cannot take them is refused."""
+    transfer = PackageTransfer(package, model="vae_mlp")
+    prepared = transfer.prepare(raw[:40])
+    expected, conf = transfer.finish(prepared)
+    group = np.full((50, expected.shape[1]), np.nan, np.float32)
+    got, got_conf = transfer.finish(prepared, out=group[5:45])
+    assert np.shares_memory(got, group)
+    np.testing.assert_array_equal(group[5:45], expected)
+    np.testing.assert_array_equal(got_conf, conf)
+    assert np.isnan(group[:5]).all() and np.isnan(group[45:]).all()
+    for bad in (group[5:44], group[5:45].astype(np.float64), group[5:45, ::2]):
+        with pytest.raises(ValueError, match="out must be a writeable C-contiguous float32"):
+            transfer.finish(prepared, out=bad)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import select
 import signal
 import subprocess
@@ -517,6 +518,24 @@ def test_float32_maps_hold_imported_intensities_exactly(map_path: Path) -> None:
         create_map(map_path.with_name("other.h5"), spectra_dtype="float64")
 
 
+def test_float32_emissivity_is_the_float64_sum_to_float32_rounding() -> None:
+    """Float spectra (a transfer's) are summed in float32: within a few ulps of the block
+    sums, on spectra with a large offset where a careless accumulation would drift."""
+    rng = np.random.default_rng(3)
+    spectra = (rng.normal(30_000, 3_000, (40, 4062))
+               + 2e4 * (rng.random((40, 4062)) > 0.99)).astype(np.float32)
+    line = SystemLine(spectra=spectra, valid=np.ones(40, bool),
+                      frame_id=np.zeros(40, np.int64), timestamp_s=np.zeros(40))
+    data = spectra.astype(np.float64)[:, : 4062 - 4062 % 32].reshape(40, -1, 32).mean(axis=2)
+    padded = np.pad(data, ((0, 0), (1, 1)), mode="edge")
+    floor = np.minimum(np.minimum(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])
+    reference = 32 * (data - floor).sum(axis=1)
+    # float32 block sums (<= 31 ulps each) and a float32 total (~2e6, ulp 0.25): measured
+    # 7e-7 relative at most
+    np.testing.assert_allclose(line.emissivity, reference, rtol=2e-6)
+    assert (line.emissivity > 1e5).all()  # the lines above the floor are counted
+
+
 def test_emissivity_of_spectra_shorter_than_a_block() -> None:
     spectra = np.array([[10, 10, 50, 10], [10, 10, 10, 10]], dtype=np.uint16)
     line = SystemLine(spectra=spectra, valid=np.array([True, False]),
@@ -659,3 +678,92 @@ def test_a_system_stored_its_own_way_keeps_its_dtype_and_filter(tmp_path: Path) 
     with pytest.raises(ValueError, match="system_storage names 'tertiary'"):
         create_map(tmp_path / "bad.h5", system_storage={"tertiary": ("uint16", None)})
     assert not (tmp_path / "bad.h5").exists()
+
+
+# --- writing fast: direct row writes, the page cache ----------------------------------------
+
+
+def test_row_writer_writes_plain_rows_directly_and_any_other_through_h5py(
+        tmp_path: Path) -> None:
+    from plumelink.pipeline.map_writer import _row_writer
+
+    with h5py.File(tmp_path / "rows.h5", "w") as f:
+        plain = {
+            "valid": f.create_dataset("valid", (3, 5), bool, chunks=(1, 5)),
+            "frame_id": f.create_dataset("frame_id", (3, 5), "<i8", chunks=(1, 5), fillvalue=-1),
+            "timestamp": f.create_dataset("timestamp", (3, 5), "<f8", chunks=(1, 5)),
+            "big_endian": f.create_dataset("big_endian", (3, 5), ">f4", chunks=(1, 5)),
+            "composition": f.create_dataset("composition", (3, 5, 2), "<f4", chunks=(1, 5, 2)),
+        }
+        other = {
+            "deflated": f.create_dataset("deflated", (3, 5), "<f8", chunks=(1, 5),
+                                         compression="gzip"),
+            "two_rows": f.create_dataset("two_rows", (3, 5), "<f8", chunks=(2, 5)),
+        }
+        values = {"valid": np.array([1, 0, 1, 1, 0], bool), "frame_id": np.arange(5) + 10,
+                  "timestamp": np.linspace(0, 1, 5), "big_endian": np.arange(5) * 0.5,
+                  "composition": np.arange(10, dtype=np.float32).reshape(5, 2),
+                  "deflated": np.full(5, np.pi), "two_rows": np.arange(5) * 2.0}
+        writers = {name: _row_writer(d) for name, d in {**plain, **other}.items()}
+        for name, write in writers.items():
+            write(1, values[name])
+        writers["timestamp"](2, np.nan)  # a scalar fills the row
+        for name, d in {**plain, **other}.items():
+            np.testing.assert_array_equal(d[1], values[name].astype(d.dtype), err_msg=name)
+        assert np.isnan(plain["timestamp"][2]).all()
+        assert (plain["frame_id"][0] == -1).all()  # other rows untouched
+        direct = [name for name, w in writers.items() if w.__name__ == "write_direct"]
+    assert sorted(direct) == sorted(plain)  # the filtered and the 2-row chunks: h5py
+
+
+def _resident_pages(path: Path) -> int:
+    """Pages of the file in the page cache (mincore on a private mapping)."""
+    import ctypes
+    import mmap
+
+    size = path.stat().st_size
+    libc = ctypes.CDLL(None, use_errno=True)
+    with path.open("rb") as f:
+        mapped = mmap.mmap(f.fileno(), size, flags=mmap.MAP_PRIVATE,
+                           prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    try:
+        page = mmap.PAGESIZE
+        vec = (ctypes.c_ubyte * ((size + page - 1) // page))()
+        buffer = ctypes.c_char.from_buffer(mapped)
+        try:
+            if libc.mincore(ctypes.c_void_p(ctypes.addressof(buffer)), ctypes.c_size_t(size),
+                            vec) != 0:
+                raise OSError(ctypes.get_errno(), "mincore")
+        finally:
+            del buffer
+        return sum(v & 1 for v in vec)
+    finally:
+        mapped.close()
+
+
+def _on_tmpfs(path: Path) -> bool:
+    mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
+    best = max((m for m in mounts if str(path.resolve()).startswith(m[1].rstrip("/") + "/")),
+               key=lambda m: len(m[1]), default=None)
+    return best is not None and best[2] in ("tmpfs", "ramfs")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="posix_fadvise and mincore: Linux")
+def test_release_written_pages_drops_the_written_file_from_the_page_cache(
+        map_path: Path) -> None:
+    if _on_tmpfs(map_path):
+        pytest.skip("a tmpfs file lives in the page cache")
+    writer = create_map(map_path)
+    for iy in range(SPEC.ny):
+        writer.append_line(make_line(iy))
+    with map_path.open("rb") as f:
+        os.fsync(f.fileno())  # written back, so that the advice can drop the pages
+    before = _resident_pages(map_path)
+    writer.release_written_pages()
+    after = _resident_pages(map_path)
+    writer.close()
+    writer.release_written_pages()  # closed: nothing to do, no error
+    assert before > 0 and after < before / 4, (before, after)
+    with MapReader(map_path) as reader:  # the data are all there, read back from disk
+        for iy in range(SPEC.ny):
+            assert lines_equal(reader.read_line(iy), make_line(iy))
