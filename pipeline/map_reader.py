@@ -363,6 +363,13 @@ class MapReader:
         return self._ds(L.ENTRY, "lines_done")[()].astype(bool)
 
     @property
+    def columns_done(self) -> np.ndarray | None:
+        """Completion flags (nx,) of the columns of a map written column by column (a
+        vertical raster: its rows are flagged only once every column is in); None otherwise."""
+        entry = self._file[L.ENTRY]
+        return entry[L.COLUMNS_DONE][()].astype(bool) if L.COLUMNS_DONE in entry else None
+
+    @property
     def n_lines_done(self) -> int:
         return int(np.count_nonzero(self._ds(L.ENTRY, "lines_done")[()]))
 

@@ -391,11 +391,15 @@ class MapWriter:
         overwrite: bool = False,
         spectra_dtype: str = "uint16",
         system_storage: Mapping[str, tuple[str, str | None]] | None = None,
+        by_rows: bool = False,
     ) -> MapWriter:
         """Create the whole file layout, start SWMR writing and return the writer.
 
         system_storage: (spectra_dtype, compression) of a system that differs from the
         others (a transferred map keeps its input's secondary spectra as they were stored).
+        by_rows: written row by row (`append_line`) whatever raster_order says: a map made
+        from another (a transfer of a vertical raster) keeps its acquisition order as a record
+        while its lines are rows; by default a vertical order is written by columns.
         Nothing is left behind if the layout cannot be built (bad settings, for instance).
         """
         path = Path(path)
@@ -444,6 +448,7 @@ class MapWriter:
                     "software_version": software_version or _installed_version(),
                 },
                 raster_order=raster_order,
+                by_columns=raster_order in VERTICAL_ORDERS and not by_rows,
                 settings=settings or {},
                 storage=filters,
                 truth_elements=truth_elements,
@@ -898,6 +903,7 @@ def _build_layout(
     y: np.ndarray,
     texts: dict[str, str],
     raster_order: str,
+    by_columns: bool,
     settings: Mapping[str, Any],
     storage: Mapping[str, tuple[str, SpectraFilter]],
     truth_elements: Sequence[str] | None,
@@ -919,7 +925,7 @@ def _build_layout(
         _text(entry, name, texts[name])
     entry.create_dataset("lines_done", shape=(ny,), dtype="uint8", chunks=(ny,), fillvalue=0)
     _create_device_log(file)
-    if raster_order in VERTICAL_ORDERS:
+    if by_columns:
         entry.create_dataset(L.COLUMNS_DONE, shape=(nx,), dtype="uint8", chunks=(nx,),
                              fillvalue=0)
 
@@ -929,7 +935,7 @@ def _build_layout(
     # Compressed chunks are rewritten whole, and a rewritten chunk that grew takes new space in
     # the file: a vertical map written column by column into row chunks grew 20 x its size.
     # Its spectra are chunked one spot per chunk instead, each written once; rows read the same.
-    spectra_nx = 1 if raster_order in VERTICAL_ORDERS else nx
+    spectra_nx = 1 if by_columns else nx
     for system in L.SYSTEMS:
         group = _nx(file.create_group(L.system_path(system), track_order=True), L.NX_DETECTOR)
         wavelength = group.create_dataset("wavelength", data=wavelengths[system])

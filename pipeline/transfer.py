@@ -155,7 +155,15 @@ def transfer_map(
         if transfer.needs_map_statistics:
             transfer.fit_map(b for b, _ in reader.iter_blocks("secondary", block_spots))
         ny, nx = reader.shape
-        done = reader.lines_done
+        done, partial = reader.lines_done, ""
+        columns = reader.columns_done  # a vertical raster's raster lines are its columns
+        if not done.all():
+            partial = f"input map {src} has {int(done.sum())} of {ny} lines done"
+        if columns is not None and columns.any() and not done.all():
+            # rows are flagged once every column is in; the rows of the columns done hold
+            # their spots, the others' spots are not valid (never acquired): every row goes
+            done = np.ones(ny, bool)
+            partial = f"input map {src} has {int(columns.sum())} of {nx} columns done"
         settings = dict(reader.settings)
         settings[SETTINGS_KEY] = dict(transfer.identity())
         source = _GroupReader(src, reader.has_truth)
@@ -175,9 +183,8 @@ def transfer_map(
             with writer:
                 _run_pipeline(source, writer, transfer, runs, block_spots, confidence,
                               (reader.x_um, reader.y_um), progress, total, steps)
-                if not done.all():
-                    writer.close(L.STATUS_INTERRUPTED,
-                                 f"input map {src} has {int(done.sum())} of {ny} lines done")
+                if partial:
+                    writer.close(L.STATUS_INTERRUPTED, partial)
         finally:
             source.close()
     _write_confidence(out, confidence, transfer, src)
@@ -207,6 +214,7 @@ def _create_output(out: Path, reader: MapReader, transfer: BlockTransfer, source
         mineral_names=reader.mineral_names if reader.has_truth else None,
         overwrite=overwrite, spectra_dtype="float32",
         system_storage=None if stored is None else {"secondary": stored},
+        by_rows=True,  # transferred in groups of rows, whatever the raster order
     )
 
 

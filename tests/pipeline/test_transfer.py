@@ -237,3 +237,64 @@ def test_an_input_hdf5_must_decode_itself_gives_the_same_transfer(package, holey
         np.testing.assert_array_equal(f["map/secondary/spectra"][()],
                                       src["map/secondary/spectra"][()].astype(np.float32))
         np.testing.assert_array_equal(f["map/primary/spectra"][()], g["map/primary/spectra"][()])
+
+
+def _as_vertical(src: Path, out: Path, n_columns: int) -> Path:
+    """The map at src rewritten as a vertical raster (column by column), its first
+    n_columns columns done."""
+    from plumelink.pipeline.map_writer import MapWriter
+    from plumelink.pipeline.raster_line import LineTruth, RasterLine, SystemLine
+
+    with MapReader(src) as r:
+        rows = [r.read_line(iy) for iy in range(r.shape[0])]
+        meta = r.metadata
+        writer = MapWriter.create(
+            out, ny=r.shape[0], nx=r.shape[1], primary_wavelength_nm=r.primary_wavelength_nm,
+            secondary_wavelength_nm=r.secondary_wavelength_nm, x_um=r.x_um, y_um=r.y_um,
+            raster_order="snake-vertical", settings=r.settings, sample=meta["sample"],
+            truth_elements=r.truth_elements, mineral_names=r.mineral_names)
+    with writer:
+        for ix in range(n_columns):
+            def column(system: str, ix: int = ix) -> SystemLine:
+                lines = [getattr(row, system) for row in rows]
+                return SystemLine(
+                    spectra=np.stack([s.spectra[ix] for s in lines]),
+                    valid=np.array([s.valid[ix] for s in lines]),
+                    frame_id=np.array([s.frame_id[ix] for s in lines]),
+                    timestamp_s=np.array([s.timestamp_s[ix] for s in lines]))
+            writer.append_column(RasterLine(
+                index=ix, x_um=np.full(len(rows), rows[0].x_um[ix]),
+                y_um=np.array([row.y_um[ix] for row in rows]),
+                x_measured_um=np.array([row.x_measured_um[ix] for row in rows]),
+                y_measured_um=np.array([row.y_measured_um[ix] for row in rows]),
+                shot_id=np.array([row.shot_id[ix] for row in rows]),
+                primary=column("primary"), secondary=column("secondary"),
+                truth=LineTruth(mineral=np.array([row.truth.mineral[ix] for row in rows]),
+                                composition=np.stack([row.truth.composition[ix]
+                                                      for row in rows]))))
+        if n_columns < len(rows[0].x_um):
+            writer.close("interrupted", "stopped")
+    return out
+
+
+@pytest.mark.parametrize("n_columns", [16, 5])
+def test_a_vertical_raster_transfers_like_the_same_map_in_rows(package, holey_map, transferred,
+                                                               tmp_path, n_columns):
+    """A vertical raster's lines are columns (its rows are flagged only when every column is
+    in); the transfer writes rows, keeps the raster order on record, and transfers the spots
+    of the columns done: the same spectra as the map acquired in rows."""
+    vertical = _as_vertical(holey_map, tmp_path / "vertical.h5", n_columns)
+    out = transfer_map(vertical, tmp_path / "out.h5", PackageTransfer(package))
+    with MapReader(out) as r, MapReader(transferred[0]) as rows:
+        assert r.metadata["raster_order"] == "snake-vertical"
+        assert r.columns_done is None and r.lines_done.all()
+        assert r.status == ("complete" if n_columns == 16 else "interrupted")
+        if n_columns < 16:
+            assert f"{n_columns} of 16 columns done" in r.status_reason
+        for iy in range(8):
+            got, expected = r.read_line(iy), rows.read_line(iy)
+            done = np.arange(16) < n_columns
+            np.testing.assert_array_equal(got.primary.valid, expected.primary.valid & done)
+            np.testing.assert_allclose(got.primary.spectra[done], expected.primary.spectra[done],
+                                       rtol=1e-5, atol=1e-3)
+            assert not got.primary.spectra[~done].any()
