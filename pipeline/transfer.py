@@ -342,7 +342,9 @@ def _run_pipeline(source: _GroupReader, writer: MapWriter, transfer: BlockTransf
     evenly over its threads, so a core taken by anything else stalls the whole product.
     Measured on the 250,000-spectrum map (2 cores): with the preparation alongside, the
     networks ran at half their speed; with the writing alongside, the whole took 53 s
-    against 50 s in turns; with the other threads at SCHED_IDLE priority, 53 s. Bounded:
+    against 50 s in turns; with the other threads at SCHED_IDLE priority, 53 s; with the
+    writing held for the next networks' turn (the workers then prepare without the writer's
+    GIL-holding h5py calls), 42-44 s against 39-41 s, after the page-cache release. Bounded:
     three groups of raster lines are in memory. This thread reads the input, the writing
     thread owns the output; the workers see bytes and arrays only. Errors of either come
     back through their futures and stop the transfer."""

@@ -47,6 +47,11 @@ def test_transfer_rate_ratios_and_peak_rss_are_reported(tiny: dict[str, Path],
     assert all(0 < v < math.inf for v in r["ratio"].values())
     assert r["ratio"]["transfer_over_forward"] == pytest.approx(
         r["transfer"]["spectra_per_s"] / r["reference"]["forward_spectra_per_s"])
+    # the networks alone at their fastest batch, each batch listed
+    batches = {b: r["reference"][f"forward_{b}_spectra_per_s"]
+               for b in bench_transfer.FORWARD_BATCHES}
+    assert r["reference"]["forward_spectra_per_s"] == max(batches.values())
+    assert batches[r["reference"]["forward_best_batch"]] == max(batches.values())
     assert r["transfer"]["rss_before_transfer_gb"] <= r["transfer"]["peak_rss_gb"]
     assert r["transfer"]["output_bytes"] > 0
     assert list(tmp_path.iterdir()) == []  # the output map was a temporary file
