@@ -121,9 +121,15 @@ class FlyOnDdgClock(FlyProcedure):
         s.ddg.set("SINGLE_SHOT_EXTERNAL_RISING", (n, s.period_s))
         s.readout.arm(n)
         ddg.fire()
+        burst_s = s.real_s(n * s.period_s)
         try:
-            s.stage.fly(fly)
-            status = ddg.wait_end_of_burst(s.real_s(n * s.period_s) + FRAME_TIMEOUT_MARGIN_S)
+            # the burst's end is awaited from its planned end on, before the stage's run-out:
+            # the DDG hands its shots on (to the spectrometers; on the simulated bench to
+            # the physics) one stage poll earlier
+            status = s.stage.fly(
+                fly, lambda: ddg.wait_end_of_burst(burst_s + FRAME_TIMEOUT_MARGIN_S),
+                s.real_s(fly.first_shot_delay_s) + burst_s)
+            assert status is not None
         finally:
             self._stage.disable_distance_trigger(self.axis)
         if status.aborted:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from plumelink.drivers.bench import Bench
 from plumelink.drivers.errors import InstrumentTimeout
@@ -29,6 +30,7 @@ ABORT_CHECK_S = 0.25  # while the stage moves, an abort is noticed within this (
 REPOSITION_SLACK_S = 0.02
 
 Position = tuple[float, float]
+_T = TypeVar("_T")
 
 
 def _moving(here: Position, target: Position) -> tuple[float | None, float | None]:
@@ -110,14 +112,39 @@ class StageMotion:
                 return
         self.set_speed(self.speed_um_s)
 
-    def fly(self, fly: FlyPass) -> None:
-        """A fly pass: from its start to its end at the fly speed (one axis moves)."""
+    def fly(self, fly: FlyPass, during: Callable[[], _T] | None = None,
+            during_after_s: float = 0.0) -> _T | None:
+        """A fly pass: from its start to its end at the fly speed (one axis moves). With
+        ``during``: once the move is under way and ``during_after_s`` (real) after its start,
+        ``during()`` runs before the end of the pass is awaited, and its result is returned;
+        e.g. the wait for the DDG's end of burst, which hands the shots on (on the simulated
+        bench: to the physics) while the stage is still in its run-out. The stage's end is
+        awaited (and its faults raised) whatever ``during`` did."""
         self.set_speed(fly.speed_um_s)
         self._at = None
         targets = _moving(fly.start_um, fly.end_um)
+        started = time.monotonic()
         self.stage.move_absolute(*targets)
-        self.wait(fly.duration_s / self._bench.time_scale, axes=_axes(targets))
+        expected_s = fly.duration_s / self._bench.time_scale
+        result = None
+        if during is not None:
+            try:
+                if self._handle.sleep(during_after_s - (time.monotonic() - started)):
+                    self._halt()
+                result = during()
+            except BaseException:
+                with contextlib.suppress(Exception):  # the stage ends its pass first
+                    self._finish(started, expected_s, _axes(targets))
+                raise
+        self._finish(started, expected_s, _axes(targets))
         self._at = fly.end_um
+        return result
+
+    def _finish(self, started: float, expected_s: float, axes: tuple[str, ...]) -> None:
+        """Wait for the end of a move that started at ``started`` (monotonic)."""
+        elapsed = time.monotonic() - started
+        self.wait(max(expected_s - elapsed, 0.0),
+                  max(expected_s + STAGE_TIMEOUT_MARGIN_S - elapsed, 1e-3), axes=axes)
 
     def wait(self, expected_s: float, timeout_s: float | None = None,
              axes: tuple[str, ...] = ("x", "y"), *, measure: bool = False) -> Any:

@@ -220,6 +220,48 @@ def test_stage_distance_trigger_fires_one_shot_per_rising_edge(bench: Bench) -> 
     stage.wait_until_idle(2.0)
 
 
+def test_a_stage_edge_reaches_the_ddg_without_a_stage_query(bench: Bench) -> None:
+    """A wired input does not wait for the host: the DDG, asked once after a burst that the
+    stage's distance trigger started, has ended it, though the stage was not asked meanwhile
+    (its server hands out the edge when due). The fly scan relies on it: it awaits the
+    burst's end before the stage's run-out."""
+    sim, stage, ddg = bench.simulation, bench.stage, bench.delay_generator
+    emulator = bench.emulators["stage"]
+    n, run_up = 6, 50.0
+    stage.set_speed(1e6)
+    stage.move_absolute(1000.0, 2000.0)
+    stage.wait_until_idle(2.0)
+    for spectrometer in bench.spectrometers.values():
+        spectrometer.arm(n)
+    first = sim.next_shot_number
+    try:
+        stage.set_digital_output("x", 1, 0)
+        stage.configure_distance_trigger("x", run_up, count=1)
+        ddg.configure_burst(n, PERIOD_S)
+        ddg.enable_outputs()
+        ddg.set_trigger_source("SINGLE_SHOT_EXTERNAL_RISING")
+        ddg.fire()
+        stage.set_speed(25_000.0)
+        stage.move_absolute(2000.0, 2000.0)  # 40 ms (simulated) to go; the burst takes 120
+        asked = len(emulator.transcript)
+        time.sleep(0.2 / sim.clock.speedup)  # past the burst's end (simulated 0.2 s)
+        status = ddg.read_burst_status()  # one INSR?, no stage command before it
+        assert len(emulator.transcript) == asked
+        assert status.end_of_burst
+        stage.wait_until_idle(2.0)
+        for role in bench.spectrometers:
+            _read(bench, role)
+    finally:
+        ddg.disable_outputs()
+        stage.disable_distance_trigger("x")
+        stage.set_speed(1e6)
+    shots = [r for r in sim.shot_log if r.number >= first]
+    assert len(shots) == n
+    assert shots[0].x_um == pytest.approx(1000.0 + run_up, abs=0.2)
+    stage.move_absolute(1000.0, 2000.0)
+    stage.wait_until_idle(2.0)
+
+
 def test_disabled_outputs_fire_no_laser_and_no_frames(bench: Bench) -> None:
     sim = bench.simulation
     bench.delay_generator.disable_outputs()

@@ -17,6 +17,7 @@ from plumelink.pipeline.acquisition.handle import ScanHandle
 from plumelink.pipeline.acquisition.stage_motion import StageMotion
 from plumelink.pipeline.engine import acquire
 from plumelink.pipeline.map_reader import MapReader
+from plumelink.pipeline.plan import FlyPass
 from plumelink.pipeline.scan import parse_scan
 
 
@@ -86,3 +87,40 @@ def test_a_step_scan_records_the_measured_positions(sim_profile: Path,
             line = m.read_line(iy)
             assert line.x_measured_um == pytest.approx(line.x_um, abs=0.1)
             assert line.y_measured_um == pytest.approx(line.y_um, abs=0.1)
+
+
+def _pass(start_x: float, end_x: float, speed: float) -> FlyPass:
+    duration = abs(end_x - start_x) / speed
+    return FlyPass((start_x, 2_000.0), (end_x, 2_000.0), speed, "ddg-clock", 25.0, 0.0,
+                   duration)
+
+
+def test_a_fly_pass_runs_its_burst_wait_while_the_stage_moves(sim_profile: Path) -> None:
+    """``during`` (the DDG's end of burst) runs once the stage is under way and before its
+    run-out is over; the pass then ends where it was planned, with the stage idle. Should
+    ``during`` fail, the stage still ends its pass before the error goes on."""
+    with open_bench(sim_profile) as bench:
+        emulator = bench.emulators["stage"]
+        motion = StageMotion(bench, ScanHandle(), 100_000.0)
+        motion.home()
+        motion.move_to(1_000.0, 2_000.0)
+        pass_ = _pass(1_000.0, 3_000.0, 10_000.0)  # 0.2 s simulated, 2 ms real
+
+        def during() -> tuple[bool, float]:
+            return emulator.busy(1, 1), emulator.position(1, 1) * 0.1
+
+        busy, x = motion.fly(pass_, during, 0.0)
+        assert busy and 1_000.0 <= x < 3_000.0  # under way, not yet at the end
+        assert not emulator.busy(1, 1)
+        assert emulator.position(1, 1) * 0.1 == pytest.approx(3_000.0)
+        sent = len(emulator.commands)
+        motion.move_to(3_000.0, 2_000.0, measure=False)  # where the pass ended is known:
+        assert len(emulator.commands) == sent  # no position query, no move
+
+        def failing() -> None:
+            raise RuntimeError("burst lost")
+
+        with pytest.raises(RuntimeError, match="burst lost"):
+            motion.fly(_pass(3_000.0, 1_000.0, 10_000.0), failing, 0.0)
+        assert not emulator.busy(1, 1)
+        assert emulator.position(1, 1) * 0.1 == pytest.approx(1_000.0)
