@@ -200,6 +200,15 @@ class _TriggerState:
 
     disabled: bool = False
     action: str | None = None
+    # an enabled distance trigger with a count, for knowing when it is spent: its axis, the
+    # axis's position at the enable (native; None: unknown), the travel that spends it
+    # (count x distance, native), the output it toggles and that output's level at the enable
+    axis: str | None = None
+    armed_at: int | None = None
+    travel: int = 0
+    output: int = 0
+    level: int | None = None
+    toggles: int = 0
 
 
 def _per_axis(value: float | Mapping[str, float] | None, what: str) -> dict[str, float | None]:
@@ -259,6 +268,10 @@ class ZaberStage(SerialDevice):
         self._limits: dict[str, tuple[int, int]] = {}
         # what this driver last set on each (device, trigger): saves identical re-sends
         self._triggers: dict[tuple[int, int], _TriggerState] = {}
+        # digital output levels this driver knows, (device, output) -> 0/1, and where each
+        # axis was found idle last (native) with no command that moves it sent since
+        self._outputs: dict[tuple[int, int], int] = {}
+        self._idle_at: dict[str, int] = {}
         self._url, self._baudrate, self._checksum = url, baudrate, checksum
         self._zm = _library()
         self._errors = self._error_table()
@@ -471,6 +484,8 @@ class ZaberStage(SerialDevice):
                     still.append(axis)
                 else:
                     at[axis.name] = self._native(reply.data, "get pos")
+                    self._idle_at[axis.name] = at[axis.name]
+                    self._spend_triggers(axis, at[axis.name])
             pending = still
             if not pending:
                 return at
@@ -588,15 +603,24 @@ class ZaberStage(SerialDevice):
                 self._zm.ascii.TriggerAction.A, 0, action))
             state.action = action
         state.disabled = False  # enabled from the command on, even if its reply is lost
+        key = (ax.device, int(output))
+        level = self._outputs.pop(key, None)  # toggled from now on: unknown until spent
         self._do("trigger enable", lambda: handle.enable(int(count or 0)))
+        if count is not None:
+            state.axis, state.armed_at = ax.name, self._idle_at.get(ax.name)
+            state.travel, state.output, state.level = native * int(count), int(output), level
+            state.toggles = int(count)
         return ax.to_um(native)
 
     def disable_distance_trigger(self, axis: str, *, trigger: int = 1) -> None:
-        """Disable the trigger (always sent: what stops a trigger left armed)."""
+        """Disable the trigger: what stops a trigger left armed, so it is sent unless this
+        driver knows the trigger is disabled (it sent the disable, or the trigger fired its
+        count: see `_spend_triggers`) and nothing failed since."""
         ax = self._axis(axis)
         handle = ax.handle.device.triggers.get_trigger(int(trigger))
         state = self._triggers.setdefault((ax.device, int(trigger)), _TriggerState())
-        state.disabled = False
+        if state.disabled:
+            return
         self._do("trigger disable", handle.disable)
         state.disabled = True
 
@@ -609,10 +633,16 @@ class ZaberStage(SerialDevice):
         if not isinstance(output, numbers.Integral) or not 1 <= output <= 99:
             raise SettingOutOfRange("digital output", output, "integers 1 .. 99",
                                     device=self.name, command="io set do")
+        ax = self._axis(axis)
+        key = (ax.device, int(output))
+        if self._outputs.get(key) == level:  # known to be there already: not sent again
+            return
         action = self._zm.ascii.DigitalOutputAction
-        io = self._axis(axis).handle.device.io
+        io = ax.handle.device.io
+        self._outputs.pop(key, None)  # unknown if the command fails
         self._do("io set do", lambda: io.set_digital_output(
             int(output), action.ON if level else action.OFF))
+        self._outputs[key] = level
 
     def reconnect(self) -> None:
         """Open the port again with the same settings after the link dropped or the device
@@ -662,6 +692,7 @@ class ZaberStage(SerialDevice):
         for name in natives:
             self._require_reference(self._axes[name])
         for name, native in natives.items():
+            self._idle_at.pop(name, None)  # moving from the command on
             handle = self._axes[name].handle
             move = handle.move_relative if relative else handle.move_absolute
             self._do(f"{command} {native}", lambda m=move, n=native: m(n, wait_until_idle=False))
@@ -690,8 +721,25 @@ class ZaberStage(SerialDevice):
         return round(value)
 
     def _forget_state(self) -> None:
-        """Trust nothing remembered of the device's trigger set-up."""
+        """Trust nothing remembered of the device's trigger set-up, outputs and positions."""
         self._triggers.clear()
+        self._outputs.clear()
+        self._idle_at.clear()
+
+    def _spend_triggers(self, axis: _Axis, native: int) -> None:
+        """An axis found idle at ``native``: each distance trigger armed on it with a count,
+        at a known position, has fired its count once the axis is ``count x distance`` or
+        more away from there (the distance travelled is at least that), so it is disabled
+        (a trigger with a count disables itself after that many firings [V]) and its output
+        was toggled ``count`` times from the level it had at the enable."""
+        for (device, _), state in self._triggers.items():
+            if (device != axis.device or state.disabled or state.axis != axis.name
+                    or state.armed_at is None or state.travel < 1
+                    or abs(native - state.armed_at) < state.travel):
+                continue
+            state.disabled, state.axis, state.armed_at = True, None, None
+            if state.level is not None:
+                self._outputs[(device, state.output)] = state.level ^ (state.toggles & 1)
 
     def _error_table(self) -> list[tuple[type, Callable[[Any, str], InstrumentError]]]:
         """zaber-motion's exceptions, most specific first, and the typed error each becomes."""

@@ -101,14 +101,20 @@ class FlyOnDdgClock(FlyProcedure):
     name = FLY_DDG_CLOCK
 
     def _arm_trigger(self, line: LinePlan) -> None:
-        """Output low, one toggle (a rising edge) after the run-up: at the first spot."""
+        """Output low, a toggle (a rising edge) after the run-up: at the first spot. Where the
+        pass is long enough, a second toggle one run-up later brings the output low again (a
+        falling edge, which the DDG's rising-edge input ignores, in the burst it started):
+        the stage's driver then knows the output is low and the trigger spent (it fired its
+        count) once the pass has ended, and sends neither again for the next line."""
         fly = line.fly
         assert fly is not None
         k = 0 if self.axis == "x" else 1
-        run_up = abs(float((line.x_um, line.y_um)[k][0]) - fly.start_um[k])
+        run_up = max(abs(float((line.x_um, line.y_um)[k][0]) - fly.start_um[k]), 1e-3)
+        travel = abs(fly.end_um[k] - fly.start_um[k])
+        toggles = 2 if 2 * run_up + fly.trigger_spacing_um / 2 <= travel else 1
         self._stage.set_digital_output(self.axis, TRIGGER_OUTPUT, 0)
-        self._stage.configure_distance_trigger(self.axis, max(run_up, 1e-3),
-                                               output=TRIGGER_OUTPUT, count=1)
+        self._stage.configure_distance_trigger(self.axis, run_up, output=TRIGGER_OUTPUT,
+                                               count=toggles)
 
     def _pass(self, line: LinePlan) -> tuple[BurstStatus, float | None]:
         """The DDG waits for the stage's edge (single shot, external rising: `fire` arms it),

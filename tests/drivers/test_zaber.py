@@ -416,6 +416,52 @@ def test_distance_trigger_with_count_on_a_controller_axis(no_leaks: None) -> Non
             (2, 250, 0), (2, 500, 1), (2, 750, 0)]
 
 
+def _armed_at_1000(stage: ZaberStage, count: int) -> None:
+    """x found idle at 1,000 µm, output 1 low, a trigger every 50 µm with ``count``."""
+    stage.move_absolute(x_um=1_000.0)
+    stage.wait_until_idle(2.0)
+    stage.set_digital_output("x", 1, 0)
+    stage.configure_distance_trigger("x", 50.0, count=count)
+
+
+def test_a_spent_trigger_and_its_output_are_not_sent_again(server: ZaberTcpServer,
+                                                           homed_stage: ZaberStage) -> None:
+    """A trigger with a count, armed where the axis was found idle, has fired its count once
+    the axis is found idle count x distance away or more: disabled, its output toggled count
+    times. Neither the disable nor that output level is sent again; the device agrees."""
+    em = server.emulator
+    _armed_at_1000(homed_stage, 2)
+    homed_stage.move_absolute(x_um=1_200.0)  # 200 µm: both firings
+    homed_stage.wait_until_idle(2.0)
+    em.clear_transcript()
+    homed_stage.disable_distance_trigger("x")
+    homed_stage.set_digital_output("x", 1, 0)
+    assert sent(em) == []
+    assert em.output(1, 1) == 0 and [e.level for e in em.trigger_events] == [1, 0]
+    homed_stage.move_absolute(x_um=1_500.0)
+    homed_stage.wait_until_idle(2.0)
+    assert len(em.trigger_events) == 2  # the device disabled it indeed
+    homed_stage.set_digital_output("x", 1, 1)  # another level is sent
+    homed_stage.home(timeout_s=2.0)  # after a homing nothing remembered is trusted
+    em.clear_transcript()
+    homed_stage.set_digital_output("x", 1, 1)
+    homed_stage.disable_distance_trigger("x")
+    assert sent(em) == ["io set do 1 1", "trigger 1 disable"]
+
+
+def test_a_trigger_not_yet_spent_is_disabled_and_its_output_set(
+        server: ZaberTcpServer, homed_stage: ZaberStage) -> None:
+    em = server.emulator
+    _armed_at_1000(homed_stage, 2)
+    homed_stage.move_absolute(x_um=1_070.0)  # 70 µm: one firing of two
+    homed_stage.wait_until_idle(2.0)
+    em.clear_transcript()
+    homed_stage.disable_distance_trigger("x")
+    homed_stage.set_digital_output("x", 1, 0)
+    assert sent(em) == ["trigger 1 disable", "io set do 1 0"]
+    assert em.output(1, 1) == 0
+
+
 def test_distance_trigger_arguments_are_checked(server: ZaberTcpServer,
                                                 homed_stage: ZaberStage) -> None:
     for kwargs in ({"distance_um": 0.0}, {"distance_um": 0.04}, {"distance_um": math.nan},

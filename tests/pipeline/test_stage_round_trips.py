@@ -31,7 +31,7 @@ def _kind(line: bytes) -> str:
     return " ".join(words[:2] if words[:1] != ["io"] else words[:3])
 
 
-def test_a_fly_line_sends_its_trigger_action_once_and_disables_once(
+def test_a_fly_line_sends_only_its_trigger_condition_and_enable(
         sim_profile: Path, tmp_path: Path) -> None:
     ny = 4
     scan = parse_scan(fly_scan_text(sim_profile, tmp_path / "fly.h5", ny=ny, nx=20),
@@ -41,14 +41,17 @@ def test_a_fly_line_sends_its_trigger_action_once_and_disables_once(
         emulator.clear_transcript()
         result = acquire(scan, bench=bench)
         sent = Counter(_kind(c) for c in emulator.commands)
+        output = emulator.output(1, 1)
     assert result.status == "complete" and result.invalid_primary == 0
     assert result.invalid_secondary == 0  # every shot still fired where it should
-    # per line: the condition, the enable, the output low, one disable after the pass; the
-    # action once for the scan, and one disable before the first set-up
-    assert sent["trigger when"] == sent["trigger enable"] == sent["io set do"] == ny
-    assert sent["trigger action"] == 1
-    assert sent["trigger disable"] == ny + 1
+    # per line: the condition and the enable. Each pass toggles the output twice (up at the
+    # first spot, down one run-up later) and so spends its trigger: the output is known low
+    # and the trigger disabled for the next line. Once for the scan: the output low, the
+    # action, and one disable before the first set-up.
+    assert sent["trigger when"] == sent["trigger enable"] == ny
+    assert sent["io set do"] == sent["trigger action"] == sent["trigger disable"] == 1
     assert sent[""] == 0  # the idle polls are "get pos"
+    assert output == 0
 
 
 def test_a_measured_step_move_reads_the_position_in_its_idle_polls(sim_profile: Path,
@@ -80,6 +83,7 @@ def test_a_step_scan_records_the_measured_positions(sim_profile: Path,
         emulator.clear_transcript()
         result = acquire(scan, bench=bench)
         sent = Counter(_kind(c) for c in emulator.commands)
+        print(sent)
     assert result.status == "complete"
     assert sent[""] == 0
     with MapReader(out) as m:
