@@ -44,8 +44,12 @@ Round trips saved (each zaber-motion call costs a few hundred µs, more on a loa
 driver remembers, per device trigger, that it disabled it and which action it set, and does
 not send them again identically (a fly scan arms the same trigger every line); the condition
 (``when ... dist``) and ``enable`` are always sent, since whether the distance is counted from
-the condition or from the enable is not documented here [I]. What it remembers is forgotten
-on any error, `reconnect`, `home` and `clear_warnings`.
+the condition or from the enable is not documented here [I]. It remembers the digital output
+levels it set, and knows a trigger with a count spent once an idle poll finds its axis
+``count x distance`` away from where the trigger was enabled (`_spend_triggers`): the trigger
+then disabled itself and toggled its output ``count`` times, so neither the disable nor that
+output level is sent again. What it remembers is forgotten on any error, `reconnect`, `home`
+and `clear_warnings`.
 
 `reconnect` (the `Reconnect` capability) opens the port again after the link dropped or the
 device stopped answering, keeps the microstep sizes found at the first connect, reads the
