@@ -122,8 +122,8 @@ class StagedTransfer(BlockTransfer, Protocol):
         primary spectra written into `out` (C-contiguous float32) when given."""
 
     def warm_up(self) -> None:
-        """Build what finish needs (a model's folded weights), while the first group is
-        prepared."""
+        """Build what finish needs (a model's folded weights), before the first group is
+        prepared (a fold that runs on every core stalls beside the preparing threads)."""
 
 
 def transfer_map(
@@ -389,9 +389,9 @@ def _run_pipeline(source: _GroupReader, writer: MapWriter, transfer: BlockTransf
     n_done = 0
     with (ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="plumelink-prepare") as pool,
           ThreadPoolExecutor(1, thread_name_prefix="plumelink-transfer-write") as writes):
-        group = start(pool, 0) if runs else None
         if runs and isinstance(transfer, StagedTransfer):
             transfer.warm_up()
+        group = start(pool, 0) if runs else None
         writing: tuple[Future[None], int] | None = None
         for k in range(len(runs)):
             assert group is not None

@@ -163,14 +163,24 @@ def test_existing_output_is_refused_unless_overwrite(transferred, package, holey
         transfer_map(holey_map, holey_map, PackageTransfer(package), overwrite=True)
 
 
-def test_stored_spectra_are_the_computed_float32_exactly(transferred, holey_map, package):
-    """The storage choice (float32, no filter) loses nothing of what the transfer computed."""
-    out, _ = transferred
-    with MapReader(out) as r, MapReader(holey_map) as src:
-        got, _ = next(r.iter_blocks("primary"))
-        sec, _ = next(src.iter_blocks("secondary"))
-    computed, _ = PackageTransfer(package)(sec)
-    np.testing.assert_array_equal(got, computed)
+def test_stored_spectra_are_the_computed_float32_exactly(holey_map, package, tmp_path):
+    """The storage choice (float32, no filter) loses nothing of what the transfer computed:
+    the stored spectra are the networks' own output, bit for bit. (Recomputed in one block,
+    they may differ in the last bits: a matrix product's rounding depends on how many rows
+    it gets on some CPUs.)"""
+    computed = []
+
+    class Recording(PackageTransfer):
+        def finish(self, prepared, out=None):
+            primary, confidence = super().finish(prepared, out)
+            computed.append(primary.copy())
+            return primary, confidence
+
+    out = transfer_map(holey_map, tmp_path / "out.h5", Recording(package))
+    with MapReader(out) as r:
+        got = np.concatenate([b for b, _ in r.iter_blocks("primary")])
+    assert len(computed) > 1  # several groups, each its own product
+    np.testing.assert_array_equal(got, np.concatenate(computed))
 
 
 def test_secondary_is_the_input_as_stored(transferred, holey_map):
