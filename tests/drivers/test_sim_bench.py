@@ -78,6 +78,18 @@ def _shots(bench: Bench, role: str, frames: Frames) -> list[int | None]:
 
 
 # ------------------------------------------------------------------------- the chain
+def _armed_at_the_start(bench: Bench, n: int) -> int:
+    """The stage at (1000, 2000) µm, both spectrometers armed for n frames; the number of
+    the next shot."""
+    stage = bench.stage
+    stage.set_speed(1e6)
+    stage.move_absolute(1000.0, 2000.0)
+    stage.wait_until_idle(2.0)
+    for spectrometer in bench.spectrometers.values():
+        spectrometer.arm(n)
+    return bench.simulation.next_shot_number
+
+
 def test_burst_gives_paired_frames_with_the_physics_spectra(bench: Bench) -> None:
     sim = bench.simulation
     first = sim.next_shot_number
@@ -189,12 +201,7 @@ def test_stage_distance_trigger_fires_one_shot_per_rising_edge(bench: Bench) -> 
     and each shot samples the stage exactly there."""
     sim, stage, ddg = bench.simulation, bench.stage, bench.delay_generator
     n, step = 8, 25.0
-    stage.set_speed(1e6)
-    stage.move_absolute(1000.0, 2000.0)
-    stage.wait_until_idle(2.0)
-    for spectrometer in bench.spectrometers.values():
-        spectrometer.arm(n)
-    first = sim.next_shot_number
+    first = _armed_at_the_start(bench, n)
     try:
         stage.set_digital_output("x", 1, 1)  # high before the DDG listens: no shot
         assert stage.configure_distance_trigger("x", step / 2, count=2 * n) == step / 2
@@ -228,12 +235,7 @@ def test_a_stage_edge_reaches_the_ddg_without_a_stage_query(bench: Bench) -> Non
     sim, stage, ddg = bench.simulation, bench.stage, bench.delay_generator
     emulator = bench.emulators["stage"]
     n, run_up = 6, 50.0
-    stage.set_speed(1e6)
-    stage.move_absolute(1000.0, 2000.0)
-    stage.wait_until_idle(2.0)
-    for spectrometer in bench.spectrometers.values():
-        spectrometer.arm(n)
-    first = sim.next_shot_number
+    first = _armed_at_the_start(bench, n)
     try:
         stage.set_digital_output("x", 1, 0)
         stage.configure_distance_trigger("x", run_up, count=1)
