@@ -204,15 +204,21 @@ class _TriggerState:
 
     disabled: bool = False
     action: str | None = None
-    # an enabled distance trigger with a count, for knowing when it is spent: its axis, the
-    # axis's position at the enable (native; None: unknown), the travel that spends it
-    # (count x distance, native), the output it toggles and that output's level at the enable
-    axis: str | None = None
-    armed_at: int | None = None
-    travel: int = 0
-    output: int = 0
-    level: int | None = None
-    toggles: int = 0
+    arming: _Arming | None = None  # the last enable, when it can be known spent
+
+
+@dataclass(frozen=True)
+class _Arming:
+    """A distance trigger enabled with a count while its axis was idle at a known position:
+    the axis, that position (native), the travel that spends it (count x distance, native),
+    the output it toggles, that output's level at the enable (None: unknown) and the count."""
+
+    axis: str
+    armed_at: int
+    travel: int
+    output: int
+    level: int | None
+    toggles: int
 
 
 def _per_axis(value: float | Mapping[str, float] | None, what: str) -> dict[str, float | None]:
@@ -609,11 +615,12 @@ class ZaberStage(SerialDevice):
         state.disabled = False  # enabled from the command on, even if its reply is lost
         key = (ax.device, int(output))
         level = self._outputs.pop(key, None)  # toggled from now on: unknown until spent
+        state.arming = None  # a new enable: whatever was known of the last one is void
         self._do("trigger enable", lambda: handle.enable(int(count or 0)))
-        if count is not None:
-            state.axis, state.armed_at = ax.name, self._idle_at.get(ax.name)
-            state.travel, state.output, state.level = native * int(count), int(output), level
-            state.toggles = int(count)
+        at = self._idle_at.get(ax.name)
+        if count is not None and at is not None:
+            state.arming = _Arming(ax.name, at, native * int(count), int(output), level,
+                                   int(count))
         return ax.to_um(native)
 
     def disable_distance_trigger(self, axis: str, *, trigger: int = 1) -> None:
@@ -737,13 +744,13 @@ class ZaberStage(SerialDevice):
         (a trigger with a count disables itself after that many firings [V]) and its output
         was toggled ``count`` times from the level it had at the enable."""
         for (device, _), state in self._triggers.items():
-            if (device != axis.device or state.disabled or state.axis != axis.name
-                    or state.armed_at is None or state.travel < 1
-                    or abs(native - state.armed_at) < state.travel):
+            arming = state.arming
+            if (device != axis.device or state.disabled or arming is None
+                    or arming.axis != axis.name or abs(native - arming.armed_at) < arming.travel):
                 continue
-            state.disabled, state.axis, state.armed_at = True, None, None
-            if state.level is not None:
-                self._outputs[(device, state.output)] = state.level ^ (state.toggles & 1)
+            state.disabled, state.arming = True, None
+            if arming.level is not None:
+                self._outputs[(device, arming.output)] = arming.level ^ (arming.toggles & 1)
 
     def _error_table(self) -> list[tuple[type, Callable[[Any, str], InstrumentError]]]:
         """zaber-motion's exceptions, most specific first, and the typed error each becomes."""

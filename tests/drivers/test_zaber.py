@@ -462,6 +462,21 @@ def test_a_trigger_not_yet_spent_is_disabled_and_its_output_set(
     assert em.output(1, 1) == 0
 
 
+def test_a_trigger_enabled_again_without_a_count_is_never_taken_as_spent(
+        server: ZaberTcpServer, homed_stage: ZaberStage) -> None:
+    """What was known of an enable with a count is void once the trigger is enabled again
+    without one: it fires until disabled, so the disable is sent after any travel."""
+    em = server.emulator
+    _armed_at_1000(homed_stage, 2)
+    homed_stage.configure_distance_trigger("x", 50.0)  # again, no count
+    homed_stage.move_absolute(x_um=1_300.0)
+    homed_stage.wait_until_idle(2.0)
+    assert len(em.trigger_events) == 6  # still armed on the device
+    em.clear_transcript()
+    homed_stage.disable_distance_trigger("x")
+    assert sent(em) == ["trigger 1 disable"]
+
+
 def test_distance_trigger_arguments_are_checked(server: ZaberTcpServer,
                                                 homed_stage: ZaberStage) -> None:
     for kwargs in ({"distance_um": 0.0}, {"distance_um": 0.04}, {"distance_um": math.nan},
